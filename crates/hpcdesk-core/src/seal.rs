@@ -1,0 +1,154 @@
+//! Sealing of VNC passwords (DESIGN §3, §6).
+//!
+//! Two uses, two derived keys, one server secret:
+//! - *at rest*: the store keeps each session's VNC password sealed with AES-256-GCM under a key
+//!   derived from the server secret; a random nonce is stored in front of the ciphertext.
+//! - *in a launch URL* (`mm`): the password sealed for the gateway under a key derived from the
+//!   server secret **and the grant token**. Each grant token is fresh randomness and seals
+//!   exactly one message, so the key is never reused and a fixed nonce is safe. Only a holder of
+//!   the server secret can open `mm`, and only together with its own grant.
+//!
+//! Keys are derived with HMAC-SHA256(secret, label ‖ 0 ‖ context).
+
+use std::fmt;
+
+use aes_gcm::aead::{Aead, KeyInit};
+use aes_gcm::{Aes256Gcm, Nonce};
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+const AT_REST_LABEL: &[u8] = b"hpcdesk/vnc-password-at-rest/v1";
+const GRANT_LABEL: &[u8] = b"hpcdesk/mm/v1";
+const NONCE_LEN: usize = 12;
+
+/// Why a sealed value could not be opened.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SealError {
+    #[error("sealed value is not valid base64")]
+    Encoding,
+    #[error("sealed value was not made with this key")]
+    Open,
+}
+
+/// The server secret all sealing keys derive from. Never printed.
+#[derive(Clone)]
+pub struct ServerKey([u8; 32]);
+
+impl fmt::Debug for ServerKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ServerKey(<redacted>)")
+    }
+}
+
+impl ServerKey {
+    /// Builds the key from any secret material (a file's bytes, a configured string).
+    pub fn from_secret(secret: &[u8]) -> Self {
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(b"hpcdesk/server-key/v1")
+            .expect("HMAC takes keys of any length");
+        mac.update(secret);
+        ServerKey(mac.finalize().into_bytes().into())
+    }
+
+    fn derive(&self, label: &[u8], context: &[u8]) -> Aes256Gcm {
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.0)
+            .expect("HMAC takes keys of any length");
+        mac.update(label);
+        mac.update(&[0]);
+        mac.update(context);
+        let key: [u8; 32] = mac.finalize().into_bytes().into();
+        Aes256Gcm::new(&key.into())
+    }
+
+    /// Seals `plain` for the store: `nonce ‖ ciphertext ‖ tag`.
+    pub fn seal_at_rest(&self, plain: &[u8]) -> Vec<u8> {
+        let cipher = self.derive(AT_REST_LABEL, b"");
+        let mut nonce = [0u8; NONCE_LEN];
+        rand::fill(&mut nonce);
+        let ct = cipher
+            .encrypt(&Nonce::from(nonce), plain)
+            .expect("AES-GCM encryption of a short value cannot fail");
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&ct);
+        out
+    }
+
+    pub fn open_at_rest(&self, sealed: &[u8]) -> Result<Vec<u8>, SealError> {
+        if sealed.len() < NONCE_LEN {
+            return Err(SealError::Open);
+        }
+        let (nonce, ct) = sealed.split_at(NONCE_LEN);
+        let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| SealError::Open)?;
+        self.derive(AT_REST_LABEL, b"")
+            .decrypt(&Nonce::from(nonce), ct)
+            .map_err(|_| SealError::Open)
+    }
+
+    /// Seals `plain` for the gateway, bound to one grant token; URL-safe base64 (`mm`).
+    pub fn seal_for_grant(&self, grant_token: &str, plain: &[u8]) -> String {
+        let ct = self
+            .derive(GRANT_LABEL, grant_token.as_bytes())
+            .encrypt(&Nonce::from([0u8; NONCE_LEN]), plain)
+            .expect("AES-GCM encryption of a short value cannot fail");
+        URL_SAFE.encode(ct)
+    }
+
+    /// Opens an `mm` value. Accepts the URL-safe and the standard base64 alphabet.
+    pub fn open_for_grant(&self, grant_token: &str, mm: &str) -> Result<Vec<u8>, SealError> {
+        let ct = URL_SAFE
+            .decode(mm)
+            .or_else(|_| STANDARD.decode(mm))
+            .map_err(|_| SealError::Encoding)?;
+        self.derive(GRANT_LABEL, grant_token.as_bytes())
+            .decrypt(&Nonce::from([0u8; NONCE_LEN]), ct.as_slice())
+            .map_err(|_| SealError::Open)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn at_rest_round_trips_and_uses_fresh_nonces() {
+        let k = ServerKey::from_secret(b"s");
+        let a = k.seal_at_rest(b"pw123456");
+        let b = k.seal_at_rest(b"pw123456");
+        assert_ne!(a, b);
+        assert_eq!(k.open_at_rest(&a).unwrap(), b"pw123456");
+    }
+
+    #[test]
+    fn at_rest_refuses_another_key_and_tampering() {
+        let k = ServerKey::from_secret(b"s");
+        let mut a = k.seal_at_rest(b"pw123456");
+        assert_eq!(
+            ServerKey::from_secret(b"t").open_at_rest(&a),
+            Err(SealError::Open)
+        );
+        a[NONCE_LEN] ^= 1;
+        assert_eq!(k.open_at_rest(&a), Err(SealError::Open));
+        assert_eq!(k.open_at_rest(b"short"), Err(SealError::Open));
+    }
+
+    #[test]
+    fn mm_opens_only_with_its_own_grant() {
+        let k = ServerKey::from_secret(b"s");
+        let mm = k.seal_for_grant("grant-a", b"pw123456");
+        assert!(!mm.contains('+') && !mm.contains('/'));
+        assert_eq!(k.open_for_grant("grant-a", &mm).unwrap(), b"pw123456");
+        assert_eq!(k.open_for_grant("grant-b", &mm), Err(SealError::Open));
+        assert_eq!(
+            ServerKey::from_secret(b"t").open_for_grant("grant-a", &mm),
+            Err(SealError::Open)
+        );
+        assert_eq!(k.open_for_grant("grant-a", "%%%"), Err(SealError::Encoding));
+    }
+
+    #[test]
+    fn debug_does_not_print_the_key() {
+        let k = ServerKey::from_secret(b"s");
+        assert_eq!(format!("{k:?}"), "ServerKey(<redacted>)");
+    }
+}

@@ -1,0 +1,34 @@
+//! JSON shapes of the desktop API, shared by the server and the CLI client (DESIGN §2.3).
+
+use serde::{Deserialize, Serialize};
+
+/// One desktop session as the API shows it (`data` of create, elements of list).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionItem {
+    pub session_id: String,
+    pub host_name: String,
+    /// The compute user the desktop runs as.
+    pub user_name: String,
+    pub display_number: u32,
+    /// `pending` | `starting` | `running` | `failed` | `stopped`.
+    pub status: String,
+    /// Why the session is not running, when it is not; empty otherwise.
+    pub status_reason: String,
+    /// ISO 8601 with offset.
+    pub create_time: String,
+    /// ISO 8601 with offset: the last client input, or the creation time.
+    pub last_active_time: String,
+    /// Open viewer connections.
+    pub connections: u32,
+    pub geometry: String,
+}
+
+/// `data` of the launch-URL call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LaunchUrl {
+    pub novnc_url: String,
+    /// `true` when `novncUrl` is absolute; otherwise the portal prefixes the region's `hpcUrls`.
+    pub with_domain: bool,
+}
