@@ -1,1 +1,161 @@
-//! placeholder
+//! hpcdesk's state: desktop sessions and connection grants.
+//!
+//! - this file: the [`Store`] trait, named by use case, and the records it hands out.
+//!   Callers hold an `Arc<dyn Store>` chosen once at start-up and never see SQL.
+//! - [`sqlite`]: the SQLite backend (the zero-set-up default), with embedded migrations.
+//!
+//! Rules that must hold across several hpcdesk instances live in the database, not in
+//! memory: one live session per user is a unique index, a session id names one desktop
+//! until it is stopped, state changes are conditional on the state they leave.
+#![forbid(unsafe_code)]
+
+pub mod sqlite;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use hpcdesk_core::{ComputeUser, DisplayNumber, NodeName, SessionId, SessionState};
+
+pub use sqlite::SqliteStore;
+
+/// Errors of the store. Callers treat all of them as internal (10001) except where a
+/// method documents otherwise; the cause goes to the log, never to the client.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("corrupt row in {table}: {detail}")]
+    Corrupt { table: &'static str, detail: String },
+    #[error("unsupported store url {0:?} (expected sqlite://...)")]
+    UnsupportedUrl(String),
+}
+
+/// A session as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionRecord {
+    /// Internal key, stable for the whole life of the row.
+    pub key: String,
+    /// Known once a display was picked.
+    pub session_id: Option<SessionId>,
+    /// Platform user (`user` claim) who owns the session.
+    pub owner: String,
+    pub user_id: String,
+    pub invoker: String,
+    pub compute_user: ComputeUser,
+    pub node: Option<NodeName>,
+    pub display: Option<DisplayNumber>,
+    /// Address the gateway connects to.
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub state: SessionState,
+    pub status_reason: String,
+    pub geometry: String,
+    /// The VNC password, sealed with the server key (see `hpcdesk_core::seal`).
+    pub vnc_password_sealed: Option<Vec<u8>>,
+    /// Launcher kind that started it (`local`, `ssh`, `slurm`).
+    pub launcher: String,
+    /// Launcher-specific handle (JSON), e.g. the Xvnc pid or the Slurm job id.
+    pub handle: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub last_input_at: Option<DateTime<Utc>>,
+}
+
+/// What a create request asks the store to reserve.
+#[derive(Debug, Clone)]
+pub struct NewSession {
+    pub owner: String,
+    pub user_id: String,
+    pub invoker: String,
+    pub compute_user: ComputeUser,
+    pub geometry: String,
+    pub launcher: String,
+    /// `starting`, or `pending` for launchers that queue.
+    pub state: SessionState,
+    pub now: DateTime<Utc>,
+}
+
+/// Outcome of [`Store::claim_session`].
+#[derive(Debug, Clone)]
+pub enum Claim {
+    /// A new row was reserved; the caller now starts the desktop.
+    Claimed(SessionRecord),
+    /// The owner already has a live session; nothing was written.
+    Existing(SessionRecord),
+}
+
+/// Where a started desktop lives.
+#[derive(Debug, Clone)]
+pub struct Started {
+    pub session_id: SessionId,
+    pub node: NodeName,
+    pub display: DisplayNumber,
+    pub host: String,
+    pub port: u16,
+    pub vnc_password_sealed: Vec<u8>,
+    pub handle: String,
+    pub state: SessionState,
+    pub now: DateTime<Utc>,
+}
+
+/// A connection grant as stored (the token itself is never stored).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GrantRecord {
+    pub token_hash: Vec<u8>,
+    pub session_key: String,
+    pub owner: String,
+    pub view_only: bool,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub revoked: bool,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Reserves a live session for `new.owner`, or returns the one they already have.
+    /// Earlier failed sessions of that owner are cleared (`stopped`) when a new one is
+    /// reserved, so a list shows the current desktop or the last failure, not a history.
+    async fn claim_session(&self, new: NewSession) -> Result<Claim, StoreError>;
+
+    /// Records where a reserved session's desktop runs. Any other visible session with the
+    /// same id (a dead desktop whose display was reused) is stopped in the same transaction.
+    /// Returns `None` if the row left the states a start may finish from meanwhile.
+    async fn session_started(
+        &self,
+        key: &str,
+        started: Started,
+    ) -> Result<Option<SessionRecord>, StoreError>;
+
+    /// Moves a session to `to` if it is currently in one of `from`; returns whether it moved.
+    async fn transition(
+        &self,
+        key: &str,
+        from: &[SessionState],
+        to: SessionState,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
+    async fn session_by_key(&self, key: &str) -> Result<Option<SessionRecord>, StoreError>;
+
+    /// The visible (not stopped) session with this id.
+    async fn visible_session(&self, id: &SessionId) -> Result<Option<SessionRecord>, StoreError>;
+
+    /// Visible sessions that have an id, oldest first; all owners when `owner` is `None`.
+    async fn list_sessions(&self, owner: Option<&str>) -> Result<Vec<SessionRecord>, StoreError>;
+
+    /// Sessions in any of `states` (for reconcile and sweep).
+    async fn sessions_in(&self, states: &[SessionState])
+    -> Result<Vec<SessionRecord>, StoreError>;
+
+    async fn insert_grant(&self, grant: GrantRecord) -> Result<(), StoreError>;
+
+    async fn grant(&self, token_hash: &[u8]) -> Result<Option<GrantRecord>, StoreError>;
+
+    /// Revokes every grant of a session; returns how many were still active.
+    async fn revoke_grants(&self, session_key: &str) -> Result<u64, StoreError>;
+
+    /// Deletes grants that expired before `before`.
+    async fn purge_grants(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
+}

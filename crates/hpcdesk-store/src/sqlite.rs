@@ -1,0 +1,416 @@
+//! SQLite backend of the [`Store`]: one file under the data directory, WAL journal,
+//! migrations embedded at build time (`migrations/sqlite`).
+//!
+//! Queries are written with `$N` placeholders in the SQL subset PostgreSQL shares, so a
+//! PostgreSQL module can copy them. Timestamps are integer milliseconds since the epoch.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, TimeZone, Utc};
+use hpcdesk_core::{ComputeUser, DisplayNumber, NodeName, SessionId, SessionState};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+// Dynamic SQL here only ever splices our own column lists and `$N` placeholders, never values.
+use sqlx::{AssertSqlSafe, Row, Sqlite, Transaction};
+
+use crate::{Claim, GrantRecord, NewSession, SessionRecord, Started, Store, StoreError};
+
+/// The SQLite store. Cheap to clone (a pool handle).
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+const SESSION_COLUMNS: &str = "key, session_id, owner, user_id, invoker, compute_user, node, \
+     display, host, port, state, status_reason, geometry, vnc_password, launcher, handle, \
+     created_at, updated_at, last_input_at";
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `url` (`sqlite://path` or `sqlite::memory:`)
+    /// and brings its schema up to date.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        if !url.starts_with("sqlite:") {
+            return Err(StoreError::UnsupportedUrl(url.to_owned()));
+        }
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        let pool = SqlitePoolOptions::new()
+            // An in-memory database lives in one connection; a file is shared by several.
+            .max_connections(if in_memory { 1 } else { 8 })
+            .min_connections(if in_memory { 1 } else { 0 })
+            .idle_timeout(if in_memory {
+                None
+            } else {
+                Some(Duration::from_secs(600))
+            })
+            .max_lifetime(if in_memory { None } else { Some(Duration::from_secs(3600)) })
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        Ok(SqliteStore { pool })
+    }
+
+    async fn live_session_of(&self, owner: &str) -> Result<Option<SessionRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions WHERE owner = $1 \
+             AND state IN ('pending', 'starting', 'running')"
+        );
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(owner)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(session_from_row).transpose()
+    }
+}
+
+fn millis(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+fn from_millis(ms: i64, table: &'static str) -> Result<DateTime<Utc>, StoreError> {
+    Utc.timestamp_millis_opt(ms)
+        .single()
+        .ok_or_else(|| StoreError::Corrupt {
+            table,
+            detail: format!("timestamp {ms} out of range"),
+        })
+}
+
+/// `$start, $start+1, …` for `n` values.
+fn placeholders(start: usize, n: usize) -> String {
+    (start..start + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn corrupt(detail: impl Into<String>) -> StoreError {
+    StoreError::Corrupt {
+        table: "sessions",
+        detail: detail.into(),
+    }
+}
+
+fn session_from_row(row: &SqliteRow) -> Result<SessionRecord, StoreError> {
+    let session_id: Option<String> = row.try_get("session_id")?;
+    let node: Option<String> = row.try_get("node")?;
+    let display: Option<i64> = row.try_get("display")?;
+    let port: Option<i64> = row.try_get("port")?;
+    let state: String = row.try_get("state")?;
+    let compute_user: String = row.try_get("compute_user")?;
+    let last_input: Option<i64> = row.try_get("last_input_at")?;
+    Ok(SessionRecord {
+        key: row.try_get("key")?,
+        session_id: session_id
+            .map(|s| SessionId::parse(&s))
+            .transpose()
+            .map_err(|e| corrupt(format!("session_id: {e}")))?,
+        owner: row.try_get("owner")?,
+        user_id: row.try_get("user_id")?,
+        invoker: row.try_get("invoker")?,
+        compute_user: ComputeUser::parse(&compute_user)
+            .map_err(|e| corrupt(format!("compute_user: {e}")))?,
+        node: node
+            .map(|n| NodeName::parse(&n))
+            .transpose()
+            .map_err(|e| corrupt(format!("node: {e}")))?,
+        display: display
+            .map(|d| {
+                u32::try_from(d)
+                    .ok()
+                    .and_then(|d| DisplayNumber::new(d).ok())
+                    .ok_or_else(|| corrupt(format!("display {d}")))
+            })
+            .transpose()?,
+        host: row.try_get("host")?,
+        port: port
+            .map(|p| u16::try_from(p).map_err(|_| corrupt(format!("port {p}"))))
+            .transpose()?,
+        state: SessionState::parse(&state).ok_or_else(|| corrupt(format!("state {state:?}")))?,
+        status_reason: row.try_get("status_reason")?,
+        geometry: row.try_get("geometry")?,
+        vnc_password_sealed: row.try_get("vnc_password")?,
+        launcher: row.try_get("launcher")?,
+        handle: row.try_get("handle")?,
+        created_at: from_millis(row.try_get("created_at")?, "sessions")?,
+        updated_at: from_millis(row.try_get("updated_at")?, "sessions")?,
+        last_input_at: last_input
+            .map(|t| from_millis(t, "sessions"))
+            .transpose()?,
+    })
+}
+
+fn grant_from_row(row: &SqliteRow) -> Result<GrantRecord, StoreError> {
+    Ok(GrantRecord {
+        token_hash: row.try_get("token_hash")?,
+        session_key: row.try_get("session_key")?,
+        owner: row.try_get("owner")?,
+        view_only: row.try_get::<i64, _>("view_only")? != 0,
+        created_at: from_millis(row.try_get("created_at")?, "grants")?,
+        expires_at: from_millis(row.try_get("expires_at")?, "grants")?,
+        revoked: row.try_get::<i64, _>("revoked")? != 0,
+    })
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+async fn session_in_tx(
+    tx: &mut Transaction<'_, Sqlite>,
+    key: &str,
+) -> Result<Option<SessionRecord>, StoreError> {
+    let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE key = $1");
+    let row = sqlx::query(AssertSqlSafe(sql))
+        .bind(key)
+        .fetch_optional(&mut **tx)
+        .await?;
+    row.as_ref().map(session_from_row).transpose()
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    #[tracing::instrument(level = "debug", skip_all, fields(owner = %new.owner))]
+    async fn claim_session(&self, new: NewSession) -> Result<Claim, StoreError> {
+        // The unique index on live sessions per owner decides races between concurrent
+        // creates. A loser reads the winner's row; if that row stopped being live in between,
+        // try again (bounded: each round means another request finished meanwhile).
+        for _ in 0..5 {
+            let key = uuid::Uuid::new_v4().to_string();
+            let mut tx = self.pool.begin().await?;
+            let now = millis(new.now);
+            let inserted = sqlx::query(
+                "INSERT INTO sessions (key, owner, user_id, invoker, compute_user, state, \
+                 geometry, launcher, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)",
+            )
+            .bind(&key)
+            .bind(&new.owner)
+            .bind(&new.user_id)
+            .bind(&new.invoker)
+            .bind(new.compute_user.as_str())
+            .bind(new.state.as_str())
+            .bind(&new.geometry)
+            .bind(&new.launcher)
+            .bind(now)
+            .execute(&mut *tx)
+            .await;
+            match inserted {
+                Ok(_) => {
+                    sqlx::query(
+                        "UPDATE sessions SET state = 'stopped', updated_at = $2, \
+                         status_reason = status_reason || ' (cleared by a new session)' \
+                         WHERE owner = $1 AND state = 'failed'",
+                    )
+                    .bind(&new.owner)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                    let rec = session_in_tx(&mut tx, &key)
+                        .await?
+                        .ok_or_else(|| corrupt("claimed row vanished"))?;
+                    tx.commit().await?;
+                    return Ok(Claim::Claimed(rec));
+                }
+                Err(e) if is_unique_violation(&e) => {
+                    tx.rollback().await?;
+                    if let Some(existing) = self.live_session_of(&new.owner).await? {
+                        return Ok(Claim::Existing(existing));
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(corrupt("could not claim a session after 5 attempts"))
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(key, session_id = %started.session_id))]
+    async fn session_started(
+        &self,
+        key: &str,
+        started: Started,
+    ) -> Result<Option<SessionRecord>, StoreError> {
+        let id = started.session_id.to_string();
+        let now = millis(started.now);
+        let mut tx = self.pool.begin().await?;
+        // The new desktop holds this node's display, so whatever visible session carried the
+        // same id before is certainly gone.
+        sqlx::query(
+            "UPDATE sessions SET state = 'stopped', updated_at = $3, \
+             status_reason = 'display reused by a newer session' \
+             WHERE session_id = $1 AND key <> $2 AND state <> 'stopped'",
+        )
+        .bind(&id)
+        .bind(key)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let done = sqlx::query(
+            "UPDATE sessions SET session_id = $2, node = $3, display = $4, host = $5, port = $6, \
+             vnc_password = $7, handle = $8, state = $9, status_reason = '', updated_at = $10 \
+             WHERE key = $1 AND state IN ('pending', 'starting')",
+        )
+        .bind(key)
+        .bind(&id)
+        .bind(started.node.as_str())
+        .bind(i64::from(started.display.get()))
+        .bind(&started.host)
+        .bind(i64::from(started.port))
+        .bind(&started.vnc_password_sealed)
+        .bind(&started.handle)
+        .bind(started.state.as_str())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        let rec = session_in_tx(&mut tx, key).await?;
+        tx.commit().await?;
+        Ok(rec)
+    }
+
+    #[tracing::instrument(level = "debug", skip(self, from, reason))]
+    async fn transition(
+        &self,
+        key: &str,
+        from: &[SessionState],
+        to: SessionState,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let allowed: Vec<SessionState> =
+            from.iter().copied().filter(|s| s.can_become(to)).collect();
+        if allowed.is_empty() {
+            return Ok(false);
+        }
+        let sql = format!(
+            "UPDATE sessions SET state = $2, status_reason = $3, updated_at = $4 \
+             WHERE key = $1 AND state IN ({})",
+            placeholders(5, allowed.len())
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql))
+            .bind(key)
+            .bind(to.as_str())
+            .bind(reason)
+            .bind(millis(now));
+        for s in &allowed {
+            q = q.bind(s.as_str());
+        }
+        Ok(q.execute(&self.pool).await?.rows_affected() > 0)
+    }
+
+    async fn session_by_key(&self, key: &str) -> Result<Option<SessionRecord>, StoreError> {
+        let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE key = $1");
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(session_from_row).transpose()
+    }
+
+    async fn visible_session(&self, id: &SessionId) -> Result<Option<SessionRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id = $1 AND state <> 'stopped'"
+        );
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(session_from_row).transpose()
+    }
+
+    async fn list_sessions(&self, owner: Option<&str>) -> Result<Vec<SessionRecord>, StoreError> {
+        let rows = match owner {
+            Some(owner) => {
+                let sql = format!(
+                    "SELECT {SESSION_COLUMNS} FROM sessions WHERE owner = $1 \
+                     AND state <> 'stopped' AND session_id IS NOT NULL ORDER BY created_at, key"
+                );
+                sqlx::query(AssertSqlSafe(sql)).bind(owner).fetch_all(&self.pool).await?
+            }
+            None => {
+                let sql = format!(
+                    "SELECT {SESSION_COLUMNS} FROM sessions WHERE state <> 'stopped' \
+                     AND session_id IS NOT NULL ORDER BY created_at, key"
+                );
+                sqlx::query(AssertSqlSafe(sql)).fetch_all(&self.pool).await?
+            }
+        };
+        rows.iter().map(session_from_row).collect()
+    }
+
+    async fn sessions_in(
+        &self,
+        states: &[SessionState],
+    ) -> Result<Vec<SessionRecord>, StoreError> {
+        if states.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions WHERE state IN ({}) ORDER BY created_at, key",
+            placeholders(1, states.len())
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for s in states {
+            q = q.bind(s.as_str());
+        }
+        let rows = q.fetch_all(&self.pool).await?;
+        rows.iter().map(session_from_row).collect()
+    }
+
+    async fn insert_grant(&self, g: GrantRecord) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO grants (token_hash, session_key, owner, view_only, created_at, \
+             expires_at, revoked) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(&g.token_hash)
+        .bind(&g.session_key)
+        .bind(&g.owner)
+        .bind(i64::from(g.view_only))
+        .bind(millis(g.created_at))
+        .bind(millis(g.expires_at))
+        .bind(i64::from(g.revoked))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn grant(&self, token_hash: &[u8]) -> Result<Option<GrantRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT token_hash, session_key, owner, view_only, created_at, expires_at, revoked \
+             FROM grants WHERE token_hash = $1",
+        )
+        .bind(token_hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(grant_from_row).transpose()
+    }
+
+    async fn revoke_grants(&self, session_key: &str) -> Result<u64, StoreError> {
+        let done =
+            sqlx::query("UPDATE grants SET revoked = 1 WHERE session_key = $1 AND revoked = 0")
+                .bind(session_key)
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn purge_grants(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM grants WHERE expires_at < $1")
+            .bind(millis(before))
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+}

@@ -1,0 +1,199 @@
+//! One story of the `Store` contract, run against every backend (SQLite always).
+
+use std::sync::Arc;
+
+use chrono::{Duration, Utc};
+use hpcdesk_core::{ComputeUser, DisplayNumber, NodeName, SessionId, SessionState};
+use hpcdesk_store::{Claim, GrantRecord, NewSession, SqliteStore, Started, Store};
+
+fn new_session(owner: &str) -> NewSession {
+    NewSession {
+        owner: owner.to_owned(),
+        user_id: "1".into(),
+        invoker: "org".into(),
+        compute_user: ComputeUser::parse("alice").unwrap(),
+        geometry: "1024x768".into(),
+        launcher: "local".into(),
+        state: SessionState::Starting,
+        now: Utc::now(),
+    }
+}
+
+fn started(display: u32) -> Started {
+    let node = NodeName::parse("n1").unwrap();
+    let display = DisplayNumber::new(display).unwrap();
+    Started {
+        session_id: SessionId::new(node.clone(), ComputeUser::parse("alice").unwrap(), display),
+        node,
+        display,
+        host: "127.0.0.1".into(),
+        port: display.default_port(),
+        vnc_password_sealed: vec![1, 2, 3],
+        handle: "{\"pid\":1}".into(),
+        state: SessionState::Running,
+        now: Utc::now(),
+    }
+}
+
+async fn sqlite() -> (Arc<dyn Store>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/t.db", dir.path().display());
+    (Arc::new(SqliteStore::open(&url).await.unwrap()), dir)
+}
+
+fn claimed(c: Claim) -> hpcdesk_store::SessionRecord {
+    match c {
+        Claim::Claimed(r) => r,
+        Claim::Existing(r) => panic!("expected a new claim, got existing {r:?}"),
+    }
+}
+
+async fn a_second_claim_returns_the_live_session(store: Arc<dyn Store>) {
+    let first = claimed(store.claim_session(new_session("u1")).await.unwrap());
+    match store.claim_session(new_session("u1")).await.unwrap() {
+        Claim::Existing(r) => assert_eq!(r.key, first.key),
+        Claim::Claimed(_) => panic!("two live sessions for one owner"),
+    }
+    // Another owner is independent.
+    claimed(store.claim_session(new_session("u2")).await.unwrap());
+}
+
+async fn concurrent_claims_yield_one_session(store: Arc<dyn Store>) {
+    let tasks: Vec<_> = (0..12)
+        .map(|_| {
+            let s = store.clone();
+            tokio::spawn(async move { s.claim_session(new_session("racer")).await.unwrap() })
+        })
+        .collect();
+    let mut keys = std::collections::HashSet::new();
+    let mut new = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Claim::Claimed(r) => {
+                new += 1;
+                keys.insert(r.key);
+            }
+            Claim::Existing(r) => {
+                keys.insert(r.key);
+            }
+        }
+    }
+    assert_eq!(new, 1);
+    assert_eq!(keys.len(), 1);
+}
+
+async fn a_started_session_is_visible_and_listed(store: Arc<dyn Store>) {
+    let rec = claimed(store.claim_session(new_session("u3")).await.unwrap());
+    assert!(store.list_sessions(Some("u3")).await.unwrap().is_empty(), "no id yet");
+    let s = started(7);
+    let id = s.session_id.clone();
+    let rec = store.session_started(&rec.key, s).await.unwrap().unwrap();
+    assert_eq!(rec.state, SessionState::Running);
+    assert_eq!(rec.port, Some(5907));
+    assert_eq!(rec.vnc_password_sealed.as_deref(), Some(&[1u8, 2, 3][..]));
+    assert_eq!(store.visible_session(&id).await.unwrap().unwrap().key, rec.key);
+    assert_eq!(store.list_sessions(Some("u3")).await.unwrap().len(), 1);
+    assert!(store.list_sessions(Some("nobody")).await.unwrap().is_empty());
+    assert!(!store.list_sessions(None).await.unwrap().is_empty());
+
+    // Conditional transitions.
+    let now = Utc::now();
+    assert!(!store
+        .transition(&rec.key, &[SessionState::Starting], SessionState::Failed, "x", now)
+        .await
+        .unwrap());
+    assert!(store
+        .transition(&rec.key, &[SessionState::Running], SessionState::Failed, "Xvnc died", now)
+        .await
+        .unwrap());
+    let failed = store.session_by_key(&rec.key).await.unwrap().unwrap();
+    assert_eq!(failed.state, SessionState::Failed);
+    assert_eq!(failed.status_reason, "Xvnc died");
+    // Failed stays visible (with its reason) until cleared.
+    assert!(store.visible_session(&id).await.unwrap().is_some());
+    // Stopped is final.
+    assert!(store
+        .transition(&rec.key, &[SessionState::Failed], SessionState::Stopped, "deleted", now)
+        .await
+        .unwrap());
+    assert!(!store
+        .transition(&rec.key, &[SessionState::Stopped], SessionState::Running, "", now)
+        .await
+        .unwrap());
+    assert!(store.visible_session(&id).await.unwrap().is_none());
+}
+
+async fn a_new_claim_clears_old_failures_and_reused_ids(store: Arc<dyn Store>) {
+    let a = claimed(store.claim_session(new_session("u4")).await.unwrap());
+    store.session_started(&a.key, started(9)).await.unwrap().unwrap();
+    store
+        .transition(&a.key, &[SessionState::Running], SessionState::Failed, "gone", Utc::now())
+        .await
+        .unwrap();
+    let b = claimed(store.claim_session(new_session("u4")).await.unwrap());
+    assert_eq!(
+        store.session_by_key(&a.key).await.unwrap().unwrap().state,
+        SessionState::Stopped
+    );
+    // Another owner's dead desktop on the same display is superseded when the id is reused.
+    let c = claimed(store.claim_session(new_session("u5")).await.unwrap());
+    store.session_started(&c.key, started(11)).await.unwrap().unwrap();
+    store
+        .transition(&c.key, &[SessionState::Running], SessionState::Failed, "gone", Utc::now())
+        .await
+        .unwrap();
+    store.session_started(&b.key, started(11)).await.unwrap().unwrap();
+    assert_eq!(
+        store.session_by_key(&c.key).await.unwrap().unwrap().state,
+        SessionState::Stopped
+    );
+    // A start cannot finish on a row that was stopped meanwhile.
+    store
+        .transition(&b.key, &SessionState::LIVE, SessionState::Stopped, "deleted", Utc::now())
+        .await
+        .unwrap();
+    assert!(store.session_started(&b.key, started(12)).await.unwrap().is_none());
+}
+
+async fn grants_are_found_by_hash_and_revoked(store: Arc<dyn Store>) {
+    let rec = claimed(store.claim_session(new_session("u6")).await.unwrap());
+    let now = Utc::now();
+    let g = GrantRecord {
+        token_hash: vec![9; 32],
+        session_key: rec.key.clone(),
+        owner: "u6".into(),
+        view_only: false,
+        created_at: now,
+        expires_at: now + Duration::minutes(10),
+        revoked: false,
+    };
+    store.insert_grant(g.clone()).await.unwrap();
+    let got = store.grant(&[9; 32]).await.unwrap().unwrap();
+    assert_eq!(got.session_key, rec.key);
+    assert!(store.grant(&[8; 32]).await.unwrap().is_none());
+    assert_eq!(store.revoke_grants(&rec.key).await.unwrap(), 1);
+    assert!(store.grant(&[9; 32]).await.unwrap().unwrap().revoked);
+    assert_eq!(store.purge_grants(now + Duration::minutes(11)).await.unwrap(), 1);
+    assert!(store.grant(&[9; 32]).await.unwrap().is_none());
+}
+
+macro_rules! on_sqlite {
+    ($($name:ident),* $(,)?) => {$(
+        #[tokio::test]
+        async fn $name() {
+            let (store, _dir) = sqlite().await;
+            super::$name(store).await;
+        }
+    )*};
+}
+
+mod sqlite {
+    use super::*;
+    on_sqlite!(
+        a_second_claim_returns_the_live_session,
+        concurrent_claims_yield_one_session,
+        a_started_session_is_visible_and_listed,
+        a_new_claim_clears_old_failures_and_reused_ids,
+        grants_are_found_by_hash_and_revoked,
+    );
+}
