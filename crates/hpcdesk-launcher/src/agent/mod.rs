@@ -1,0 +1,594 @@
+//! The node agent: `hpcdesk node start|stop|list|probe`, run on the node **as the user**.
+//!
+//! Every launcher runs this same code (directly, over SSH, inside a Slurm job), so this is the
+//! one place that knows how to start TigerVNC:
+//! - `start`: pick a free display, write a 0600 VNC password file (password read from stdin)
+//!   and an Xauthority cookie, start `Xvnc` detached with VncAuth on loopback (or one
+//!   interface), wait until it answers the RFB banner *and* accepts an X11 connection, then
+//!   start the desktop command. Each desktop lives in `~/.hpcdesk/desktops/<node>-<display>/`.
+//! - `stop`: end every process of one desktop (found by its marker variable), remove stale
+//!   X locks and the desktop directory.
+//! - `list`: the hpcdesk Xvnc servers alive on this node.
+//! - `probe`: load, memory and desktop count, for placement.
+//!
+//! Replies are one JSON line on stdout ([`protocol`]); errors are JSON too, with exit code 1.
+
+mod display;
+pub mod procs;
+pub mod protocol;
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use crate::process::{Account, Cmd, last_line};
+use crate::x11::{self, Cookie, SetupOutcome};
+pub use protocol::{AgentError, ErrorKind, LiveDesktop, Probe, StartedDesktop, Stopped};
+
+/// Every desktop directory path contains this, which is how `list` tells hpcdesk's Xvnc
+/// servers from others.
+pub const DESKTOPS_DIR_MARK: &str = "/.hpcdesk/desktops/";
+
+/// How Xvnc listens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listen {
+    /// Loopback only (`-localhost`): the gateway runs on the same machine.
+    Localhost,
+    /// One address of the node (`-interface`), reachable by the gateway.
+    Interface(IpAddr),
+}
+
+impl Listen {
+    pub fn parse(s: &str) -> Result<Listen, String> {
+        if s == "localhost" {
+            return Ok(Listen::Localhost);
+        }
+        s.parse()
+            .map(Listen::Interface)
+            .map_err(|_| format!("--listen must be \"localhost\" or an IP address, not {s:?}"))
+    }
+
+    fn connect_addr(self) -> IpAddr {
+        match self {
+            Listen::Localhost => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            Listen::Interface(a) => a,
+        }
+    }
+}
+
+/// Everything `start` needs besides the password.
+#[derive(Debug, Clone)]
+pub struct StartArgs {
+    pub node: String,
+    pub xvnc: String,
+    /// The desktop command line (split like a shell would, but never run by one);
+    /// `None` picks a window manager and an xterm.
+    pub desktop: Option<String>,
+    pub geometry: String,
+    pub depth: u8,
+    pub display_min: u32,
+    pub display_max: u32,
+    pub listen: Listen,
+    pub timeout: Duration,
+}
+
+fn err(kind: ErrorKind, msg: impl Into<String>) -> AgentError {
+    AgentError {
+        kind,
+        error: msg.into(),
+        display: None,
+    }
+}
+
+fn io_err(what: &str, path: &Path, e: std::io::Error) -> AgentError {
+    err(
+        ErrorKind::Failed,
+        format!("cannot {what} {}: {e}", path.display()),
+    )
+}
+
+fn valid_geometry(g: &str) -> bool {
+    let Some((w, h)) = g.split_once('x') else {
+        return false;
+    };
+    let ok = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 5
+            && s.bytes().all(|b| b.is_ascii_digit())
+            && s.parse::<u32>().is_ok_and(|n| (16..=16384).contains(&n))
+    };
+    ok(w) && ok(h)
+}
+
+/// Reads the VNC password from stdin (trailing newline ignored).
+pub fn read_password(mut input: impl Read) -> Result<Vec<u8>, AgentError> {
+    let mut pw = Vec::new();
+    input
+        .by_ref()
+        .take(256)
+        .read_to_end(&mut pw)
+        .map_err(|e| err(ErrorKind::Usage, format!("cannot read the password: {e}")))?;
+    while pw.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        pw.pop();
+    }
+    if pw.len() < 6 {
+        return Err(err(
+            ErrorKind::Usage,
+            "the VNC password (on stdin) must have at least 6 characters",
+        ));
+    }
+    Ok(pw)
+}
+
+fn desktops_root(home: &Path) -> PathBuf {
+    home.join(".hpcdesk").join("desktops")
+}
+
+fn desktop_dir(home: &Path, node: &str, display: u32) -> PathBuf {
+    desktops_root(home).join(format!("{node}-{display}"))
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), AgentError> {
+    let _ = fs::remove_file(path);
+    let mut f = fs::File::options()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| io_err("create", path, e))?;
+    f.write_all(bytes).map_err(|e| io_err("write", path, e))
+}
+
+fn make_private_dir(path: &Path) -> Result<(), AgentError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(|e| io_err("create directory", path, e))
+}
+
+/// The state file of a desktop, read back by `stop`.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct DesktopState {
+    display: u32,
+    port: u16,
+    xvnc_pid: i32,
+    marker: String,
+}
+
+/// Starts a desktop. On success the desktop's processes run detached; on failure nothing
+/// of it is left running.
+pub fn start(args: &StartArgs, password: &[u8]) -> Result<StartedDesktop, AgentError> {
+    if !valid_geometry(&args.geometry) {
+        return Err(err(
+            ErrorKind::Usage,
+            format!("geometry must look like 1920x1080, not {:?}", args.geometry),
+        ));
+    }
+    if args.display_min > args.display_max || args.display_max > hpcdesk_core::DisplayNumber::MAX
+    {
+        return Err(err(ErrorKind::Usage, "invalid display range"));
+    }
+    let desktop = desktop_argvs(args.desktop.as_deref())?;
+    let me = Account::current().map_err(|e| err(ErrorKind::Failed, e.to_string()))?;
+    let root = desktops_root(&me.home);
+    make_private_dir(&root)?;
+    let deadline = Instant::now() + args.timeout;
+    let listen_ip = match args.listen {
+        Listen::Localhost => None,
+        Listen::Interface(a) => Some(a),
+    };
+    for d in args.display_min..=args.display_max {
+        let port = 5900 + d as u16;
+        if !display::is_free(d, port, listen_ip) {
+            continue;
+        }
+        match try_display(args, &me, d, port, password, &desktop, deadline) {
+            Ok(started) => return Ok(started),
+            Err(Attempt::Taken) => continue,
+            Err(Attempt::Failed(mut e)) => {
+                e.display = Some(d);
+                return Err(e);
+            }
+        }
+    }
+    Err(err(
+        ErrorKind::NoDisplay,
+        format!(
+            "no free display between :{} and :{} on {}",
+            args.display_min, args.display_max, args.node
+        ),
+    ))
+}
+
+enum Attempt {
+    Taken,
+    Failed(AgentError),
+}
+
+fn xvnc_cmd(args: &StartArgs, me: &Account, dir: &Path, d: u32, port: u16, marker: &str) -> Cmd {
+    let mut cmd = Cmd::new(&args.xvnc)
+        .arg(format!(":{d}"))
+        .args(["-rfbport", &port.to_string()]);
+    cmd = match args.listen {
+        Listen::Localhost => cmd.arg("-localhost"),
+        Listen::Interface(a) => cmd.args(["-interface".to_owned(), a.to_string()]),
+    };
+    cmd.args(["-SecurityTypes", "VncAuth", "-PasswordFile"])
+        .arg(dir.join("passwd"))
+        .arg("-auth")
+        .arg(dir.join("Xauthority"))
+        .args(["-geometry", &args.geometry, "-depth", &args.depth.to_string()])
+        .args(["-nolisten", "tcp", "-AlwaysShared"])
+        // Only the gateway authenticates, always with the right password; a blacklist
+        // would let any local account lock every viewer out with five bad attempts.
+        .arg("-UseBlacklist=0")
+        .args(["-desktop", &format!("{}:{d} ({})", args.node, me.name)])
+        .env(procs::MARKER_VAR, marker)
+        .current_dir(&me.home)
+}
+
+fn try_display(
+    args: &StartArgs,
+    me: &Account,
+    d: u32,
+    port: u16,
+    password: &[u8],
+    desktop: &[Vec<String>],
+    deadline: Instant,
+) -> Result<StartedDesktop, Attempt> {
+    let dir = desktop_dir(&me.home, &args.node, d);
+    let _ = fs::remove_dir_all(&dir);
+    make_private_dir(&dir).map_err(Attempt::Failed)?;
+    let fail = |e: AgentError| Attempt::Failed(e);
+    write_private(
+        &dir.join("passwd"),
+        &hpcdesk_rfb::obfuscated_password_file(password),
+    )
+    .map_err(fail)?;
+    let hostname = nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let cookie = Cookie::generate();
+    let xauth = dir.join("Xauthority");
+    write_private(&xauth, &x11::xauthority(&hostname, d, &cookie)).map_err(fail)?;
+    let marker = format!("{}-{d}-{:016x}", args.node, rand::random::<u64>());
+    let log = dir.join("xvnc.log");
+    let mut xvnc = xvnc_cmd(args, me, &dir, d, port, &marker)
+        .spawn_detached(&log)
+        .map_err(|e| fail(err(ErrorKind::Failed, e.to_string())))?;
+    let xvnc_pid = xvnc.id() as i32;
+
+    let cleanup = |why: AgentError| {
+        kill_desktop(me.uid.as_raw(), &marker, &[xvnc_pid], Duration::from_secs(3));
+        let _ = fs::remove_dir_all(&dir);
+        Attempt::Failed(why)
+    };
+
+    let addr = SocketAddr::new(args.listen.connect_addr(), port);
+    let socket = x11::socket_path(d);
+    let (mut rfb_ok, mut x_ok) = (false, false);
+    loop {
+        if let Ok(Some(status)) = xvnc.try_wait() {
+            let text = fs::read_to_string(&log).unwrap_or_default();
+            let _ = fs::remove_dir_all(&dir);
+            if display::taken_by_someone_else(&text) {
+                return Err(Attempt::Taken);
+            }
+            let line = xvnc_reason(&text);
+            return Err(Attempt::Failed(err(
+                ErrorKind::Failed,
+                format!("Xvnc exited ({status}) on display :{d}: {line}"),
+            )));
+        }
+        if !rfb_ok {
+            rfb_ok = rfb_banner(addr).is_some();
+        }
+        if rfb_ok && !x_ok {
+            match x11::probe_display(&socket, &cookie, Duration::from_secs(2)) {
+                Ok(SetupOutcome::Accepted) => x_ok = true,
+                Ok(SetupOutcome::Refused(why)) => {
+                    return Err(cleanup(err(
+                        ErrorKind::Failed,
+                        format!("X display :{d} refused our cookie: {why}"),
+                    )));
+                }
+                Err(_) => {}
+            }
+        }
+        if rfb_ok && x_ok {
+            break;
+        }
+        if Instant::now() >= deadline {
+            return Err(cleanup(err(
+                ErrorKind::Failed,
+                format!(
+                    "Xvnc on display :{d} was not ready within {} (RFB {}, X11 {})",
+                    humantime::format_duration(args.timeout),
+                    if rfb_ok { "ok" } else { "not answering" },
+                    if x_ok { "ok" } else { "not answering" },
+                ),
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+
+    let state = DesktopState {
+        display: d,
+        port,
+        xvnc_pid,
+        marker: marker.clone(),
+    };
+    let state_json = serde_json::to_vec(&state).expect("state serialises");
+    if let Err(e) = write_private(&dir.join("state.json"), &state_json) {
+        return Err(cleanup(e));
+    }
+
+    let desktop_log = dir.join("desktop.log");
+    let mut warnings = Vec::new();
+    for argv in desktop {
+        let is_twm = Path::new(&argv[0]).file_name().is_some_and(|n| n == "twm");
+        let mut cmd = Cmd::new(&argv[0])
+            .args(&argv[1..])
+            .env("DISPLAY", format!(":{d}"))
+            .env("XAUTHORITY", &xauth)
+            .env(procs::MARKER_VAR, &marker)
+            .current_dir(&me.home);
+        if is_twm {
+            // twm cannot load its font set under a UTF-8 locale and exits at once.
+            cmd = cmd.env("LANG", "C").env("LC_ALL", "C");
+        }
+        if let Err(e) = cmd.spawn_detached(&desktop_log) {
+            return Err(cleanup(err(
+                ErrorKind::Failed,
+                format!("desktop command failed to start: {e}"),
+            )));
+        }
+    }
+    if desktop.is_empty() {
+        warnings.push("no window manager or xterm found; the desktop is empty".to_owned());
+    }
+    Ok(StartedDesktop {
+        node: args.node.clone(),
+        display: d,
+        port,
+        host: args.listen.connect_addr().to_string(),
+        xvnc_pid,
+        marker,
+        warnings,
+    })
+}
+
+/// The line of an Xvnc log that says why it stopped (X servers print "(EE)" lines).
+fn xvnc_reason(log: &str) -> String {
+    let errors: Vec<&str> = log
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("(EE)") && l.len() > 5)
+        .map(|l| l.trim_start_matches("(EE)").trim())
+        .filter(|l| {
+            !l.is_empty()
+                && !l.starts_with("Please consult")
+                && !l.starts_with("Fatal server error")
+                && !l.contains("for help")
+        })
+        .collect();
+    match errors.last() {
+        Some(l) => (*l).to_owned(),
+        None => {
+            let l = last_line(log);
+            if l.is_empty() {
+                "no output".to_owned()
+            } else {
+                l
+            }
+        }
+    }
+}
+
+/// Reads the RFB version banner, e.g. `RFB 003.008`.
+pub fn rfb_banner(addr: SocketAddr) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    let mut b = [0u8; 12];
+    s.read_exact(&mut b).ok()?;
+    let text = String::from_utf8_lossy(&b).trim_end().to_owned();
+    text.starts_with("RFB ").then_some(text)
+}
+
+/// The argv of each desktop process to start.
+fn desktop_argvs(configured: Option<&str>) -> Result<Vec<Vec<String>>, AgentError> {
+    if let Some(cmdline) = configured.filter(|c| !c.trim().is_empty()) {
+        let argv = shell_words::split(cmdline).map_err(|e| {
+            err(
+                ErrorKind::Usage,
+                format!("cannot split the desktop command {cmdline:?}: {e}"),
+            )
+        })?;
+        return Ok(vec![argv]);
+    }
+    let mut out = Vec::new();
+    if let Some(wm) = ["xfce4-session", "openbox-session", "twm"]
+        .into_iter()
+        .find_map(find_in_path)
+    {
+        out.push(vec![wm]);
+    }
+    if let Some(xterm) = find_in_path("xterm") {
+        out.push(vec![xterm, "-geometry".into(), "100x30+20+20".into()]);
+    }
+    Ok(out)
+}
+
+fn find_in_path(name: &str) -> Option<String> {
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    std::env::split_paths(&path)
+        .map(|p| p.join(name))
+        .find(|p| p.is_file())
+        .map(|p| p.to_string_lossy().into_owned())
+}
+
+/// Signals every process of a desktop, then escalates to SIGKILL after `grace`.
+fn kill_desktop(uid: u32, marker: &str, extra: &[i32], grace: Duration) -> usize {
+    let mut targets = procs::marked(uid, marker);
+    for p in extra {
+        if procs::alive(*p) && !targets.contains(p) {
+            targets.push(*p);
+        }
+    }
+    let count = targets.len();
+    procs::signal_all(&targets, Signal::SIGTERM);
+    let until = Instant::now() + grace;
+    loop {
+        targets.retain(|p| procs::alive(*p));
+        if targets.is_empty() {
+            return count;
+        }
+        if Instant::now() >= until {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    procs::signal_all(&targets, Signal::SIGKILL);
+    let until = Instant::now() + Duration::from_secs(2);
+    while !targets.is_empty() && Instant::now() < until {
+        targets.retain(|p| procs::alive(*p));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    count
+}
+
+/// Stops the desktop on `display`: every process carrying its marker, then its leftovers.
+/// Stopping a desktop that is already gone succeeds.
+pub fn stop(node: &str, display: u32) -> Result<Stopped, AgentError> {
+    let me = Account::current().map_err(|e| err(ErrorKind::Failed, e.to_string()))?;
+    let dir = desktop_dir(&me.home, node, display);
+    let state: Option<DesktopState> = fs::read(dir.join("state.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let mut extra = Vec::new();
+    let marker = state.as_ref().map(|s| s.marker.clone()).unwrap_or_default();
+    if let Some(s) = &state {
+        extra.push(s.xvnc_pid);
+    }
+    // Also any Xvnc of ours on that display, in case the state file is gone.
+    let dir_text = dir.to_string_lossy().into_owned();
+    for x in procs::hpcdesk_xvnc() {
+        if x.uid == me.uid.as_raw() && x.display == display && x.password_file.starts_with(&dir_text)
+        {
+            extra.push(x.pid);
+        }
+    }
+    let killed = if marker.is_empty() && extra.is_empty() {
+        0
+    } else {
+        kill_desktop(me.uid.as_raw(), &marker, &extra, Duration::from_secs(5))
+    };
+    // A SIGKILLed X server leaves its lock and socket behind; remove them if they are ours.
+    for path in [x11::lock_path(display), x11::socket_path(display)] {
+        let stale = fs::read_to_string(x11::lock_path(display))
+            .ok()
+            .and_then(|t| t.trim().parse::<i32>().ok())
+            .is_none_or(|pid| !procs::alive(pid));
+        if stale {
+            let _ = fs::remove_file(&path);
+        }
+    }
+    let _ = fs::remove_dir_all(&dir);
+    Ok(Stopped {
+        display,
+        processes: killed,
+    })
+}
+
+/// The hpcdesk desktops alive on this node.
+pub fn list(node: &str) -> Vec<LiveDesktop> {
+    procs::hpcdesk_xvnc()
+        .into_iter()
+        .filter(|x| x.password_file.contains(&format!("/{node}-{}/", x.display)))
+        .map(|x| LiveDesktop {
+            user: nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(x.uid))
+                .ok()
+                .flatten()
+                .map(|u| u.name)
+                .unwrap_or_else(|| x.uid.to_string()),
+            display: x.display,
+            port: x.port,
+            pid: x.pid,
+        })
+        .collect()
+}
+
+/// Load and capacity of this node.
+pub fn probe(node: &str) -> Probe {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(1);
+    let load1 = fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0);
+    let meminfo = fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let field = |name: &str| -> u64 {
+        meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    Probe {
+        node: node.to_owned(),
+        cores,
+        load1,
+        mem_total_kib: field("MemTotal:"),
+        mem_available_kib: field("MemAvailable:"),
+        desktops: list(node).len() as u32,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn geometry_must_be_w_x_h() {
+        assert!(valid_geometry("1920x1080"));
+        assert!(!valid_geometry("1920x"));
+        assert!(!valid_geometry("1920*1080"));
+        assert!(!valid_geometry("8x8"));
+        assert!(!valid_geometry("-1x100"));
+        assert!(!valid_geometry("100x100;rm"));
+    }
+
+    #[test]
+    fn the_password_comes_from_stdin_without_newline() {
+        assert_eq!(read_password(&b"abcdefgh\n"[..]).unwrap(), b"abcdefgh");
+        assert!(read_password(&b"abc\n"[..]).is_err());
+    }
+
+    #[test]
+    fn the_xvnc_reason_is_the_last_error_line() {
+        let log = "Xvnc TigerVNC 1.12.0\n(EE) \n(EE) Fatal server error:\n(EE) Cannot open /x/passwd: No such file\n(EE) \n(EE) Please consult the The X.Org Foundation support\n";
+        assert_eq!(xvnc_reason(log), "Cannot open /x/passwd: No such file");
+        assert_eq!(xvnc_reason("Unrecognized option: -bogus\n"), "Unrecognized option: -bogus");
+        assert_eq!(xvnc_reason(""), "no output");
+    }
+
+    #[test]
+    fn a_configured_desktop_is_split_without_a_shell() {
+        let v = desktop_argvs(Some("/usr/bin/xterm -T 'my term' -e 'sleep 1; x'")).unwrap();
+        assert_eq!(v, vec![vec!["/usr/bin/xterm", "-T", "my term", "-e", "sleep 1; x"]]);
+        assert!(desktop_argvs(Some("xterm 'unclosed")).is_err());
+    }
+
+    #[test]
+    fn listen_parses_localhost_or_an_address() {
+        assert_eq!(Listen::parse("localhost").unwrap(), Listen::Localhost);
+        assert!(matches!(Listen::parse("10.0.0.2").unwrap(), Listen::Interface(_)));
+        assert!(Listen::parse("0.0.0.0; rm").is_err());
+    }
+}

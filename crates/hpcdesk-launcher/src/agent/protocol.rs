@@ -1,0 +1,69 @@
+//! What the node agent prints: one JSON object on stdout, shared by the agent and the
+//! launchers that parse it.
+
+use serde::{Deserialize, Serialize};
+
+/// Why the agent failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// Bad arguments: a configuration problem.
+    Usage,
+    /// Every display in the range is taken: the node is full.
+    NoDisplay,
+    /// The desktop could not be started or stopped.
+    Failed,
+}
+
+/// An agent failure: `{"kind": ..., "error": "...", "display": N?}`, exit code 1.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{error}")]
+pub struct AgentError {
+    pub kind: ErrorKind,
+    pub error: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display: Option<u32>,
+}
+
+/// Reply of `node start`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StartedDesktop {
+    pub node: String,
+    pub display: u32,
+    pub port: u16,
+    /// Address the gateway connects to.
+    pub host: String,
+    pub xvnc_pid: i32,
+    /// The value of `HPCDESK_DESKTOP` in every process of this desktop.
+    pub marker: String,
+    #[serde(default)]
+    pub warnings: Vec<String>,
+}
+
+/// Reply of `node stop`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stopped {
+    pub display: u32,
+    /// Processes that were signalled.
+    pub processes: usize,
+}
+
+/// One element of the reply of `node list`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LiveDesktop {
+    pub user: String,
+    pub display: u32,
+    pub port: Option<u16>,
+    pub pid: i32,
+}
+
+/// Reply of `node probe`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Probe {
+    pub node: String,
+    pub cores: u32,
+    pub load1: f64,
+    pub mem_total_kib: u64,
+    pub mem_available_kib: u64,
+    pub desktops: u32,
+}
