@@ -28,6 +28,14 @@ pub enum LaunchError {
     /// The desktop could not be started or stopped: 815008.
     #[error("{0}")]
     Desktop(String),
+    /// The desktop was tried on a display of a node and failed there: 815008. The session
+    /// keeps that place in its id so its `statusReason` can be listed.
+    #[error("{reason}")]
+    FailedAt {
+        reason: String,
+        node: NodeName,
+        display: DisplayNumber,
+    },
 }
 
 /// A request to start one desktop.

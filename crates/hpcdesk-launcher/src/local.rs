@@ -96,9 +96,11 @@ impl LocalLauncher {
     }
 }
 
-/// Parses the agent's reply: its JSON on success, its JSON error otherwise.
+/// Parses the agent's reply: its JSON on success, its JSON error otherwise. An error that
+/// names a display is placed on `node`.
 fn agent_reply<T: for<'de> Deserialize<'de>>(
     result: Result<String, ProcessError>,
+    node: &NodeName,
 ) -> Result<T, LaunchError> {
     let last_json = |s: &str| s.lines().rev().find(|l| l.trim_start().starts_with(['{', '['])).map(str::to_owned);
     match result {
@@ -119,6 +121,18 @@ fn agent_reply<T: for<'de> Deserialize<'de>>(
                 error,
                 ..
             }) => Err(LaunchError::NoCapacity(error)),
+            Some(AgentError {
+                error,
+                display: Some(d),
+                ..
+            }) => match DisplayNumber::new(d) {
+                Ok(display) => Err(LaunchError::FailedAt {
+                    reason: error,
+                    node: node.clone(),
+                    display,
+                }),
+                Err(_) => Err(LaunchError::Desktop(error)),
+            },
             Some(e) => Err(LaunchError::Desktop(e.error)),
             None => Err(LaunchError::Desktop(format!(
                 "the node agent failed ({status}): {}",
@@ -160,7 +174,7 @@ impl Launcher for LocalLauncher {
         let cmd = cmd
             .stdin(stdin)
             .timeout(self.cfg.start_timeout + Duration::from_secs(10));
-        let started: StartedDesktop = agent_reply(cmd.output().await)?;
+        let started: StartedDesktop = agent_reply(cmd.output().await, &self.cfg.node)?;
         let display = DisplayNumber::new(started.display)
             .map_err(|e| LaunchError::Desktop(format!("the node agent reported {e}")))?;
         let handle = serde_json::to_string(&Handle {
@@ -187,7 +201,7 @@ impl Launcher for LocalLauncher {
             .args(["--node", self.cfg.node.as_str()])
             .args(["--display", &target.display.to_string()])
             .timeout(Duration::from_secs(20));
-        let _: crate::agent::Stopped = agent_reply(cmd.output().await)?;
+        let _: crate::agent::Stopped = agent_reply(cmd.output().await, &self.cfg.node)?;
         Ok(())
     }
 
@@ -197,7 +211,7 @@ impl Launcher for LocalLauncher {
             .arg("list")
             .args(["--node", self.cfg.node.as_str()])
             .timeout(Duration::from_secs(20));
-        let live: Vec<LiveDesktop> = agent_reply(cmd.output().await)?;
+        let live: Vec<LiveDesktop> = agent_reply(cmd.output().await, &self.cfg.node)?;
         Ok(match_survey(&self.cfg.node, targets, &live))
     }
 
@@ -300,13 +314,26 @@ mod tests {
                 stderr_tail: String::new(),
             })
         };
+        let n = NodeName::parse("n").unwrap();
         let r: Result<StartedDesktop, _> =
-            agent_reply(failed(r#"{"kind":"no_display","error":"no free display"}"#));
+            agent_reply(failed(r#"{"kind":"no_display","error":"no free display"}"#), &n);
         assert_eq!(r.unwrap_err(), LaunchError::NoCapacity("no free display".into()));
         let r: Result<StartedDesktop, _> =
-            agent_reply(failed(r#"{"kind":"failed","error":"Xvnc exited: bad option"}"#));
-        assert_eq!(r.unwrap_err(), LaunchError::Desktop("Xvnc exited: bad option".into()));
-        let r: Result<StartedDesktop, _> = agent_reply(Ok("garbage".into()));
+            agent_reply(failed(r#"{"kind":"failed","error":"no such user"}"#), &n);
+        assert_eq!(r.unwrap_err(), LaunchError::Desktop("no such user".into()));
+        let r: Result<StartedDesktop, _> = agent_reply(
+            failed(r#"{"kind":"failed","error":"Xvnc exited: bad option","display":4}"#),
+            &n,
+        );
+        assert_eq!(
+            r.unwrap_err(),
+            LaunchError::FailedAt {
+                reason: "Xvnc exited: bad option".into(),
+                node: n.clone(),
+                display: DisplayNumber::new(4).unwrap()
+            }
+        );
+        let r: Result<StartedDesktop, _> = agent_reply(Ok("garbage".into()), &n);
         assert!(matches!(r.unwrap_err(), LaunchError::Desktop(_)));
     }
 }

@@ -1,1 +1,26 @@
-//! placeholder
+//! The hpcdesk service.
+//!
+//! - [`config`]: the TOML + environment configuration and its defaults (DESIGN §5).
+//! - [`auth`]: SCNet token verification and minting (DESIGN §2.2).
+//! - [`error`]: [`ApiError`], the one mapping from failures to SCNet codes.
+//! - [`routes`]: the axum router; handlers only translate HTTP.
+//! - [`sessions`]: orchestration of create / list / delete / launchurl (no HTTP types).
+//! - [`lifecycle`]: reconcile (and later the idle sweep), run in the background.
+//! - [`state`]: [`AppState`] shared by all of the above, and the [`Clock`].
+//! - [`startup`]: building the state from a config and serving on a given listener.
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod lifecycle;
+pub mod routes;
+pub mod sessions;
+pub mod startup;
+pub mod state;
+
+pub use config::Config;
+pub use error::ApiError;
+pub use routes::router;
+pub use startup::{StartupError, build, build_with, serve};
+pub use state::{AppState, Clock, SystemClock};

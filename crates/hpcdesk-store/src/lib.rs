@@ -127,6 +127,16 @@ pub trait Store: Send + Sync + 'static {
         started: Started,
     ) -> Result<Option<SessionRecord>, StoreError>;
 
+    /// Records that starting a reserved session failed, and where (so the failure is listed
+    /// under its id with `reason`), if the row is still being started.
+    async fn start_failed(
+        &self,
+        key: &str,
+        at: Option<SessionId>,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+
     /// Moves a session to `to` if it is currently in one of `from`; returns whether it moved.
     async fn transition(
         &self,

@@ -280,6 +280,56 @@ impl Store for SqliteStore {
         Ok(rec)
     }
 
+    #[tracing::instrument(level = "debug", skip(self, reason))]
+    async fn start_failed(
+        &self,
+        key: &str,
+        at: Option<SessionId>,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let now = millis(now);
+        let mut tx = self.pool.begin().await?;
+        if let Some(id) = &at {
+            let id_text = id.to_string();
+            sqlx::query(
+                "UPDATE sessions SET state = 'stopped', updated_at = $3, \
+                 status_reason = 'display reused by a newer session' \
+                 WHERE session_id = $1 AND key <> $2 AND state <> 'stopped'",
+            )
+            .bind(&id_text)
+            .bind(key)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "UPDATE sessions SET session_id = $2, node = $3, display = $4, state = 'failed', \
+                 status_reason = $5, updated_at = $6 \
+                 WHERE key = $1 AND state IN ('pending', 'starting')",
+            )
+            .bind(key)
+            .bind(&id_text)
+            .bind(id.node().as_str())
+            .bind(i64::from(id.display().get()))
+            .bind(reason)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        } else {
+            sqlx::query(
+                "UPDATE sessions SET state = 'failed', status_reason = $2, updated_at = $3 \
+                 WHERE key = $1 AND state IN ('pending', 'starting')",
+            )
+            .bind(key)
+            .bind(reason)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     #[tracing::instrument(level = "debug", skip(self, from, reason))]
     async fn transition(
         &self,

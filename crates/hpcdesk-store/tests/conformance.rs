@@ -155,6 +155,26 @@ async fn a_new_claim_clears_old_failures_and_reused_ids(store: Arc<dyn Store>) {
     assert!(store.session_started(&b.key, started(12)).await.unwrap().is_none());
 }
 
+async fn a_failed_start_is_listed_under_its_id_with_the_reason(store: Arc<dyn Store>) {
+    let rec = claimed(store.claim_session(new_session("u7")).await.unwrap());
+    let id = started(13).session_id;
+    store
+        .start_failed(&rec.key, Some(id.clone()), "Xvnc exited: bad option", Utc::now())
+        .await
+        .unwrap();
+    let failed = store.visible_session(&id).await.unwrap().unwrap();
+    assert_eq!(failed.state, SessionState::Failed);
+    assert_eq!(failed.status_reason, "Xvnc exited: bad option");
+    assert_eq!(store.list_sessions(Some("u7")).await.unwrap().len(), 1);
+    // The owner may create again at once.
+    claimed(store.claim_session(new_session("u7")).await.unwrap());
+    // A failure before any display was picked is recorded but has nothing to list.
+    let rec = claimed(store.claim_session(new_session("u8")).await.unwrap());
+    store.start_failed(&rec.key, None, "no such account", Utc::now()).await.unwrap();
+    let r = store.session_by_key(&rec.key).await.unwrap().unwrap();
+    assert_eq!((r.state, r.status_reason.as_str()), (SessionState::Failed, "no such account"));
+}
+
 async fn grants_are_found_by_hash_and_revoked(store: Arc<dyn Store>) {
     let rec = claimed(store.claim_session(new_session("u6")).await.unwrap());
     let now = Utc::now();
@@ -195,5 +215,6 @@ mod sqlite {
         a_started_session_is_visible_and_listed,
         a_new_claim_clears_old_failures_and_reused_ids,
         grants_are_found_by_hash_and_revoked,
+        a_failed_start_is_listed_under_its_id_with_the_reason,
     );
 }

@@ -1,0 +1,591 @@
+//! Configuration (DESIGN §5): one TOML file, every key overridable from the environment
+//! as `HPCDESK_SECTION__KEY`, and defaults that make `hpcdesk serve` with no file at all a
+//! working single-machine service.
+//!
+//! Layering: built-in defaults < the TOML file < environment. Unknown keys are errors, so a
+//! typo in an operator's file is reported instead of silently ignored. Secrets are wrapped
+//! in [`Secret`] and never printed.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{origin}: {message}")]
+    Invalid { origin: String, message: String },
+}
+
+/// A secret string: `Debug` and `Display` never show it.
+#[derive(Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// A duration written like `30s`, `10m`, `24h`, `1h 30m`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl Serialize for HumanDuration {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(self.0).to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s)
+            .map(HumanDuration)
+            .map_err(|e| serde::de::Error::custom(format!("{s:?} is not a duration ({e}); write e.g. 30s, 10m, 24h")))
+    }
+}
+
+/// One secret or a list of them (the first signs, all verify: key rotation).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum SecretList {
+    One(Secret),
+    Many(Vec<Secret>),
+}
+
+impl SecretList {
+    pub fn to_vec(&self) -> Vec<Secret> {
+        match self {
+            SecretList::One(s) => vec![s.clone()],
+            SecretList::Many(v) => v.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub store: StoreConfig,
+    pub auth: AuthConfig,
+    pub launcher: LauncherConfig,
+    pub gateway: GatewayConfig,
+    pub lifecycle: LifecycleConfig,
+    pub limits: LimitsConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    pub listen: String,
+    /// Public base URL (e.g. `https://hpc.example.org/desktop`); makes launch URLs absolute.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_url: Option<String>,
+    pub data_dir: PathBuf,
+    /// Secret that seals VNC passwords; generated under `data_dir` when unset. Instances that
+    /// share one database must share it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<Secret>,
+}
+
+#[derive(Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `sqlite://path`; default `sqlite://<data_dir>/hpcdesk.db`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RoleKind {
+    User,
+    Admin,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwt_secret: Option<SecretList>,
+    pub cluster_id: String,
+    /// Token `role` value → permission set.
+    pub roles: BTreeMap<String, RoleKind>,
+    /// Longest `token` header accepted (bytes).
+    pub max_token_bytes: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LauncherKind {
+    Local,
+    Ssh,
+    Slurm,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LauncherConfig {
+    pub kind: LauncherKind,
+    pub xvnc: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub desktop: Option<String>,
+    pub geometry: String,
+    pub depth: u8,
+    pub start_timeout: HumanDuration,
+    /// This node's name in session ids; default: the short host name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+    /// The `hpcdesk` binary run as node agent; default: this binary.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent: Option<PathBuf>,
+    pub display_min: u32,
+    pub display_max: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewayConfig {
+    pub grant_ttl: HumanDuration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LifecycleConfig {
+    pub reconcile_every: HumanDuration,
+    pub kill_orphans: bool,
+    pub idle_sweep_at: String,
+    pub idle_after: HumanDuration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest request body accepted (bytes); larger → 10012.
+    pub max_body_bytes: usize,
+    /// Largest total size of request headers (bytes); larger → 10012.
+    pub max_header_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "127.0.0.1:65106".into(),
+            public_url: None,
+            data_dir: PathBuf::from("./data"),
+            secret: None,
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            jwt_secret: None,
+            cluster_id: "11112".into(),
+            roles: BTreeMap::from([("1".to_owned(), RoleKind::User)]),
+            max_token_bytes: 8192,
+        }
+    }
+}
+
+impl Default for LauncherConfig {
+    fn default() -> Self {
+        LauncherConfig {
+            kind: LauncherKind::Local,
+            xvnc: "Xvnc".into(),
+            desktop: None,
+            geometry: "1920x1080".into(),
+            depth: 24,
+            start_timeout: HumanDuration(Duration::from_secs(30)),
+            node_name: None,
+            agent: None,
+            display_min: 1,
+            display_max: 99,
+        }
+    }
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            grant_ttl: HumanDuration(Duration::from_secs(600)),
+        }
+    }
+}
+
+impl Default for LifecycleConfig {
+    fn default() -> Self {
+        LifecycleConfig {
+            reconcile_every: HumanDuration(Duration::from_secs(30)),
+            kill_orphans: false,
+            idle_sweep_at: "01:00".into(),
+            idle_after: HumanDuration(Duration::from_secs(24 * 3600)),
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_body_bytes: 64 * 1024,
+            max_header_bytes: 16 * 1024,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            server: ServerConfig::default(),
+            store: StoreConfig::default(),
+            auth: AuthConfig::default(),
+            launcher: LauncherConfig::default(),
+            gateway: GatewayConfig::default(),
+            lifecycle: LifecycleConfig::default(),
+            limits: LimitsConfig::default(),
+        }
+    }
+}
+
+impl fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreConfig")
+            .field("url", &self.url.as_deref().map(redact_url_password))
+            .finish()
+    }
+}
+
+const ENV_PREFIX: &str = "HPCDESK_";
+
+fn invalid(origin: impl Into<String>, message: impl fmt::Display) -> ConfigError {
+    ConfigError::Invalid {
+        origin: origin.into(),
+        message: message.to_string(),
+    }
+}
+
+/// Merges `over` into `base`, table by table.
+fn merge(base: &mut toml::Value, over: toml::Value) {
+    match (base, over) {
+        (toml::Value::Table(b), toml::Value::Table(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(slot) => merge(slot, v),
+                    None => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (slot, v) => *slot = v,
+    }
+}
+
+/// Converts an environment value to the type the default at the same place has, so that
+/// `HPCDESK_AUTH__CLUSTER_ID=11112` stays a string and `HPCDESK_LAUNCHER__DEPTH=16` a number.
+fn env_value(raw: &str, like: Option<&toml::Value>, origin: &str) -> Result<toml::Value, ConfigError> {
+    use toml::Value as V;
+    let parse_inline = |raw: &str| -> Result<V, ConfigError> {
+        let doc: toml::Table = toml::from_str(&format!("v = {raw}"))
+            .map_err(|e| invalid(origin, format!("cannot parse {raw:?}: {e}")))?;
+        Ok(doc.get("v").cloned().unwrap_or(V::String(raw.to_owned())))
+    };
+    Ok(match like {
+        Some(V::Integer(_)) => V::Integer(
+            raw.trim()
+                .parse()
+                .map_err(|_| invalid(origin, format!("{raw:?} is not an integer")))?,
+        ),
+        Some(V::Boolean(_)) => V::Boolean(match raw.trim() {
+            "true" | "1" | "yes" => true,
+            "false" | "0" | "no" => false,
+            _ => return Err(invalid(origin, format!("{raw:?} is not true or false"))),
+        }),
+        Some(V::Table(_)) | Some(V::Array(_)) => parse_inline(raw)?,
+        // Strings, and optional keys without a default: a list when it looks like one.
+        _ if raw.trim_start().starts_with('[') => parse_inline(raw)?,
+        _ => V::String(raw.to_owned()),
+    })
+}
+
+fn lookup<'a>(v: &'a toml::Value, path: &[String]) -> Option<&'a toml::Value> {
+    path.iter().try_fold(v, |v, k| v.get(k))
+}
+
+fn set(v: &mut toml::Value, path: &[String], value: toml::Value) {
+    let mut cur = v;
+    for (i, k) in path.iter().enumerate() {
+        let table = match cur {
+            toml::Value::Table(t) => t,
+            other => {
+                *other = toml::Value::Table(toml::Table::new());
+                let toml::Value::Table(t) = other else {
+                    unreachable!()
+                };
+                t
+            }
+        };
+        if i + 1 == path.len() {
+            table.insert(k.clone(), value);
+            return;
+        }
+        cur = table
+            .entry(k.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    }
+}
+
+impl Config {
+    /// Loads defaults < `file` (if any) < the `HPCDESK_SECTION__KEY` variables of `env`.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut value = toml::Value::try_from(Config::default())
+            .map_err(|e| invalid("defaults", e))?;
+        let defaults = value.clone();
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
+            let table: toml::Table =
+                toml::from_str(&text).map_err(|e| invalid(path.display().to_string(), e))?;
+            merge(&mut value, toml::Value::Table(table));
+        }
+        let mut vars: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX) && k.contains("__"))
+            .collect();
+        vars.sort();
+        for (k, raw) in vars {
+            let path: Vec<String> = k[ENV_PREFIX.len()..]
+                .split("__")
+                .map(str::to_ascii_lowercase)
+                .collect();
+            let like = lookup(&value, &path).or_else(|| lookup(&defaults, &path));
+            let v = env_value(&raw, like, &k)?;
+            set(&mut value, &path, v);
+        }
+        let config: Config = value
+            .try_into()
+            .map_err(|e: toml::de::Error| invalid("configuration", e.message()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.listen_addr()?;
+        if self.auth.cluster_id.trim().is_empty() {
+            return Err(invalid("auth.cluster_id", "must not be empty"));
+        }
+        if self.launcher.display_min > self.launcher.display_max {
+            return Err(invalid(
+                "launcher.display_min",
+                "must not be larger than launcher.display_max",
+            ));
+        }
+        if let Some(n) = &self.launcher.node_name {
+            hpcdesk_core::NodeName::parse(n).map_err(|e| invalid("launcher.node_name", e))?;
+        }
+        if let Some(url) = &self.server.public_url {
+            let uri: axum::http::Uri = url
+                .parse()
+                .map_err(|e| invalid("server.public_url", format!("{url:?}: {e}")))?;
+            if uri.scheme().is_none() || uri.host().is_none() || uri.query().is_some() {
+                return Err(invalid(
+                    "server.public_url",
+                    format!("{url:?} must be an absolute http(s) URL without a query"),
+                ));
+            }
+        }
+        crate::lifecycle::parse_time_of_day(&self.lifecycle.idle_sweep_at)
+            .map_err(|e| invalid("lifecycle.idle_sweep_at", e))?;
+        if let Some(SecretList::Many(v)) = &self.auth.jwt_secret
+            && v.is_empty()
+        {
+            return Err(invalid("auth.jwt_secret", "the list must not be empty"));
+        }
+        Ok(())
+    }
+
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.server.listen.parse().map_err(|_| {
+            invalid(
+                "server.listen",
+                format!("{:?} is not an address like 127.0.0.1:65106", self.server.listen),
+            )
+        })
+    }
+
+    /// The store URL, defaulting to a SQLite file in the data directory.
+    pub fn store_url(&self) -> String {
+        self.store.url.clone().unwrap_or_else(|| {
+            format!(
+                "sqlite://{}",
+                self.server.data_dir.join("hpcdesk.db").display()
+            )
+        })
+    }
+
+    /// The configuration as TOML with every secret replaced by `<redacted>`.
+    pub fn redacted_toml(&self) -> String {
+        let mut c = self.clone();
+        let r = || Secret::new("<redacted>");
+        if c.server.secret.is_some() {
+            c.server.secret = Some(r());
+        }
+        if let Some(list) = &c.auth.jwt_secret {
+            c.auth.jwt_secret = Some(SecretList::Many(list.to_vec().iter().map(|_| r()).collect()));
+        }
+        if let Some(url) = &c.store.url {
+            c.store.url = Some(redact_url_password(url));
+        }
+        toml::to_string_pretty(&c).unwrap_or_default()
+    }
+}
+
+/// `postgres://user:pw@host/db` → `postgres://user:<redacted>@host/db`.
+fn redact_url_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((creds, host)) = rest.split_once('@') else {
+        return url.to_owned();
+    };
+    match creds.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:<redacted>@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+/// The commented example printed by `hpcdesk config example`.
+pub const EXAMPLE: &str = include_str!("../hpcdesk.example.toml");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn no_file_and_no_env_gives_the_documented_defaults() {
+        let c = Config::load(None, env(&[])).unwrap();
+        assert_eq!(c.server.listen, "127.0.0.1:65106");
+        assert_eq!(c.server.data_dir, PathBuf::from("./data"));
+        assert_eq!(c.auth.cluster_id, "11112");
+        assert_eq!(c.auth.roles.get("1"), Some(&RoleKind::User));
+        assert_eq!(c.launcher.kind, LauncherKind::Local);
+        assert_eq!(c.launcher.geometry, "1920x1080");
+        assert_eq!(c.launcher.start_timeout.0, Duration::from_secs(30));
+        assert_eq!(c.gateway.grant_ttl.0, Duration::from_secs(600));
+        assert_eq!(c.lifecycle.idle_sweep_at, "01:00");
+        assert_eq!(c.lifecycle.idle_after.0, Duration::from_secs(86400));
+        assert_eq!(c.store_url(), "sqlite://./data/hpcdesk.db");
+    }
+
+    #[test]
+    fn env_overrides_the_file_and_keeps_digit_strings_as_strings() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(
+            &f,
+            "[server]\nlisten = \"127.0.0.1:1\"\n[auth]\ncluster_id = \"abc\"\n[auth.roles]\n\"1\" = \"user\"\n\"9\" = \"admin\"\n",
+        )
+        .unwrap();
+        let c = Config::load(
+            Some(&f),
+            env(&[
+                ("HPCDESK_SERVER__LISTEN", "127.0.0.1:2"),
+                ("HPCDESK_AUTH__CLUSTER_ID", "11112"),
+                ("HPCDESK_AUTH__JWT_SECRET", "123456"),
+                ("HPCDESK_LAUNCHER__DEPTH", "16"),
+                ("HPCDESK_LAUNCHER__START_TIMEOUT", "5s"),
+                ("HPCDESK_LIFECYCLE__KILL_ORPHANS", "true"),
+                ("HPCDESK_SERVER__PUBLIC_URL", "https://hpc.example.org/desk"),
+                ("HPCDESK_TOKEN", "not a config key"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.server.listen, "127.0.0.1:2");
+        assert_eq!(c.auth.cluster_id, "11112");
+        assert_eq!(c.auth.roles.get("9"), Some(&RoleKind::Admin));
+        assert_eq!(
+            c.auth.jwt_secret.unwrap().to_vec(),
+            vec![Secret::new("123456")]
+        );
+        assert_eq!(c.launcher.depth, 16);
+        assert_eq!(c.launcher.start_timeout.0, Duration::from_secs(5));
+        assert!(c.lifecycle.kill_orphans);
+    }
+
+    #[test]
+    fn a_list_of_jwt_secrets_is_accepted_for_rotation() {
+        let c = Config::load(None, env(&[("HPCDESK_AUTH__JWT_SECRET", "[\"new\", \"old\"]")])).unwrap();
+        assert_eq!(c.auth.jwt_secret.unwrap().to_vec().len(), 2);
+    }
+
+    #[test]
+    fn mistakes_are_reported_with_the_key() {
+        let e = Config::load(None, env(&[("HPCDESK_SERVER__LISTNE", "x")])).unwrap_err();
+        assert!(e.to_string().contains("listne"), "{e}");
+        let e = Config::load(None, env(&[("HPCDESK_LAUNCHER__START_TIMEOUT", "soon")])).unwrap_err();
+        assert!(e.to_string().contains("not a duration"), "{e}");
+        let e = Config::load(None, env(&[("HPCDESK_SERVER__LISTEN", "nowhere")])).unwrap_err();
+        assert!(e.to_string().contains("server.listen"), "{e}");
+        let e = Config::load(None, env(&[("HPCDESK_LAUNCHER__NODE_NAME", "a--b")])).unwrap_err();
+        assert!(e.to_string().contains("node_name"), "{e}");
+    }
+
+    #[test]
+    fn redacted_output_never_shows_secrets() {
+        let c = Config::load(
+            None,
+            env(&[
+                ("HPCDESK_AUTH__JWT_SECRET", "topsecret-jwt"),
+                ("HPCDESK_SERVER__SECRET", "topsecret-server"),
+                ("HPCDESK_STORE__URL", "postgres://u:topsecret-db@h/db"),
+            ]),
+        )
+        .unwrap();
+        let text = c.redacted_toml();
+        assert!(!text.contains("topsecret"), "{text}");
+        assert!(text.contains("<redacted>"));
+        assert!(!format!("{c:?}").contains("topsecret"));
+    }
+
+    #[test]
+    fn the_example_file_is_a_valid_configuration() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("example.toml");
+        std::fs::write(&f, EXAMPLE).unwrap();
+        Config::load(Some(&f), env(&[])).unwrap();
+    }
+}

@@ -1,0 +1,52 @@
+//! The SCNet desktop endpoints (DESIGN §2.3). Bodies are ignored: clients send none, `{}`
+//! or text.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use hpcdesk_core::Envelope;
+
+use super::extract::{SessionPath, V2};
+use crate::auth::AuthUser;
+use crate::error::{ApiError, envelope_response};
+use crate::sessions;
+use crate::state::AppState;
+
+fn ok<T: serde::Serialize>(data: T) -> Response {
+    envelope_response(StatusCode::OK, &Envelope::success(data))
+}
+
+/// `PUT /hpc/openapi/v2/desktop/vnc`
+#[tracing::instrument(skip_all, fields(user = %user.name()))]
+pub async fn create(State(app): State<AppState>, _: V2, user: AuthUser) -> Result<Response, ApiError> {
+    Ok(ok(sessions::create(&app, &user).await?))
+}
+
+/// `GET /hpc/openapi/v2/desktop/vnc`
+#[tracing::instrument(skip_all, fields(user = %user.name()))]
+pub async fn list(State(app): State<AppState>, _: V2, user: AuthUser) -> Result<Response, ApiError> {
+    Ok(ok(sessions::list(&app, &user).await?))
+}
+
+/// `DELETE /hpc/openapi/v2/desktop/vnc/{sessionId}`
+#[tracing::instrument(skip_all, fields(user = %user.name(), session = %id.0))]
+pub async fn delete(
+    State(app): State<AppState>,
+    _: V2,
+    user: AuthUser,
+    id: SessionPath,
+) -> Result<Response, ApiError> {
+    sessions::delete(&app, &user, &id.0).await?;
+    Ok(ok(serde_json::json!({})))
+}
+
+/// `GET /hpc/openapi/v2/desktop/vnc/{sessionId}/launchurl`
+#[tracing::instrument(skip_all, fields(user = %user.name(), session = %id.0))]
+pub async fn launch_url(
+    State(app): State<AppState>,
+    _: V2,
+    user: AuthUser,
+    id: SessionPath,
+) -> Result<Response, ApiError> {
+    Ok(ok(sessions::launch_url(&app, &user, &id.0).await?))
+}

@@ -1,0 +1,71 @@
+//! HTTP routes. Handlers only translate HTTP: extract and parse, call `sessions`, wrap the
+//! result in an envelope. Modules are named by resource.
+//!
+//! - [`desktop`]: the four SCNet desktop endpoints under `/hpc/openapi/v2/desktop/vnc`.
+//! - [`health`]: `GET /healthz`.
+//! - [`extract`]: the API-version check, the authenticated caller, the session id path part.
+//! - [`limits`]: header and body size limits (10012).
+
+pub mod desktop;
+pub mod extract;
+pub mod health;
+pub mod limits;
+
+use axum::Router;
+use axum::extract::Request;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tracing::Level;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// The whole HTTP surface of hpcdesk.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route(
+            "/hpc/openapi/{version}/desktop/vnc",
+            put(desktop::create).get(desktop::list),
+        )
+        .route(
+            "/hpc/openapi/{version}/desktop/vnc/{session_id}",
+            axum::routing::delete(desktop::delete),
+        )
+        .route(
+            "/hpc/openapi/{version}/desktop/vnc/{session_id}/launchurl",
+            get(desktop::launch_url),
+        )
+        .route("/healthz", get(health::health))
+        .fallback(no_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            limits::enforce,
+        ))
+        .layer(
+            TraceLayer::new_for_http()
+                // The path only: query strings carry grant tokens and sealed passwords.
+                .make_span_with(|req: &Request| {
+                    tracing::info_span!("http", method = %req.method(), path = %req.uri().path())
+                })
+                .on_response(DefaultOnResponse::new().level(Level::INFO)),
+        )
+        .with_state(state)
+}
+
+async fn no_route(req: Request) -> Response {
+    ApiError::NoRoute(format!("no such API: {} {}", req.method(), req.uri().path())).into_response()
+}
+
+async fn method_not_allowed(req: Request) -> Response {
+    let mut r = ApiError::NoRoute(format!(
+        "{} is not allowed on {}",
+        req.method(),
+        req.uri().path()
+    ))
+    .into_response();
+    *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+    r
+}

@@ -1,0 +1,380 @@
+//! Orchestration of desktop sessions: store → launcher → store. No HTTP types here; the
+//! handlers in `routes` translate requests into these calls and their results into envelopes.
+//!
+//! Rules owned here:
+//! - one live session per user: a create while one exists returns it unchanged; a create
+//!   while another request is still starting it waits for that start to finish;
+//! - a start runs in its own task, so a client that hangs up cannot leave a half-started
+//!   desktop behind (the start finishes and is recorded either way);
+//! - a failed start is recorded as `failed` with the reason, under its id when a display was
+//!   already picked, and reported as 815008 (or 815201 when no node had room);
+//! - delete stops the desktop first and only then marks the session stopped and revokes its
+//!   grants, so a failed stop loses nothing.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Local, SecondsFormat, Utc};
+use hpcdesk_core::claims::Action;
+use hpcdesk_core::wire::{LaunchUrl, SessionItem};
+use hpcdesk_core::{SessionId, SessionState};
+use hpcdesk_launcher::{LaunchError, StartRequest, Target};
+use hpcdesk_store::{Claim, GrantRecord, NewSession, SessionRecord, Started};
+use sha2::{Digest, Sha256};
+
+use crate::auth::AuthUser;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// VNC passwords are drawn from this alphabet (8 characters: the RFB limit).
+const PASSWORD_ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+
+fn new_vnc_password() -> Vec<u8> {
+    let mut out = Vec::with_capacity(8);
+    let limit = 256 - 256 % PASSWORD_ALPHABET.len();
+    while out.len() < 8 {
+        let mut b = [0u8; 16];
+        rand::fill(&mut b);
+        for x in b {
+            // Rejection sampling keeps every character equally likely.
+            if usize::from(x) < limit && out.len() < 8 {
+                out.push(PASSWORD_ALPHABET[usize::from(x) % PASSWORD_ALPHABET.len()]);
+            }
+        }
+    }
+    out
+}
+
+/// Hash under which a grant token is stored.
+pub fn grant_hash(token: &str) -> Vec<u8> {
+    Sha256::digest(token.as_bytes()).to_vec()
+}
+
+fn iso(t: DateTime<Utc>) -> String {
+    t.with_timezone(&Local)
+        .to_rfc3339_opts(SecondsFormat::Secs, false)
+}
+
+/// The API view of a stored session.
+pub fn item(rec: &SessionRecord, connections: u32) -> SessionItem {
+    SessionItem {
+        session_id: rec
+            .session_id
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+        host_name: rec
+            .node
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+        user_name: rec.compute_user.to_string(),
+        display_number: rec.display.map(|d| d.get()).unwrap_or(0),
+        status: rec.state.as_str().to_owned(),
+        status_reason: rec.status_reason.clone(),
+        create_time: iso(rec.created_at),
+        last_active_time: iso(rec.last_input_at.unwrap_or(rec.created_at)),
+        connections,
+        geometry: rec.geometry.clone(),
+    }
+}
+
+pub fn target(rec: &SessionRecord) -> Option<Target> {
+    Some(Target {
+        key: rec.key.clone(),
+        compute_user: rec.compute_user.clone(),
+        node: rec.node.clone()?,
+        display: rec.display?,
+        handle: rec.handle.clone(),
+    })
+}
+
+fn launch_error(e: LaunchError) -> ApiError {
+    match e {
+        LaunchError::NoCapacity(m) => ApiError::NoCapacity(m),
+        LaunchError::Desktop(m) => ApiError::Desktop(m),
+        LaunchError::FailedAt { reason, .. } => ApiError::Desktop(reason),
+    }
+}
+
+/// `PUT …/desktop/vnc`: the caller's session, started if they have none.
+pub async fn create(app: &AppState, user: &AuthUser) -> Result<SessionItem, ApiError> {
+    user.require(Action::CreateDesktop)?;
+    let claim = app
+        .store
+        .claim_session(NewSession {
+            owner: user.name().to_owned(),
+            user_id: user.claims.user_id.clone(),
+            invoker: user.claims.invoker.clone(),
+            compute_user: user.compute_user.clone(),
+            geometry: app.config.launcher.geometry.clone(),
+            launcher: app.launcher.kind().to_owned(),
+            state: SessionState::Starting,
+            now: app.clock.now(),
+        })
+        .await?;
+    let rec = match claim {
+        Claim::Existing(rec) => return existing(app, rec).await,
+        Claim::Claimed(rec) => rec,
+    };
+    // Detached from the request: finishing the start and recording its outcome must not
+    // depend on the client staying connected.
+    let task_app = app.clone();
+    let compute_user = user.compute_user.clone();
+    tokio::spawn(async move { start(&task_app, rec, compute_user).await })
+        .await
+        .map_err(ApiError::internal)?
+}
+
+async fn start(
+    app: &AppState,
+    rec: SessionRecord,
+    compute_user: hpcdesk_core::ComputeUser,
+) -> Result<SessionItem, ApiError> {
+    let password = new_vnc_password();
+    let launched = app
+        .launcher
+        .start(StartRequest {
+            compute_user: compute_user.clone(),
+            password: password.clone(),
+            geometry: rec.geometry.clone(),
+        })
+        .await;
+    let launched = match launched {
+        Ok(l) => l,
+        Err(e) => {
+            let at = match &e {
+                LaunchError::FailedAt { node, display, .. } => Some(SessionId::new(
+                    node.clone(),
+                    compute_user.clone(),
+                    *display,
+                )),
+                _ => None,
+            };
+            tracing::warn!(user = %compute_user, error = %e, "desktop start failed");
+            app.store
+                .start_failed(&rec.key, at, &e.to_string(), app.clock.now())
+                .await?;
+            return Err(launch_error(e));
+        }
+    };
+    for w in &launched.warnings {
+        tracing::warn!(user = %compute_user, "desktop started with a warning: {w}");
+    }
+    let id = SessionId::new(launched.node.clone(), compute_user.clone(), launched.display);
+    let stored = app
+        .store
+        .session_started(
+            &rec.key,
+            Started {
+                session_id: id.clone(),
+                node: launched.node.clone(),
+                display: launched.display,
+                host: launched.host.clone(),
+                port: launched.port,
+                vnc_password_sealed: app.server_key.seal_at_rest(&password),
+                handle: launched.handle.clone(),
+                state: SessionState::Running,
+                now: app.clock.now(),
+            },
+        )
+        .await;
+    match stored {
+        Ok(Some(rec)) => {
+            tracing::info!(session = %id, host = %launched.host, port = launched.port, "desktop running");
+            Ok(item(&rec, 0))
+        }
+        other => {
+            // The row was stopped meanwhile, or the store failed: the desktop must not
+            // outlive the record that would let anyone find and stop it.
+            let target = Target {
+                key: rec.key.clone(),
+                compute_user,
+                node: launched.node,
+                display: launched.display,
+                handle: launched.handle,
+            };
+            if let Err(e) = app.launcher.stop(&target).await {
+                tracing::error!(session = %id, error = %e, "could not stop an unrecorded desktop");
+            }
+            match other {
+                Err(e) => Err(e.into()),
+                _ => Err(ApiError::Desktop(
+                    "the session was stopped while its desktop was starting".into(),
+                )),
+            }
+        }
+    }
+}
+
+/// The answer to a create when the user already has a live session.
+async fn existing(app: &AppState, mut rec: SessionRecord) -> Result<SessionItem, ApiError> {
+    // Another request is starting it: wait for that start to finish (it is bounded by the
+    // launcher's own timeout).
+    let give_up = app.config.launcher.start_timeout.0 + Duration::from_secs(15);
+    let deadline = tokio::time::Instant::now() + give_up;
+    while rec.state == SessionState::Starting && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        rec = match app.store.session_by_key(&rec.key).await? {
+            Some(r) => r,
+            None => return Err(ApiError::internal(std::io::Error::other("claimed session vanished"))),
+        };
+    }
+    match rec.state {
+        SessionState::Running | SessionState::Pending => Ok(item(&rec, 0)),
+        SessionState::Starting => Err(ApiError::Desktop(
+            "your desktop is still starting; try again shortly".into(),
+        )),
+        SessionState::Failed => Err(ApiError::Desktop(rec.status_reason)),
+        SessionState::Stopped => Err(ApiError::Desktop(
+            "your desktop was stopped while it was starting".into(),
+        )),
+    }
+}
+
+/// `GET …/desktop/vnc`: the caller's sessions, or every session for an admin.
+pub async fn list(app: &AppState, user: &AuthUser) -> Result<Vec<SessionItem>, ApiError> {
+    user.require(Action::UseDesktop)?;
+    let owner = (!user.is_admin()).then(|| user.name());
+    let recs = app.store.list_sessions(owner).await?;
+    Ok(recs.iter().map(|r| item(r, 0)).collect())
+}
+
+/// Finds a visible session the caller may act on: unknown → 815010, another user's → 10008.
+async fn owned_session(
+    app: &AppState,
+    user: &AuthUser,
+    id: &SessionId,
+) -> Result<SessionRecord, ApiError> {
+    let rec = app
+        .store
+        .visible_session(id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("desktop session {id} does not exist")))?;
+    if rec.owner != user.name() && !user.is_admin() {
+        return Err(ApiError::Permission(format!(
+            "desktop session {id} belongs to another user"
+        )));
+    }
+    Ok(rec)
+}
+
+/// `DELETE …/desktop/vnc/{id}`: stops the desktop and revokes its grants.
+pub async fn delete(app: &AppState, user: &AuthUser, id: &SessionId) -> Result<(), ApiError> {
+    user.require(Action::UseDesktop)?;
+    let rec = owned_session(app, user, id).await?;
+    let task_app = app.clone();
+    let by = user.name().to_owned();
+    tokio::spawn(async move { stop(&task_app, &rec, &format!("deleted by {by}")).await })
+        .await
+        .map_err(ApiError::internal)?
+}
+
+/// Stops a session's desktop, then records it stopped and revokes its grants.
+pub async fn stop(app: &AppState, rec: &SessionRecord, reason: &str) -> Result<(), ApiError> {
+    if let Some(target) = target(rec) {
+        match app.launcher.stop(&target).await {
+            Ok(()) => {}
+            // A failed session's desktop is already gone; leftovers are best effort.
+            Err(e) if rec.state == SessionState::Failed => {
+                tracing::warn!(key = %rec.key, error = %e, "cleanup of a failed desktop failed");
+            }
+            Err(e) => return Err(launch_error(e)),
+        }
+    }
+    app.store
+        .transition(
+            &rec.key,
+            &[
+                SessionState::Pending,
+                SessionState::Starting,
+                SessionState::Running,
+                SessionState::Failed,
+            ],
+            SessionState::Stopped,
+            reason,
+            app.clock.now(),
+        )
+        .await?;
+    app.store.revoke_grants(&rec.key).await?;
+    tracing::info!(key = %rec.key, session = ?rec.session_id.as_ref().map(ToString::to_string), reason, "desktop stopped");
+    Ok(())
+}
+
+/// `GET …/desktop/vnc/{id}/launchurl`: a fresh connection grant for the viewer.
+pub async fn launch_url(
+    app: &AppState,
+    user: &AuthUser,
+    id: &SessionId,
+) -> Result<LaunchUrl, ApiError> {
+    user.require(Action::UseDesktop)?;
+    let rec = owned_session(app, user, id).await?;
+    if rec.state != SessionState::Running {
+        let why = if rec.status_reason.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", rec.status_reason)
+        };
+        return Err(ApiError::Desktop(format!(
+            "desktop session {id} is {}{why}",
+            rec.state
+        )));
+    }
+    let sealed = rec
+        .vnc_password_sealed
+        .as_deref()
+        .ok_or_else(|| ApiError::internal(std::io::Error::other("running session without a password")))?;
+    let password = app
+        .server_key
+        .open_at_rest(sealed)
+        .map_err(ApiError::internal)?;
+    let token = uuid::Uuid::new_v4().to_string();
+    let now = app.clock.now();
+    let ttl = chrono::Duration::from_std(app.config.gateway.grant_ttl.0)
+        .map_err(ApiError::internal)?;
+    app.store
+        .insert_grant(GrantRecord {
+            token_hash: grant_hash(&token),
+            session_key: rec.key.clone(),
+            owner: rec.owner.clone(),
+            view_only: false,
+            created_at: now,
+            expires_at: now + ttl,
+            revoked: false,
+        })
+        .await?;
+    let mm = app.server_key.seal_for_grant(&token, &password);
+    let path = format!(
+        "/vnc.html?path={}/vncws?token={token}&mm={mm}&resize=remote",
+        app.path_prefix
+    );
+    Ok(match &app.public_base {
+        Some(base) => LaunchUrl {
+            novnc_url: format!("{base}{path}"),
+            with_domain: true,
+        },
+        None => LaunchUrl {
+            novnc_url: path,
+            with_domain: false,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vnc_passwords_are_eight_alphanumerics_and_differ() {
+        let a = new_vnc_password();
+        let b = new_vnc_password();
+        assert_eq!(a.len(), 8);
+        assert!(a.iter().all(|c| c.is_ascii_alphanumeric()));
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn grant_hashes_are_sha256() {
+        assert_eq!(grant_hash("x").len(), 32);
+        assert_ne!(grant_hash("x"), grant_hash("y"));
+    }
+}

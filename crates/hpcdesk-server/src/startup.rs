@@ -1,0 +1,215 @@
+//! Building the service from its configuration, and running it on a given listener until a
+//! given shutdown signal (tests bind `127.0.0.1:0` and pass their own signal).
+
+use std::future::Future;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use hpcdesk_core::NodeName;
+use hpcdesk_core::seal::ServerKey;
+use hpcdesk_launcher::{Launcher, LocalConfig, LocalLauncher};
+use hpcdesk_store::{SqliteStore, Store};
+
+use crate::auth::TokenVerifier;
+use crate::config::{Config, ConfigError, LauncherKind, Secret};
+use crate::state::{AppState, Clock, Inner, SystemClock};
+use crate::{lifecycle, routes};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot prepare {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot open the store: {0}")]
+    Store(#[from] hpcdesk_store::StoreError),
+    #[error("launcher: {0}")]
+    Launcher(String),
+}
+
+fn data_dir_err(path: &Path) -> impl FnOnce(std::io::Error) -> StartupError + '_ {
+    move |source| StartupError::DataDir {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Creates the data directory (0700) if needed.
+pub fn ensure_data_dir(config: &Config) -> Result<(), StartupError> {
+    let dir = &config.server.data_dir;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(data_dir_err(dir))
+}
+
+/// Reads a generated secret from `file`, creating it (0600, 256 random bits) on first use.
+fn generated_secret(file: &Path) -> Result<Secret, StartupError> {
+    if let Ok(text) = std::fs::read_to_string(file) {
+        let text = text.trim();
+        if !text.is_empty() {
+            return Ok(Secret::new(text));
+        }
+    }
+    let mut bytes = [0u8; 32];
+    rand::fill(&mut bytes);
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let mut f = std::fs::File::options()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(file)
+        .map_err(data_dir_err(file))?;
+    f.write_all(hex.as_bytes()).map_err(data_dir_err(file))?;
+    Ok(Secret::new(hex))
+}
+
+/// The JWT secrets: configured, or generated once under the data directory.
+pub fn jwt_secrets(config: &Config) -> Result<Vec<Secret>, StartupError> {
+    match &config.auth.jwt_secret {
+        Some(list) => Ok(list.to_vec()),
+        None => {
+            ensure_data_dir(config)?;
+            Ok(vec![generated_secret(
+                &config.server.data_dir.join("jwt.secret"),
+            )?])
+        }
+    }
+}
+
+fn server_key(config: &Config) -> Result<ServerKey, StartupError> {
+    let secret = match &config.server.secret {
+        Some(s) => s.clone(),
+        None => {
+            ensure_data_dir(config)?;
+            generated_secret(&config.server.data_dir.join("server.key"))?
+        }
+    };
+    Ok(ServerKey::from_secret(secret.expose().as_bytes()))
+}
+
+/// This machine's node name: configured, or the short host name.
+pub fn node_name(config: &Config) -> Result<NodeName, StartupError> {
+    let name = match &config.launcher.node_name {
+        Some(n) => n.clone(),
+        None => nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().split('.').next().unwrap_or("").to_owned())
+            .map_err(|e| StartupError::Launcher(format!("cannot read the host name: {e}")))?,
+    };
+    NodeName::parse(&name).map_err(|e| {
+        StartupError::Launcher(format!(
+            "host name {name:?} cannot be used in session ids ({e}); set launcher.node_name"
+        ))
+    })
+}
+
+pub fn build_launcher(config: &Config) -> Result<Arc<dyn Launcher>, StartupError> {
+    let l = &config.launcher;
+    match l.kind {
+        LauncherKind::Local => {
+            let agent = match &l.agent {
+                Some(p) => p.clone(),
+                None => std::env::current_exe().map_err(|e| {
+                    StartupError::Launcher(format!("cannot find the hpcdesk binary: {e}"))
+                })?,
+            };
+            Ok(Arc::new(LocalLauncher::new(LocalConfig {
+                agent,
+                node: node_name(config)?,
+                xvnc: l.xvnc.clone(),
+                desktop: l.desktop.clone(),
+                depth: l.depth,
+                display_min: l.display_min,
+                display_max: l.display_max,
+                start_timeout: l.start_timeout.0,
+                path: std::env::var("PATH")
+                    .unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".to_owned()),
+            })))
+        }
+        other => Err(StartupError::Launcher(format!(
+            "launcher.kind = {other:?} is not available in this version; use \"local\""
+        ))),
+    }
+}
+
+/// Builds the application state: store (migrated), secrets, launcher, token verifier.
+pub async fn build(config: Config) -> Result<AppState, StartupError> {
+    let launcher = build_launcher(&config)?;
+    build_with(config, launcher, Arc::new(SystemClock)).await
+}
+
+/// [`build`] with a given launcher and clock (tests).
+pub async fn build_with(
+    config: Config,
+    launcher: Arc<dyn Launcher>,
+    clock: Arc<dyn Clock>,
+) -> Result<AppState, StartupError> {
+    let url = config.store_url();
+    if url.starts_with("sqlite:") && config.store.url.is_none() {
+        ensure_data_dir(&config)?;
+    }
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&url).await?);
+    let verifier = TokenVerifier::new(
+        &jwt_secrets(&config)?,
+        &config.auth.cluster_id,
+        config.auth.roles.clone(),
+        config.auth.max_token_bytes,
+    );
+    let server_key = server_key(&config)?;
+    let (public_base, path_prefix) = match &config.server.public_url {
+        Some(url) => {
+            let base = url.trim_end_matches('/').to_owned();
+            let prefix = base
+                .parse::<axum::http::Uri>()
+                .map(|u| u.path().trim_end_matches('/').to_owned())
+                .unwrap_or_default();
+            (Some(base), prefix)
+        }
+        None => (None, String::new()),
+    };
+    Ok(AppState::new(Inner {
+        config,
+        store,
+        launcher,
+        verifier,
+        server_key,
+        clock,
+        public_base,
+        path_prefix,
+    }))
+}
+
+/// Serves the API on `listener` until `shutdown` completes. Reconciles once before taking
+/// requests, then keeps reconciling in the background.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    match lifecycle::reconcile(&state).await {
+        Ok(r) => tracing::info!(
+            checked = r.checked,
+            failed = r.failed,
+            orphans = r.orphans,
+            "start-up reconcile done"
+        ),
+        Err(e) => tracing::error!(error = %e, source = ?std::error::Error::source(&e), "start-up reconcile failed"),
+    }
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let background = tokio::spawn(lifecycle::reconcile_loop(state.clone(), stop_rx));
+    let app = routes::router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await;
+    let _ = stop_tx.send(true);
+    let _ = background.await;
+    result
+}

@@ -1,0 +1,57 @@
+//! The shared application state handed to every handler and background task.
+
+use std::ops::Deref;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use hpcdesk_core::seal::ServerKey;
+use hpcdesk_launcher::Launcher;
+use hpcdesk_store::Store;
+
+use crate::auth::TokenVerifier;
+use crate::config::Config;
+
+/// Where "now" comes from; tests substitute a clock they control.
+pub trait Clock: Send + Sync + 'static {
+    fn now(&self) -> DateTime<Utc>;
+}
+
+/// The wall clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+}
+
+/// Everything the service shares. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+pub struct Inner {
+    pub config: Config,
+    pub store: Arc<dyn Store>,
+    pub launcher: Arc<dyn Launcher>,
+    pub verifier: TokenVerifier,
+    pub server_key: ServerKey,
+    pub clock: Arc<dyn Clock>,
+    /// `public_url` without a trailing slash, when configured.
+    pub public_base: Option<String>,
+    /// The path part of `public_url` (e.g. `/desktop`), or empty.
+    pub path_prefix: String,
+}
+
+impl AppState {
+    pub fn new(inner: Inner) -> Self {
+        AppState(Arc::new(inner))
+    }
+}
+
+impl Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
