@@ -272,7 +272,10 @@ mod tests {
         assert!(ComputeUser::parse("alice").is_ok());
         assert!(ComputeUser::parse("a.b-c_d").is_ok());
         for bad in ["", "-rf", "a b", "a;b", "../x", "a--b", &"x".repeat(33)] {
-            assert!(ComputeUser::parse(bad).is_err(), "{bad:?} should be refused");
+            assert!(
+                ComputeUser::parse(bad).is_err(),
+                "{bad:?} should be refused"
+            );
         }
     }
 

@@ -14,9 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::agent::{AgentError, ErrorKind, LiveDesktop, StartedDesktop};
 use crate::process::{Account, Cmd, ProcessError};
-use crate::{
-    LaunchError, Launched, Launcher, Liveness, Orphan, StartRequest, Survey, Target,
-};
+use crate::{LaunchError, Launched, Launcher, Liveness, Orphan, StartRequest, Survey, Target};
 
 /// Settings of the local launcher.
 #[derive(Debug, Clone)]
@@ -55,10 +53,9 @@ impl LocalLauncher {
     /// The account to run the agent as, or why that is not possible.
     fn account_for(&self, user: &str) -> Result<Account, LaunchError> {
         let account = Account::lookup(user).map_err(|e| match e {
-            ProcessError::NoSuchUser(_) => LaunchError::Desktop(format!(
-                "there is no account {user:?} on {}",
-                self.cfg.node
-            )),
+            ProcessError::NoSuchUser(_) => {
+                LaunchError::Desktop(format!("there is no account {user:?} on {}", self.cfg.node))
+            }
             other => LaunchError::Desktop(other.to_string()),
         })?;
         if account.uid.is_root() {
@@ -82,7 +79,10 @@ impl LocalLauncher {
         let mut cmd = Cmd::new(&self.cfg.agent)
             .env_clear()
             .env("PATH", &self.cfg.path)
-            .env("LANG", std::env::var_os("LANG").unwrap_or_else(|| "C.UTF-8".into()));
+            .env(
+                "LANG",
+                std::env::var_os("LANG").unwrap_or_else(|| "C.UTF-8".into()),
+            );
         if let Some(a) = account {
             cmd = cmd
                 .env("HOME", &a.home)
@@ -102,7 +102,12 @@ fn agent_reply<T: for<'de> Deserialize<'de>>(
     result: Result<String, ProcessError>,
     node: &NodeName,
 ) -> Result<T, LaunchError> {
-    let last_json = |s: &str| s.lines().rev().find(|l| l.trim_start().starts_with(['{', '['])).map(str::to_owned);
+    let last_json = |s: &str| {
+        s.lines()
+            .rev()
+            .find(|l| l.trim_start().starts_with(['{', '[']))
+            .map(str::to_owned)
+    };
     match result {
         Ok(stdout) => {
             let line = last_json(&stdout).unwrap_or_default();
@@ -139,7 +144,9 @@ fn agent_reply<T: for<'de> Deserialize<'de>>(
                 crate::process::last_line(&stderr_tail)
             ))),
         },
-        Err(e) => Err(LaunchError::Desktop(format!("the node agent did not run: {e}"))),
+        Err(e) => Err(LaunchError::Desktop(format!(
+            "the node agent did not run: {e}"
+        ))),
     }
 }
 
@@ -231,7 +238,11 @@ impl Launcher for LocalLauncher {
 
 /// Matches what the agent sees alive against what the store believes.
 fn match_survey(node: &NodeName, targets: &[Target], live: &[LiveDesktop]) -> Survey {
-    let pid_of = |t: &Target| serde_json::from_str::<Handle>(&t.handle).ok().map(|h| h.pid);
+    let pid_of = |t: &Target| {
+        serde_json::from_str::<Handle>(&t.handle)
+            .ok()
+            .map(|h| h.pid)
+    };
     let owns = |t: &Target, l: &LiveDesktop| {
         l.display == t.display.get()
             && l.user == t.compute_user.as_str()
@@ -315,9 +326,14 @@ mod tests {
             })
         };
         let n = NodeName::parse("n").unwrap();
-        let r: Result<StartedDesktop, _> =
-            agent_reply(failed(r#"{"kind":"no_display","error":"no free display"}"#), &n);
-        assert_eq!(r.unwrap_err(), LaunchError::NoCapacity("no free display".into()));
+        let r: Result<StartedDesktop, _> = agent_reply(
+            failed(r#"{"kind":"no_display","error":"no free display"}"#),
+            &n,
+        );
+        assert_eq!(
+            r.unwrap_err(),
+            LaunchError::NoCapacity("no free display".into())
+        );
         let r: Result<StartedDesktop, _> =
             agent_reply(failed(r#"{"kind":"failed","error":"no such user"}"#), &n);
         assert_eq!(r.unwrap_err(), LaunchError::Desktop("no such user".into()));

@@ -12,6 +12,7 @@
 
 use std::ffi::{CString, OsString};
 use std::fs::File;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -70,13 +71,12 @@ impl Account {
             })?
             .ok_or_else(|| ProcessError::NoSuchUser(name.to_owned()))?;
         let cname = CString::new(name).map_err(|_| ProcessError::NoSuchUser(name.to_owned()))?;
-        let groups =
-            nix::unistd::getgrouplist(&cname, user.gid).map_err(|source| {
-                ProcessError::UserLookup {
-                    user: name.to_owned(),
-                    source,
-                }
-            })?;
+        let groups = nix::unistd::getgrouplist(&cname, user.gid).map_err(|source| {
+            ProcessError::UserLookup {
+                user: name.to_owned(),
+                source,
+            }
+        })?;
         Ok(Account {
             name: user.name,
             uid: user.uid,
@@ -264,6 +264,7 @@ impl Cmd {
         let out = File::options()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(log)
             .map_err(spawn_err)?;
         let err = out.try_clone().map_err(spawn_err)?;
@@ -332,7 +333,10 @@ mod tests {
 
     #[tokio::test]
     async fn stdout_and_stdin_travel_without_a_shell() {
-        let out = Cmd::new("cat").stdin(b"a b; echo c".to_vec()).output().await;
+        let out = Cmd::new("cat")
+            .stdin(b"a b; echo c".to_vec())
+            .output()
+            .await;
         assert_eq!(out.unwrap(), "a b; echo c");
         let out = Cmd::new("echo").arg("$(id)").output().await.unwrap();
         assert_eq!(out, "$(id)\n");
@@ -341,7 +345,10 @@ mod tests {
     #[tokio::test]
     async fn a_failure_carries_status_and_stderr() {
         let err = Cmd::new("sh")
-            .args(["-c", "echo out; echo first >&2; echo 'the reason' >&2; exit 3"])
+            .args([
+                "-c",
+                "echo out; echo first >&2; echo 'the reason' >&2; exit 3",
+            ])
             .output()
             .await
             .unwrap_err();

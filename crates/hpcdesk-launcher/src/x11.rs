@@ -89,7 +89,11 @@ pub enum SetupOutcome {
 }
 
 /// Connects to the display's socket and performs the connection set-up with `cookie`.
-pub fn probe_display(socket: &Path, cookie: &Cookie, timeout: Duration) -> std::io::Result<SetupOutcome> {
+pub fn probe_display(
+    socket: &Path,
+    cookie: &Cookie,
+    timeout: Duration,
+) -> std::io::Result<SetupOutcome> {
     let mut s = UnixStream::connect(socket)?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;

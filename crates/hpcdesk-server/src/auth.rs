@@ -126,7 +126,10 @@ impl TokenVerifier {
             ));
         }
         let role = *self.roles.get(&claims.role).ok_or_else(|| {
-            ApiError::RoleMapping(format!("role {:?} is not mapped to a permission set", claims.role))
+            ApiError::RoleMapping(format!(
+                "role {:?} is not mapped to a permission set",
+                claims.role
+            ))
         })?;
         let status = AccountStatus::parse(&claims.account_status).ok_or_else(|| {
             ApiError::Permission(format!("unknown accountStatus {:?}", claims.account_status))
@@ -213,7 +216,15 @@ mod tests {
     }
 
     fn claims() -> Claims {
-        claims_for("alice", "alice", "11112", "1", "Normal", NOW, Duration::from_secs(60))
+        claims_for(
+            "alice",
+            "alice",
+            "11112",
+            "1",
+            "Normal",
+            NOW,
+            Duration::from_secs(60),
+        )
     }
 
     fn code(r: Result<AuthUser, ApiError>) -> &'static str {
@@ -223,16 +234,30 @@ mod tests {
     #[test]
     fn a_token_signed_with_any_listed_secret_verifies() {
         let v = verifier();
-        assert_eq!(v.verify(&mint(&Secret::new("current"), &claims()), NOW).unwrap().name(), "alice");
-        assert!(v.verify(&mint(&Secret::new("previous"), &claims()), NOW).is_ok());
-        assert_eq!(code(v.verify(&mint(&Secret::new("other"), &claims()), NOW)), "10008");
+        assert_eq!(
+            v.verify(&mint(&Secret::new("current"), &claims()), NOW)
+                .unwrap()
+                .name(),
+            "alice"
+        );
+        assert!(
+            v.verify(&mint(&Secret::new("previous"), &claims()), NOW)
+                .is_ok()
+        );
+        assert_eq!(
+            code(v.verify(&mint(&Secret::new("other"), &claims()), NOW)),
+            "10008"
+        );
     }
 
     #[test]
     fn alg_none_and_other_algorithms_are_refused() {
         let v = verifier();
         let payload = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims()).unwrap());
-        for header in [r#"{"alg":"none","typ":"JWT"}"#, r#"{"alg":"HS512","typ":"JWT"}"#] {
+        for header in [
+            r#"{"alg":"none","typ":"JWT"}"#,
+            r#"{"alg":"HS512","typ":"JWT"}"#,
+        ] {
             let h = URL_SAFE_NO_PAD.encode(header);
             assert_eq!(code(v.verify(&format!("{h}.{payload}."), NOW)), "10008");
         }
@@ -276,6 +301,12 @@ mod tests {
         c.account_status = "Owe".into();
         let u = v.verify(&mint(&Secret::new("current"), &c), NOW).unwrap();
         assert!(u.require(Action::UseDesktop).is_ok());
-        assert_eq!(u.require(Action::CreateDesktop).unwrap_err().code().as_str(), "10008");
+        assert_eq!(
+            u.require(Action::CreateDesktop)
+                .unwrap_err()
+                .code()
+                .as_str(),
+            "10008"
+        );
     }
 }

@@ -62,7 +62,11 @@ impl<'de> Deserialize<'de> for HumanDuration {
         let s = String::deserialize(d)?;
         humantime::parse_duration(&s)
             .map(HumanDuration)
-            .map_err(|e| serde::de::Error::custom(format!("{s:?} is not a duration ({e}); write e.g. 30s, 10m, 24h")))
+            .map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "{s:?} is not a duration ({e}); write e.g. 30s, 10m, 24h"
+                ))
+            })
     }
 }
 
@@ -83,7 +87,7 @@ impl SecretList {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub server: ServerConfig,
@@ -255,20 +259,6 @@ impl Default for LimitsConfig {
     }
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            server: ServerConfig::default(),
-            store: StoreConfig::default(),
-            auth: AuthConfig::default(),
-            launcher: LauncherConfig::default(),
-            gateway: GatewayConfig::default(),
-            lifecycle: LifecycleConfig::default(),
-            limits: LimitsConfig::default(),
-        }
-    }
-}
-
 impl fmt::Debug for StoreConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StoreConfig")
@@ -305,7 +295,11 @@ fn merge(base: &mut toml::Value, over: toml::Value) {
 
 /// Converts an environment value to the type the default at the same place has, so that
 /// `HPCDESK_AUTH__CLUSTER_ID=11112` stays a string and `HPCDESK_LAUNCHER__DEPTH=16` a number.
-fn env_value(raw: &str, like: Option<&toml::Value>, origin: &str) -> Result<toml::Value, ConfigError> {
+fn env_value(
+    raw: &str,
+    like: Option<&toml::Value>,
+    origin: &str,
+) -> Result<toml::Value, ConfigError> {
     use toml::Value as V;
     let parse_inline = |raw: &str| -> Result<V, ConfigError> {
         let doc: toml::Table = toml::from_str(&format!("v = {raw}"))
@@ -363,8 +357,8 @@ impl Config {
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
-        let mut value = toml::Value::try_from(Config::default())
-            .map_err(|e| invalid("defaults", e))?;
+        let mut value =
+            toml::Value::try_from(Config::default()).map_err(|e| invalid("defaults", e))?;
         let defaults = value.clone();
         if let Some(path) = file {
             let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -435,7 +429,10 @@ impl Config {
         self.server.listen.parse().map_err(|_| {
             invalid(
                 "server.listen",
-                format!("{:?} is not an address like 127.0.0.1:65106", self.server.listen),
+                format!(
+                    "{:?} is not an address like 127.0.0.1:65106",
+                    self.server.listen
+                ),
             )
         })
     }
@@ -458,7 +455,9 @@ impl Config {
             c.server.secret = Some(r());
         }
         if let Some(list) = &c.auth.jwt_secret {
-            c.auth.jwt_secret = Some(SecretList::Many(list.to_vec().iter().map(|_| r()).collect()));
+            c.auth.jwt_secret = Some(SecretList::Many(
+                list.to_vec().iter().map(|_| r()).collect(),
+            ));
         }
         if let Some(url) = &c.store.url {
             c.store.url = Some(redact_url_password(url));
@@ -548,7 +547,11 @@ mod tests {
 
     #[test]
     fn a_list_of_jwt_secrets_is_accepted_for_rotation() {
-        let c = Config::load(None, env(&[("HPCDESK_AUTH__JWT_SECRET", "[\"new\", \"old\"]")])).unwrap();
+        let c = Config::load(
+            None,
+            env(&[("HPCDESK_AUTH__JWT_SECRET", "[\"new\", \"old\"]")]),
+        )
+        .unwrap();
         assert_eq!(c.auth.jwt_secret.unwrap().to_vec().len(), 2);
     }
 
@@ -556,7 +559,8 @@ mod tests {
     fn mistakes_are_reported_with_the_key() {
         let e = Config::load(None, env(&[("HPCDESK_SERVER__LISTNE", "x")])).unwrap_err();
         assert!(e.to_string().contains("listne"), "{e}");
-        let e = Config::load(None, env(&[("HPCDESK_LAUNCHER__START_TIMEOUT", "soon")])).unwrap_err();
+        let e =
+            Config::load(None, env(&[("HPCDESK_LAUNCHER__START_TIMEOUT", "soon")])).unwrap_err();
         assert!(e.to_string().contains("not a duration"), "{e}");
         let e = Config::load(None, env(&[("HPCDESK_SERVER__LISTEN", "nowhere")])).unwrap_err();
         assert!(e.to_string().contains("server.listen"), "{e}");

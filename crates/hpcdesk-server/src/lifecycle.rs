@@ -44,10 +44,9 @@ pub async fn reconcile(app: &AppState) -> Result<ReconcileReport, ApiError> {
     let now = app.clock.now();
 
     // Starts interrupted by a crash: no request is waiting for them any more.
-    let stale_after = chrono::Duration::from_std(
-        app.config.launcher.start_timeout.0 + Duration::from_secs(60),
-    )
-    .map_err(ApiError::internal)?;
+    let stale_after =
+        chrono::Duration::from_std(app.config.launcher.start_timeout.0 + Duration::from_secs(60))
+            .map_err(ApiError::internal)?;
     for rec in app.store.sessions_in(&[SessionState::Starting]).await? {
         if now - rec.updated_at > stale_after {
             app.store
@@ -132,7 +131,12 @@ pub async fn reconcile(app: &AppState) -> Result<ReconcileReport, ApiError> {
 
 /// Runs reconcile every `lifecycle.reconcile_every` until `shutdown` fires.
 pub async fn reconcile_loop(app: AppState, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-    let every = app.config.lifecycle.reconcile_every.0.max(Duration::from_millis(100));
+    let every = app
+        .config
+        .lifecycle
+        .reconcile_every
+        .0
+        .max(Duration::from_millis(100));
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await; // the first tick fires at once; start-up already reconciled

@@ -143,11 +143,9 @@ async fn start(
         Ok(l) => l,
         Err(e) => {
             let at = match &e {
-                LaunchError::FailedAt { node, display, .. } => Some(SessionId::new(
-                    node.clone(),
-                    compute_user.clone(),
-                    *display,
-                )),
+                LaunchError::FailedAt { node, display, .. } => {
+                    Some(SessionId::new(node.clone(), compute_user.clone(), *display))
+                }
                 _ => None,
             };
             tracing::warn!(user = %compute_user, error = %e, "desktop start failed");
@@ -160,7 +158,11 @@ async fn start(
     for w in &launched.warnings {
         tracing::warn!(user = %compute_user, "desktop started with a warning: {w}");
     }
-    let id = SessionId::new(launched.node.clone(), compute_user.clone(), launched.display);
+    let id = SessionId::new(
+        launched.node.clone(),
+        compute_user.clone(),
+        launched.display,
+    );
     let stored = app
         .store
         .session_started(
@@ -216,7 +218,11 @@ async fn existing(app: &AppState, mut rec: SessionRecord) -> Result<SessionItem,
         tokio::time::sleep(Duration::from_millis(100)).await;
         rec = match app.store.session_by_key(&rec.key).await? {
             Some(r) => r,
-            None => return Err(ApiError::internal(std::io::Error::other("claimed session vanished"))),
+            None => {
+                return Err(ApiError::internal(std::io::Error::other(
+                    "claimed session vanished",
+                )));
+            }
         };
     }
     match rec.state {
@@ -319,18 +325,17 @@ pub async fn launch_url(
             rec.state
         )));
     }
-    let sealed = rec
-        .vnc_password_sealed
-        .as_deref()
-        .ok_or_else(|| ApiError::internal(std::io::Error::other("running session without a password")))?;
+    let sealed = rec.vnc_password_sealed.as_deref().ok_or_else(|| {
+        ApiError::internal(std::io::Error::other("running session without a password"))
+    })?;
     let password = app
         .server_key
         .open_at_rest(sealed)
         .map_err(ApiError::internal)?;
     let token = uuid::Uuid::new_v4().to_string();
     let now = app.clock.now();
-    let ttl = chrono::Duration::from_std(app.config.gateway.grant_ttl.0)
-        .map_err(ApiError::internal)?;
+    let ttl =
+        chrono::Duration::from_std(app.config.gateway.grant_ttl.0).map_err(ApiError::internal)?;
     app.store
         .insert_grant(GrantRecord {
             token_hash: grant_hash(&token),

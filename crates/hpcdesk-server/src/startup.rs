@@ -101,7 +101,13 @@ pub fn node_name(config: &Config) -> Result<NodeName, StartupError> {
     let name = match &config.launcher.node_name {
         Some(n) => n.clone(),
         None => nix::unistd::gethostname()
-            .map(|h| h.to_string_lossy().split('.').next().unwrap_or("").to_owned())
+            .map(|h| {
+                h.to_string_lossy()
+                    .split('.')
+                    .next()
+                    .unwrap_or("")
+                    .to_owned()
+            })
             .map_err(|e| StartupError::Launcher(format!("cannot read the host name: {e}")))?,
     };
     NodeName::parse(&name).map_err(|e| {
@@ -201,7 +207,9 @@ pub async fn serve(
             orphans = r.orphans,
             "start-up reconcile done"
         ),
-        Err(e) => tracing::error!(error = %e, source = ?std::error::Error::source(&e), "start-up reconcile failed"),
+        Err(e) => {
+            tracing::error!(error = %e, source = ?std::error::Error::source(&e), "start-up reconcile failed")
+        }
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let background = tokio::spawn(lifecycle::reconcile_loop(state.clone(), stop_rx));

@@ -156,8 +156,7 @@ pub trait Store: Send + Sync + 'static {
     async fn list_sessions(&self, owner: Option<&str>) -> Result<Vec<SessionRecord>, StoreError>;
 
     /// Sessions in any of `states` (for reconcile and sweep).
-    async fn sessions_in(&self, states: &[SessionState])
-    -> Result<Vec<SessionRecord>, StoreError>;
+    async fn sessions_in(&self, states: &[SessionState]) -> Result<Vec<SessionRecord>, StoreError>;
 
     async fn insert_grant(&self, grant: GrantRecord) -> Result<(), StoreError>;
 

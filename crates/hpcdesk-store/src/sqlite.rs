@@ -52,7 +52,11 @@ impl SqliteStore {
             } else {
                 Some(Duration::from_secs(600))
             })
-            .max_lifetime(if in_memory { None } else { Some(Duration::from_secs(3600)) })
+            .max_lifetime(if in_memory {
+                None
+            } else {
+                Some(Duration::from_secs(3600))
+            })
             .connect_with(options)
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
@@ -143,9 +147,7 @@ fn session_from_row(row: &SqliteRow) -> Result<SessionRecord, StoreError> {
         handle: row.try_get("handle")?,
         created_at: from_millis(row.try_get("created_at")?, "sessions")?,
         updated_at: from_millis(row.try_get("updated_at")?, "sessions")?,
-        last_input_at: last_input
-            .map(|t| from_millis(t, "sessions"))
-            .transpose()?,
+        last_input_at: last_input.map(|t| from_millis(t, "sessions")).transpose()?,
     })
 }
 
@@ -387,23 +389,25 @@ impl Store for SqliteStore {
                     "SELECT {SESSION_COLUMNS} FROM sessions WHERE owner = $1 \
                      AND state <> 'stopped' AND session_id IS NOT NULL ORDER BY created_at, key"
                 );
-                sqlx::query(AssertSqlSafe(sql)).bind(owner).fetch_all(&self.pool).await?
+                sqlx::query(AssertSqlSafe(sql))
+                    .bind(owner)
+                    .fetch_all(&self.pool)
+                    .await?
             }
             None => {
                 let sql = format!(
                     "SELECT {SESSION_COLUMNS} FROM sessions WHERE state <> 'stopped' \
                      AND session_id IS NOT NULL ORDER BY created_at, key"
                 );
-                sqlx::query(AssertSqlSafe(sql)).fetch_all(&self.pool).await?
+                sqlx::query(AssertSqlSafe(sql))
+                    .fetch_all(&self.pool)
+                    .await?
             }
         };
         rows.iter().map(session_from_row).collect()
     }
 
-    async fn sessions_in(
-        &self,
-        states: &[SessionState],
-    ) -> Result<Vec<SessionRecord>, StoreError> {
+    async fn sessions_in(&self, states: &[SessionState]) -> Result<Vec<SessionRecord>, StoreError> {
         if states.is_empty() {
             return Ok(Vec::new());
         }

@@ -84,50 +84,104 @@ async fn concurrent_claims_yield_one_session(store: Arc<dyn Store>) {
 
 async fn a_started_session_is_visible_and_listed(store: Arc<dyn Store>) {
     let rec = claimed(store.claim_session(new_session("u3")).await.unwrap());
-    assert!(store.list_sessions(Some("u3")).await.unwrap().is_empty(), "no id yet");
+    assert!(
+        store.list_sessions(Some("u3")).await.unwrap().is_empty(),
+        "no id yet"
+    );
     let s = started(7);
     let id = s.session_id.clone();
     let rec = store.session_started(&rec.key, s).await.unwrap().unwrap();
     assert_eq!(rec.state, SessionState::Running);
     assert_eq!(rec.port, Some(5907));
     assert_eq!(rec.vnc_password_sealed.as_deref(), Some(&[1u8, 2, 3][..]));
-    assert_eq!(store.visible_session(&id).await.unwrap().unwrap().key, rec.key);
+    assert_eq!(
+        store.visible_session(&id).await.unwrap().unwrap().key,
+        rec.key
+    );
     assert_eq!(store.list_sessions(Some("u3")).await.unwrap().len(), 1);
-    assert!(store.list_sessions(Some("nobody")).await.unwrap().is_empty());
+    assert!(
+        store
+            .list_sessions(Some("nobody"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert!(!store.list_sessions(None).await.unwrap().is_empty());
 
     // Conditional transitions.
     let now = Utc::now();
-    assert!(!store
-        .transition(&rec.key, &[SessionState::Starting], SessionState::Failed, "x", now)
-        .await
-        .unwrap());
-    assert!(store
-        .transition(&rec.key, &[SessionState::Running], SessionState::Failed, "Xvnc died", now)
-        .await
-        .unwrap());
+    assert!(
+        !store
+            .transition(
+                &rec.key,
+                &[SessionState::Starting],
+                SessionState::Failed,
+                "x",
+                now
+            )
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .transition(
+                &rec.key,
+                &[SessionState::Running],
+                SessionState::Failed,
+                "Xvnc died",
+                now
+            )
+            .await
+            .unwrap()
+    );
     let failed = store.session_by_key(&rec.key).await.unwrap().unwrap();
     assert_eq!(failed.state, SessionState::Failed);
     assert_eq!(failed.status_reason, "Xvnc died");
     // Failed stays visible (with its reason) until cleared.
     assert!(store.visible_session(&id).await.unwrap().is_some());
     // Stopped is final.
-    assert!(store
-        .transition(&rec.key, &[SessionState::Failed], SessionState::Stopped, "deleted", now)
-        .await
-        .unwrap());
-    assert!(!store
-        .transition(&rec.key, &[SessionState::Stopped], SessionState::Running, "", now)
-        .await
-        .unwrap());
+    assert!(
+        store
+            .transition(
+                &rec.key,
+                &[SessionState::Failed],
+                SessionState::Stopped,
+                "deleted",
+                now
+            )
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .transition(
+                &rec.key,
+                &[SessionState::Stopped],
+                SessionState::Running,
+                "",
+                now
+            )
+            .await
+            .unwrap()
+    );
     assert!(store.visible_session(&id).await.unwrap().is_none());
 }
 
 async fn a_new_claim_clears_old_failures_and_reused_ids(store: Arc<dyn Store>) {
     let a = claimed(store.claim_session(new_session("u4")).await.unwrap());
-    store.session_started(&a.key, started(9)).await.unwrap().unwrap();
     store
-        .transition(&a.key, &[SessionState::Running], SessionState::Failed, "gone", Utc::now())
+        .session_started(&a.key, started(9))
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .transition(
+            &a.key,
+            &[SessionState::Running],
+            SessionState::Failed,
+            "gone",
+            Utc::now(),
+        )
         .await
         .unwrap();
     let b = claimed(store.claim_session(new_session("u4")).await.unwrap());
@@ -137,29 +191,60 @@ async fn a_new_claim_clears_old_failures_and_reused_ids(store: Arc<dyn Store>) {
     );
     // Another owner's dead desktop on the same display is superseded when the id is reused.
     let c = claimed(store.claim_session(new_session("u5")).await.unwrap());
-    store.session_started(&c.key, started(11)).await.unwrap().unwrap();
     store
-        .transition(&c.key, &[SessionState::Running], SessionState::Failed, "gone", Utc::now())
+        .session_started(&c.key, started(11))
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .transition(
+            &c.key,
+            &[SessionState::Running],
+            SessionState::Failed,
+            "gone",
+            Utc::now(),
+        )
         .await
         .unwrap();
-    store.session_started(&b.key, started(11)).await.unwrap().unwrap();
+    store
+        .session_started(&b.key, started(11))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(
         store.session_by_key(&c.key).await.unwrap().unwrap().state,
         SessionState::Stopped
     );
     // A start cannot finish on a row that was stopped meanwhile.
     store
-        .transition(&b.key, &SessionState::LIVE, SessionState::Stopped, "deleted", Utc::now())
+        .transition(
+            &b.key,
+            &SessionState::LIVE,
+            SessionState::Stopped,
+            "deleted",
+            Utc::now(),
+        )
         .await
         .unwrap();
-    assert!(store.session_started(&b.key, started(12)).await.unwrap().is_none());
+    assert!(
+        store
+            .session_started(&b.key, started(12))
+            .await
+            .unwrap()
+            .is_none()
+    );
 }
 
 async fn a_failed_start_is_listed_under_its_id_with_the_reason(store: Arc<dyn Store>) {
     let rec = claimed(store.claim_session(new_session("u7")).await.unwrap());
     let id = started(13).session_id;
     store
-        .start_failed(&rec.key, Some(id.clone()), "Xvnc exited: bad option", Utc::now())
+        .start_failed(
+            &rec.key,
+            Some(id.clone()),
+            "Xvnc exited: bad option",
+            Utc::now(),
+        )
         .await
         .unwrap();
     let failed = store.visible_session(&id).await.unwrap().unwrap();
@@ -170,9 +255,15 @@ async fn a_failed_start_is_listed_under_its_id_with_the_reason(store: Arc<dyn St
     claimed(store.claim_session(new_session("u7")).await.unwrap());
     // A failure before any display was picked is recorded but has nothing to list.
     let rec = claimed(store.claim_session(new_session("u8")).await.unwrap());
-    store.start_failed(&rec.key, None, "no such account", Utc::now()).await.unwrap();
+    store
+        .start_failed(&rec.key, None, "no such account", Utc::now())
+        .await
+        .unwrap();
     let r = store.session_by_key(&rec.key).await.unwrap().unwrap();
-    assert_eq!((r.state, r.status_reason.as_str()), (SessionState::Failed, "no such account"));
+    assert_eq!(
+        (r.state, r.status_reason.as_str()),
+        (SessionState::Failed, "no such account")
+    );
 }
 
 async fn grants_are_found_by_hash_and_revoked(store: Arc<dyn Store>) {
@@ -193,7 +284,13 @@ async fn grants_are_found_by_hash_and_revoked(store: Arc<dyn Store>) {
     assert!(store.grant(&[8; 32]).await.unwrap().is_none());
     assert_eq!(store.revoke_grants(&rec.key).await.unwrap(), 1);
     assert!(store.grant(&[9; 32]).await.unwrap().unwrap().revoked);
-    assert_eq!(store.purge_grants(now + Duration::minutes(11)).await.unwrap(), 1);
+    assert_eq!(
+        store
+            .purge_grants(now + Duration::minutes(11))
+            .await
+            .unwrap(),
+        1
+    );
     assert!(store.grant(&[9; 32]).await.unwrap().is_none());
 }
 

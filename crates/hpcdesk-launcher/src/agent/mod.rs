@@ -170,8 +170,7 @@ pub fn start(args: &StartArgs, password: &[u8]) -> Result<StartedDesktop, AgentE
             format!("geometry must look like 1920x1080, not {:?}", args.geometry),
         ));
     }
-    if args.display_min > args.display_max || args.display_max > hpcdesk_core::DisplayNumber::MAX
-    {
+    if args.display_min > args.display_max || args.display_max > hpcdesk_core::DisplayNumber::MAX {
         return Err(err(ErrorKind::Usage, "invalid display range"));
     }
     let desktop = desktop_argvs(args.desktop.as_deref())?;
@@ -223,7 +222,12 @@ fn xvnc_cmd(args: &StartArgs, me: &Account, dir: &Path, d: u32, port: u16, marke
         .arg(dir.join("passwd"))
         .arg("-auth")
         .arg(dir.join("Xauthority"))
-        .args(["-geometry", &args.geometry, "-depth", &args.depth.to_string()])
+        .args([
+            "-geometry",
+            &args.geometry,
+            "-depth",
+            &args.depth.to_string(),
+        ])
         .args(["-nolisten", "tcp", "-AlwaysShared"])
         // Only the gateway authenticates, always with the right password; a blacklist
         // would let any local account lock every viewer out with five bad attempts.
@@ -265,14 +269,19 @@ fn try_display(
     let xvnc_pid = xvnc.id() as i32;
 
     let cleanup = |why: AgentError| {
-        kill_desktop(me.uid.as_raw(), &marker, &[xvnc_pid], Duration::from_secs(3));
+        kill_desktop(
+            me.uid.as_raw(),
+            &marker,
+            &[xvnc_pid],
+            Duration::from_secs(3),
+        );
         let _ = fs::remove_dir_all(&dir);
         Attempt::Failed(why)
     };
 
     let addr = SocketAddr::new(args.listen.connect_addr(), port);
     let socket = x11::socket_path(d);
-    let (mut rfb_ok, mut x_ok) = (false, false);
+    let (mut owned, mut rfb_ok, mut x_ok) = (false, false, false);
     loop {
         if let Ok(Some(status)) = xvnc.try_wait() {
             let text = fs::read_to_string(&log).unwrap_or_default();
@@ -286,7 +295,29 @@ fn try_display(
                 format!("Xvnc exited ({status}) on display :{d}: {line}"),
             )));
         }
-        if !rfb_ok {
+        // Until our Xvnc holds the display's lock, whatever answers on its port and socket
+        // may be another server that won a race for the same display.
+        if !owned {
+            match fs::read_to_string(x11::lock_path(d))
+                .ok()
+                .and_then(|t| t.trim().parse::<i32>().ok())
+            {
+                Some(pid) if pid == xvnc_pid => owned = true,
+                Some(pid) if procs::alive(pid) => {
+                    kill_desktop(
+                        me.uid.as_raw(),
+                        &marker,
+                        &[xvnc_pid],
+                        Duration::from_secs(3),
+                    );
+                    let _ = xvnc.try_wait();
+                    let _ = fs::remove_dir_all(&dir);
+                    return Err(Attempt::Taken);
+                }
+                _ => {}
+            }
+        }
+        if owned && !rfb_ok {
             rfb_ok = rfb_banner(addr).is_some();
         }
         if rfb_ok && !x_ok {
@@ -308,8 +339,9 @@ fn try_display(
             return Err(cleanup(err(
                 ErrorKind::Failed,
                 format!(
-                    "Xvnc on display :{d} was not ready within {} (RFB {}, X11 {})",
+                    "Xvnc on display :{d} was not ready within {} (lock {}, RFB {}, X11 {})",
                     humantime::format_duration(args.timeout),
+                    if owned { "held" } else { "not taken" },
                     if rfb_ok { "ok" } else { "not answering" },
                     if x_ok { "ok" } else { "not answering" },
                 ),
@@ -479,7 +511,9 @@ pub fn stop(node: &str, display: u32) -> Result<Stopped, AgentError> {
     // Also any Xvnc of ours on that display, in case the state file is gone.
     let dir_text = dir.to_string_lossy().into_owned();
     for x in procs::hpcdesk_xvnc() {
-        if x.uid == me.uid.as_raw() && x.display == display && x.password_file.starts_with(&dir_text)
+        if x.uid == me.uid.as_raw()
+            && x.display == display
+            && x.password_file.starts_with(&dir_text)
         {
             extra.push(x.pid);
         }
@@ -537,7 +571,13 @@ pub fn probe(node: &str) -> Probe {
     let field = |name: &str| -> u64 {
         meminfo
             .lines()
-            .find_map(|l| l.strip_prefix(name)?.trim().split_whitespace().next()?.parse().ok())
+            .find_map(|l| {
+                l.strip_prefix(name)?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            })
             .unwrap_or(0)
     };
     Probe {
@@ -574,21 +614,30 @@ mod tests {
     fn the_xvnc_reason_is_the_last_error_line() {
         let log = "Xvnc TigerVNC 1.12.0\n(EE) \n(EE) Fatal server error:\n(EE) Cannot open /x/passwd: No such file\n(EE) \n(EE) Please consult the The X.Org Foundation support\n";
         assert_eq!(xvnc_reason(log), "Cannot open /x/passwd: No such file");
-        assert_eq!(xvnc_reason("Unrecognized option: -bogus\n"), "Unrecognized option: -bogus");
+        assert_eq!(
+            xvnc_reason("Unrecognized option: -bogus\n"),
+            "Unrecognized option: -bogus"
+        );
         assert_eq!(xvnc_reason(""), "no output");
     }
 
     #[test]
     fn a_configured_desktop_is_split_without_a_shell() {
         let v = desktop_argvs(Some("/usr/bin/xterm -T 'my term' -e 'sleep 1; x'")).unwrap();
-        assert_eq!(v, vec![vec!["/usr/bin/xterm", "-T", "my term", "-e", "sleep 1; x"]]);
+        assert_eq!(
+            v,
+            vec![vec!["/usr/bin/xterm", "-T", "my term", "-e", "sleep 1; x"]]
+        );
         assert!(desktop_argvs(Some("xterm 'unclosed")).is_err());
     }
 
     #[test]
     fn listen_parses_localhost_or_an_address() {
         assert_eq!(Listen::parse("localhost").unwrap(), Listen::Localhost);
-        assert!(matches!(Listen::parse("10.0.0.2").unwrap(), Listen::Interface(_)));
+        assert!(matches!(
+            Listen::parse("10.0.0.2").unwrap(),
+            Listen::Interface(_)
+        ));
         assert!(Listen::parse("0.0.0.0; rm").is_err());
     }
 }

@@ -159,7 +159,9 @@ mod tests {
             ))
         );
         assert_eq!(
-            parse_xvnc_argv(&argv("Xvnc :5 -rfbport 5905 -PasswordFile /home/a/.vnc/passwd")),
+            parse_xvnc_argv(&argv(
+                "Xvnc :5 -rfbport 5905 -PasswordFile /home/a/.vnc/passwd"
+            )),
             None
         );
         assert_eq!(

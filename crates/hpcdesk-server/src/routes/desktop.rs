@@ -18,13 +18,21 @@ fn ok<T: serde::Serialize>(data: T) -> Response {
 
 /// `PUT /hpc/openapi/v2/desktop/vnc`
 #[tracing::instrument(skip_all, fields(user = %user.name()))]
-pub async fn create(State(app): State<AppState>, _: V2, user: AuthUser) -> Result<Response, ApiError> {
+pub async fn create(
+    State(app): State<AppState>,
+    _: V2,
+    user: AuthUser,
+) -> Result<Response, ApiError> {
     Ok(ok(sessions::create(&app, &user).await?))
 }
 
 /// `GET /hpc/openapi/v2/desktop/vnc`
 #[tracing::instrument(skip_all, fields(user = %user.name()))]
-pub async fn list(State(app): State<AppState>, _: V2, user: AuthUser) -> Result<Response, ApiError> {
+pub async fn list(
+    State(app): State<AppState>,
+    _: V2,
+    user: AuthUser,
+) -> Result<Response, ApiError> {
     Ok(ok(sessions::list(&app, &user).await?))
 }
 

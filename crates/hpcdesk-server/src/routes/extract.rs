@@ -39,7 +39,10 @@ impl FromRequestParts<AppState> for V2 {
                     "API version {v} is not supported; use v2"
                 )))
             }
-            _ => Err(ApiError::NoRoute(format!("no such API: {}", parts.uri.path()))),
+            _ => Err(ApiError::NoRoute(format!(
+                "no such API: {}",
+                parts.uri.path()
+            ))),
         }
     }
 }

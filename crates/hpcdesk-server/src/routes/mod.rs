@@ -56,7 +56,12 @@ pub fn router(state: AppState) -> Router {
 }
 
 async fn no_route(req: Request) -> Response {
-    ApiError::NoRoute(format!("no such API: {} {}", req.method(), req.uri().path())).into_response()
+    ApiError::NoRoute(format!(
+        "no such API: {} {}",
+        req.method(),
+        req.uri().path()
+    ))
+    .into_response()
 }
 
 async fn method_not_allowed(req: Request) -> Response {

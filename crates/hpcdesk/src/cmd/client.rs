@@ -1,0 +1,183 @@
+//! `hpcdesk desktop create|list|url|delete`: a client of a running hpcdesk (or of any
+//! SCNet-compatible desktop API). Human tables by default, `--json` for scripts.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Subcommand;
+use hpcdesk_core::wire::{LaunchUrl, SessionItem};
+use hpcdesk_core::{ApiCode, Envelope};
+use serde::de::DeserializeOwned;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Base URL of the API.
+    #[arg(long, env = "HPCDESK_API", default_value = "http://127.0.0.1:65106")]
+    api: String,
+    /// The SCNet token (see `hpcdesk token`).
+    #[arg(long, env = "HPCDESK_TOKEN", hide_env_values = true)]
+    token: String,
+    /// Print the server's JSON envelope instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    action: Action,
+}
+
+#[derive(Debug, Subcommand)]
+enum Action {
+    /// Create your desktop (or show the one you have).
+    Create,
+    /// List your desktops (all of them for an admin).
+    List,
+    /// Print a launch URL for a desktop.
+    Url { session_id: String },
+    /// Stop a desktop.
+    Delete { session_id: String },
+}
+
+struct Client {
+    http: reqwest::Client,
+    api: String,
+    token: String,
+}
+
+impl Client {
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+    ) -> anyhow::Result<(String, Result<T, (String, String)>)> {
+        let url = format!("{}/hpc/openapi/v2/desktop/vnc{path}", self.api);
+        let resp = self
+            .http
+            .request(method, &url)
+            .header("token", &self.token)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach {}", self.api))?;
+        let status = resp.status();
+        let body = resp.text().await.context("cannot read the response")?;
+        let env: Envelope<serde_json::Value> = serde_json::from_str(&body).with_context(|| {
+            format!("the server answered HTTP {status} with something that is not an API envelope: {body:.200}")
+        })?;
+        if env.code != ApiCode::Success.as_str() {
+            return Ok((body, Err((env.code, env.msg))));
+        }
+        let data = serde_json::from_value(env.data).context("unexpected data in the answer")?;
+        Ok((body, Ok(data)))
+    }
+}
+
+fn table(items: &[SessionItem]) -> String {
+    let header = [
+        "SESSION", "STATUS", "HOST", "DISPLAY", "USER", "CONN", "CREATED", "REASON",
+    ];
+    let rows: Vec<[String; 8]> = items
+        .iter()
+        .map(|s| {
+            [
+                s.session_id.clone(),
+                s.status.clone(),
+                s.host_name.clone(),
+                format!(":{}", s.display_number),
+                s.user_name.clone(),
+                s.connections.to_string(),
+                s.create_time.clone(),
+                s.status_reason.clone(),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        cells
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_owned()
+    };
+    let mut out = vec![line(header.to_vec())];
+    out.extend(
+        rows.iter()
+            .map(|r| line(r.iter().map(String::as_str).collect())),
+    );
+    out.join("\n")
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    // reqwest is built without a default crypto provider; pick ring (ignore "already set").
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(run_async(args))
+}
+
+async fn run_async(args: Args) -> anyhow::Result<ExitCode> {
+    let client = Client {
+        http: reqwest::Client::builder()
+            .build()
+            .context("cannot build the HTTP client")?,
+        api: args.api.trim_end_matches('/').to_owned(),
+        token: args.token.clone(),
+    };
+    let json = args.json;
+    let finish = |raw: String, human: Result<String, (String, String)>| {
+        let failed = human.is_err();
+        if json {
+            println!("{raw}");
+        } else {
+            match human {
+                Ok(text) => println!("{text}"),
+                Err((code, msg)) => eprintln!("hpcdesk: error {code}: {msg}"),
+            }
+        }
+        if failed {
+            ExitCode::FAILURE
+        } else {
+            ExitCode::SUCCESS
+        }
+    };
+    Ok(match args.action {
+        Action::Create => {
+            let (raw, r) = client.call::<SessionItem>(reqwest::Method::PUT, "").await?;
+            finish(raw, r.map(|s| table(&[s])))
+        }
+        Action::List => {
+            let (raw, r) = client
+                .call::<Vec<SessionItem>>(reqwest::Method::GET, "")
+                .await?;
+            finish(raw, r.map(|v| table(&v)))
+        }
+        Action::Url { session_id } => {
+            let (raw, r) = client
+                .call::<LaunchUrl>(reqwest::Method::GET, &format!("/{session_id}/launchurl"))
+                .await?;
+            let api = client.api.clone();
+            finish(
+                raw,
+                r.map(|u| {
+                    if u.with_domain {
+                        u.novnc_url
+                    } else {
+                        format!("{api}{}", u.novnc_url)
+                    }
+                }),
+            )
+        }
+        Action::Delete { session_id } => {
+            let (raw, r) = client
+                .call::<serde_json::Value>(reqwest::Method::DELETE, &format!("/{session_id}"))
+                .await?;
+            finish(raw, r.map(|_| format!("deleted {session_id}")))
+        }
+    })
+}

@@ -1,0 +1,126 @@
+//! `hpcdesk node start|stop|list|probe`: the node agent's command line. It runs on the node
+//! as the desktop's user and prints one JSON object (see `hpcdesk_launcher::agent`).
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Subcommand;
+use hpcdesk_launcher::agent::{self, AgentError, ErrorKind, Listen, StartArgs};
+
+fn default_node() -> String {
+    nix::unistd::gethostname()
+        .map(|h| {
+            h.to_string_lossy()
+                .split('.')
+                .next()
+                .unwrap_or("")
+                .to_owned()
+        })
+        .unwrap_or_default()
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start a desktop; the VNC password is read from stdin.
+    Start {
+        /// This node's name (as in session ids).
+        #[arg(long, default_value_t = default_node())]
+        node: String,
+        #[arg(long, default_value = "Xvnc")]
+        xvnc: String,
+        /// Desktop command line; default: a window manager and an xterm.
+        #[arg(long)]
+        desktop: Option<String>,
+        #[arg(long, default_value = "1920x1080")]
+        geometry: String,
+        #[arg(long, default_value_t = 24)]
+        depth: u8,
+        #[arg(long, default_value_t = 1)]
+        display_min: u32,
+        #[arg(long, default_value_t = 99)]
+        display_max: u32,
+        /// "localhost" or the IP address Xvnc listens on.
+        #[arg(long, default_value = "localhost")]
+        listen: String,
+        /// How long the desktop may take to become ready.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+    /// Stop the desktop on a display, with every process of it.
+    Stop {
+        #[arg(long, default_value_t = default_node())]
+        node: String,
+        #[arg(long)]
+        display: u32,
+    },
+    /// List the hpcdesk desktops alive on this node.
+    List {
+        #[arg(long, default_value_t = default_node())]
+        node: String,
+    },
+    /// Report load, memory and desktop count.
+    Probe {
+        #[arg(long, default_value_t = default_node())]
+        node: String,
+    },
+}
+
+fn reply<T: serde::Serialize>(r: Result<T, AgentError>) -> ExitCode {
+    match r {
+        Ok(v) => {
+            println!(
+                "{}",
+                serde_json::to_string(&v).expect("agent replies serialise")
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            println!(
+                "{}",
+                serde_json::to_string(&e).expect("agent errors serialise")
+            );
+            eprintln!("hpcdesk node: {}", e.error);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+pub fn run(c: Command) -> ExitCode {
+    match c {
+        Command::Start {
+            node,
+            xvnc,
+            desktop,
+            geometry,
+            depth,
+            display_min,
+            display_max,
+            listen,
+            timeout,
+        } => reply((|| {
+            let listen = Listen::parse(&listen).map_err(|e| AgentError {
+                kind: ErrorKind::Usage,
+                error: e,
+                display: None,
+            })?;
+            let password = agent::read_password(std::io::stdin().lock())?;
+            agent::start(
+                &StartArgs {
+                    node,
+                    xvnc,
+                    desktop,
+                    geometry,
+                    depth,
+                    display_min,
+                    display_max,
+                    listen,
+                    timeout,
+                },
+                &password,
+            )
+        })()),
+        Command::Stop { node, display } => reply(agent::stop(&node, display)),
+        Command::List { node } => reply(Ok::<_, AgentError>(agent::list(&node))),
+        Command::Probe { node } => reply(Ok::<_, AgentError>(agent::probe(&node))),
+    }
+}

@@ -1,0 +1,61 @@
+//! `hpcdesk serve`: run the service until SIGINT or SIGTERM.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HPCDESK_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+    tracing::info!("shutting down");
+}
+
+pub fn run(file: Option<&Path>) -> anyhow::Result<ExitCode> {
+    init_logging();
+    let config = super::load_config(file)?;
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let addr = config.listen_addr()?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        let local = listener.local_addr()?;
+        let config_hint = match file {
+            Some(f) => format!(" --config {}", f.display()),
+            None => String::new(),
+        };
+        let me = std::env::var("USER").unwrap_or_else(|_| "$USER".into());
+        let state = hpcdesk_server::build(config).await?;
+        eprintln!(
+            "hpcdesk {} listening on http://{local}",
+            env!("CARGO_PKG_VERSION")
+        );
+        eprintln!(
+            "  get a token:      hpcdesk{config_hint} token --user {me} --compute-user {me}\n  \
+             create a desktop: HPCDESK_TOKEN=<token> hpcdesk desktop --api http://{local} create"
+        );
+        hpcdesk_server::serve(listener, state, shutdown_signal()).await?;
+        Ok(ExitCode::SUCCESS)
+    })
+}

@@ -1,0 +1,63 @@
+//! `hpcdesk`: the one binary.
+//!
+//! - `serve`: the API, viewer and gateway ([`cmd::serve`]).
+//! - `token`: mint a token with the configured secret ([`cmd::token`]).
+//! - `node …`: the node agent, run on a node as the user ([`cmd::node`]).
+//! - `desktop …`: a client of a running server ([`cmd::client`]).
+//! - `config …`: print the example or the effective configuration ([`cmd::config`]).
+#![forbid(unsafe_code)]
+
+mod cmd;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "hpcdesk",
+    version,
+    about = "Linux desktops in the browser for HPC clusters"
+)]
+struct Cli {
+    /// Configuration file (TOML). Every key can also be set as HPCDESK_SECTION__KEY.
+    #[arg(long, global = true, env = "HPCDESK_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the service (API, viewer, gateway).
+    Serve,
+    /// Mint a token signed with the configured secret (admin and test tool).
+    Token(cmd::token::Args),
+    /// Node agent: start/stop/list/probe desktops on this node, as the calling user.
+    #[command(subcommand)]
+    Node(cmd::node::Command),
+    /// Use a running hpcdesk: create, list, open and delete your desktop.
+    Desktop(cmd::client::Args),
+    /// Print the example configuration or the effective one (secrets redacted).
+    #[command(subcommand)]
+    Config(cmd::config::Command),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve => cmd::serve::run(cli.config.as_deref()),
+        Command::Token(args) => cmd::token::run(cli.config.as_deref(), args),
+        Command::Node(c) => return cmd::node::run(c),
+        Command::Desktop(args) => cmd::client::run(args),
+        Command::Config(c) => cmd::config::run(cli.config.as_deref(), c),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("hpcdesk: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,498 @@
+//! `TestApp`: a real `hpcdesk serve` process on 127.0.0.1:0 with its own data directory and
+//! node name, plus helpers to mint tokens, call the API and look at real processes.
+//!
+//! Tests that need a real component (Xvnc, a Linux test account) call [`real_parts`]: outside
+//! CI they skip *loudly* when it is missing; in CI (`CI=true`) a missing part is a failure.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use hpcdesk_server::config::Secret;
+use serde_json::Value;
+
+pub const SECRET: &str = "test-jwt-secret-for-hpcdesk";
+pub const CLUSTER: &str = "11112";
+
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+fn is_root() -> bool {
+    nix::unistd::Uid::effective().is_root()
+}
+
+/// The Linux account desktops run as in tests: `hdtest` (or `HPCDESK_TEST_USER`) as root,
+/// the current account otherwise.
+pub fn compute_user() -> String {
+    if is_root() {
+        std::env::var("HPCDESK_TEST_USER").unwrap_or_else(|_| "hdtest".into())
+    } else {
+        nix::unistd::User::from_uid(nix::unistd::Uid::effective())
+            .unwrap()
+            .unwrap()
+            .name
+    }
+}
+
+fn account_exists(name: &str) -> bool {
+    nix::unistd::User::from_name(name).ok().flatten().is_some()
+}
+
+fn on_path(prog: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(prog).is_file()))
+        .unwrap_or(false)
+}
+
+/// Whether Xvnc and the test account are here. Skips loudly outside CI; fails in CI.
+pub fn real_parts(test: &str) -> bool {
+    let mut missing = Vec::new();
+    if !on_path("Xvnc") {
+        missing.push("TigerVNC Xvnc (apt-get install tigervnc-standalone-server)".to_owned());
+    }
+    let user = compute_user();
+    if !account_exists(&user) {
+        missing.push(format!("the test account {user:?} (useradd -m {user})"));
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    let msg = format!("{test}: missing {}", missing.join(", "));
+    if in_ci() {
+        panic!("{msg} — required in CI");
+    }
+    eprintln!("SKIPPED {msg}");
+    false
+}
+
+/// The binary under test; as root, a copy every account can execute (it is also the agent,
+/// which runs as the test account and may not reach a target dir under /root).
+pub fn agent_binary() -> PathBuf {
+    static AGENT: OnceLock<PathBuf> = OnceLock::new();
+    AGENT
+        .get_or_init(|| {
+            let built = PathBuf::from(env!("CARGO_BIN_EXE_hpcdesk"));
+            if !is_root() {
+                return built;
+            }
+            let dir =
+                std::env::temp_dir().join(format!("hpcdesk-test-agent-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+            let copy = dir.join("hpcdesk");
+            std::fs::copy(&built, &copy).unwrap();
+            std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+            copy
+        })
+        .clone()
+}
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_hpcdesk"))
+}
+
+/// Settings a test may change.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub node: Option<String>,
+    pub display_min: u32,
+    pub display_max: u32,
+    pub depth: u8,
+    pub reconcile_every: &'static str,
+    /// Extra TOML appended to the config file.
+    pub extra_toml: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            node: None,
+            display_min: 20,
+            display_max: 99,
+            depth: 24,
+            reconcile_every: "1s",
+            extra_toml: String::new(),
+        }
+    }
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+pub struct TestApp {
+    pub base: String,
+    pub node: String,
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl TestApp {
+    pub fn spawn() -> TestApp {
+        Self::spawn_with(Options::default())
+    }
+
+    pub fn spawn_with(opts: Options) -> TestApp {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let dir = tempfile::tempdir().unwrap();
+        let node = opts.node.clone().unwrap_or_else(|| {
+            format!(
+                "t{}x{}",
+                std::process::id(),
+                COUNTER.fetch_add(1, Ordering::SeqCst)
+            )
+        });
+        let config = dir.path().join("hpcdesk.toml");
+        let text = format!(
+            r#"[server]
+listen = "127.0.0.1:0"
+data_dir = "{data}"
+
+[auth]
+jwt_secret = "{SECRET}"
+cluster_id = "{CLUSTER}"
+
+[auth.roles]
+"1" = "user"
+"9" = "admin"
+
+[launcher]
+node_name = "{node}"
+agent = "{agent}"
+geometry = "1024x768"
+depth = {depth}
+start_timeout = "20s"
+display_min = {dmin}
+display_max = {dmax}
+
+[lifecycle]
+reconcile_every = "{reconcile}"
+
+{extra}
+"#,
+            data = dir.path().join("data").display(),
+            agent = agent_binary().display(),
+            depth = opts.depth,
+            dmin = opts.display_min,
+            dmax = opts.display_max,
+            reconcile = opts.reconcile_every,
+            extra = opts.extra_toml,
+        );
+        std::fs::write(&config, text).unwrap();
+        let log = dir.path().join("serve.log");
+        let mut app = TestApp {
+            base: String::new(),
+            node,
+            dir,
+            config,
+            log,
+            child: None,
+        };
+        app.start();
+        app
+    }
+
+    /// Starts `hpcdesk serve` and waits for its "listening on" line.
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let mut child = Command::new(bin())
+            .args(["serve", "--config"])
+            .arg(&self.config)
+            .env("HPCDESK_LOG", "info,hpcdesk=debug")
+            .env_remove("HPCDESK_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn hpcdesk serve");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let log_path = self.log.clone();
+        std::thread::spawn(move || {
+            let mut log = std::fs::File::options()
+                .create(true)
+                .append(true)
+                .open(log_path)
+                .unwrap();
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let _ = writeln!(log, "{line}");
+                if let Some(rest) = line.split("listening on ").nth(1) {
+                    let _ = tx.send(rest.trim().to_owned());
+                }
+            }
+        });
+        self.child = Some(child);
+        match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(url) => self.base = url,
+            Err(_) => panic!("hpcdesk serve did not start; log:\n{}", self.log_text()),
+        }
+    }
+
+    /// Stops the server (SIGTERM) and waits for it; desktops stay up.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let until = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < until {
+                if child.try_wait().unwrap().is_some() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn token(&self, user: &str) -> String {
+        token_with(user, &compute_user(), |_| {})
+    }
+
+    /// Calls `method path` with optional token; returns (HTTP status, JSON body).
+    pub fn call(&self, method: &str, path: &str, token: Option<&str>) -> (u16, Value) {
+        self.call_with(method, path, token, |r| r)
+    }
+
+    pub fn call_with(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        f: impl FnOnce(reqwest::blocking::RequestBuilder) -> reqwest::blocking::RequestBuilder,
+    ) -> (u16, Value) {
+        let client = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap();
+        let mut req = client.request(method.parse().unwrap(), self.url(path));
+        if let Some(t) = token {
+            req = req.header("token", t);
+        }
+        let resp = f(req).send().expect("request");
+        let status = resp.status().as_u16();
+        let ctype = resp
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        let body = resp.text().unwrap();
+        let json: Value =
+            serde_json::from_str(&body).unwrap_or_else(|e| panic!("not JSON ({e}): {body:?}"));
+        assert_eq!(
+            ctype, "application/json;charset=UTF-8",
+            "content type of {method} {path}"
+        );
+        (status, json)
+    }
+
+    pub fn create(&self, token: &str) -> Value {
+        self.call("PUT", "/hpc/openapi/v2/desktop/vnc", Some(token))
+            .1
+    }
+
+    pub fn list(&self, token: &str) -> Vec<Value> {
+        let (_, v) = self.call("GET", "/hpc/openapi/v2/desktop/vnc", Some(token));
+        assert_eq!(v["code"], "0", "list failed: {v}");
+        v["data"].as_array().unwrap().clone()
+    }
+
+    pub fn delete(&self, token: &str, id: &str) -> Value {
+        self.call(
+            "DELETE",
+            &format!("/hpc/openapi/v2/desktop/vnc/{id}"),
+            Some(token),
+        )
+        .1
+    }
+
+    pub fn launch_url(&self, token: &str, id: &str) -> Value {
+        self.call(
+            "GET",
+            &format!("/hpc/openapi/v2/desktop/vnc/{id}/launchurl"),
+            Some(token),
+        )
+        .1
+    }
+
+    /// Live (non-zombie) Xvnc processes of this app's node.
+    pub fn xvnc_pids(&self) -> Vec<i32> {
+        let mark = format!("/.hpcdesk/desktops/{}-", self.node);
+        procs()
+            .into_iter()
+            .filter(|p| {
+                let argv = cmdline(*p);
+                argv.first().is_some_and(|a| a.contains("Xvnc"))
+                    && argv.iter().any(|a| a.contains(&mark))
+                    && !zombie(*p)
+            })
+            .collect()
+    }
+
+    /// Live processes of one desktop of this node (by its marker variable).
+    pub fn desktop_pids(&self, display: u64) -> Vec<i32> {
+        let prefix = format!("HPCDESK_DESKTOP={}-{display}-", self.node);
+        procs()
+            .into_iter()
+            .filter(|p| !zombie(*p) && environ(*p).iter().any(|kv| kv.starts_with(&prefix)))
+            .collect()
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.stop();
+        // Whatever a failed test left running on this node.
+        let prefix = format!("HPCDESK_DESKTOP={}-", self.node);
+        for p in procs() {
+            if environ(p).iter().any(|kv| kv.starts_with(&prefix)) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(p),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+}
+
+/// A token for `user` running as `compute_user`, adjusted by `f`, signed with [`SECRET`].
+pub fn token_with(
+    user: &str,
+    compute_user: &str,
+    f: impl FnOnce(&mut hpcdesk_core::Claims),
+) -> String {
+    let mut claims = hpcdesk_server::auth::claims_for(
+        user,
+        compute_user,
+        CLUSTER,
+        "1",
+        "Normal",
+        chrono::Utc::now().timestamp_millis(),
+        Duration::from_secs(3600),
+    );
+    f(&mut claims);
+    hpcdesk_server::auth::mint(&Secret::new(SECRET), &claims)
+}
+
+pub fn procs() -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+pub fn cmdline(pid: i32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| {
+            b.split(|c| *c == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn environ(pid: i32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .map(|b| {
+            b.split(|c| *c == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub fn zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit_once(')')
+                .and_then(|(_, r)| r.split_whitespace().next().map(|st| st == "Z" || st == "X"))
+                .unwrap_or(true)
+        })
+        .unwrap_or(true)
+}
+
+/// Connects to an RFB server and returns (banner, offered security types).
+pub fn rfb_security_types(port: u16) -> (String, Vec<u8>) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the VNC port");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut banner = [0u8; 12];
+    s.read_exact(&mut banner).unwrap();
+    s.write_all(&banner).unwrap();
+    let mut n = [0u8; 1];
+    s.read_exact(&mut n).unwrap();
+    let mut types = vec![0u8; usize::from(n[0])];
+    s.read_exact(&mut types).unwrap();
+    (String::from_utf8_lossy(&banner).into_owned(), types)
+}
+
+/// Completes VNC Authentication with `password`; returns the SecurityResult (0 = OK).
+pub fn rfb_auth(port: u16, password: &[u8]) -> u32 {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut banner = [0u8; 12];
+    s.read_exact(&mut banner).unwrap();
+    s.write_all(b"RFB 003.008\n").unwrap();
+    let mut n = [0u8; 1];
+    s.read_exact(&mut n).unwrap();
+    let mut types = vec![0u8; usize::from(n[0])];
+    s.read_exact(&mut types).unwrap();
+    s.write_all(&[2]).unwrap();
+    let mut challenge = [0u8; 16];
+    s.read_exact(&mut challenge).unwrap();
+    s.write_all(&hpcdesk_rfb::vnc_auth_response(password, &challenge))
+        .unwrap();
+    let mut result = [0u8; 4];
+    s.read_exact(&mut result).unwrap();
+    u32::from_be_bytes(result)
+}
+
+/// Polls `f` until it is true or `timeout` passes.
+pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let until = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= until {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Runs the built binary with `args`; on failure the message shows command and output.
+pub fn run_cli(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let out = Command::new(bin())
+        .args(args)
+        .envs(env.iter().copied())
+        .env_remove("HPCDESK_CONFIG")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+pub fn path_of(p: &Path) -> String {
+    p.display().to_string()
+}

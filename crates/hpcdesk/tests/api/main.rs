@@ -1,0 +1,9 @@
+//! Black-box tests: the built `hpcdesk` binary, run as `hpcdesk serve`, driven over HTTP
+//! against real TigerVNC `Xvnc` desktops.
+
+mod cli;
+mod desktop;
+mod errors;
+mod helpers;
+mod restart;
+mod seed;
