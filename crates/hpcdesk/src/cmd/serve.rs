@@ -45,7 +45,16 @@ pub fn run(file: Option<&Path>) -> anyhow::Result<ExitCode> {
             Some(f) => format!(" --config {}", f.display()),
             None => String::new(),
         };
-        let me = std::env::var("USER").unwrap_or_else(|_| "$USER".into());
+        // Desktops never run as root; as root, tokens name the account to run as.
+        let me = if nix::unistd::Uid::effective().is_root() {
+            "<account>".to_owned()
+        } else {
+            nix::unistd::User::from_uid(nix::unistd::Uid::effective())
+                .ok()
+                .flatten()
+                .map(|u| u.name)
+                .unwrap_or_else(|| "$USER".into())
+        };
         let state = hpcdesk_server::build(config).await?;
         eprintln!(
             "hpcdesk {} listening on http://{local}",

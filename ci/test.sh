@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The test command (README, and .ci/run): installs test dependencies, prepares the test
+# accounts, runs every test of the workspace. Tests that need a real component fail in CI
+# (CI=true) when it is missing, and skip loudly elsewhere.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ci/install.sh --test
+
+if [ "$(id -u)" -eq 0 ]; then
+  # Desktops never run as root: as root the tests start them for these accounts.
+  # test_1215 is the account named by the SCNet seed example (gv101--test_1215--SIG--4).
+  for u in hdtest test_1215; do
+    id "$u" >/dev/null 2>&1 || useradd --create-home --shell /bin/bash "$u"
+  done
+fi
+
+cargo test --workspace --locked "$@"
