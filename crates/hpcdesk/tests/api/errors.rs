@@ -320,3 +320,33 @@ fn an_account_the_launcher_cannot_serve_is_815008() {
     assert!(app.list(&token).is_empty());
     assert!(app.xvnc_pids().is_empty());
 }
+
+#[test]
+fn a_node_without_a_free_display_is_815201() {
+    if !real_parts("no free display") {
+        return;
+    }
+    // Hold the RFB port of the only display the launcher may use.
+    let (display, _held) = (5000..5100)
+        .find_map(|d| {
+            std::net::TcpListener::bind(("127.0.0.1", 5900 + d as u16))
+                .ok()
+                .map(|l| (d, l))
+        })
+        .expect("a free port to hold");
+    let app = TestApp::spawn_with(Options {
+        display_min: display,
+        display_max: display,
+        ..Options::default()
+    });
+    let token = app.token("kim");
+    let r = app.call("PUT", VNC, Some(&token));
+    assert_code(&r, "815201");
+    assert!(
+        r.1["msg"].as_str().unwrap().contains("no free display"),
+        "{}",
+        r.1
+    );
+    assert!(app.list(&token).is_empty());
+    assert!(app.xvnc_pids().is_empty());
+}
