@@ -1,9 +1,16 @@
-//! The RFB (VNC) protocol pieces hpcdesk needs, pure and without I/O.
+//! The RFB (VNC) protocol pieces hpcdesk needs.
 //!
 //! - [`auth`]: VNC Authentication (the DES challenge response) and the obfuscated password
-//!   file format TigerVNC's `-PasswordFile` reads (what `vncpasswd -f` writes).
+//!   file format TigerVNC's `-PasswordFile` reads (what `vncpasswd -f` writes). Pure.
+//! - [`client_messages`]: streaming framing of viewer → server messages, to spot input and
+//!   to filter view-only viewers. Pure and fuzzable.
+//! - [`handshake`]: the gateway's two handshakes: authenticating to the VNC server with the
+//!   session's password, and offering the browser security type None.
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod client_messages;
+pub mod handshake;
 
 pub use auth::{PASSWORD_LEN, obfuscated_password_file, vnc_auth_response};
+pub use client_messages::{Class, ClientScanner, ScanError};
