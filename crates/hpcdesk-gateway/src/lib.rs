@@ -1,6 +1,228 @@
 //! hpcdesk's WebSocket ↔ VNC gateway (DESIGN §3).
 //!
+//! A viewer connects with a grant token and `mm`. The gateway resolves the grant through a
+//! [`GrantResolver`] (the server's store), connects to *that* session's VNC server — never
+//! to a host or port the client names — authenticates to it with the session's password,
+//! offers the browser security type None, and relays.
+//!
 //! - [`ws`]: server-side WebSocket framing without I/O.
+//! - [`viewer`]: a byte-stream view of the WebSocket for the RFB handshake.
+//! - [`relay`]: the two-direction relay with back-pressure and heartbeats.
+//! - [`registry`]: open connections per session, last input, closing on delete.
+//! - [`pool`]: buffers held only while data flows.
+
 #![forbid(unsafe_code)]
 
+pub mod pool;
+pub mod registry;
+pub mod relay;
+pub mod viewer;
 pub mod ws;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+pub use registry::{Activity, CloseReason, Connection, Now, Registry};
+pub use relay::{Counts, End};
+
+/// What a valid grant lets a viewer reach.
+#[derive(Clone)]
+pub struct Grant {
+    pub session_key: String,
+    /// For logs.
+    pub session_id: String,
+    pub owner: String,
+    pub host: String,
+    pub port: u16,
+    /// The session's VNC password, opened from `mm`.
+    pub password: Vec<u8>,
+    pub view_only: bool,
+}
+
+impl std::fmt::Debug for Grant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Grant")
+            .field("session_id", &self.session_id)
+            .field("owner", &self.owner)
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("password", &"<redacted>")
+            .field("view_only", &self.view_only)
+            .finish()
+    }
+}
+
+/// Why a connection attempt is refused before the upgrade (HTTP 403). The text is shown to
+/// the viewer and logged; it never contains a secret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("the launch link is incomplete (token and mm are required)")]
+    Missing,
+    #[error("the launch link is not valid")]
+    UnknownGrant,
+    #[error("the launch link has expired; open the desktop again from the portal")]
+    Expired,
+    #[error("the desktop session of this link was deleted")]
+    Revoked,
+    #[error("the desktop session is not running")]
+    NotRunning,
+    #[error("the launch link is damaged (mm does not match)")]
+    BadMm,
+    #[error("internal error")]
+    Internal,
+}
+
+/// Turns a grant token and `mm` into a [`Grant`].
+#[async_trait]
+pub trait GrantResolver: Send + Sync + 'static {
+    async fn resolve(&self, token: &str, mm: &str) -> Result<Grant, Refusal>;
+}
+
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Ping interval; a viewer that misses two pongs is dropped.
+    pub heartbeat: Duration,
+    /// How long connecting and authenticating to the desktop may take.
+    pub connect_timeout: Duration,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            heartbeat: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+pub struct Gateway {
+    resolver: Arc<dyn GrantResolver>,
+    pub registry: Registry,
+    cfg: GatewayConfig,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway").field("cfg", &self.cfg).finish()
+    }
+}
+
+impl Gateway {
+    pub fn new(resolver: Arc<dyn GrantResolver>, registry: Registry, cfg: GatewayConfig) -> Self {
+        Gateway {
+            resolver,
+            registry,
+            cfg,
+        }
+    }
+
+    /// Checks a grant before the upgrade.
+    pub async fn resolve(&self, token: Option<&str>, mm: Option<&str>) -> Result<Grant, Refusal> {
+        match (token, mm) {
+            (Some(t), Some(m)) if !t.is_empty() && !m.is_empty() => {
+                self.resolver.resolve(t, m).await
+            }
+            _ => Err(Refusal::Missing),
+        }
+    }
+
+    /// Serves one upgraded viewer connection to its end. `leftover` holds bytes the HTTP
+    /// server read past the upgrade request.
+    pub async fn serve(&self, viewer: TcpStream, leftover: &[u8], grant: Grant, peer: SocketAddr) {
+        let _ = viewer.set_nodelay(true);
+        let started = Instant::now();
+        let conn = self.registry.open(&grant.session_key);
+        tracing::info!(session = %grant.session_id, owner = %grant.owner, %peer, view_only = grant.view_only, "viewer connected");
+        let (end, counts) = self.run(viewer, leftover, &grant, &conn).await;
+        tracing::info!(
+            session = %grant.session_id, owner = %grant.owner, %peer,
+            end = ?end, down = counts.down, up = counts.up,
+            secs = started.elapsed().as_secs_f32(),
+            "viewer disconnected"
+        );
+    }
+
+    async fn run(
+        &self,
+        mut viewer: TcpStream,
+        leftover: &[u8],
+        grant: &Grant,
+        conn: &Connection,
+    ) -> (End, Counts) {
+        let opened = tokio::select! {
+            r = self.open(&mut viewer, leftover, grant) => r,
+            reason = conn.closed() => Err(End::Closed(reason)),
+        };
+        let (desktop, reader, early) = match opened {
+            Ok(parts) => parts,
+            Err(end) => {
+                if let Some((code, reason)) = end.close_frame() {
+                    let frame = ws::close_frame(code, reason);
+                    let _ = tokio::time::timeout(Duration::from_secs(2), viewer.write_all(&frame))
+                        .await;
+                }
+                let _ = viewer.shutdown().await;
+                return (end, Counts::default());
+            }
+        };
+        relay::Relay {
+            viewer,
+            desktop,
+            reader,
+            early,
+            view_only: grant.view_only,
+            heartbeat: self.cfg.heartbeat,
+        }
+        .run(conn)
+        .await
+    }
+
+    /// Connects and authenticates to the desktop, then greets the viewer.
+    async fn open(
+        &self,
+        viewer: &mut TcpStream,
+        leftover: &[u8],
+        grant: &Grant,
+    ) -> Result<(TcpStream, ws::FrameReader, Vec<u8>), End> {
+        let desktop = tokio::time::timeout(self.cfg.connect_timeout, async {
+            let mut s = TcpStream::connect((grant.host.as_str(), grant.port)).await?;
+            let _ = s.set_nodelay(true);
+            hpcdesk_rfb::handshake::authenticate_to_server(&mut s, &grant.password)
+                .await
+                .map_err(std::io::Error::other)?;
+            Ok::<_, std::io::Error>(s)
+        })
+        .await;
+        let desktop = match desktop {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::warn!(session = %grant.session_id, host = %grant.host, port = grant.port, error = %e, "cannot open the desktop");
+                return Err(End::DesktopError(e.to_string()));
+            }
+            Err(_) => {
+                tracing::warn!(session = %grant.session_id, host = %grant.host, port = grant.port, "the desktop did not answer in time");
+                return Err(End::DesktopError(
+                    "the desktop did not answer in time".into(),
+                ));
+            }
+        };
+        let mut ws = viewer::WsStream::new(viewer, leftover);
+        match tokio::time::timeout(
+            self.cfg.connect_timeout,
+            hpcdesk_rfb::handshake::accept_viewer(&mut ws),
+        )
+        .await
+        {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(End::ViewerError(e.to_string())),
+            Err(_) => return Err(End::ViewerError("the viewer handshake timed out".into())),
+        }
+        let (reader, early) = ws.into_parts();
+        Ok((desktop, reader, early))
+    }
+}

@@ -1,0 +1,370 @@
+//! The relay between a viewer (WebSocket) and a desktop (RFB over TCP), after both
+//! handshakes.
+//!
+//! Two directions run concurrently in one task, each waiting only on its own sockets, so a
+//! slow viewer never delays input and a burst of input never delays the screen:
+//! - **down** (desktop → viewer): waits until the desktop socket is readable, takes a pooled
+//!   buffer, reads into it behind room for the frame header, and writes header and payload in
+//!   one write. It also sends pings, pongs and the final close frame: it owns the viewer's
+//!   write half.
+//! - **up** (viewer → desktop): reads raw WebSocket bytes into a pooled buffer, unmasks
+//!   payload in place and writes it to the desktop as it arrives; a frame split across reads
+//!   needs no reassembly. Input is noted for the idle sweep; for view-only viewers only
+//!   protocol messages pass.
+//!
+//! Back-pressure: each direction awaits its write before reading more, so memory per
+//! connection is bounded by two buffers, and none while idle (see [`crate::pool`]).
+
+use std::io;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use hpcdesk_rfb::{Class, ClientScanner};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::Notify;
+
+use crate::pool::Buf;
+use crate::registry::{CloseReason, Connection};
+use crate::ws::{self, Event, FrameReader, MAX_SERVER_HEADER, close};
+
+/// Reads a direction makes in a row before looking at its other duties.
+const READ_BUDGET: usize = 16;
+
+/// How a relay ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum End {
+    /// The viewer sent a close frame (with this code) or hung up.
+    ViewerClosed(Option<u16>),
+    ViewerError(String),
+    /// The viewer broke the WebSocket protocol or sent what a view-only viewer may not.
+    Protocol {
+        code: u16,
+        reason: String,
+    },
+    DesktopClosed,
+    DesktopError(String),
+    /// No pong for two heartbeats.
+    Timeout,
+    Closed(CloseReason),
+}
+
+impl End {
+    /// The close frame to send the viewer, if one should be sent.
+    pub fn close_frame(&self) -> Option<(u16, &str)> {
+        Some(match self {
+            End::ViewerClosed(Some(code)) => (*code, ""),
+            End::ViewerClosed(None) => (close::NORMAL, ""),
+            End::ViewerError(_) => return None,
+            End::Protocol { code, reason } => (*code, reason.as_str()),
+            End::DesktopClosed => (close::NORMAL, "the desktop closed the connection"),
+            End::DesktopError(_) => (close::DESKTOP_UNAVAILABLE, "cannot reach the desktop"),
+            End::Timeout => (close::TIMEOUT, "no answer to pings"),
+            End::Closed(CloseReason::SessionDeleted) => {
+                (close::SESSION_DELETED, "the desktop session was deleted")
+            }
+            End::Closed(CloseReason::Shutdown) => (close::GOING_AWAY, "the gateway is restarting"),
+        })
+    }
+}
+
+/// Control frames the up direction asks the down direction to send.
+#[derive(Default)]
+struct Pending {
+    pong: Option<Vec<u8>>,
+    pong_seen: bool,
+}
+
+struct Control {
+    pending: Mutex<Pending>,
+    notify: Notify,
+}
+
+impl Control {
+    fn with<R>(&self, f: impl FnOnce(&mut Pending) -> R) -> R {
+        f(&mut self.pending.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// The viewer's write half, remembering whether a frame was cut off halfway (then nothing
+/// more may be written).
+struct Out {
+    w: OwnedWriteHalf,
+    torn: bool,
+}
+
+impl Out {
+    async fn write(&mut self, frame: &[u8]) -> io::Result<()> {
+        self.torn = true;
+        self.w.write_all(frame).await?;
+        self.torn = false;
+        Ok(())
+    }
+}
+
+/// Everything a relay needs.
+pub struct Relay {
+    pub viewer: TcpStream,
+    pub desktop: TcpStream,
+    /// The frame parser's state after the handshake.
+    pub reader: FrameReader,
+    /// Viewer payload received during the handshake, to forward first.
+    pub early: Vec<u8>,
+    pub view_only: bool,
+    pub heartbeat: Duration,
+}
+
+/// Byte counts of a finished relay.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub down: u64,
+    pub up: u64,
+}
+
+impl Relay {
+    /// Runs until either side ends or the connection is told to close.
+    pub async fn run(self, conn: &Connection) -> (End, Counts) {
+        let (viewer_r, viewer_w) = self.viewer.into_split();
+        let (desktop_r, mut desktop_w) = self.desktop.into_split();
+        let mut out = Out {
+            w: viewer_w,
+            torn: false,
+        };
+        let ctl = Control {
+            pending: Mutex::new(Pending::default()),
+            notify: Notify::new(),
+        };
+        let mut up_state = Up {
+            reader: self.reader,
+            scanner: Some(ClientScanner::new()),
+            view_only: self.view_only,
+            filtered: Vec::new(),
+            conn,
+        };
+        let early = self.early;
+        let heartbeat = self.heartbeat;
+        let (mut down_bytes, mut up_bytes) = (0u64, 0u64);
+        let end = {
+            let closed = conn.closed();
+            let down = down(&desktop_r, &mut out, &ctl, heartbeat, &mut down_bytes);
+            let up = up(
+                &viewer_r,
+                &mut desktop_w,
+                &mut up_state,
+                &ctl,
+                early,
+                &mut up_bytes,
+            );
+            tokio::pin!(closed, down, up);
+            tokio::select! {
+                r = &mut closed => End::Closed(r),
+                e = &mut down => e,
+                e = &mut up => e,
+            }
+        };
+        let counts = Counts {
+            down: down_bytes,
+            up: up_bytes,
+        };
+        if !out.torn
+            && let Some((code, reason)) = end.close_frame()
+        {
+            let _ = tokio::time::timeout(
+                Duration::from_secs(2),
+                out.write(&ws::close_frame(code, reason)),
+            )
+            .await;
+        }
+        let _ = out.w.shutdown().await;
+        let _ = desktop_w.shutdown().await;
+        (end, counts)
+    }
+}
+
+async fn down(
+    desktop: &OwnedReadHalf,
+    out: &mut Out,
+    ctl: &Control,
+    heartbeat: Duration,
+    bytes: &mut u64,
+) -> End {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut unanswered = 0u32;
+    loop {
+        tokio::select! {
+            biased;
+            _ = ctl.notify.notified() => {
+                let (pong, seen) = ctl.with(|p| (p.pong.take(), std::mem::take(&mut p.pong_seen)));
+                if seen {
+                    unanswered = 0;
+                }
+                if let Some(payload) = pong
+                    && let Err(e) = out.write(&ws::control_frame(ws::OP_PONG, &payload)).await
+                {
+                    return End::ViewerError(e.to_string());
+                }
+            }
+            r = desktop.readable() => {
+                if let Err(e) = r {
+                    return End::DesktopError(e.to_string());
+                }
+                let mut buf = Buf::take();
+                for _ in 0..READ_BUDGET {
+                    match desktop.try_read(&mut buf[MAX_SERVER_HEADER..]) {
+                        Ok(0) => return End::DesktopClosed,
+                        Ok(n) => {
+                            let mut header = [0u8; MAX_SERVER_HEADER];
+                            let h = ws::encode_header(ws::OP_BINARY, n, &mut header);
+                            buf[MAX_SERVER_HEADER - h..MAX_SERVER_HEADER]
+                                .copy_from_slice(&header[MAX_SERVER_HEADER - h..]);
+                            if let Err(e) = out.write(&buf[MAX_SERVER_HEADER - h..MAX_SERVER_HEADER + n]).await {
+                                return End::ViewerError(e.to_string());
+                            }
+                            *bytes += n as u64;
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(e) => return End::DesktopError(e.to_string()),
+                    }
+                }
+            }
+            _ = tick.tick() => {
+                if ctl.with(|p| std::mem::take(&mut p.pong_seen)) {
+                    unanswered = 0;
+                }
+                if unanswered >= 2 {
+                    return End::Timeout;
+                }
+                unanswered += 1;
+                if let Err(e) = out.write(&ws::control_frame(ws::OP_PING, b"hpcdesk")).await {
+                    return End::ViewerError(e.to_string());
+                }
+            }
+        }
+    }
+}
+
+struct Up<'c> {
+    reader: FrameReader,
+    /// `None` once the stream could not be framed (then every byte counts as input).
+    scanner: Option<ClientScanner>,
+    view_only: bool,
+    /// View-only output, reused.
+    filtered: Vec<u8>,
+    conn: &'c Connection,
+}
+
+impl Up<'_> {
+    /// Forwards one piece of viewer payload to the desktop.
+    async fn forward(&mut self, data: &[u8], desktop: &mut OwnedWriteHalf) -> Result<(), End> {
+        if self.view_only {
+            let scanner = self.scanner.as_mut().ok_or_else(view_only_violation)?;
+            self.filtered.clear();
+            let filtered = &mut self.filtered;
+            scanner
+                .feed(data, |b, class| {
+                    if class.allowed_view_only() {
+                        filtered.extend_from_slice(b);
+                    }
+                })
+                .map_err(|_| view_only_violation())?;
+            if !self.filtered.is_empty() {
+                desktop
+                    .write_all(&self.filtered)
+                    .await
+                    .map_err(|e| End::DesktopError(e.to_string()))?;
+            }
+            return Ok(());
+        }
+        match &mut self.scanner {
+            Some(scanner) => {
+                let mut input = false;
+                if scanner
+                    .feed(data, |_, c: Class| input |= c.is_activity())
+                    .is_err()
+                {
+                    // An extension we cannot frame: relay blindly from now on.
+                    self.scanner = None;
+                    input = true;
+                }
+                if input {
+                    self.conn.input();
+                }
+            }
+            None => self.conn.input(),
+        }
+        desktop
+            .write_all(data)
+            .await
+            .map_err(|e| End::DesktopError(e.to_string()))
+    }
+}
+
+fn view_only_violation() -> End {
+    End::Protocol {
+        code: close::POLICY,
+        reason: "this viewer may only watch".into(),
+    }
+}
+
+async fn up(
+    viewer: &OwnedReadHalf,
+    desktop: &mut OwnedWriteHalf,
+    st: &mut Up<'_>,
+    ctl: &Control,
+    early: Vec<u8>,
+    bytes: &mut u64,
+) -> End {
+    if !early.is_empty() {
+        if let Err(end) = st.forward(&early, desktop).await {
+            return end;
+        }
+        *bytes += early.len() as u64;
+    }
+    loop {
+        if let Err(e) = viewer.readable().await {
+            return End::ViewerError(e.to_string());
+        }
+        let mut buf = Buf::take();
+        for _ in 0..READ_BUDGET {
+            let n = match viewer.try_read(&mut buf) {
+                Ok(0) => return End::ViewerClosed(None),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return End::ViewerError(e.to_string()),
+            };
+            let mut pos = 0;
+            loop {
+                let ev = match st.reader.next(&mut buf[..n], &mut pos) {
+                    Ok(Some(ev)) => ev,
+                    Ok(None) => break,
+                    Err(e) => {
+                        return End::Protocol {
+                            code: e.code,
+                            reason: e.reason.to_owned(),
+                        };
+                    }
+                };
+                match ev {
+                    Event::Data(d) => {
+                        let len = d.len() as u64;
+                        if let Err(end) = st.forward(d, desktop).await {
+                            return end;
+                        }
+                        *bytes += len;
+                    }
+                    Event::Ping(p) => {
+                        ctl.with(|c| c.pong = Some(p.as_slice().to_vec()));
+                        ctl.notify.notify_one();
+                    }
+                    Event::Pong => {
+                        ctl.with(|c| c.pong_seen = true);
+                        ctl.notify.notify_one();
+                    }
+                    Event::Close { code } => return End::ViewerClosed(code),
+                }
+            }
+        }
+    }
+}
