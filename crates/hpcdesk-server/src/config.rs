@@ -172,6 +172,10 @@ pub struct LauncherConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct GatewayConfig {
     pub grant_ttl: HumanDuration,
+    /// WebSocket ping interval; a viewer missing two pongs is dropped.
+    pub heartbeat: HumanDuration,
+    /// How long reaching and authenticating to a desktop may take.
+    pub connect_timeout: HumanDuration,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -235,6 +239,8 @@ impl Default for GatewayConfig {
     fn default() -> Self {
         GatewayConfig {
             grant_ttl: HumanDuration(Duration::from_secs(600)),
+            heartbeat: HumanDuration(Duration::from_secs(30)),
+            connect_timeout: HumanDuration(Duration::from_secs(10)),
         }
     }
 }

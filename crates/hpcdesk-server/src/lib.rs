@@ -4,8 +4,9 @@
 //! - [`auth`]: SCNet token verification and minting (DESIGN §2.2).
 //! - [`error`]: [`ApiError`], the one mapping from failures to SCNet codes.
 //! - [`routes`]: the axum router; handlers only translate HTTP.
+//! - [`grants`]: resolving connection grants for the gateway (`hpcdesk-gateway`).
 //! - [`sessions`]: orchestration of create / list / delete / launchurl (no HTTP types).
-//! - [`lifecycle`]: reconcile (and later the idle sweep), run in the background.
+//! - [`lifecycle`]: reconcile and the idle sweep, run in the background.
 //! - [`state`]: [`AppState`] shared by all of the above, and the [`Clock`].
 //! - [`startup`]: building the state from a config and serving on a given listener.
 #![forbid(unsafe_code)]
@@ -13,6 +14,7 @@
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod grants;
 pub mod lifecycle;
 pub mod routes;
 pub mod sessions;

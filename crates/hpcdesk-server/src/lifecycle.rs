@@ -6,10 +6,17 @@
 //! timeout (hpcdesk died mid-start) becomes `failed` so its user can create again; a desktop
 //! no session owns is reported, and stopped when `lifecycle.kill_orphans` is set.
 //! Reconcile never holds up the API: it runs in its own task and a slow launcher only
-//! delays the next round.
+//! delays the next round. Each round also saves the gateway's last-input times to the store,
+//! so idleness survives a restart.
+//!
+//! **Idle sweep** (daily at `lifecycle.idle_sweep_at`, server local time, and on demand):
+//! deletes sessions with no open viewer whose last activity — creation, last client input,
+//! last viewer disconnect — is older than `lifecycle.idle_after`. A session with an open
+//! viewer is never swept. Failed sessions that old are cleared too.
 
 use std::time::Duration;
 
+use chrono::{DateTime, Local, NaiveTime, TimeZone, Utc};
 use hpcdesk_core::SessionState;
 use hpcdesk_launcher::Liveness;
 
@@ -119,6 +126,11 @@ pub async fn reconcile(app: &AppState) -> Result<ReconcileReport, ApiError> {
             tracing::warn!(node = %orphan.node, user = %orphan.user, display = orphan.display, pid = orphan.pid, "a desktop no session owns is running (lifecycle.kill_orphans is off)");
         }
     }
+    for (key, act) in app.gateway.registry.all() {
+        if let Some(t) = act.last_input {
+            app.store.record_activity(&key, t).await?;
+        }
+    }
     let purged = app
         .store
         .purge_grants(now - chrono::Duration::hours(1))
@@ -152,9 +164,132 @@ pub async fn reconcile_loop(app: AppState, mut shutdown: tokio::sync::watch::Rec
     }
 }
 
+/// What one sweep did.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SweepReport {
+    pub checked: usize,
+    /// Ids of the sessions deleted.
+    pub swept: Vec<String>,
+    /// Sessions kept because a viewer is connected.
+    pub in_use: usize,
+}
+
+/// One idle sweep at the clock's current time.
+pub async fn sweep(app: &AppState) -> Result<SweepReport, ApiError> {
+    let now = app.clock.now();
+    let idle_after = chrono::Duration::from_std(app.config.lifecycle.idle_after.0)
+        .map_err(ApiError::internal)?;
+    let mut report = SweepReport::default();
+    for rec in app
+        .store
+        .sessions_in(&[SessionState::Running, SessionState::Failed])
+        .await?
+    {
+        report.checked += 1;
+        let act = app.gateway.registry.activity(&rec.key);
+        if act.connections > 0 {
+            report.in_use += 1;
+            continue;
+        }
+        let last = [
+            Some(rec.created_at),
+            rec.last_input_at,
+            act.last_input,
+            act.last_disconnect,
+        ]
+        .into_iter()
+        .flatten()
+        .max()
+        .unwrap_or(rec.created_at);
+        if now - last < idle_after {
+            continue;
+        }
+        let reason = format!(
+            "swept: idle since {}",
+            last.with_timezone(&Local)
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, false)
+        );
+        match sessions::stop(app, &rec, &reason).await {
+            Ok(()) => {
+                let id = rec
+                    .session_id
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_else(|| rec.key.clone());
+                tracing::info!(session = %id, owner = %rec.owner, %reason, "idle session swept");
+                report.swept.push(id);
+            }
+            Err(e) => {
+                tracing::error!(key = %rec.key, error = %e, "could not sweep an idle session")
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// The next time (after `now`) the local clock shows `hh:mm`.
+pub fn next_sweep(now: DateTime<Utc>, (h, m): (u32, u32)) -> DateTime<Utc> {
+    let local = now.with_timezone(&Local);
+    let at = NaiveTime::from_hms_opt(h, m, 0).unwrap_or(NaiveTime::MIN);
+    let mut day = local.date_naive();
+    loop {
+        // A time skipped by a DST change resolves to the next valid instant.
+        let candidate = Local
+            .from_local_datetime(&day.and_time(at))
+            .earliest()
+            .map(|t| t.with_timezone(&Utc));
+        if let Some(t) = candidate
+            && t > now
+        {
+            return t;
+        }
+        day = day.succ_opt().unwrap_or(day);
+    }
+}
+
+/// Runs the sweep daily at `lifecycle.idle_sweep_at` until `shutdown` fires.
+pub async fn sweep_loop(app: AppState, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    let Ok(at) = parse_time_of_day(&app.config.lifecycle.idle_sweep_at) else {
+        return; // validated at start-up
+    };
+    loop {
+        let now = app.clock.now();
+        let wait = (next_sweep(now, at) - now)
+            .to_std()
+            .unwrap_or(Duration::from_secs(60));
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {
+                match sweep(&app).await {
+                    Ok(r) => tracing::info!(checked = r.checked, swept = r.swept.len(), in_use = r.in_use, "daily idle sweep done"),
+                    Err(e) => tracing::error!(error = %e, "daily idle sweep failed"),
+                }
+            }
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_next_sweep_is_later_today_or_tomorrow() {
+        let now = Utc::now();
+        let local = now.with_timezone(&Local);
+        let soon = local + chrono::Duration::minutes(2);
+        use chrono::Timelike;
+        let next = next_sweep(now, (soon.hour(), soon.minute()));
+        assert!(
+            next > now && next - now <= chrono::Duration::minutes(2),
+            "{next} vs {now}"
+        );
+        let past = local - chrono::Duration::minutes(2);
+        let next = next_sweep(now, (past.hour(), past.minute()));
+        assert!(next - now > chrono::Duration::hours(23), "{next} vs {now}");
+        assert!(next - now <= chrono::Duration::hours(25));
+    }
 
     #[test]
     fn times_of_day_are_hh_mm() {

@@ -54,6 +54,20 @@ fn iso(t: DateTime<Utc>) -> String {
         .to_rfc3339_opts(SecondsFormat::Secs, false)
 }
 
+/// The API view of a stored session, with the gateway's live view of its viewers.
+pub fn view(app: &AppState, rec: &SessionRecord) -> SessionItem {
+    let act = app.gateway.registry.activity(&rec.key);
+    let mut it = item(rec, act.connections);
+    let last_input = [rec.last_input_at, act.last_input]
+        .into_iter()
+        .flatten()
+        .max();
+    if let Some(t) = last_input {
+        it.last_active_time = iso(t.max(rec.created_at));
+    }
+    it
+}
+
 /// The API view of a stored session.
 pub fn item(rec: &SessionRecord, connections: u32) -> SessionItem {
     SessionItem {
@@ -226,7 +240,7 @@ async fn existing(app: &AppState, mut rec: SessionRecord) -> Result<SessionItem,
         };
     }
     match rec.state {
-        SessionState::Running | SessionState::Pending => Ok(item(&rec, 0)),
+        SessionState::Running | SessionState::Pending => Ok(view(app, &rec)),
         SessionState::Starting => Err(ApiError::Desktop(
             "your desktop is still starting; try again shortly".into(),
         )),
@@ -242,7 +256,7 @@ pub async fn list(app: &AppState, user: &AuthUser) -> Result<Vec<SessionItem>, A
     user.require(Action::UseDesktop)?;
     let owner = (!user.is_admin()).then(|| user.name());
     let recs = app.store.list_sessions(owner).await?;
-    Ok(recs.iter().map(|r| item(r, 0)).collect())
+    Ok(recs.iter().map(|r| view(app, r)).collect())
 }
 
 /// Finds a visible session the caller may act on: unknown → 815010, another user's → 10008.
@@ -277,6 +291,11 @@ pub async fn delete(app: &AppState, user: &AuthUser, id: &SessionId) -> Result<(
 
 /// Stops a session's desktop, then records it stopped and revokes its grants.
 pub async fn stop(app: &AppState, rec: &SessionRecord, reason: &str) -> Result<(), ApiError> {
+    // Viewers learn first that the session is going (close code 4001: do not reconnect),
+    // before its desktop disappears under them.
+    app.gateway
+        .registry
+        .close_session(&rec.key, hpcdesk_gateway::CloseReason::SessionDeleted);
     if let Some(target) = target(rec) {
         match app.launcher.stop(&target).await {
             Ok(()) => {}

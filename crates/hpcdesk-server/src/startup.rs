@@ -3,13 +3,13 @@
 
 use std::future::Future;
 use std::io::Write;
-use std::net::SocketAddr;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use hpcdesk_core::NodeName;
 use hpcdesk_core::seal::ServerKey;
+use hpcdesk_gateway::{Gateway, GatewayConfig, Registry};
 use hpcdesk_launcher::{Launcher, LocalConfig, LocalLauncher};
 use hpcdesk_store::{SqliteStore, Store};
 
@@ -170,6 +170,20 @@ pub async fn build_with(
         config.auth.max_token_bytes,
     );
     let server_key = server_key(&config)?;
+    let now_clock = clock.clone();
+    let registry = Registry::new(Arc::new(move || now_clock.now()));
+    let gateway = Arc::new(Gateway::new(
+        Arc::new(crate::grants::StoreGrants {
+            store: store.clone(),
+            key: server_key.clone(),
+            clock: clock.clone(),
+        }),
+        registry,
+        GatewayConfig {
+            heartbeat: config.gateway.heartbeat.0,
+            connect_timeout: config.gateway.connect_timeout.0,
+        },
+    ));
     let (public_base, path_prefix) = match &config.server.public_url {
         Some(url) => {
             let base = url.trim_end_matches('/').to_owned();
@@ -188,13 +202,18 @@ pub async fn build_with(
         verifier,
         server_key,
         clock,
+        gateway,
         public_base,
         path_prefix,
     }))
 }
 
 /// Serves the API on `listener` until `shutdown` completes. Reconciles once before taking
-/// requests, then keeps reconciling in the background.
+/// requests, then keeps reconciling (and sweeping) in the background.
+///
+/// The accept loop drives hyper's HTTP/1 connections itself (rather than `axum::serve`) so
+/// that an upgraded WebSocket is handed to the gateway as the plain `TcpStream` it is: the
+/// relay then waits for readability without holding buffers.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
@@ -212,12 +231,69 @@ pub async fn serve(
         }
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let background = tokio::spawn(lifecycle::reconcile_loop(state.clone(), stop_rx));
-    let app = routes::router(state).into_make_service_with_connect_info::<SocketAddr>();
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let reconcile = tokio::spawn(lifecycle::reconcile_loop(state.clone(), stop_rx.clone()));
+    let sweep = tokio::spawn(lifecycle::sweep_loop(state.clone(), stop_rx.clone()));
+    let gateway = state.gateway.clone();
+    let router = routes::router(state);
+
+    let mut connections = tokio::task::JoinSet::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::error!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        while connections.try_join_next().is_some() {}
+        let _ = tcp.set_nodelay(true);
+        let router = router.clone();
+        let service =
+            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                tower::ServiceExt::oneshot(router.clone(), req.map(axum::body::Body::new))
+            });
+        let mut stop = stop_rx.clone();
+        connections.spawn(async move {
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(30))
+                .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                .with_upgrades();
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
+                    }
+                }
+                _ = stop.changed() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+    drop(listener);
     let _ = stop_tx.send(true);
-    let _ = background.await;
-    result
+    // In-flight requests (a create waiting for its desktop) get time to finish.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    let _ = reconcile.await;
+    let _ = sweep.await;
+    // Viewers get a "going away" close frame and reconnect to the next instance.
+    gateway
+        .registry
+        .close_all(hpcdesk_gateway::CloseReason::Shutdown);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    Ok(())
 }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use hpcdesk_core::seal::ServerKey;
+use hpcdesk_gateway::Gateway;
 use hpcdesk_launcher::Launcher;
 use hpcdesk_store::Store;
 
@@ -37,6 +38,7 @@ pub struct Inner {
     pub verifier: TokenVerifier,
     pub server_key: ServerKey,
     pub clock: Arc<dyn Clock>,
+    pub gateway: Arc<Gateway>,
     /// `public_url` without a trailing slash, when configured.
     pub public_base: Option<String>,
     /// The path part of `public_url` (e.g. `/desktop`), or empty.

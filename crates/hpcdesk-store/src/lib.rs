@@ -158,6 +158,10 @@ pub trait Store: Send + Sync + 'static {
     /// Sessions in any of `states` (for reconcile and sweep).
     async fn sessions_in(&self, states: &[SessionState]) -> Result<Vec<SessionRecord>, StoreError>;
 
+    /// Records the last client input seen for a session (kept if an earlier time is given).
+    async fn record_activity(&self, key: &str, last_input: DateTime<Utc>)
+    -> Result<(), StoreError>;
+
     async fn insert_grant(&self, grant: GrantRecord) -> Result<(), StoreError>;
 
     async fn grant(&self, token_hash: &[u8]) -> Result<Option<GrantRecord>, StoreError>;

@@ -423,6 +423,22 @@ impl Store for SqliteStore {
         rows.iter().map(session_from_row).collect()
     }
 
+    async fn record_activity(
+        &self,
+        key: &str,
+        last_input: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE sessions SET last_input_at = $2 \
+             WHERE key = $1 AND (last_input_at IS NULL OR last_input_at < $2)",
+        )
+        .bind(key)
+        .bind(millis(last_input))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     async fn insert_grant(&self, g: GrantRecord) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO grants (token_hash, session_key, owner, view_only, created_at, \

@@ -266,6 +266,22 @@ async fn a_failed_start_is_listed_under_its_id_with_the_reason(store: Arc<dyn St
     );
 }
 
+async fn activity_only_moves_forward(store: Arc<dyn Store>) {
+    let rec = claimed(store.claim_session(new_session("u9")).await.unwrap());
+    assert_eq!(rec.last_input_at, None);
+    let t = Utc::now();
+    store.record_activity(&rec.key, t).await.unwrap();
+    store
+        .record_activity(&rec.key, t - Duration::hours(1))
+        .await
+        .unwrap();
+    let got = store.session_by_key(&rec.key).await.unwrap().unwrap();
+    assert_eq!(
+        got.last_input_at.unwrap().timestamp_millis(),
+        t.timestamp_millis()
+    );
+}
+
 async fn grants_are_found_by_hash_and_revoked(store: Arc<dyn Store>) {
     let rec = claimed(store.claim_session(new_session("u6")).await.unwrap());
     let now = Utc::now();
@@ -313,5 +329,6 @@ mod sqlite {
         a_new_claim_clears_old_failures_and_reused_ids,
         grants_are_found_by_hash_and_revoked,
         a_failed_start_is_listed_under_its_id_with_the_reason,
+        activity_only_moves_forward,
     );
 }

@@ -5,11 +5,15 @@
 //! - [`health`]: `GET /healthz`.
 //! - [`extract`]: the API-version check, the authenticated caller, the session id path part.
 //! - [`limits`]: header and body size limits (10012).
+//! - [`vncws`]: the viewer's WebSocket (`/vncws`), handed to the gateway.
+//! - [`admin`]: operator endpoints (`/hpcdesk/v1/…`).
 
+pub mod admin;
 pub mod desktop;
 pub mod extract;
 pub mod health;
 pub mod limits;
+pub mod vncws;
 
 use axum::Router;
 use axum::extract::Request;
@@ -38,6 +42,8 @@ pub fn router(state: AppState) -> Router {
             get(desktop::launch_url),
         )
         .route("/healthz", get(health::health))
+        .route("/vncws", get(vncws::connect))
+        .route("/hpcdesk/v1/sweep", axum::routing::post(admin::sweep))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(

@@ -4,6 +4,8 @@
 mod cli;
 mod desktop;
 mod errors;
+mod gateway;
 mod helpers;
 mod restart;
 mod seed;
+mod viewer;

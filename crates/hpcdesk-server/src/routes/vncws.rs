@@ -1,0 +1,110 @@
+//! `GET /vncws?token=…&mm=…`: the viewer's WebSocket.
+//!
+//! The grant is checked before the upgrade: a refusal is an HTTP 403 with an envelope that
+//! says why in plain words (and is logged without the token). A plain GET with a valid grant
+//! (no upgrade headers) answers `code 0`, so the viewer page can check a link before
+//! connecting. After the upgrade the connection is handed to the gateway as a raw TCP stream.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Query, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use hpcdesk_core::{ApiCode, Envelope};
+use hpcdesk_gateway::{Refusal, ws};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::error::{ApiError, envelope_response};
+use crate::state::AppState;
+
+fn refused(r: &Refusal) -> Response {
+    let code = match r {
+        Refusal::Internal => ApiCode::Internal,
+        Refusal::Missing => ApiCode::MissingParameter,
+        _ => ApiCode::PermissionDenied,
+    };
+    envelope_response(
+        StatusCode::FORBIDDEN,
+        &Envelope::failure(code, r.to_string()),
+    )
+}
+
+pub async fn connect(
+    State(app): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+    mut req: Request,
+) -> Response {
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0)
+        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let grant = match app
+        .gateway
+        .resolve(
+            q.get("token").map(String::as_str),
+            q.get("mm").map(String::as_str),
+        )
+        .await
+    {
+        Ok(g) => g,
+        Err(r) => {
+            tracing::info!(%peer, reason = %r, "viewer refused");
+            return refused(&r);
+        }
+    };
+    let upgrade = match ws::check_upgrade(req.headers()) {
+        Ok(u) => u,
+        Err(_) if !req.headers().contains_key(header::UPGRADE) => {
+            return envelope_response(
+                StatusCode::OK,
+                &Envelope::success(serde_json::json!({
+                    "sessionId": grant.session_id,
+                    "viewOnly": grant.view_only,
+                })),
+            );
+        }
+        Err(why) => {
+            let mut r = ApiError::InvalidParameter(why.to_owned()).into_response();
+            *r.status_mut() = StatusCode::BAD_REQUEST;
+            return r;
+        }
+    };
+    let Some(on_upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
+        return ApiError::internal(std::io::Error::other("connection cannot be upgraded"))
+            .into_response();
+    };
+    let gateway = app.gateway.clone();
+    tokio::spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "WebSocket upgrade failed");
+                return;
+            }
+        };
+        match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => {
+                gateway
+                    .serve(parts.io.into_inner(), &parts.read_buf, grant, peer)
+                    .await;
+            }
+            Err(_) => tracing::error!(%peer, "the upgraded connection is not a TCP stream"),
+        }
+    });
+    let mut resp = Response::new(Body::empty());
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    if let Ok(v) = HeaderValue::from_str(&upgrade.accept) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    if let Some(p) = upgrade.protocol {
+        h.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(p));
+    }
+    resp
+}

@@ -1,0 +1,218 @@
+//! The gateway through the launch URL, against real Xvnc, with an independent WebSocket
+//! client (tokio-tungstenite) speaking RFB as noVNC does.
+
+use std::time::{Duration, Instant};
+
+use crate::helpers::*;
+use crate::viewer::{Connect, Viewer, connect, ws_url};
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Creates a desktop for `user`; returns (token, session id, launch URL).
+fn desktop(app: &TestApp, user: &str) -> (String, String, String) {
+    let token = app.token(user);
+    let created = app.create(&token);
+    assert_eq!(created["code"], "0", "{created}\n{}", app.log_text());
+    let id = created["data"]["sessionId"].as_str().unwrap().to_owned();
+    let url = launch(app, &token, &id);
+    (token, id, url)
+}
+
+fn launch(app: &TestApp, token: &str, id: &str) -> String {
+    let l = app.launch_url(token, id);
+    assert_eq!(l["code"], "0", "{l}");
+    l["data"]["novncUrl"].as_str().unwrap().to_owned()
+}
+
+fn open(rt: &tokio::runtime::Runtime, app: &TestApp, url: &str) -> Viewer {
+    match rt.block_on(connect(&ws_url(&app.base, url))) {
+        Connect::Open(v) => v,
+        Connect::Refused(status, body) => panic!("refused {status}: {body}"),
+    }
+}
+
+fn refused(rt: &tokio::runtime::Runtime, url: &str) -> (u16, serde_json::Value) {
+    match rt.block_on(connect(url)) {
+        Connect::Open(_) => panic!("{url} should be refused"),
+        Connect::Refused(status, body) => (status, serde_json::from_str(&body).unwrap()),
+    }
+}
+
+#[test]
+fn a_viewer_gets_a_framebuffer_update_through_the_launch_url() {
+    if !real_parts("gateway handshake") {
+        return;
+    }
+    let rt = runtime();
+    let app = TestApp::spawn();
+    let (token, _id, url) = desktop(&app, "lena");
+    let mut v = open(&rt, &app, &url);
+    assert_eq!(v.protocol.as_deref(), Some("binary"));
+    let init = rt.block_on(v.handshake());
+    assert_eq!((init.width, init.height), (1024, 768));
+    assert!(init.name.contains(&app.node), "{}", init.name);
+    let (rects, w, h) = rt.block_on(v.first_update(1024, 768));
+    assert!(rects >= 1);
+    assert!(w > 0 && h > 0);
+
+    // The session shows the open viewer, and input moves lastActiveTime.
+    assert!(eventually(
+        Duration::from_secs(2),
+        || app.list(&token)[0]["connections"] == 1
+    ));
+    let before = app.list(&token)[0]["lastActiveTime"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    std::thread::sleep(Duration::from_millis(1100));
+    rt.block_on(v.type_key(0xffe1)); // Shift: harmless
+    assert!(
+        eventually(Duration::from_secs(3), || {
+            app.list(&token)[0]["lastActiveTime"].as_str().unwrap() != before
+        }),
+        "input did not move lastActiveTime"
+    );
+    drop(v);
+    assert!(eventually(
+        Duration::from_secs(3),
+        || app.list(&token)[0]["connections"] == 0
+    ));
+    // The VNC password was never in a log, nor the grant.
+    let grant = url
+        .split("token=")
+        .nth(1)
+        .unwrap()
+        .split('&')
+        .next()
+        .unwrap();
+    assert!(!app.log_text().contains(grant), "a grant token was logged");
+}
+
+#[test]
+fn refused_viewers_get_403_and_never_reach_the_desktop() {
+    if !real_parts("gateway refusals") {
+        return;
+    }
+    let rt = runtime();
+    let app = TestApp::spawn();
+    let (token, id, url) = desktop(&app, "mona");
+    let ws = ws_url(&app.base, &url);
+    let (grant, mm) = {
+        let q = ws.split("token=").nth(1).unwrap();
+        let (g, m) = q.split_once("&mm=").unwrap();
+        (g.to_owned(), m.to_owned())
+    };
+    let base = app.base.replacen("http://", "ws://", 1);
+    let bogus = uuid::Uuid::new_v4();
+    let (status, body) = refused(&rt, &format!("{base}/vncws?token={bogus}&mm={mm}"));
+    assert_eq!(status, 403);
+    assert!(
+        body["msg"].as_str().unwrap().contains("not valid"),
+        "{body}"
+    );
+    let other_mm = {
+        let u = launch(&app, &token, &id);
+        ws_url(&app.base, &u)
+            .split("&mm=")
+            .nth(1)
+            .unwrap()
+            .to_owned()
+    };
+    assert_ne!(other_mm, mm);
+    let (status, body) = refused(&rt, &format!("{base}/vncws?token={grant}&mm={other_mm}"));
+    assert_eq!(status, 403, "{body}");
+    assert!(body["msg"].as_str().unwrap().contains("mm"), "{body}");
+    assert_eq!(refused(&rt, &format!("{base}/vncws?token={grant}")).0, 403);
+    assert_eq!(refused(&rt, &format!("{base}/vncws?mm={mm}")).0, 403);
+    assert_eq!(refused(&rt, &format!("{base}/vncws")).0, 403);
+    // A host or port in the query changes nothing: the gateway never takes them.
+    let mut v = open(&rt, &app, &format!("{url}&host=127.0.0.1&port=22"));
+    assert_eq!(rt.block_on(v.handshake()).width, 1024);
+    drop(v);
+    // The grant of a deleted session.
+    assert_eq!(app.delete(&token, &id)["code"], "0");
+    let (status, body) = refused(&rt, &ws);
+    assert_eq!(status, 403);
+    assert!(body["msg"].as_str().unwrap().contains("deleted"), "{body}");
+    assert!(!app.log_text().contains(&grant), "a grant token was logged");
+}
+
+#[test]
+fn an_expired_grant_opens_nothing_new_but_open_viewers_stay() {
+    if !real_parts("grant expiry") {
+        return;
+    }
+    let rt = runtime();
+    let app = TestApp::spawn_with(Options {
+        extra_toml: "[gateway]\ngrant_ttl = \"2s\"\n".into(),
+        ..Options::default()
+    });
+    let (_token, _id, url) = desktop(&app, "nina");
+    let mut v = open(&rt, &app, &url);
+    rt.block_on(v.handshake());
+    std::thread::sleep(Duration::from_millis(2300));
+    let (status, body) = refused(&rt, &ws_url(&app.base, &url));
+    assert_eq!(status, 403);
+    assert!(body["msg"].as_str().unwrap().contains("expired"), "{body}");
+    // The connection opened before expiry still works.
+    let (rects, _, _) = rt.block_on(v.first_update(1024, 768));
+    assert!(rects >= 1);
+}
+
+#[test]
+fn deleting_a_session_closes_its_viewers_within_a_second() {
+    if !real_parts("delete closes viewers") {
+        return;
+    }
+    let rt = runtime();
+    let app = TestApp::spawn();
+    let (token, id, url) = desktop(&app, "olga");
+    let mut v1 = open(&rt, &app, &url);
+    rt.block_on(v1.handshake());
+    let mut v2 = open(&rt, &app, &url); // the grant is reusable (noVNC reconnects)
+    rt.block_on(v2.handshake());
+    assert!(eventually(
+        Duration::from_secs(2),
+        || app.list(&token)[0]["connections"] == 2
+    ));
+    let t0 = Instant::now();
+    assert_eq!(app.delete(&token, &id)["code"], "0");
+    let (c1, c2) = rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(1), async {
+            (v1.closed().await, v2.closed().await)
+        })
+        .await
+        .expect("viewers still open a second after delete")
+    });
+    eprintln!("viewers closed {:?} after delete returned", t0.elapsed());
+    assert_eq!(c1, Some(4001));
+    assert_eq!(c2, Some(4001));
+}
+
+#[test]
+fn a_plain_get_checks_a_launch_link() {
+    if !real_parts("link check") {
+        return;
+    }
+    let app = TestApp::spawn();
+    let (_token, id, url) = desktop(&app, "petra");
+    let path = url
+        .split("path=")
+        .nth(1)
+        .unwrap()
+        .split("&resize")
+        .next()
+        .unwrap();
+    let (status, body) = app.call("GET", path, None);
+    assert_eq!(status, 200);
+    assert_eq!(body["code"], "0");
+    assert_eq!(body["data"]["sessionId"], id.as_str());
+    let (status, body) = app.call("GET", "/vncws?token=nope&mm=nope", None);
+    assert_eq!(status, 403);
+    assert_eq!(body["code"], "10008");
+}

@@ -1,0 +1,154 @@
+//! A minimal RFB viewer over WebSocket (tokio-tungstenite), written from the RFC and the
+//! RFB spec independently of the gateway, to drive it the way noVNC does.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub struct Viewer {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    buf: Vec<u8>,
+    pub protocol: Option<String>,
+}
+
+/// What connecting got: a viewer, or the HTTP status of the refusal and its body.
+pub enum Connect {
+    Open(Viewer),
+    Refused(u16, String),
+}
+
+/// `ws://host/vncws?token=…&mm=…` for a launch URL path like the API returns.
+pub fn ws_url(base: &str, novnc_url: &str) -> String {
+    let path = novnc_url
+        .split("path=")
+        .nth(1)
+        .and_then(|p| p.split("&resize").next())
+        .expect("launch URL carries path=");
+    format!("{}{path}", base.replacen("http://", "ws://", 1))
+}
+
+pub async fn connect(url: &str) -> Connect {
+    let mut req = url.into_client_request().unwrap();
+    req.headers_mut()
+        .insert("sec-websocket-protocol", "binary".parse().unwrap());
+    match tokio_tungstenite::connect_async(req).await {
+        Ok((ws, resp)) => Connect::Open(Viewer {
+            ws,
+            buf: Vec::new(),
+            protocol: resp
+                .headers()
+                .get("sec-websocket-protocol")
+                .map(|v| v.to_str().unwrap().to_owned()),
+        }),
+        Err(WsError::Http(resp)) => {
+            let body = resp
+                .body()
+                .as_ref()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default();
+            Connect::Refused(resp.status().as_u16(), body)
+        }
+        Err(e) => panic!("WebSocket connect failed: {e}"),
+    }
+}
+
+/// ServerInit: framebuffer size and desktop name.
+#[derive(Debug)]
+pub struct ServerInit {
+    pub width: u16,
+    pub height: u16,
+    pub name: String,
+}
+
+impl Viewer {
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.ws
+            .send(Message::Binary(bytes.to_vec().into()))
+            .await
+            .unwrap();
+    }
+
+    /// The next `n` payload bytes; `Err` with the close frame if the gateway closes first.
+    pub async fn recv_exact(&mut self, n: usize) -> Result<Vec<u8>, Option<CloseFrame>> {
+        while self.buf.len() < n {
+            match tokio::time::timeout(Duration::from_secs(10), self.ws.next()).await {
+                Ok(Some(Ok(Message::Binary(b)))) => self.buf.extend_from_slice(&b),
+                Ok(Some(Ok(Message::Close(f)))) => return Err(f),
+                Ok(Some(Ok(_))) => {}
+                Ok(Some(Err(e))) => panic!("WebSocket error: {e}"),
+                Ok(None) => return Err(None),
+                Err(_) => panic!("no data from the gateway for 10 s"),
+            }
+        }
+        Ok(self.buf.drain(..n).collect())
+    }
+
+    /// Waits for the gateway to close the connection; returns the close code.
+    pub async fn closed(&mut self) -> Option<u16> {
+        loop {
+            match self.ws.next().await {
+                Some(Ok(Message::Close(f))) => return f.map(|f| f.code.into()),
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return None,
+            }
+        }
+    }
+
+    /// The browser's side of the RFB handshake through the gateway: expects security
+    /// type None only, then exchanges ClientInit / ServerInit.
+    pub async fn handshake(&mut self) -> ServerInit {
+        assert_eq!(self.recv_exact(12).await.unwrap(), b"RFB 003.008\n");
+        self.send(b"RFB 003.008\n").await;
+        assert_eq!(
+            self.recv_exact(2).await.unwrap(),
+            vec![1, 1],
+            "only None offered"
+        );
+        self.send(&[1]).await;
+        assert_eq!(self.recv_exact(4).await.unwrap(), vec![0, 0, 0, 0]);
+        self.send(&[1]).await; // ClientInit, shared
+        let head = self.recv_exact(24).await.unwrap();
+        let width = u16::from_be_bytes([head[0], head[1]]);
+        let height = u16::from_be_bytes([head[2], head[3]]);
+        let name_len = u32::from_be_bytes([head[20], head[21], head[22], head[23]]) as usize;
+        let name = String::from_utf8_lossy(&self.recv_exact(name_len).await.unwrap()).into_owned();
+        ServerInit {
+            width,
+            height,
+            name,
+        }
+    }
+
+    /// Asks for the whole screen in Raw encoding and returns the first update's rectangle
+    /// count and the size of the first rectangle.
+    pub async fn first_update(&mut self, width: u16, height: u16) -> (u16, u16, u16) {
+        self.send(&[2, 0, 0, 1, 0, 0, 0, 0]).await; // SetEncodings [Raw]
+        let mut req = vec![3, 0, 0, 0, 0, 0];
+        req.extend_from_slice(&width.to_be_bytes());
+        req.extend_from_slice(&height.to_be_bytes());
+        self.send(&req).await;
+        let head = self.recv_exact(4).await.unwrap();
+        assert_eq!(head[0], 0, "FramebufferUpdate");
+        let rects = u16::from_be_bytes([head[2], head[3]]);
+        let r = self.recv_exact(12).await.unwrap();
+        let (w, h) = (
+            u16::from_be_bytes([r[4], r[5]]),
+            u16::from_be_bytes([r[6], r[7]]),
+        );
+        (rects, w, h)
+    }
+
+    /// A key press and release.
+    pub async fn type_key(&mut self, keysym: u32) {
+        for down in [1u8, 0] {
+            let mut m = vec![4, down, 0, 0];
+            m.extend_from_slice(&keysym.to_be_bytes());
+            self.send(&m).await;
+        }
+    }
+}
