@@ -31,7 +31,7 @@ fn launch(app: &TestApp, token: &str, id: &str) -> String {
 
 fn open(rt: &tokio::runtime::Runtime, app: &TestApp, url: &str) -> Viewer {
     match rt.block_on(connect(&ws_url(&app.base, url))) {
-        Connect::Open(v) => v,
+        Connect::Open(v) => *v,
         Connect::Refused(status, body) => panic!("refused {status}: {body}"),
     }
 }

@@ -18,7 +18,7 @@ pub struct Viewer {
 
 /// What connecting got: a viewer, or the HTTP status of the refusal and its body.
 pub enum Connect {
-    Open(Viewer),
+    Open(Box<Viewer>),
     Refused(u16, String),
 }
 
@@ -37,14 +37,14 @@ pub async fn connect(url: &str) -> Connect {
     req.headers_mut()
         .insert("sec-websocket-protocol", "binary".parse().unwrap());
     match tokio_tungstenite::connect_async(req).await {
-        Ok((ws, resp)) => Connect::Open(Viewer {
+        Ok((ws, resp)) => Connect::Open(Box::new(Viewer {
             ws,
             buf: Vec::new(),
             protocol: resp
                 .headers()
                 .get("sec-websocket-protocol")
                 .map(|v| v.to_str().unwrap().to_owned()),
-        }),
+        })),
         Err(WsError::Http(resp)) => {
             let body = resp
                 .body()
