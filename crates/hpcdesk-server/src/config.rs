@@ -111,6 +111,9 @@ pub struct ServerConfig {
     /// share one database must share it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub secret: Option<Secret>,
+    /// A directory whose files are served before the embedded viewer (customisation).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub web_dir: Option<PathBuf>,
 }
 
 #[derive(Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -203,6 +206,7 @@ impl Default for ServerConfig {
             public_url: None,
             data_dir: PathBuf::from("./data"),
             secret: None,
+            web_dir: None,
         }
     }
 }

@@ -7,6 +7,7 @@
 //! - [`limits`]: header and body size limits (10012).
 //! - [`vncws`]: the viewer's WebSocket (`/vncws`), handed to the gateway.
 //! - [`admin`]: operator endpoints (`/hpcdesk/v1/…`).
+//! - [`web`]: the viewer page and noVNC's modules (everything else that is a file).
 
 pub mod admin;
 pub mod desktop;
@@ -14,6 +15,7 @@ pub mod extract;
 pub mod health;
 pub mod limits;
 pub mod vncws;
+pub mod web;
 
 use axum::Router;
 use axum::extract::Request;
@@ -44,7 +46,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::health))
         .route("/vncws", get(vncws::connect))
         .route("/hpcdesk/v1/sweep", axum::routing::post(admin::sweep))
-        .fallback(no_route)
+        .fallback(web::file_or_404)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -59,15 +61,6 @@ pub fn router(state: AppState) -> Router {
                 .on_response(DefaultOnResponse::new().level(Level::INFO)),
         )
         .with_state(state)
-}
-
-async fn no_route(req: Request) -> Response {
-    ApiError::NoRoute(format!(
-        "no such API: {} {}",
-        req.method(),
-        req.uri().path()
-    ))
-    .into_response()
 }
 
 async fn method_not_allowed(req: Request) -> Response {

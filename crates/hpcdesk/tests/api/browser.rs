@@ -1,0 +1,107 @@
+//! The real viewer page in headless Chromium (Playwright): the launch URL from the API opens
+//! the desktop through the gateway, and a command typed in the browser runs in the desktop.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::helpers::*;
+
+fn browser_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/browser")
+}
+
+/// Node, Chromium and playwright-core are here; skips loudly outside CI, fails in CI.
+pub fn browser_parts(test: &str) -> bool {
+    let mut missing = Vec::new();
+    if !Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success()) {
+        missing.push("node");
+    }
+    if !std::path::Path::new("/usr/bin/chromium").exists() {
+        missing.push("chromium (apt-get install chromium)");
+    }
+    if !browser_dir().join("node_modules/playwright-core").exists() {
+        missing.push("playwright-core (npm ci --prefix tests/browser)");
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    let msg = format!("{test}: missing {}", missing.join(", "));
+    assert!(!in_ci(), "{msg} — required in CI");
+    eprintln!("SKIPPED {msg}");
+    false
+}
+
+fn home_of(user: &str) -> PathBuf {
+    nix::unistd::User::from_name(user).unwrap().unwrap().dir
+}
+
+#[test]
+fn a_command_typed_in_the_browser_runs_in_the_desktop() {
+    if !real_parts("browser") || !browser_parts("browser") {
+        return;
+    }
+    let app = TestApp::spawn();
+    let token = app.token("quinn");
+    let created = app.create(&token);
+    assert_eq!(created["code"], "0", "{created}");
+    let id = created["data"]["sessionId"].as_str().unwrap().to_owned();
+    let launch = app.launch_url(&token, &id);
+    let url = format!("{}{}", app.base, launch["data"]["novncUrl"].as_str().unwrap());
+
+    let marker = format!("hpcdesk-browser-{}", uuid::Uuid::new_v4().simple());
+    let file = home_of(&compute_user()).join(&marker);
+    let shot = app.dir.path().join("desktop.png");
+    let out = Command::new("node")
+        .arg(browser_dir().join("type-in-desktop.mjs"))
+        .arg(&url)
+        .arg(format!("touch ~/{marker}"))
+        .arg(&shot)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "browser run failed\nstdout: {stdout}\nstderr: {stderr}\nserver log:\n{}",
+        app.log_text()
+    );
+    eprintln!("browser: {stdout}");
+    let created_file = eventually(Duration::from_secs(5), || file.exists());
+    let _ = std::fs::remove_file(&file);
+    assert!(
+        created_file,
+        "the typed command did not run in the desktop (screenshot: {}); stderr: {stderr}",
+        shot.display()
+    );
+    // The viewer's connection was counted and is gone again.
+    assert!(eventually(Duration::from_secs(3), || app.list(&token)[0]["connections"] == 0));
+    assert_eq!(app.delete(&token, &id)["code"], "0");
+}
+
+#[test]
+fn the_viewer_page_and_novnc_are_served_by_hpcdesk() {
+    let app = TestApp::spawn();
+    let client = reqwest::blocking::Client::new();
+    let page = client.get(app.url("/vnc.html")).send().unwrap();
+    assert_eq!(page.status(), 200);
+    assert_eq!(
+        page.headers()["content-type"],
+        "text/html; charset=utf-8"
+    );
+    assert_eq!(page.headers()["referrer-policy"], "no-referrer");
+    assert!(page.text().unwrap().contains("viewer.js"));
+    let rfb = client.get(app.url("/novnc/core/rfb.js")).send().unwrap();
+    if rfb.status() != 200 {
+        let msg = "noVNC is not embedded (npm ci --prefix web before building)";
+        assert!(!in_ci(), "{msg} — required in CI");
+        eprintln!("SKIPPED {msg}");
+        return;
+    }
+    assert_eq!(rfb.headers()["content-type"], "text/javascript; charset=utf-8");
+    assert!(rfb.text().unwrap().contains("export default class RFB"));
+    let missing = client.get(app.url("/novnc/core/nope.js")).send().unwrap();
+    assert_eq!(missing.status(), 404);
+    let traversal = client.get(app.url("/../Cargo.toml")).send().unwrap();
+    assert_eq!(traversal.status(), 404);
+}
