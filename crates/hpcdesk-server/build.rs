@@ -31,7 +31,10 @@ fn main() {
         println!("cargo:rerun-if-changed={}", p.display());
         files.push((format!("/{name}"), p));
     }
-    println!("cargo:rerun-if-changed={}", novnc.join("package.json").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        novnc.join("package.json").display()
+    );
     let mut found = Vec::new();
     for sub in ["core", "vendor"] {
         walk(&novnc.join(sub), &mut found);
@@ -51,8 +54,12 @@ fn main() {
     code.push_str("pub static ASSETS: &[(&str, &[u8])] = &[\n");
     for (url, path) in &files {
         let abs = path.canonicalize().unwrap_or_else(|_| path.clone());
-        writeln!(code, "    ({url:?}, include_bytes!({:?})),", abs.display().to_string())
-            .expect("write to string");
+        writeln!(
+            code,
+            "    ({url:?}, include_bytes!({:?})),",
+            abs.display().to_string()
+        )
+        .expect("write to string");
     }
     code.push_str("];\n");
     writeln!(code, "/// Whether noVNC's modules were found at build time.\npub const NOVNC_EMBEDDED: bool = {novnc_ok};").expect("write to string");

@@ -3,7 +3,7 @@
 //! - `serve`: the API, viewer and gateway ([`cmd::serve`]).
 //! - `token`: mint a token with the configured secret ([`cmd::token`]).
 //! - `node …`: the node agent, run on a node as the user ([`cmd::node`]).
-//! - `desktop …`: a client of a running server ([`cmd::client`]).
+//! - `desktop …`, `sweep`: clients of a running server ([`cmd::client`]).
 //! - `config …`: print the example or the effective configuration ([`cmd::config`]).
 #![forbid(unsafe_code)]
 
@@ -39,6 +39,8 @@ enum Command {
     Node(cmd::node::Command),
     /// Use a running hpcdesk: create, list, open and delete your desktop.
     Desktop(cmd::client::Args),
+    /// Run the idle sweep of a running server now (needs an admin token).
+    Sweep(cmd::client::SweepArgs),
     /// Print the example configuration or the effective one (secrets redacted).
     #[command(subcommand)]
     Config(cmd::config::Command),
@@ -51,6 +53,7 @@ fn main() -> ExitCode {
         Command::Token(args) => cmd::token::run(cli.config.as_deref(), args),
         Command::Node(c) => return cmd::node::run(c),
         Command::Desktop(args) => cmd::client::run(args),
+        Command::Sweep(args) => cmd::client::sweep(args),
         Command::Config(c) => cmd::config::run(cli.config.as_deref(), c),
     };
     match result {

@@ -43,7 +43,10 @@ fn respond(path: &str, bytes: Vec<u8>, method: &Method) -> Response {
         HeaderValue::from_static(content_type(path)),
     );
     // The page carries grant tokens in its URL: never send it on as a referrer.
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
@@ -73,7 +76,11 @@ pub async fn file_or_404(State(app): State<AppState>, req: Request) -> Response 
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     if method == Method::GET || method == Method::HEAD {
-        let wanted = if path == "/" { "/vnc.html" } else { path.as_str() };
+        let wanted = if path == "/" {
+            "/vnc.html"
+        } else {
+            path.as_str()
+        };
         if let Some(bytes) = find(&app, wanted).await {
             return respond(wanted, bytes, &method);
         }

@@ -36,6 +36,66 @@ enum Action {
     Delete { session_id: String },
 }
 
+/// `hpcdesk sweep`: asks a running server to run the idle sweep now (admin token).
+#[derive(Debug, clap::Args)]
+pub struct SweepArgs {
+    #[arg(long, env = "HPCDESK_API", default_value = "http://127.0.0.1:65106")]
+    api: String,
+    /// A token whose role is mapped to `admin`.
+    #[arg(long, env = "HPCDESK_TOKEN", hide_env_values = true)]
+    token: String,
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn sweep(args: SweepArgs) -> anyhow::Result<ExitCode> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let client = Client {
+            http: reqwest::Client::new(),
+            api: args.api.trim_end_matches('/').to_owned(),
+            token: args.token,
+        };
+        let (raw, r) = client
+            .call_url::<serde_json::Value>(reqwest::Method::POST, "/hpcdesk/v1/sweep")
+            .await?;
+        if args.json {
+            println!("{raw}");
+        }
+        Ok(match r {
+            Ok(report) => {
+                if !args.json {
+                    let swept: Vec<&str> = report["swept"]
+                        .as_array()
+                        .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
+                        .unwrap_or_default();
+                    println!(
+                        "checked {} sessions, {} in use, swept {}{}",
+                        report["checked"],
+                        report["inUse"],
+                        swept.len(),
+                        if swept.is_empty() {
+                            String::new()
+                        } else {
+                            format!(": {}", swept.join(", "))
+                        }
+                    );
+                }
+                ExitCode::SUCCESS
+            }
+            Err((code, msg)) => {
+                if !args.json {
+                    eprintln!("hpcdesk: error {code}: {msg}");
+                }
+                ExitCode::FAILURE
+            }
+        })
+    })
+}
+
 struct Client {
     http: reqwest::Client,
     api: String,
@@ -48,7 +108,16 @@ impl Client {
         method: reqwest::Method,
         path: &str,
     ) -> anyhow::Result<(String, Result<T, (String, String)>)> {
-        let url = format!("{}/hpc/openapi/v2/desktop/vnc{path}", self.api);
+        self.call_url(method, &format!("/hpc/openapi/v2/desktop/vnc{path}"))
+            .await
+    }
+
+    async fn call_url<T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+    ) -> anyhow::Result<(String, Result<T, (String, String)>)> {
+        let url = format!("{}{path}", self.api);
         let resp = self
             .http
             .request(method, &url)

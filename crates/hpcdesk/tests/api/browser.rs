@@ -14,7 +14,11 @@ fn browser_dir() -> PathBuf {
 /// Node, Chromium and playwright-core are here; skips loudly outside CI, fails in CI.
 pub fn browser_parts(test: &str) -> bool {
     let mut missing = Vec::new();
-    if !Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success()) {
+    if !Command::new("node")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
         missing.push("node");
     }
     if !std::path::Path::new("/usr/bin/chromium").exists() {
@@ -47,7 +51,11 @@ fn a_command_typed_in_the_browser_runs_in_the_desktop() {
     assert_eq!(created["code"], "0", "{created}");
     let id = created["data"]["sessionId"].as_str().unwrap().to_owned();
     let launch = app.launch_url(&token, &id);
-    let url = format!("{}{}", app.base, launch["data"]["novncUrl"].as_str().unwrap());
+    let url = format!(
+        "{}{}",
+        app.base,
+        launch["data"]["novncUrl"].as_str().unwrap()
+    );
 
     let marker = format!("hpcdesk-browser-{}", uuid::Uuid::new_v4().simple());
     let file = home_of(&compute_user()).join(&marker);
@@ -75,7 +83,10 @@ fn a_command_typed_in_the_browser_runs_in_the_desktop() {
         shot.display()
     );
     // The viewer's connection was counted and is gone again.
-    assert!(eventually(Duration::from_secs(3), || app.list(&token)[0]["connections"] == 0));
+    assert!(eventually(
+        Duration::from_secs(3),
+        || app.list(&token)[0]["connections"] == 0
+    ));
     assert_eq!(app.delete(&token, &id)["code"], "0");
 }
 
@@ -85,10 +96,7 @@ fn the_viewer_page_and_novnc_are_served_by_hpcdesk() {
     let client = reqwest::blocking::Client::new();
     let page = client.get(app.url("/vnc.html")).send().unwrap();
     assert_eq!(page.status(), 200);
-    assert_eq!(
-        page.headers()["content-type"],
-        "text/html; charset=utf-8"
-    );
+    assert_eq!(page.headers()["content-type"], "text/html; charset=utf-8");
     assert_eq!(page.headers()["referrer-policy"], "no-referrer");
     assert!(page.text().unwrap().contains("viewer.js"));
     let rfb = client.get(app.url("/novnc/core/rfb.js")).send().unwrap();
@@ -98,7 +106,10 @@ fn the_viewer_page_and_novnc_are_served_by_hpcdesk() {
         eprintln!("SKIPPED {msg}");
         return;
     }
-    assert_eq!(rfb.headers()["content-type"], "text/javascript; charset=utf-8");
+    assert_eq!(
+        rfb.headers()["content-type"],
+        "text/javascript; charset=utf-8"
+    );
     assert!(rfb.text().unwrap().contains("export default class RFB"));
     let missing = client.get(app.url("/novnc/core/nope.js")).send().unwrap();
     assert_eq!(missing.status(), 404);

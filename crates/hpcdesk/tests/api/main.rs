@@ -9,4 +9,5 @@ mod gateway;
 mod helpers;
 mod restart;
 mod seed;
+mod sweep;
 mod viewer;
