@@ -31,8 +31,23 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
+/// Every viewer holds two sockets; lift the soft open-file limit to the hard one so a
+/// gateway is not capped at the usual 1024 descriptors.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+    {
+        match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::debug!(from = soft, to = hard, "raised the open-file limit"),
+            Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+        }
+    }
+}
+
 pub fn run(file: Option<&Path>) -> anyhow::Result<ExitCode> {
     init_logging();
+    raise_open_files_limit();
     let config = super::load_config(file)?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
