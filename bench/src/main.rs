@@ -1,0 +1,71 @@
+//! `hpcdesk-bench`: the gateway benchmark of `shared/PERFORMANCE.md`, run with
+//! `bench/gateway.sh`.
+//!
+//! One run measures, on the same machine and in the same conditions, four ways from a viewer
+//! to a VNC-like TCP server: raw loopback TCP (the limit), a plain TCP relay (tokio
+//! `copy_bidirectional`: the best any relay can do), websockify 0.13, and hpcdesk's real
+//! `/vncws` gateway (the full server with store, grants and server-side VNC auth; only the
+//! launcher is a fake that points sessions at the benchmark's servers). It prints a table
+//! of medians and ratios.
+//!
+//! - [`servers`]: the fake VNC servers (download, upload, echo; plain and RFB-authenticating).
+//! - [`client`]: connecting through each variant (TCP or WebSocket, with the RFB viewer
+//!   handshake for hpcdesk).
+//! - [`procs`]: the relay and hpcdesk child processes, and memory readings.
+//! - [`measure`]: the measurements and the report.
+
+mod client;
+mod measure;
+mod procs;
+mod servers;
+
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(about = "hpcdesk gateway benchmark")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the whole benchmark and print the table.
+    Run(measure::Options),
+    /// (internal) A plain TCP relay: --map LISTEN=TARGET, repeated.
+    Relay {
+        #[arg(long = "map", required = true)]
+        maps: Vec<String>,
+    },
+    /// (internal) hpcdesk's server with a launcher that points users at given ports:
+    /// --map USER=PORT, repeated.
+    Hpcdesk {
+        #[arg(long)]
+        data: std::path::PathBuf,
+        #[arg(long = "map", required = true)]
+        maps: Vec<String>,
+    },
+}
+
+fn main() {
+    procs::raise_open_files_limit();
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let result = rt.block_on(async {
+        match cli.command {
+            Command::Run(opts) => measure::run(opts).await,
+            Command::Relay { maps } => procs::relay_main(maps).await,
+            Command::Hpcdesk { data, maps } => procs::hpcdesk_main(data, maps).await,
+        }
+    });
+    rt.shutdown_timeout(Duration::from_millis(100));
+    if let Err(e) = result {
+        eprintln!("hpcdesk-bench: {e}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,231 @@
+//! Child processes of a run (the plain relay, hpcdesk, websockify) and their memory.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use hpcdesk_core::{DisplayNumber, NodeName};
+use hpcdesk_launcher::{
+    LaunchError, Launched, Launcher, Liveness, Orphan, StartRequest, Survey, Target,
+};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+pub type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// Lifts the open-file limit as far as allowed (as root, to a million): 10 000 viewers need
+/// 20 000 sockets in the gateway and as many in the benchmark itself.
+pub fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let want = if nix::unistd::Uid::effective().is_root() {
+            hard.max(1 << 20)
+        } else {
+            hard
+        };
+        if setrlimit(Resource::RLIMIT_NOFILE, want, want).is_err() {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+        }
+    }
+}
+
+/// `relay --map LISTEN=TARGET …`: tokio's `copy_bidirectional` per connection.
+pub async fn relay_main(maps: Vec<String>) -> Result<(), Error> {
+    let mut addrs = Vec::new();
+    for m in maps {
+        let (listen, target) = m.split_once('=').ok_or("--map LISTEN=TARGET")?;
+        let l = TcpListener::bind(listen).await?;
+        addrs.push(l.local_addr()?.to_string());
+        let target: SocketAddr = target.parse()?;
+        tokio::spawn(async move {
+            while let Ok((mut a, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let _ = a.set_nodelay(true);
+                    if let Ok(mut b) = TcpStream::connect(target).await {
+                        let _ = b.set_nodelay(true);
+                        let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+                    }
+                });
+            }
+        });
+    }
+    println!("ready {}", addrs.join(" "));
+    std::future::pending::<()>().await;
+    Ok(())
+}
+
+/// Points each compute user's desktop at a benchmark server.
+struct FakeLauncher {
+    ports: HashMap<String, u16>,
+}
+
+#[async_trait]
+impl Launcher for FakeLauncher {
+    fn kind(&self) -> &'static str {
+        "local"
+    }
+    async fn start(&self, req: StartRequest) -> Result<Launched, LaunchError> {
+        let port = *self
+            .ports
+            .get(req.compute_user.as_str())
+            .ok_or_else(|| LaunchError::Desktop("no benchmark server for this user".into()))?;
+        Ok(Launched {
+            node: NodeName::parse("bench").expect("valid"),
+            display: DisplayNumber::new(u32::from(port) % 1000).expect("valid"),
+            host: "127.0.0.1".into(),
+            port,
+            handle: String::new(),
+            warnings: Vec::new(),
+        })
+    }
+    async fn stop(&self, _: &Target) -> Result<(), LaunchError> {
+        Ok(())
+    }
+    async fn survey(&self, targets: &[Target]) -> Result<Survey, LaunchError> {
+        Ok(Survey {
+            targets: targets.iter().map(|_| Liveness::Alive).collect(),
+            orphans: Vec::new(),
+        })
+    }
+    async fn stop_orphan(&self, _: &Orphan) -> Result<(), LaunchError> {
+        Ok(())
+    }
+}
+
+pub const SECRET: &str = "hpcdesk-bench-secret";
+
+/// `hpcdesk --data DIR --map USER=PORT …`: the real hpcdesk server (store, grants, gateway)
+/// with [`FakeLauncher`].
+pub async fn hpcdesk_main(data: std::path::PathBuf, maps: Vec<String>) -> Result<(), Error> {
+    let mut ports = HashMap::new();
+    for m in maps {
+        let (user, port) = m.split_once('=').ok_or("--map USER=PORT")?;
+        ports.insert(user.to_owned(), port.parse()?);
+    }
+    let env = [
+        ("HPCDESK_SERVER__DATA_DIR", data.display().to_string()),
+        ("HPCDESK_AUTH__JWT_SECRET", SECRET.to_owned()),
+        ("HPCDESK_GATEWAY__GRANT_TTL", "2h".to_owned()),
+        ("HPCDESK_LIFECYCLE__RECONCILE_EVERY", "1h".to_owned()),
+    ];
+    let config =
+        hpcdesk_server::Config::load(None, env.iter().map(|(k, v)| (k.to_string(), v.clone())))?;
+    let state = hpcdesk_server::build_with(
+        config,
+        Arc::new(FakeLauncher { ports }),
+        Arc::new(hpcdesk_server::SystemClock),
+    )
+    .await?;
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    println!("ready {}", listener.local_addr()?);
+    hpcdesk_server::serve(listener, state, std::future::pending()).await?;
+    Ok(())
+}
+
+/// A child process that is killed (with its process group) when dropped.
+pub struct Child {
+    pub _child: tokio::process::Child,
+    pub pid: i32,
+    /// What it printed after "ready".
+    pub ready: String,
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(self.pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+/// Spawns `program args…` in its own process group and waits for a line starting with
+/// `ready` (or, for websockify, for the port to accept).
+pub async fn spawn(
+    program: &str,
+    args: &[String],
+    wait_port: Option<SocketAddr>,
+) -> Result<Child, Error> {
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot run {program}: {e}"))?;
+    let pid = child.id().ok_or("child has no pid")? as i32;
+    let ready = if let Some(addr) = wait_port {
+        for _ in 0..200 {
+            if TcpStream::connect(addr).await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        String::new()
+    } else {
+        let out = child.stdout.take().ok_or("no stdout")?;
+        let mut lines = BufReader::new(out).lines();
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .map_err(|_| format!("{program} did not get ready"))??
+            .ok_or_else(|| format!("{program} exited"))?;
+        line.strip_prefix("ready ")
+            .ok_or_else(|| format!("{program} said {line:?}"))?
+            .to_owned()
+    };
+    Ok(Child {
+        _child: child,
+        pid,
+        ready,
+    })
+}
+
+/// Proportional set size (KiB) of `pid` and all its descendants.
+pub fn pss_kib(pid: i32) -> u64 {
+    let mut parents: HashMap<i32, i32> = HashMap::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                continue;
+            };
+            if let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat"))
+                && let Some((_, rest)) = stat.rsplit_once(')')
+                && let Some(ppid) = rest.split_whitespace().nth(1).and_then(|x| x.parse().ok())
+            {
+                parents.insert(p, ppid);
+            }
+        }
+    }
+    let in_tree = |mut p: i32| {
+        for _ in 0..64 {
+            if p == pid {
+                return true;
+            }
+            match parents.get(&p) {
+                Some(&pp) if pp > 1 => p = pp,
+                _ => return false,
+            }
+        }
+        false
+    };
+    parents
+        .keys()
+        .filter(|p| in_tree(**p))
+        .map(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/smaps_rollup"))
+                .ok()
+                .and_then(|s| {
+                    s.lines()
+                        .find_map(|l| l.strip_prefix("Pss:"))
+                        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+                })
+                .unwrap_or(0)
+        })
+        .sum()
+}
