@@ -325,11 +325,13 @@ pub async fn stop(app: &AppState, rec: &SessionRecord, reason: &str) -> Result<(
     Ok(())
 }
 
-/// `GET …/desktop/vnc/{id}/launchurl`: a fresh connection grant for the viewer.
+/// `GET …/desktop/vnc/{id}/launchurl`: a fresh connection grant for the viewer. A
+/// view-only grant (an hpcdesk extension, `?viewOnly=true`) lets its viewers watch only.
 pub async fn launch_url(
     app: &AppState,
     user: &AuthUser,
     id: &SessionId,
+    view_only: bool,
 ) -> Result<LaunchUrl, ApiError> {
     user.require(Action::UseDesktop)?;
     let rec = owned_session(app, user, id).await?;
@@ -360,17 +362,20 @@ pub async fn launch_url(
             token_hash: grant_hash(&token),
             session_key: rec.key.clone(),
             owner: rec.owner.clone(),
-            view_only: false,
+            view_only,
             created_at: now,
             expires_at: now + ttl,
             revoked: false,
         })
         .await?;
     let mm = app.server_key.seal_for_grant(&token, &password);
-    let path = format!(
+    let mut path = format!(
         "/vnc.html?path={}/vncws?token={token}&mm={mm}&resize=remote",
         app.path_prefix
     );
+    if view_only {
+        path.push_str("&view_only=true");
+    }
     Ok(match &app.public_base {
         Some(base) => LaunchUrl {
             novnc_url: format!("{base}{path}"),

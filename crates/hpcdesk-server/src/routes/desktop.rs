@@ -1,7 +1,7 @@
 //! The SCNet desktop endpoints (DESIGN §2.3). Bodies are ignored: clients send none, `{}`
 //! or text.
 
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use hpcdesk_core::Envelope;
@@ -48,13 +48,30 @@ pub async fn delete(
     Ok(ok(serde_json::json!({})))
 }
 
-/// `GET /hpc/openapi/v2/desktop/vnc/{sessionId}/launchurl`
+/// Options of launchurl beyond the SCNet API (clients that do not know them send none).
+#[derive(Debug, serde::Deserialize)]
+pub struct LaunchOptions {
+    #[serde(rename = "viewOnly")]
+    view_only: Option<String>,
+}
+
+/// `GET /hpc/openapi/v2/desktop/vnc/{sessionId}/launchurl[?viewOnly=true]`
 #[tracing::instrument(skip_all, fields(user = %user.name(), session = %id.0))]
 pub async fn launch_url(
     State(app): State<AppState>,
     _: V2,
     user: AuthUser,
     id: SessionPath,
+    Query(opts): Query<LaunchOptions>,
 ) -> Result<Response, ApiError> {
-    Ok(ok(sessions::launch_url(&app, &user, &id.0).await?))
+    let view_only = match opts.view_only.as_deref() {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(ApiError::InvalidParameter(format!(
+                "viewOnly must be true or false, not {other:?}"
+            )));
+        }
+    };
+    Ok(ok(sessions::launch_url(&app, &user, &id.0, view_only).await?))
 }

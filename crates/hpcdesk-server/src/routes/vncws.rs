@@ -88,9 +88,12 @@ pub async fn connect(
         };
         match upgraded.downcast::<TokioIo<TcpStream>>() {
             Ok(parts) => {
-                gateway
-                    .serve(parts.io.into_inner(), &parts.read_buf, grant, peer)
-                    .await;
+                // Copy the (usually empty) bytes read past the request: holding `read_buf`
+                // would keep hyper's whole read buffer alive for the life of the viewer.
+                let leftover = parts.read_buf.to_vec();
+                let tcp = parts.io.into_inner();
+                drop(parts.read_buf);
+                gateway.serve(tcp, &leftover, grant, peer).await;
             }
             Err(_) => tracing::error!(%peer, "the upgraded connection is not a TCP stream"),
         }

@@ -216,3 +216,37 @@ fn a_plain_get_checks_a_launch_link() {
     assert_eq!(status, 403);
     assert_eq!(body["code"], "10008");
 }
+
+#[test]
+fn a_view_only_viewer_watches_but_its_input_never_reaches_the_desktop() {
+    if !real_parts("view-only") {
+        return;
+    }
+    let rt = runtime();
+    let app = TestApp::spawn();
+    let (token, id, _) = desktop(&app, "rosa");
+    let path = format!("/hpc/openapi/v2/desktop/vnc/{id}/launchurl");
+    let bad = app.call("GET", &format!("{path}?viewOnly=maybe"), Some(&token)).1;
+    assert_eq!(bad["code"], "10004", "{bad}");
+    let l = app.call("GET", &format!("{path}?viewOnly=true"), Some(&token)).1;
+    assert_eq!(l["code"], "0", "{l}");
+    let url = l["data"]["novncUrl"].as_str().unwrap().to_owned();
+    assert!(url.ends_with("&resize=remote&view_only=true"), "{url}");
+
+    let mut v = open(&rt, &app, &url);
+    rt.block_on(v.handshake());
+    let (rects, _, _) = rt.block_on(v.first_update(1024, 768));
+    assert!(rects >= 1, "a view-only viewer still gets the screen");
+    let before = app.list(&token)[0]["lastActiveTime"].as_str().unwrap().to_owned();
+    std::thread::sleep(Duration::from_millis(1100));
+    rt.block_on(v.type_key(0x61));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        app.list(&token)[0]["lastActiveTime"].as_str().unwrap(),
+        before,
+        "dropped input must not count as activity"
+    );
+    // A message the gateway cannot frame ends a view-only connection (policy violation).
+    rt.block_on(v.send(&[77, 0, 0, 0]));
+    assert_eq!(rt.block_on(v.closed()), Some(1008));
+}
