@@ -34,6 +34,8 @@ struct Cli {
 enum Command {
     /// Run the whole benchmark and print the table.
     Run(measure::Options),
+    /// (internal) The benchmark's VNC-like servers.
+    Servers,
     /// (internal) A plain TCP relay: --map LISTEN=TARGET, repeated.
     Relay {
         #[arg(long = "map", required = true)]
@@ -59,6 +61,7 @@ fn main() {
     let result = rt.block_on(async {
         match cli.command {
             Command::Run(opts) => measure::run(opts).await,
+            Command::Servers => servers::main().await,
             Command::Relay { maps } => procs::relay_main(maps).await,
             Command::Hpcdesk { data, maps } => procs::hpcdesk_main(data, maps).await,
         }

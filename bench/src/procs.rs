@@ -32,7 +32,7 @@ pub fn raise_open_files_limit() {
     }
 }
 
-/// `relay --map LISTEN=TARGET …`: tokio's `copy_bidirectional` per connection.
+/// `relay --map LISTEN=TARGET …`: tokio's `copy_bidirectional_with_sizes` per connection.
 pub async fn relay_main(maps: Vec<String>) -> Result<(), Error> {
     let mut addrs = Vec::new();
     for m in maps {
@@ -46,7 +46,15 @@ pub async fn relay_main(maps: Vec<String>) -> Result<(), Error> {
                     let _ = a.set_nodelay(true);
                     if let Ok(mut b) = TcpStream::connect(target).await {
                         let _ = b.set_nodelay(true);
-                        let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+                        // 64 KiB buffers both ways, like the gateway's: the strongest
+                        // plain relay tokio offers.
+                        let _ = tokio::io::copy_bidirectional_with_sizes(
+                            &mut a,
+                            &mut b,
+                            64 * 1024,
+                            64 * 1024,
+                        )
+                        .await;
                     }
                 });
             }

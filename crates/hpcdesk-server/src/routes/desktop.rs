@@ -73,5 +73,7 @@ pub async fn launch_url(
             )));
         }
     };
-    Ok(ok(sessions::launch_url(&app, &user, &id.0, view_only).await?))
+    Ok(ok(
+        sessions::launch_url(&app, &user, &id.0, view_only).await?
+    ))
 }

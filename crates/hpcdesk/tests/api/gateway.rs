@@ -226,9 +226,13 @@ fn a_view_only_viewer_watches_but_its_input_never_reaches_the_desktop() {
     let app = TestApp::spawn();
     let (token, id, _) = desktop(&app, "rosa");
     let path = format!("/hpc/openapi/v2/desktop/vnc/{id}/launchurl");
-    let bad = app.call("GET", &format!("{path}?viewOnly=maybe"), Some(&token)).1;
+    let bad = app
+        .call("GET", &format!("{path}?viewOnly=maybe"), Some(&token))
+        .1;
     assert_eq!(bad["code"], "10004", "{bad}");
-    let l = app.call("GET", &format!("{path}?viewOnly=true"), Some(&token)).1;
+    let l = app
+        .call("GET", &format!("{path}?viewOnly=true"), Some(&token))
+        .1;
     assert_eq!(l["code"], "0", "{l}");
     let url = l["data"]["novncUrl"].as_str().unwrap().to_owned();
     assert!(url.ends_with("&resize=remote&view_only=true"), "{url}");
@@ -237,7 +241,10 @@ fn a_view_only_viewer_watches_but_its_input_never_reaches_the_desktop() {
     rt.block_on(v.handshake());
     let (rects, _, _) = rt.block_on(v.first_update(1024, 768));
     assert!(rects >= 1, "a view-only viewer still gets the screen");
-    let before = app.list(&token)[0]["lastActiveTime"].as_str().unwrap().to_owned();
+    let before = app.list(&token)[0]["lastActiveTime"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     std::thread::sleep(Duration::from_millis(1100));
     rt.block_on(v.type_key(0x61));
     std::thread::sleep(Duration::from_millis(1500));
