@@ -42,7 +42,7 @@ pub struct Servers {
 
 impl Servers {
     /// `ready` line format: the ten addresses, space separated.
-    pub fn to_line(&self) -> String {
+    pub fn to_line(self) -> String {
         self.plain
             .iter()
             .chain(self.rfb.iter())
