@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 pub use registry::{Activity, CloseReason, Connection, Now, Registry};
@@ -163,8 +163,21 @@ impl Gateway {
             Err(end) => {
                 if let Some((code, reason)) = end.close_frame() {
                     let frame = ws::close_frame(code, reason);
-                    let _ = tokio::time::timeout(Duration::from_secs(2), viewer.write_all(&frame))
+                    let sent =
+                        tokio::time::timeout(Duration::from_secs(2), viewer.write_all(&frame))
+                            .await;
+                    if matches!(sent, Ok(Ok(()))) {
+                        // Let the viewer read the reason before the socket goes.
+                        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                            let mut buf = [0u8; 512];
+                            while let Ok(n) = viewer.read(&mut buf).await {
+                                if n == 0 {
+                                    break;
+                                }
+                            }
+                        })
                         .await;
+                    }
                 }
                 let _ = viewer.shutdown().await;
                 return (end, Counts::default());

@@ -167,18 +167,39 @@ impl Relay {
             down: down_bytes,
             up: up_bytes,
         };
+        let _ = desktop_w.shutdown().await;
         if !out.torn
             && let Some((code, reason)) = end.close_frame()
         {
-            let _ = tokio::time::timeout(
+            let sent = tokio::time::timeout(
                 Duration::from_secs(2),
                 out.write(&ws::close_frame(code, reason)),
             )
             .await;
+            if matches!(sent, Ok(Ok(()))) && !matches!(end, End::ViewerClosed(_)) {
+                // The closing handshake: let the viewer read our close frame and answer it
+                // before the socket goes, or it may see a reset instead of the reason.
+                let _ = tokio::time::timeout(Duration::from_secs(1), drain(&viewer_r)).await;
+            }
         }
         let _ = out.w.shutdown().await;
-        let _ = desktop_w.shutdown().await;
         (end, counts)
+    }
+}
+
+/// Reads and discards until the peer closes.
+pub(crate) async fn drain(r: &OwnedReadHalf) {
+    let mut buf = [0u8; 512];
+    loop {
+        if r.readable().await.is_err() {
+            return;
+        }
+        match r.try_read(&mut buf) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => return,
+        }
     }
 }
 

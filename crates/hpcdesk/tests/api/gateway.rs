@@ -257,3 +257,27 @@ fn a_view_only_viewer_watches_but_its_input_never_reaches_the_desktop() {
     rt.block_on(v.send(&[77, 0, 0, 0]));
     assert_eq!(rt.block_on(v.closed()), Some(1008));
 }
+
+#[test]
+fn a_viewer_that_stops_answering_pings_is_dropped_and_one_that_answers_stays() {
+    if !real_parts("heartbeat") {
+        return;
+    }
+    let rt = runtime();
+    let app = TestApp::spawn_with(Options {
+        extra_toml: "[gateway]\nheartbeat = \"400ms\"\n".into(),
+        ..Options::default()
+    });
+    let (_token, _id, url) = desktop(&app, "sara");
+    let mut lively = open(&rt, &app, &url);
+    rt.block_on(lively.handshake());
+    let mut silent = open(&rt, &app, &url);
+    rt.block_on(silent.handshake());
+    // The lively viewer reads (so its WebSocket answers pings); the silent one does not, and
+    // is dropped after two unanswered pings (at about 1.2 s). The gateway then waits up to a
+    // second for the closing handshake, so reading it at 1.6 s shows the close frame.
+    rt.block_on(lively.pump(Duration::from_millis(1600)));
+    assert_eq!(rt.block_on(silent.closed()), Some(4002));
+    let (rects, _, _) = rt.block_on(lively.first_update(1024, 768));
+    assert!(rects >= 1, "the answering viewer is still served");
+}

@@ -88,6 +88,18 @@ impl Viewer {
         Ok(self.buf.drain(..n).collect())
     }
 
+    /// Reads (and so answers pings) for `d`, keeping any payload for later.
+    pub async fn pump(&mut self, d: Duration) {
+        let _ = tokio::time::timeout(d, async {
+            while let Some(Ok(m)) = self.ws.next().await {
+                if let Message::Binary(b) = m {
+                    self.buf.extend_from_slice(&b);
+                }
+            }
+        })
+        .await;
+    }
+
     /// Waits for the gateway to close the connection; returns the close code.
     pub async fn closed(&mut self) -> Option<u16> {
         loop {
