@@ -29,6 +29,12 @@ pub enum StoreError {
     Corrupt { table: &'static str, detail: String },
     #[error("unsupported store url {0:?} (expected sqlite://...)")]
     UnsupportedUrl(String),
+    /// A row with that key exists already (shown to admins as is).
+    #[error("{0} already exists")]
+    Exists(String),
+    /// No row with that key (shown to admins as is).
+    #[error("{0} does not exist")]
+    Missing(String),
 }
 
 /// A session as stored.
@@ -111,6 +117,56 @@ pub struct GrantRecord {
     pub revoked: bool,
 }
 
+/// A platform account.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserRecord {
+    pub name: String,
+    pub user_id: String,
+    pub password_hash: String,
+    pub compute_user: ComputeUser,
+    pub role: String,
+    pub account_status: String,
+    pub home_path: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct OrgRecord {
+    pub org_id: String,
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccessKeyRecord {
+    pub access_key: String,
+    pub user_name: String,
+    pub secret_sealed: Vec<u8>,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// One line of the audit log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditEvent {
+    pub at: DateTime<Utc>,
+    /// e.g. `token_issued`, `session_created`, `viewer_connected`.
+    pub kind: String,
+    pub user: String,
+    pub session_id: String,
+    pub peer: String,
+    pub detail: String,
+}
+
+/// Which audit lines to read.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub user: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+    pub limit: usize,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Reserves a live session for `new.owner`, or returns the one they already have.
@@ -171,4 +227,57 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deletes grants that expired before `before`.
     async fn purge_grants(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
+
+    /// Adds an account; [`StoreError::Exists`] if the name is taken.
+    async fn add_user(&self, user: UserRecord) -> Result<(), StoreError>;
+
+    async fn user(&self, name: &str) -> Result<Option<UserRecord>, StoreError>;
+
+    async fn list_users(&self) -> Result<Vec<UserRecord>, StoreError>;
+
+    /// Sets `accountStatus`; [`StoreError::Missing`] for an unknown name.
+    async fn set_user_status(
+        &self,
+        name: &str,
+        status: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+
+    /// Replaces the password hash; [`StoreError::Missing`] for an unknown name.
+    async fn set_user_password(
+        &self,
+        name: &str,
+        password_hash: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+
+    async fn add_org(&self, org: OrgRecord) -> Result<(), StoreError>;
+
+    async fn org(&self, org_id: &str) -> Result<Option<OrgRecord>, StoreError>;
+
+    async fn list_orgs(&self) -> Result<Vec<OrgRecord>, StoreError>;
+
+    async fn add_access_key(&self, key: AccessKeyRecord) -> Result<(), StoreError>;
+
+    async fn access_key(&self, access_key: &str) -> Result<Option<AccessKeyRecord>, StoreError>;
+
+    async fn list_access_keys(&self) -> Result<Vec<AccessKeyRecord>, StoreError>;
+
+    /// Revokes a key; [`StoreError::Missing`] if it does not exist or is already revoked.
+    async fn revoke_access_key(&self, access_key: &str, now: DateTime<Utc>)
+    -> Result<(), StoreError>;
+
+    /// Records a signature as used; `false` if it was used before (a replay). Forgets
+    /// signatures whose `expires_at` is before `now`.
+    async fn use_signature(
+        &self,
+        signature: &str,
+        expires_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
+    async fn record_audit(&self, event: AuditEvent) -> Result<(), StoreError>;
+
+    /// Audit lines matching `filter`, oldest first (the newest `filter.limit` of them).
+    async fn audit(&self, filter: AuditFilter) -> Result<Vec<AuditEvent>, StoreError>;
 }

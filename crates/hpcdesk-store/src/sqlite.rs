@@ -17,7 +17,10 @@ use sqlx::sqlite::{
 // Dynamic SQL here only ever splices our own column lists and `$N` placeholders, never values.
 use sqlx::{AssertSqlSafe, Row, Sqlite, Transaction};
 
-use crate::{Claim, GrantRecord, NewSession, SessionRecord, Started, Store, StoreError};
+use crate::{
+    AccessKeyRecord, AuditEvent, AuditFilter, Claim, GrantRecord, NewSession, OrgRecord,
+    SessionRecord, Started, Store, StoreError, UserRecord,
+};
 
 /// The SQLite store. Cheap to clone (a pool handle).
 #[derive(Debug, Clone)]
@@ -161,6 +164,68 @@ fn grant_from_row(row: &SqliteRow) -> Result<GrantRecord, StoreError> {
         expires_at: from_millis(row.try_get("expires_at")?, "grants")?,
         revoked: row.try_get::<i64, _>("revoked")? != 0,
     })
+}
+
+const USER_COLUMNS: &str = "name, user_id, password_hash, compute_user, role, account_status, \
+     home_path, created_at, updated_at";
+
+fn user_from_row(row: &SqliteRow) -> Result<UserRecord, StoreError> {
+    let compute_user: String = row.try_get("compute_user")?;
+    Ok(UserRecord {
+        name: row.try_get("name")?,
+        user_id: row.try_get("user_id")?,
+        password_hash: row.try_get("password_hash")?,
+        compute_user: ComputeUser::parse(&compute_user).map_err(|e| StoreError::Corrupt {
+            table: "users",
+            detail: e.to_string(),
+        })?,
+        role: row.try_get("role")?,
+        account_status: row.try_get("account_status")?,
+        home_path: row.try_get("home_path")?,
+        created_at: from_millis(row.try_get("created_at")?, "users")?,
+        updated_at: from_millis(row.try_get("updated_at")?, "users")?,
+    })
+}
+
+fn org_from_row(row: &SqliteRow) -> Result<OrgRecord, StoreError> {
+    Ok(OrgRecord {
+        org_id: row.try_get("org_id")?,
+        name: row.try_get("name")?,
+        created_at: from_millis(row.try_get("created_at")?, "orgs")?,
+    })
+}
+
+fn key_from_row(row: &SqliteRow) -> Result<AccessKeyRecord, StoreError> {
+    let revoked: Option<i64> = row.try_get("revoked_at")?;
+    Ok(AccessKeyRecord {
+        access_key: row.try_get("access_key")?,
+        user_name: row.try_get("user_name")?,
+        secret_sealed: row.try_get("secret_sealed")?,
+        created_at: from_millis(row.try_get("created_at")?, "access_keys")?,
+        revoked_at: revoked
+            .map(|t| from_millis(t, "access_keys"))
+            .transpose()?,
+    })
+}
+
+fn audit_from_row(row: &SqliteRow) -> Result<AuditEvent, StoreError> {
+    Ok(AuditEvent {
+        at: from_millis(row.try_get("at")?, "audit")?,
+        kind: row.try_get("kind")?,
+        user: row.try_get("user_name")?,
+        session_id: row.try_get("session_id")?,
+        peer: row.try_get("peer")?,
+        detail: row.try_get("detail")?,
+    })
+}
+
+/// Maps "no row changed" to [`StoreError::Missing`].
+fn changed(done: sqlx::sqlite::SqliteQueryResult, what: String) -> Result<(), StoreError> {
+    if done.rows_affected() == 0 {
+        Err(StoreError::Missing(what))
+    } else {
+        Ok(())
+    }
 }
 
 fn is_unique_violation(e: &sqlx::Error) -> bool {
@@ -482,5 +547,235 @@ impl Store for SqliteStore {
             .execute(&self.pool)
             .await?;
         Ok(done.rows_affected())
+    }
+
+    async fn add_user(&self, u: UserRecord) -> Result<(), StoreError> {
+        let done = sqlx::query(
+            "INSERT INTO users (name, user_id, password_hash, compute_user, role, \
+             account_status, home_path, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(&u.name)
+        .bind(&u.user_id)
+        .bind(&u.password_hash)
+        .bind(u.compute_user.as_str())
+        .bind(&u.role)
+        .bind(&u.account_status)
+        .bind(&u.home_path)
+        .bind(millis(u.created_at))
+        .bind(millis(u.updated_at))
+        .execute(&self.pool)
+        .await;
+        match done {
+            Ok(_) => Ok(()),
+            Err(e) if is_unique_violation(&e) => Err(StoreError::Exists(format!("user {}", u.name))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn user(&self, name: &str) -> Result<Option<UserRecord>, StoreError> {
+        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE name = $1");
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(user_from_row).transpose()
+    }
+
+    async fn list_users(&self) -> Result<Vec<UserRecord>, StoreError> {
+        let sql = format!("SELECT {USER_COLUMNS} FROM users ORDER BY name");
+        let rows = sqlx::query(AssertSqlSafe(sql)).fetch_all(&self.pool).await?;
+        rows.iter().map(user_from_row).collect()
+    }
+
+    async fn set_user_status(
+        &self,
+        name: &str,
+        status: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let done =
+            sqlx::query("UPDATE users SET account_status = $2, updated_at = $3 WHERE name = $1")
+                .bind(name)
+                .bind(status)
+                .bind(millis(now))
+                .execute(&self.pool)
+                .await?;
+        changed(done, format!("user {name}"))
+    }
+
+    async fn set_user_password(
+        &self,
+        name: &str,
+        password_hash: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let done =
+            sqlx::query("UPDATE users SET password_hash = $2, updated_at = $3 WHERE name = $1")
+                .bind(name)
+                .bind(password_hash)
+                .bind(millis(now))
+                .execute(&self.pool)
+                .await?;
+        changed(done, format!("user {name}"))
+    }
+
+    async fn add_org(&self, org: OrgRecord) -> Result<(), StoreError> {
+        let done = sqlx::query("INSERT INTO orgs (org_id, name, created_at) VALUES ($1, $2, $3)")
+            .bind(&org.org_id)
+            .bind(&org.name)
+            .bind(millis(org.created_at))
+            .execute(&self.pool)
+            .await;
+        match done {
+            Ok(_) => Ok(()),
+            Err(e) if is_unique_violation(&e) => {
+                Err(StoreError::Exists(format!("org {}", org.org_id)))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn org(&self, org_id: &str) -> Result<Option<OrgRecord>, StoreError> {
+        let row = sqlx::query("SELECT org_id, name, created_at FROM orgs WHERE org_id = $1")
+            .bind(org_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(org_from_row).transpose()
+    }
+
+    async fn list_orgs(&self) -> Result<Vec<OrgRecord>, StoreError> {
+        let rows = sqlx::query("SELECT org_id, name, created_at FROM orgs ORDER BY org_id")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(org_from_row).collect()
+    }
+
+    async fn add_access_key(&self, k: AccessKeyRecord) -> Result<(), StoreError> {
+        let done = sqlx::query(
+            "INSERT INTO access_keys (access_key, user_name, secret_sealed, created_at, revoked_at) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&k.access_key)
+        .bind(&k.user_name)
+        .bind(&k.secret_sealed)
+        .bind(millis(k.created_at))
+        .bind(k.revoked_at.map(millis))
+        .execute(&self.pool)
+        .await;
+        match done {
+            Ok(_) => Ok(()),
+            Err(e) if is_unique_violation(&e) => {
+                Err(StoreError::Exists(format!("access key {}", k.access_key)))
+            }
+            Err(sqlx::Error::Database(db)) if db.is_foreign_key_violation() => {
+                Err(StoreError::Missing(format!("user {}", k.user_name)))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn access_key(&self, access_key: &str) -> Result<Option<AccessKeyRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT access_key, user_name, secret_sealed, created_at, revoked_at \
+             FROM access_keys WHERE access_key = $1",
+        )
+        .bind(access_key)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(key_from_row).transpose()
+    }
+
+    async fn list_access_keys(&self) -> Result<Vec<AccessKeyRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT access_key, user_name, secret_sealed, created_at, revoked_at \
+             FROM access_keys ORDER BY user_name, created_at",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(key_from_row).collect()
+    }
+
+    async fn revoke_access_key(
+        &self,
+        access_key: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let done = sqlx::query(
+            "UPDATE access_keys SET revoked_at = $2 WHERE access_key = $1 AND revoked_at IS NULL",
+        )
+        .bind(access_key)
+        .bind(millis(now))
+        .execute(&self.pool)
+        .await?;
+        changed(done, format!("active access key {access_key}"))
+    }
+
+    async fn use_signature(
+        &self,
+        signature: &str,
+        expires_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        sqlx::query("DELETE FROM used_signatures WHERE expires_at < $1")
+            .bind(millis(now))
+            .execute(&self.pool)
+            .await?;
+        let done = sqlx::query(
+            "INSERT INTO used_signatures (signature, expires_at) VALUES ($1, $2) \
+             ON CONFLICT (signature) DO NOTHING",
+        )
+        .bind(signature)
+        .bind(millis(expires_at))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn record_audit(&self, e: AuditEvent) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO audit (at, kind, user_name, session_id, peer, detail) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(millis(e.at))
+        .bind(&e.kind)
+        .bind(&e.user)
+        .bind(&e.session_id)
+        .bind(&e.peer)
+        .bind(&e.detail)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn audit(&self, f: AuditFilter) -> Result<Vec<AuditEvent>, StoreError> {
+        let limit = if f.limit == 0 { 1000 } else { f.limit } as i64;
+        let since = f.since.map(millis).unwrap_or(i64::MIN);
+        let rows = match &f.user {
+            Some(user) => {
+                sqlx::query(
+                    "SELECT at, kind, user_name, session_id, peer, detail FROM audit \
+                     WHERE user_name = $1 AND at >= $2 ORDER BY id DESC LIMIT $3",
+                )
+                .bind(user)
+                .bind(since)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?
+            }
+            None => {
+                sqlx::query(
+                    "SELECT at, kind, user_name, session_id, peer, detail FROM audit \
+                     WHERE at >= $1 ORDER BY id DESC LIMIT $2",
+                )
+                .bind(since)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?
+            }
+        };
+        let mut out: Vec<AuditEvent> = rows.iter().map(audit_from_row).collect::<Result<_, _>>()?;
+        out.reverse();
+        Ok(out)
     }
 }

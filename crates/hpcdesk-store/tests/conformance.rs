@@ -4,7 +4,10 @@ use std::sync::Arc;
 
 use chrono::{Duration, Utc};
 use hpcdesk_core::{ComputeUser, DisplayNumber, NodeName, SessionId, SessionState};
-use hpcdesk_store::{Claim, GrantRecord, NewSession, SqliteStore, Started, Store};
+use hpcdesk_store::{
+    AccessKeyRecord, AuditEvent, AuditFilter, Claim, GrantRecord, NewSession, OrgRecord,
+    SqliteStore, Started, Store, StoreError, UserRecord,
+};
 
 fn new_session(owner: &str) -> NewSession {
     NewSession {
@@ -310,6 +313,100 @@ async fn grants_are_found_by_hash_and_revoked(store: Arc<dyn Store>) {
     assert!(store.grant(&[9; 32]).await.unwrap().is_none());
 }
 
+fn user(name: &str) -> UserRecord {
+    UserRecord {
+        name: name.into(),
+        user_id: "1001".into(),
+        password_hash: "$argon2id$fake".into(),
+        compute_user: ComputeUser::parse("alice").unwrap(),
+        role: "1".into(),
+        account_status: "Normal".into(),
+        home_path: "/home/alice".into(),
+        created_at: Utc::now(),
+        updated_at: Utc::now(),
+    }
+}
+
+async fn accounts_orgs_and_keys_are_kept(store: Arc<dyn Store>) {
+    store.add_user(user("ann")).await.unwrap();
+    assert!(matches!(store.add_user(user("ann")).await, Err(StoreError::Exists(_))));
+    assert_eq!(store.user("ann").await.unwrap().unwrap().home_path, "/home/alice");
+    assert!(store.user("nobody").await.unwrap().is_none());
+    store.set_user_status("ann", "Disable", Utc::now()).await.unwrap();
+    store.set_user_password("ann", "$argon2id$new", Utc::now()).await.unwrap();
+    let ann = store.user("ann").await.unwrap().unwrap();
+    assert_eq!((ann.account_status.as_str(), ann.password_hash.as_str()), ("Disable", "$argon2id$new"));
+    assert!(matches!(
+        store.set_user_status("nobody", "Normal", Utc::now()).await,
+        Err(StoreError::Missing(_))
+    ));
+    assert_eq!(store.list_users().await.unwrap().len(), 1);
+
+    let org = OrgRecord { org_id: "org1".into(), name: "Portal".into(), created_at: Utc::now() };
+    store.add_org(org.clone()).await.unwrap();
+    assert!(matches!(store.add_org(org).await, Err(StoreError::Exists(_))));
+    assert!(store.org("org1").await.unwrap().is_some());
+    assert!(store.org("org2").await.unwrap().is_none());
+
+    let key = AccessKeyRecord {
+        access_key: "AK1".into(),
+        user_name: "ann".into(),
+        secret_sealed: vec![1, 2, 3],
+        created_at: Utc::now(),
+        revoked_at: None,
+    };
+    store.add_access_key(key.clone()).await.unwrap();
+    let mut orphan = key.clone();
+    orphan.access_key = "AK2".into();
+    orphan.user_name = "nobody".into();
+    assert!(matches!(store.add_access_key(orphan).await, Err(StoreError::Missing(_))));
+    assert_eq!(store.access_key("AK1").await.unwrap().unwrap().secret_sealed, vec![1, 2, 3]);
+    store.revoke_access_key("AK1", Utc::now()).await.unwrap();
+    assert!(store.access_key("AK1").await.unwrap().unwrap().revoked_at.is_some());
+    assert!(matches!(
+        store.revoke_access_key("AK1", Utc::now()).await,
+        Err(StoreError::Missing(_))
+    ));
+}
+
+async fn a_signature_can_be_used_once(store: Arc<dyn Store>) {
+    let now = Utc::now();
+    assert!(store.use_signature("abc", now + Duration::minutes(5), now).await.unwrap());
+    assert!(!store.use_signature("abc", now + Duration::minutes(5), now).await.unwrap());
+    // Once expired it is forgotten (its timestamp can no longer pass anyway).
+    let later = now + Duration::minutes(6);
+    assert!(store.use_signature("abc", later + Duration::minutes(5), later).await.unwrap());
+}
+
+async fn the_audit_log_filters_by_user_and_time(store: Arc<dyn Store>) {
+    let t0 = Utc::now();
+    for (i, u) in ["a", "b", "a"].iter().enumerate() {
+        store
+            .record_audit(AuditEvent {
+                at: t0 + Duration::seconds(i as i64),
+                kind: "session_created".into(),
+                user: (*u).into(),
+                session_id: format!("s{i}"),
+                peer: "127.0.0.1".into(),
+                detail: String::new(),
+            })
+            .await
+            .unwrap();
+    }
+    let all = store.audit(AuditFilter::default()).await.unwrap();
+    assert_eq!(all.len(), 3);
+    assert_eq!(all[0].session_id, "s0", "oldest first");
+    let a = store.audit(AuditFilter { user: Some("a".into()), ..Default::default() }).await.unwrap();
+    assert_eq!(a.len(), 2);
+    let recent = store
+        .audit(AuditFilter { since: Some(t0 + Duration::seconds(1)), ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(recent.len(), 2);
+    let last = store.audit(AuditFilter { limit: 1, ..Default::default() }).await.unwrap();
+    assert_eq!(last[0].session_id, "s2", "the newest when limited");
+}
+
 macro_rules! on_sqlite {
     ($($name:ident),* $(,)?) => {$(
         #[tokio::test]
@@ -330,5 +427,8 @@ mod sqlite {
         grants_are_found_by_hash_and_revoked,
         a_failed_start_is_listed_under_its_id_with_the_reason,
         activity_only_moves_forward,
+        accounts_orgs_and_keys_are_kept,
+        a_signature_can_be_used_once,
+        the_audit_log_filters_by_user_and_time,
     );
 }
