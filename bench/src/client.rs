@@ -133,7 +133,7 @@ impl Conn {
                 let _ = s.shutdown().await;
             }
             Conn::Ws { mut ws, .. } => {
-                let _ = ws.close(None).await;
+                let _ = (*ws).close(None).await;
             }
         }
     }

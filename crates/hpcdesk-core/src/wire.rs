@@ -32,3 +32,44 @@ pub struct LaunchUrl {
     /// `true` when `novncUrl` is absolute; otherwise the portal prefixes the region's `hpcUrls`.
     pub with_domain: bool,
 }
+
+/// One element of the `data` array of the token endpoints.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenEntry {
+    pub cluster_name: String,
+    pub cluster_id: String,
+    /// `null` for a suspended account, as the AC platform answers.
+    pub token: Option<String>,
+}
+
+/// `data` of `GET /ac/openapi/v2/center`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Center {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    pub cluster_user_info: ClusterUserInfo,
+    pub hpc_urls: Vec<ServiceUrl>,
+    pub efile_urls: Vec<ServiceUrl>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterUserInfo {
+    pub user_name: String,
+    pub home_path: String,
+}
+
+/// A service address of a region (the AC platform writes the flags as strings).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceUrl {
+    pub url: String,
+    pub enable: String,
+    pub is_manager: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub version: String,
+}

@@ -133,7 +133,13 @@ impl Gateway {
 
     /// Serves one upgraded viewer connection to its end. `leftover` holds bytes the HTTP
     /// server read past the upgrade request.
-    pub async fn serve(&self, viewer: TcpStream, leftover: &[u8], grant: Grant, peer: SocketAddr) {
+    pub async fn serve(
+        &self,
+        viewer: TcpStream,
+        leftover: &[u8],
+        grant: Grant,
+        peer: SocketAddr,
+    ) -> (End, Counts) {
         let _ = viewer.set_nodelay(true);
         let started = Instant::now();
         let conn = self.registry.open(&grant.session_key);
@@ -145,6 +151,7 @@ impl Gateway {
             secs = started.elapsed().as_secs_f32(),
             "viewer disconnected"
         );
+        (end, counts)
     }
 
     async fn run(

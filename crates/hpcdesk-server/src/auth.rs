@@ -20,6 +20,8 @@ pub struct AuthUser {
     pub compute_user: ComputeUser,
     pub role: RoleKind,
     pub status: AccountStatus,
+    /// The client address (for the audit log); empty where unknown.
+    pub peer: String,
 }
 
 impl AuthUser {
@@ -91,6 +93,17 @@ impl TokenVerifier {
 
     /// Checks a `token` header value at time `now_ms` (milliseconds since the epoch).
     pub fn verify(&self, token: &str, now_ms: i64) -> Result<AuthUser, ApiError> {
+        self.verify_with_grace(token, now_ms, 0)
+    }
+
+    /// Like [`TokenVerifier::verify`], but accepts a token that expired at most `grace_ms`
+    /// ago (for renewal).
+    pub fn verify_with_grace(
+        &self,
+        token: &str,
+        now_ms: i64,
+        grace_ms: i64,
+    ) -> Result<AuthUser, ApiError> {
         let token = token.trim();
         if token.is_empty() {
             return Err(ApiError::MissingParameter("missing header: token".into()));
@@ -116,7 +129,12 @@ impl TokenVerifier {
         }
         let claims = claims.ok_or_else(refused)?;
         match claims.expire_millis() {
-            Some(exp) if exp > now_ms => {}
+            Some(exp) if exp > now_ms - grace_ms => {}
+            Some(_) if grace_ms > 0 => {
+                return Err(ApiError::Permission(
+                    "token expired too long ago to be renewed; get a new one".into(),
+                ));
+            }
             Some(_) => return Err(ApiError::Permission("token has expired".into())),
             None => return Err(ApiError::Permission("token has no valid expireTime".into())),
         }
@@ -147,6 +165,7 @@ impl TokenVerifier {
             compute_user,
             role,
             status,
+            peer: String::new(),
         })
     }
 }

@@ -114,6 +114,9 @@ pub struct ServerConfig {
     /// A directory whose files are served before the embedded viewer (customisation).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub web_dir: Option<PathBuf>,
+    /// Behind a reverse proxy: take the client address from the last `X-Forwarded-For`
+    /// entry (the one the proxy added) for rate limits and the audit log.
+    pub trust_forwarded_for: bool,
 }
 
 #[derive(Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -141,6 +144,12 @@ pub struct AuthConfig {
     pub roles: BTreeMap<String, RoleKind>,
     /// Longest `token` header accepted (bytes).
     pub max_token_bytes: usize,
+    /// `clusterName` in issued token lists and `name` of the region.
+    pub cluster_name: String,
+    /// Validity of the tokens hpcdesk issues.
+    pub token_ttl: HumanDuration,
+    /// How far an AK/SK request's `timestamp` may be from the server's clock.
+    pub signature_skew: HumanDuration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -197,6 +206,20 @@ pub struct LimitsConfig {
     pub max_body_bytes: usize,
     /// Largest total size of request headers (bytes); larger → 10012.
     pub max_header_bytes: usize,
+    /// Requests per second one user may make (token `user`), and the burst allowed.
+    pub user_per_second: u32,
+    pub user_burst: u32,
+    /// Requests per second one calling organisation (token `invoker`) may make.
+    pub invoker_per_second: u32,
+    pub invoker_burst: u32,
+    /// Requests per second to the token endpoints from one client address.
+    pub peer_per_second: u32,
+    pub peer_burst: u32,
+    /// Failed logins (per user name and per client address) within `login_window` that
+    /// lock further attempts for `login_lockout`.
+    pub login_failures: u32,
+    pub login_window: HumanDuration,
+    pub login_lockout: HumanDuration,
 }
 
 impl Default for ServerConfig {
@@ -207,6 +230,7 @@ impl Default for ServerConfig {
             data_dir: PathBuf::from("./data"),
             secret: None,
             web_dir: None,
+            trust_forwarded_for: false,
         }
     }
 }
@@ -218,6 +242,9 @@ impl Default for AuthConfig {
             cluster_id: "11112".into(),
             roles: BTreeMap::from([("1".to_owned(), RoleKind::User)]),
             max_token_bytes: 8192,
+            cluster_name: "hpcdesk".into(),
+            token_ttl: HumanDuration(Duration::from_secs(24 * 3600)),
+            signature_skew: HumanDuration(Duration::from_secs(300)),
         }
     }
 }
@@ -265,6 +292,15 @@ impl Default for LimitsConfig {
         LimitsConfig {
             max_body_bytes: 64 * 1024,
             max_header_bytes: 16 * 1024,
+            user_per_second: 20,
+            user_burst: 40,
+            invoker_per_second: 200,
+            invoker_burst: 400,
+            peer_per_second: 10,
+            peer_burst: 20,
+            login_failures: 5,
+            login_window: HumanDuration(Duration::from_secs(15 * 60)),
+            login_lockout: HumanDuration(Duration::from_secs(5 * 60)),
         }
     }
 }
@@ -427,6 +463,20 @@ impl Config {
         }
         crate::lifecycle::parse_time_of_day(&self.lifecycle.idle_sweep_at)
             .map_err(|e| invalid("lifecycle.idle_sweep_at", e))?;
+        let l = &self.limits;
+        for (key, v) in [
+            ("limits.user_per_second", l.user_per_second),
+            ("limits.user_burst", l.user_burst),
+            ("limits.invoker_per_second", l.invoker_per_second),
+            ("limits.invoker_burst", l.invoker_burst),
+            ("limits.peer_per_second", l.peer_per_second),
+            ("limits.peer_burst", l.peer_burst),
+            ("limits.login_failures", l.login_failures),
+        ] {
+            if v == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
         if let Some(SecretList::Many(v)) = &self.auth.jwt_secret
             && v.is_empty()
         {

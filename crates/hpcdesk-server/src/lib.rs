@@ -2,6 +2,10 @@
 //!
 //! - [`config`]: the TOML + environment configuration and its defaults (DESIGN §5).
 //! - [`auth`]: SCNet token verification and minting (DESIGN §2.2).
+//! - [`accounts`]: issuing tokens (password, access key, renewal) and region info.
+//! - [`passwords`]: argon2id hashing of account passwords.
+//! - [`throttle`]: request-rate limits and failed-login lock-outs (10011).
+//! - [`audit`]: writing the audit log.
 //! - [`error`]: [`ApiError`], the one mapping from failures to SCNet codes.
 //! - [`routes`]: the axum router; handlers only translate HTTP.
 //! - [`grants`]: resolving connection grants for the gateway (`hpcdesk-gateway`).
@@ -11,15 +15,19 @@
 //! - [`startup`]: building the state from a config and serving on a given listener.
 #![forbid(unsafe_code)]
 
+pub mod accounts;
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod error;
 pub mod grants;
 pub mod lifecycle;
+pub mod passwords;
 pub mod routes;
 pub mod sessions;
 pub mod startup;
 pub mod state;
+pub mod throttle;
 
 pub use config::Config;
 pub use error::ApiError;

@@ -101,6 +101,15 @@ pub async fn reconcile(app: &AppState) -> Result<ReconcileReport, ApiError> {
                 if moved {
                     app.store.revoke_grants(&rec.key).await?;
                     report.failed += 1;
+                    crate::audit::record(
+                        app,
+                        crate::audit::Kind::SessionFailed,
+                        &rec.owner,
+                        &rec.session_id.as_ref().map(ToString::to_string).unwrap_or_default(),
+                        "",
+                        reason.clone(),
+                    )
+                    .await;
                     tracing::warn!(
                         session = ?rec.session_id.as_ref().map(ToString::to_string),
                         reason = %reason,
@@ -131,6 +140,7 @@ pub async fn reconcile(app: &AppState) -> Result<ReconcileReport, ApiError> {
             app.store.record_activity(&key, t).await?;
         }
     }
+    app.limits.forget_old();
     let purged = app
         .store
         .purge_grants(now - chrono::Duration::hours(1))
@@ -218,6 +228,15 @@ pub async fn sweep(app: &AppState) -> Result<SweepReport, ApiError> {
                     .map(ToString::to_string)
                     .unwrap_or_else(|| rec.key.clone());
                 tracing::info!(session = %id, owner = %rec.owner, %reason, "idle session swept");
+                crate::audit::record(
+                    app,
+                    crate::audit::Kind::SessionSwept,
+                    &rec.owner,
+                    &id,
+                    "",
+                    reason.clone(),
+                )
+                .await;
                 report.swept.push(id);
             }
             Err(e) => {

@@ -21,6 +21,7 @@ use hpcdesk_launcher::{LaunchError, StartRequest, Target};
 use hpcdesk_store::{Claim, GrantRecord, NewSession, SessionRecord, Started};
 use sha2::{Digest, Sha256};
 
+use crate::audit::{self, Kind};
 use crate::auth::AuthUser;
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -133,10 +134,21 @@ pub async fn create(app: &AppState, user: &AuthUser) -> Result<SessionItem, ApiE
     // Detached from the request: finishing the start and recording its outcome must not
     // depend on the client staying connected.
     let task_app = app.clone();
-    let compute_user = user.compute_user.clone();
-    tokio::spawn(async move { start(&task_app, rec, compute_user).await })
-        .await
-        .map_err(ApiError::internal)?
+    let caller = user.clone();
+    tokio::spawn(async move {
+        let result = start(&task_app, rec, caller.compute_user.clone()).await;
+        match &result {
+            Ok(item) => {
+                audit::record(&task_app, Kind::SessionCreated, caller.name(), &item.session_id, &caller.peer, "").await;
+            }
+            Err(e) => {
+                audit::record(&task_app, Kind::SessionFailed, caller.name(), "", &caller.peer, e.to_string()).await;
+            }
+        }
+        result
+    })
+    .await
+    .map_err(ApiError::internal)?
 }
 
 async fn start(
@@ -283,10 +295,20 @@ pub async fn delete(app: &AppState, user: &AuthUser, id: &SessionId) -> Result<(
     user.require(Action::UseDesktop)?;
     let rec = owned_session(app, user, id).await?;
     let task_app = app.clone();
-    let by = user.name().to_owned();
-    tokio::spawn(async move { stop(&task_app, &rec, &format!("deleted by {by}")).await })
-        .await
-        .map_err(ApiError::internal)?
+    let caller = user.clone();
+    let id = id.to_string();
+    tokio::spawn(async move {
+        stop(&task_app, &rec, &format!("deleted by {}", caller.name())).await?;
+        let detail = if rec.owner == caller.name() {
+            String::new()
+        } else {
+            format!("owner {}", rec.owner)
+        };
+        audit::record(&task_app, Kind::SessionDeleted, caller.name(), &id, &caller.peer, detail).await;
+        Ok(())
+    })
+    .await
+    .map_err(ApiError::internal)?
 }
 
 /// Stops a session's desktop, then records it stopped and revokes its grants.

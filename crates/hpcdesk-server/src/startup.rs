@@ -195,6 +195,7 @@ pub async fn build_with(
         }
         None => (None, String::new()),
     };
+    let limits = crate::throttle::Limits::new(&config.limits);
     Ok(AppState::new(Inner {
         config,
         store,
@@ -203,6 +204,7 @@ pub async fn build_with(
         server_key,
         clock,
         gateway,
+        limits,
         public_base,
         path_prefix,
     }))

@@ -39,6 +39,7 @@ pub struct Inner {
     pub server_key: ServerKey,
     pub clock: Arc<dyn Clock>,
     pub gateway: Arc<Gateway>,
+    pub limits: crate::throttle::Limits,
     /// `public_url` without a trailing slash, when configured.
     pub public_base: Option<String>,
     /// The path part of `public_url` (e.g. `/desktop`), or empty.

@@ -4,7 +4,9 @@
 
 use std::collections::HashMap;
 
-use axum::extract::{FromRequestParts, Path};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, FromRequestParts, Path};
 use axum::http::request::Parts;
 use hpcdesk_core::SessionId;
 
@@ -47,20 +49,68 @@ impl FromRequestParts<AppState> for V2 {
     }
 }
 
+/// The client's address: the TCP peer, or behind a trusted proxy the last entry of
+/// `X-Forwarded-For` (the one the proxy itself added).
+pub fn client_addr(
+    headers: &axum::http::HeaderMap,
+    extensions: &axum::http::Extensions,
+    state: &AppState,
+) -> String {
+    if state.config.server.trust_forwarded_for
+        && let Some(last) = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .last()
+    {
+        return last.to_owned();
+    }
+    extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip().to_string())
+        .unwrap_or_default()
+}
+
+/// Reads a required text header: missing → 10003, not text → 10004.
+pub fn header<'a>(parts: &'a Parts, name: &str) -> Result<&'a str, ApiError> {
+    parts
+        .headers
+        .get(name)
+        .ok_or_else(|| ApiError::MissingParameter(format!("missing header: {name}")))?
+        .to_str()
+        .map_err(|_| ApiError::InvalidParameter(format!("header {name} is not valid text")))
+}
+
+/// The verified caller, within its request-rate limits.
 impl FromRequestParts<AppState> for AuthUser {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let header = parts
-            .headers
-            .get("token")
-            .ok_or_else(|| ApiError::MissingParameter("missing header: token".into()))?;
-        let token = header
-            .to_str()
-            .map_err(|_| ApiError::InvalidParameter("header token is not valid text".into()))?;
-        state
+        let token = header(parts, "token")?;
+        let mut user = state
             .verifier
-            .verify(token, state.clock.now().timestamp_millis())
+            .verify(token, state.clock.now().timestamp_millis())?;
+        state
+            .limits
+            .check_caller(user.name(), &user.claims.invoker)?;
+        user.peer = client_addr(&parts.headers, &parts.extensions, state);
+        Ok(user)
+    }
+}
+
+/// Proof that the path names API version 2 of the AC token/center endpoints
+/// (`/ac/openapi/v2/…`).
+#[derive(Debug)]
+pub struct AcV2;
+
+impl FromRequestParts<AppState> for AcV2 {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        V2::from_request_parts(parts, state).await.map(|_| AcV2)
     }
 }
 

@@ -2,6 +2,7 @@
 //! result in an envelope. Modules are named by resource.
 //!
 //! - [`desktop`]: the four SCNet desktop endpoints under `/hpc/openapi/v2/desktop/vnc`.
+//! - [`tokens`]: the AC token and region endpoints (`/ac/openapi/v2/…`, `/api/user/v3/tokens`).
 //! - [`health`]: `GET /healthz`.
 //! - [`extract`]: the API-version check, the authenticated caller, the session id path part.
 //! - [`limits`]: header and body size limits (10012).
@@ -14,6 +15,7 @@ pub mod desktop;
 pub mod extract;
 pub mod health;
 pub mod limits;
+pub mod tokens;
 pub mod vncws;
 pub mod web;
 
@@ -43,6 +45,17 @@ pub fn router(state: AppState) -> Router {
             "/hpc/openapi/{version}/desktop/vnc/{session_id}/launchurl",
             get(desktop::launch_url),
         )
+        .route(
+            "/ac/openapi/{version}/tokens",
+            axum::routing::post(tokens::password),
+        )
+        .route("/api/user/v3/tokens", axum::routing::post(tokens::access_key))
+        .route(
+            "/ac/openapi/{version}/tokens/next",
+            axum::routing::post(tokens::renew),
+        )
+        .route("/ac/openapi/{version}/tokens/state", get(tokens::state))
+        .route("/ac/openapi/{version}/center", get(tokens::center))
         .route("/healthz", get(health::health))
         .route("/vncws", get(vncws::connect))
         .route("/hpcdesk/v1/sweep", axum::routing::post(admin::sweep))

@@ -17,6 +17,7 @@ use hpcdesk_gateway::{Refusal, ws};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use crate::audit::{self, Kind};
 use crate::error::{ApiError, envelope_response};
 use crate::state::AppState;
 
@@ -78,6 +79,8 @@ pub async fn connect(
             .into_response();
     };
     let gateway = app.gateway.clone();
+    let audit_app = app.clone();
+    let peer_text = crate::routes::extract::client_addr(req.headers(), req.extensions(), &app);
     tokio::spawn(async move {
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
@@ -93,7 +96,19 @@ pub async fn connect(
                 let leftover = parts.read_buf.to_vec();
                 let tcp = parts.io.into_inner();
                 drop(parts.read_buf);
-                gateway.serve(tcp, &leftover, grant, peer).await;
+                let (owner, id) = (grant.owner.clone(), grant.session_id.clone());
+                let how = if grant.view_only { "view only" } else { "" };
+                audit::record(&audit_app, Kind::ViewerConnected, &owner, &id, &peer_text, how).await;
+                let (end, counts) = gateway.serve(tcp, &leftover, grant, peer).await;
+                audit::record(
+                    &audit_app,
+                    Kind::ViewerDisconnected,
+                    &owner,
+                    &id,
+                    &peer_text,
+                    format!("{end:?}; {} bytes down, {} up", counts.down, counts.up),
+                )
+                .await;
             }
             Err(_) => tracing::error!(%peer, "the upgraded connection is not a TCP stream"),
         }

@@ -1,0 +1,56 @@
+//! Writing the audit log (DESIGN §4): who did what to which session, from where, when.
+//! A failure to write is logged and never fails the request that caused it.
+
+use hpcdesk_store::AuditEvent;
+
+use crate::state::AppState;
+
+/// What happened (the `kind` column).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    TokenIssued,
+    TokenRefused,
+    SessionCreated,
+    SessionFailed,
+    SessionDeleted,
+    SessionSwept,
+    ViewerConnected,
+    ViewerDisconnected,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::TokenIssued => "token_issued",
+            Kind::TokenRefused => "token_refused",
+            Kind::SessionCreated => "session_created",
+            Kind::SessionFailed => "session_failed",
+            Kind::SessionDeleted => "session_deleted",
+            Kind::SessionSwept => "session_swept",
+            Kind::ViewerConnected => "viewer_connected",
+            Kind::ViewerDisconnected => "viewer_disconnected",
+        }
+    }
+}
+
+/// Records one event.
+pub async fn record(
+    app: &AppState,
+    kind: Kind,
+    user: &str,
+    session_id: &str,
+    peer: &str,
+    detail: impl Into<String>,
+) {
+    let event = AuditEvent {
+        at: app.clock.now(),
+        kind: kind.as_str().to_owned(),
+        user: user.to_owned(),
+        session_id: session_id.to_owned(),
+        peer: peer.to_owned(),
+        detail: detail.into(),
+    };
+    if let Err(e) = app.store.record_audit(event).await {
+        tracing::error!(error = %e, kind = kind.as_str(), "cannot write the audit log");
+    }
+}
