@@ -54,7 +54,15 @@ async fn issue(
     peer: &str,
 ) -> Result<Vec<TokenEntry>, ApiError> {
     if AccountStatus::parse(&user.account_status) == Some(AccountStatus::Disable) {
-        audit::record(app, Kind::TokenRefused, &user.name, "", peer, format!("{how}: account disabled")).await;
+        audit::record(
+            app,
+            Kind::TokenRefused,
+            &user.name,
+            "",
+            peer,
+            format!("{how}: account disabled"),
+        )
+        .await;
         return Ok(entry(app, None));
     }
     let secrets = crate::startup::jwt_secrets(&app.config).map_err(ApiError::internal)?;
@@ -103,7 +111,14 @@ pub async fn password_login(
     )
     .await;
     let (Some(account), true, Some(_)) = (account, matches, org) else {
-        return Err(refuse(app, user, peer, "password login: wrong user, password or orgId", &keys).await);
+        return Err(refuse(
+            app,
+            user,
+            peer,
+            "password login: wrong user, password or orgId",
+            &keys,
+        )
+        .await);
     };
     app.limits.login_succeeded(&keys[0]);
     issue(app, &account, org_id, "password", peer).await
@@ -147,7 +162,14 @@ pub async fn key_login(
     }
     let key = app.store.access_key(access_key).await?;
     let Some(key) = key.filter(|k| k.revoked_at.is_none() && k.user_name == user) else {
-        return Err(refuse_key(app, user, peer, "access key login: unknown or revoked key", &keys).await);
+        return Err(refuse_key(
+            app,
+            user,
+            peer,
+            "access key login: unknown or revoked key",
+            &keys,
+        )
+        .await);
     };
     let secret = app
         .server_key
@@ -160,18 +182,30 @@ pub async fn key_login(
     }
     let expires = chrono::DateTime::from_timestamp(ts + skew + 1, 0).unwrap_or(now);
     if !app.store.use_signature(&given, expires, now).await? {
-        return Err(refuse_key(app, user, peer, "access key login: signature replayed", &keys).await);
+        return Err(refuse_key(
+            app,
+            user,
+            peer,
+            "access key login: signature replayed",
+            &keys,
+        )
+        .await);
     }
-    let account = app
-        .store
-        .user(user)
-        .await?
-        .ok_or_else(|| ApiError::Permission("wrong user name, access key or signature".into()))?;
+    let account =
+        app.store.user(user).await?.ok_or_else(|| {
+            ApiError::Permission("wrong user name, access key or signature".into())
+        })?;
     app.limits.login_succeeded(&keys[0]);
     issue(app, &account, "", "access key", peer).await
 }
 
-async fn refuse_key(app: &AppState, user: &str, peer: &str, why: &str, keys: &[String]) -> ApiError {
+async fn refuse_key(
+    app: &AppState,
+    user: &str,
+    peer: &str,
+    why: &str,
+    keys: &[String],
+) -> ApiError {
     let _ = refuse(app, user, peer, why, keys).await;
     ApiError::Permission("wrong user name, access key or signature".into())
 }

@@ -105,7 +105,10 @@ pub async fn reconcile(app: &AppState) -> Result<ReconcileReport, ApiError> {
                         app,
                         crate::audit::Kind::SessionFailed,
                         &rec.owner,
-                        &rec.session_id.as_ref().map(ToString::to_string).unwrap_or_default(),
+                        &rec.session_id
+                            .as_ref()
+                            .map(ToString::to_string)
+                            .unwrap_or_default(),
                         "",
                         reason.clone(),
                     )

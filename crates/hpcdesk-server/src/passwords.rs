@@ -1,15 +1,16 @@
 //! Password hashing for platform accounts: argon2id with a random salt, stored as a PHC
 //! string. Hashing is deliberately slow, so it runs on the blocking pool.
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 
 /// Shortest password `hpcdesk user add/passwd` accepts.
 pub const MIN_LEN: usize = 8;
 
 /// A PHC string nobody's password matches, verified for unknown users so that a wrong user
 /// name costs as much time as a wrong password.
-const DECOY: &str = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$WlSJ8gJIbSe6o8Gd7tUXXbVOR6H+Qyb8zsmqUL4hh5Q";
+const DECOY: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$WlSJ8gJIbSe6o8Gd7tUXXbVOR6H+Qyb8zsmqUL4hh5Q";
 
 pub fn hash(password: &str) -> Result<String, String> {
     if password.chars().count() < MIN_LEN {

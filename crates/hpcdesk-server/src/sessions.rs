@@ -139,10 +139,26 @@ pub async fn create(app: &AppState, user: &AuthUser) -> Result<SessionItem, ApiE
         let result = start(&task_app, rec, caller.compute_user.clone()).await;
         match &result {
             Ok(item) => {
-                audit::record(&task_app, Kind::SessionCreated, caller.name(), &item.session_id, &caller.peer, "").await;
+                audit::record(
+                    &task_app,
+                    Kind::SessionCreated,
+                    caller.name(),
+                    &item.session_id,
+                    &caller.peer,
+                    "",
+                )
+                .await;
             }
             Err(e) => {
-                audit::record(&task_app, Kind::SessionFailed, caller.name(), "", &caller.peer, e.to_string()).await;
+                audit::record(
+                    &task_app,
+                    Kind::SessionFailed,
+                    caller.name(),
+                    "",
+                    &caller.peer,
+                    e.to_string(),
+                )
+                .await;
             }
         }
         result
@@ -304,7 +320,15 @@ pub async fn delete(app: &AppState, user: &AuthUser, id: &SessionId) -> Result<(
         } else {
             format!("owner {}", rec.owner)
         };
-        audit::record(&task_app, Kind::SessionDeleted, caller.name(), &id, &caller.peer, detail).await;
+        audit::record(
+            &task_app,
+            Kind::SessionDeleted,
+            caller.name(),
+            &id,
+            &caller.peer,
+            detail,
+        )
+        .await;
         Ok(())
     })
     .await

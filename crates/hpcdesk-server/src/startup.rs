@@ -85,7 +85,9 @@ pub fn jwt_secrets(config: &Config) -> Result<Vec<Secret>, StartupError> {
     }
 }
 
-fn server_key(config: &Config) -> Result<ServerKey, StartupError> {
+/// The key that seals VNC passwords and access-key secrets: configured, or generated once
+/// under the data directory.
+pub fn server_key(config: &Config) -> Result<ServerKey, StartupError> {
     let secret = match &config.server.secret {
         Some(s) => s.clone(),
         None => {

@@ -68,7 +68,12 @@ impl Limits {
         }
     }
 
-    fn check(&self, limiter: &DefaultKeyedRateLimiter<String>, key: &str, what: &str) -> Result<(), ApiError> {
+    fn check(
+        &self,
+        limiter: &DefaultKeyedRateLimiter<String>,
+        key: &str,
+        what: &str,
+    ) -> Result<(), ApiError> {
         limiter
             .check_key(&key.to_owned())
             .map_err(|not_until| too_frequent(what, not_until.wait_time_from(self.clock.now())))
@@ -151,9 +156,7 @@ impl Limits {
         self.peers.retain_recent();
         let now = Instant::now();
         self.with_failures(|m| {
-            m.retain(|_, f| {
-                now - f.since <= self.window || f.locked_until.is_some_and(|u| u > now)
-            })
+            m.retain(|_, f| now - f.since <= self.window || f.locked_until.is_some_and(|u| u > now))
         });
     }
 }
@@ -204,9 +207,6 @@ mod tests {
         l.login_failed(&keys);
         l.login_allowed(&["user:a".to_owned()]).unwrap();
         // The address reached three failures.
-        assert_eq!(
-            l.login_allowed(&keys).unwrap_err().code().as_str(),
-            "10011"
-        );
+        assert_eq!(l.login_allowed(&keys).unwrap_err().code().as_str(), "10011");
     }
 }

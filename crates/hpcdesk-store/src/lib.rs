@@ -264,8 +264,11 @@ pub trait Store: Send + Sync + 'static {
     async fn list_access_keys(&self) -> Result<Vec<AccessKeyRecord>, StoreError>;
 
     /// Revokes a key; [`StoreError::Missing`] if it does not exist or is already revoked.
-    async fn revoke_access_key(&self, access_key: &str, now: DateTime<Utc>)
-    -> Result<(), StoreError>;
+    async fn revoke_access_key(
+        &self,
+        access_key: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
 
     /// Records a signature as used; `false` if it was used before (a replay). Forgets
     /// signatures whose `expires_at` is before `now`.

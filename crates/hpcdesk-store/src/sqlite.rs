@@ -202,9 +202,7 @@ fn key_from_row(row: &SqliteRow) -> Result<AccessKeyRecord, StoreError> {
         user_name: row.try_get("user_name")?,
         secret_sealed: row.try_get("secret_sealed")?,
         created_at: from_millis(row.try_get("created_at")?, "access_keys")?,
-        revoked_at: revoked
-            .map(|t| from_millis(t, "access_keys"))
-            .transpose()?,
+        revoked_at: revoked.map(|t| from_millis(t, "access_keys")).transpose()?,
     })
 }
 
@@ -568,7 +566,9 @@ impl Store for SqliteStore {
         .await;
         match done {
             Ok(_) => Ok(()),
-            Err(e) if is_unique_violation(&e) => Err(StoreError::Exists(format!("user {}", u.name))),
+            Err(e) if is_unique_violation(&e) => {
+                Err(StoreError::Exists(format!("user {}", u.name)))
+            }
             Err(e) => Err(e.into()),
         }
     }
@@ -584,7 +584,9 @@ impl Store for SqliteStore {
 
     async fn list_users(&self) -> Result<Vec<UserRecord>, StoreError> {
         let sql = format!("SELECT {USER_COLUMNS} FROM users ORDER BY name");
-        let rows = sqlx::query(AssertSqlSafe(sql)).fetch_all(&self.pool).await?;
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(user_from_row).collect()
     }
 

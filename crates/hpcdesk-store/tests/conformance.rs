@@ -329,22 +329,44 @@ fn user(name: &str) -> UserRecord {
 
 async fn accounts_orgs_and_keys_are_kept(store: Arc<dyn Store>) {
     store.add_user(user("ann")).await.unwrap();
-    assert!(matches!(store.add_user(user("ann")).await, Err(StoreError::Exists(_))));
-    assert_eq!(store.user("ann").await.unwrap().unwrap().home_path, "/home/alice");
+    assert!(matches!(
+        store.add_user(user("ann")).await,
+        Err(StoreError::Exists(_))
+    ));
+    assert_eq!(
+        store.user("ann").await.unwrap().unwrap().home_path,
+        "/home/alice"
+    );
     assert!(store.user("nobody").await.unwrap().is_none());
-    store.set_user_status("ann", "Disable", Utc::now()).await.unwrap();
-    store.set_user_password("ann", "$argon2id$new", Utc::now()).await.unwrap();
+    store
+        .set_user_status("ann", "Disable", Utc::now())
+        .await
+        .unwrap();
+    store
+        .set_user_password("ann", "$argon2id$new", Utc::now())
+        .await
+        .unwrap();
     let ann = store.user("ann").await.unwrap().unwrap();
-    assert_eq!((ann.account_status.as_str(), ann.password_hash.as_str()), ("Disable", "$argon2id$new"));
+    assert_eq!(
+        (ann.account_status.as_str(), ann.password_hash.as_str()),
+        ("Disable", "$argon2id$new")
+    );
     assert!(matches!(
         store.set_user_status("nobody", "Normal", Utc::now()).await,
         Err(StoreError::Missing(_))
     ));
     assert_eq!(store.list_users().await.unwrap().len(), 1);
 
-    let org = OrgRecord { org_id: "org1".into(), name: "Portal".into(), created_at: Utc::now() };
+    let org = OrgRecord {
+        org_id: "org1".into(),
+        name: "Portal".into(),
+        created_at: Utc::now(),
+    };
     store.add_org(org.clone()).await.unwrap();
-    assert!(matches!(store.add_org(org).await, Err(StoreError::Exists(_))));
+    assert!(matches!(
+        store.add_org(org).await,
+        Err(StoreError::Exists(_))
+    ));
     assert!(store.org("org1").await.unwrap().is_some());
     assert!(store.org("org2").await.unwrap().is_none());
 
@@ -359,10 +381,29 @@ async fn accounts_orgs_and_keys_are_kept(store: Arc<dyn Store>) {
     let mut orphan = key.clone();
     orphan.access_key = "AK2".into();
     orphan.user_name = "nobody".into();
-    assert!(matches!(store.add_access_key(orphan).await, Err(StoreError::Missing(_))));
-    assert_eq!(store.access_key("AK1").await.unwrap().unwrap().secret_sealed, vec![1, 2, 3]);
+    assert!(matches!(
+        store.add_access_key(orphan).await,
+        Err(StoreError::Missing(_))
+    ));
+    assert_eq!(
+        store
+            .access_key("AK1")
+            .await
+            .unwrap()
+            .unwrap()
+            .secret_sealed,
+        vec![1, 2, 3]
+    );
     store.revoke_access_key("AK1", Utc::now()).await.unwrap();
-    assert!(store.access_key("AK1").await.unwrap().unwrap().revoked_at.is_some());
+    assert!(
+        store
+            .access_key("AK1")
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_at
+            .is_some()
+    );
     assert!(matches!(
         store.revoke_access_key("AK1", Utc::now()).await,
         Err(StoreError::Missing(_))
@@ -371,11 +412,26 @@ async fn accounts_orgs_and_keys_are_kept(store: Arc<dyn Store>) {
 
 async fn a_signature_can_be_used_once(store: Arc<dyn Store>) {
     let now = Utc::now();
-    assert!(store.use_signature("abc", now + Duration::minutes(5), now).await.unwrap());
-    assert!(!store.use_signature("abc", now + Duration::minutes(5), now).await.unwrap());
+    assert!(
+        store
+            .use_signature("abc", now + Duration::minutes(5), now)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .use_signature("abc", now + Duration::minutes(5), now)
+            .await
+            .unwrap()
+    );
     // Once expired it is forgotten (its timestamp can no longer pass anyway).
     let later = now + Duration::minutes(6);
-    assert!(store.use_signature("abc", later + Duration::minutes(5), later).await.unwrap());
+    assert!(
+        store
+            .use_signature("abc", later + Duration::minutes(5), later)
+            .await
+            .unwrap()
+    );
 }
 
 async fn the_audit_log_filters_by_user_and_time(store: Arc<dyn Store>) {
@@ -396,14 +452,29 @@ async fn the_audit_log_filters_by_user_and_time(store: Arc<dyn Store>) {
     let all = store.audit(AuditFilter::default()).await.unwrap();
     assert_eq!(all.len(), 3);
     assert_eq!(all[0].session_id, "s0", "oldest first");
-    let a = store.audit(AuditFilter { user: Some("a".into()), ..Default::default() }).await.unwrap();
+    let a = store
+        .audit(AuditFilter {
+            user: Some("a".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(a.len(), 2);
     let recent = store
-        .audit(AuditFilter { since: Some(t0 + Duration::seconds(1)), ..Default::default() })
+        .audit(AuditFilter {
+            since: Some(t0 + Duration::seconds(1)),
+            ..Default::default()
+        })
         .await
         .unwrap();
     assert_eq!(recent.len(), 2);
-    let last = store.audit(AuditFilter { limit: 1, ..Default::default() }).await.unwrap();
+    let last = store
+        .audit(AuditFilter {
+            limit: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(last[0].session_id, "s2", "the newest when limited");
 }
 

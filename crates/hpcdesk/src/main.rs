@@ -5,6 +5,7 @@
 //! - `node …`: the node agent, run on a node as the user ([`cmd::node`]).
 //! - `desktop …`, `sweep`: clients of a running server ([`cmd::client`]).
 //! - `config …`: print the example or the effective configuration ([`cmd::config`]).
+//! - `user …`, `org …`, `key …`, `audit`: admin commands on the store ([`cmd::admin`]).
 #![forbid(unsafe_code)]
 
 mod cmd;
@@ -41,6 +42,17 @@ enum Command {
     Desktop(cmd::client::Args),
     /// Run the idle sweep of a running server now (needs an admin token).
     Sweep(cmd::client::SweepArgs),
+    /// Platform accounts (for sites without the AC platform).
+    #[command(subcommand)]
+    User(cmd::admin::UserCmd),
+    /// Organisations (orgId) allowed to request tokens.
+    #[command(subcommand)]
+    Org(cmd::admin::OrgCmd),
+    /// Access keys for the AK/SK token endpoint.
+    #[command(subcommand)]
+    Key(cmd::admin::KeyCmd),
+    /// Read the audit log.
+    Audit(cmd::admin::AuditArgs),
     /// Print the example configuration or the effective one (secrets redacted).
     #[command(subcommand)]
     Config(cmd::config::Command),
@@ -55,6 +67,10 @@ fn main() -> ExitCode {
         Command::Desktop(args) => cmd::client::run(args),
         Command::Sweep(args) => cmd::client::sweep(args),
         Command::Config(c) => cmd::config::run(cli.config.as_deref(), c),
+        Command::User(c) => cmd::admin::user(cli.config.as_deref(), c),
+        Command::Org(c) => cmd::admin::org(cli.config.as_deref(), c),
+        Command::Key(c) => cmd::admin::key(cli.config.as_deref(), c),
+        Command::Audit(a) => cmd::admin::audit(cli.config.as_deref(), a),
     };
     match result {
         Ok(code) => code,

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, FromRequestParts, Path};
 use axum::http::request::Parts;
-use hpcdesk_core::SessionId;
+use hpcdesk_core::{AccountStatus, SessionId};
 
 use crate::auth::AuthUser;
 use crate::error::ApiError;
@@ -63,8 +63,7 @@ pub fn client_addr(
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .map(str::trim)
-            .filter(|a| !a.is_empty())
-            .last()
+            .rfind(|a| !a.is_empty())
     {
         return last.to_owned();
     }
@@ -96,6 +95,20 @@ impl FromRequestParts<AppState> for AuthUser {
         state
             .limits
             .check_caller(user.name(), &user.claims.invoker)?;
+        // For accounts hpcdesk manages, the stored status wins over the one in the token, so
+        // `hpcdesk user disable` takes effect at once rather than when tokens expire.
+        if let Some(account) = state.store.user(user.name()).await? {
+            let status = AccountStatus::parse(&account.account_status).ok_or_else(|| {
+                ApiError::Permission(format!(
+                    "unknown accountStatus {:?}",
+                    account.account_status
+                ))
+            })?;
+            if status == AccountStatus::Disable {
+                return Err(ApiError::Permission("account is disabled".into()));
+            }
+            user.status = status;
+        }
         user.peer = client_addr(&parts.headers, &parts.extensions, state);
         Ok(user)
     }

@@ -24,13 +24,20 @@ fn peer(parts: &Parts, app: &AppState) -> Result<String, ApiError> {
 }
 
 /// `POST /ac/openapi/v2/tokens` with headers `user`, `password`, `orgId`.
-pub async fn password(State(app): State<AppState>, _: AcV2, req: Request) -> Result<Response, ApiError> {
+pub async fn password(
+    State(app): State<AppState>,
+    _: AcV2,
+    req: Request,
+) -> Result<Response, ApiError> {
     let (parts, _) = req.into_parts();
     let peer = peer(&parts, &app)?;
     let user = header(&parts, "user")?;
     let password = header(&parts, "password")?;
     let org = header(&parts, "orgId")?;
-    Ok(ok(accounts::password_login(&app, user, password, org, &peer).await?))
+    Ok(ok(accounts::password_login(
+        &app, user, password, org, &peer,
+    )
+    .await?))
 }
 
 /// `POST /api/user/v3/tokens` with headers `user`, `accessKey`, `timestamp`, `signature`.
@@ -41,13 +48,18 @@ pub async fn access_key(State(app): State<AppState>, req: Request) -> Result<Res
     let key = header(&parts, "accessKey")?;
     let timestamp = header(&parts, "timestamp")?;
     let signature = header(&parts, "signature")?;
-    Ok(ok(
-        accounts::key_login(&app, user, key, timestamp, signature, &peer).await?,
-    ))
+    Ok(ok(accounts::key_login(
+        &app, user, key, timestamp, signature, &peer,
+    )
+    .await?))
 }
 
 /// `POST /ac/openapi/v2/tokens/next` with the (possibly expired) `token` header.
-pub async fn renew(State(app): State<AppState>, _: AcV2, req: Request) -> Result<Response, ApiError> {
+pub async fn renew(
+    State(app): State<AppState>,
+    _: AcV2,
+    req: Request,
+) -> Result<Response, ApiError> {
     let (parts, _) = req.into_parts();
     let peer = client_addr(&parts.headers, &parts.extensions, &app);
     let token = header(&parts, "token")?;
@@ -60,7 +72,12 @@ pub async fn state(_: AcV2, _user: AuthUser) -> Response {
 }
 
 /// `GET /ac/openapi/v2/center`.
-pub async fn center(State(app): State<AppState>, _: AcV2, user: AuthUser, req: Request) -> Result<Response, ApiError> {
+pub async fn center(
+    State(app): State<AppState>,
+    _: AcV2,
+    user: AuthUser,
+    req: Request,
+) -> Result<Response, ApiError> {
     let base = match &app.public_base {
         Some(b) => b.clone(),
         None => {

@@ -98,7 +98,15 @@ pub async fn connect(
                 drop(parts.read_buf);
                 let (owner, id) = (grant.owner.clone(), grant.session_id.clone());
                 let how = if grant.view_only { "view only" } else { "" };
-                audit::record(&audit_app, Kind::ViewerConnected, &owner, &id, &peer_text, how).await;
+                audit::record(
+                    &audit_app,
+                    Kind::ViewerConnected,
+                    &owner,
+                    &id,
+                    &peer_text,
+                    how,
+                )
+                .await;
                 let (end, counts) = gateway.serve(tcp, &leftover, grant, peer).await;
                 audit::record(
                     &audit_app,

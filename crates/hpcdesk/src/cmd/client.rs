@@ -139,13 +139,10 @@ impl Client {
 }
 
 fn table(items: &[SessionItem]) -> String {
-    let header = [
-        "SESSION", "STATUS", "HOST", "DISPLAY", "USER", "CONN", "CREATED", "REASON",
-    ];
-    let rows: Vec<[String; 8]> = items
+    let rows: Vec<Vec<String>> = items
         .iter()
         .map(|s| {
-            [
+            vec![
                 s.session_id.clone(),
                 s.status.clone(),
                 s.host_name.clone(),
@@ -157,28 +154,12 @@ fn table(items: &[SessionItem]) -> String {
             ]
         })
         .collect();
-    let mut widths = header.map(str::len);
-    for r in &rows {
-        for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    let line = |cells: Vec<&str>| {
-        cells
-            .iter()
-            .zip(widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect::<Vec<_>>()
-            .join("  ")
-            .trim_end()
-            .to_owned()
-    };
-    let mut out = vec![line(header.to_vec())];
-    out.extend(
-        rows.iter()
-            .map(|r| line(r.iter().map(String::as_str).collect())),
-    );
-    out.join("\n")
+    super::table(
+        &[
+            "SESSION", "STATUS", "HOST", "DISPLAY", "USER", "CONN", "CREATED", "REASON",
+        ],
+        &rows,
+    )
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {

@@ -204,7 +204,8 @@ reconcile_every = "{reconcile}"
         let mut child = Command::new(bin())
             .args(["serve", "--config"])
             .arg(&self.config)
-            .env("HPCDESK_LOG", "info,hpcdesk=debug")
+            // Debug everywhere, so the tests that grep the log for secrets see the most.
+            .env("HPCDESK_LOG", "debug")
             .env_remove("HPCDESK_CONFIG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -486,6 +487,30 @@ pub fn run_cli(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
         .env_remove("HPCDESK_CONFIG")
         .output()
         .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs the built binary with `args` and `stdin`.
+pub fn run_cli_stdin(args: &[&str], stdin: &str) -> (bool, String, String) {
+    let mut child = Command::new(bin())
+        .args(args)
+        .env_remove("HPCDESK_CONFIG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -1,6 +1,7 @@
 //! Black-box tests: the built `hpcdesk` binary, run as `hpcdesk serve`, driven over HTTP
 //! against real TigerVNC `Xvnc` desktops.
 
+mod accounts;
 mod browser;
 mod cli;
 mod desktop;

@@ -1,0 +1,406 @@
+//! Token issuance, region info, abuse limits and the audit log, as a portal and an operator
+//! use them.
+
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::helpers::*;
+use crate::viewer::{Connect, connect, ws_url};
+
+const PASSWORD: &str = "Correct-Horse-7";
+
+/// Adds a user and an org with the admin CLI, on the app's own config.
+fn provision(app: &TestApp, user: &str, org: &str) {
+    let cfg = path_of(&app.config);
+    let (ok, out, err) = run_cli_stdin(
+        &[
+            "--config",
+            &cfg,
+            "user",
+            "add",
+            user,
+            "--compute-user",
+            &compute_user(),
+            "--password-stdin",
+        ],
+        &format!("{PASSWORD}\n"),
+    );
+    assert!(ok, "user add: {out}{err}");
+    let (ok, out, err) = run_cli(&["--config", &cfg, "org", "add", org], &[]);
+    assert!(ok, "org add: {out}{err}");
+}
+
+fn login(app: &TestApp, user: &str, password: &str, org: &str) -> (u16, Value) {
+    app.call_with("POST", "/ac/openapi/v2/tokens", None, |b| {
+        b.header("user", user)
+            .header("password", password)
+            .header("orgId", org)
+    })
+}
+
+fn token_of(v: &Value) -> String {
+    assert_eq!(v["code"], "0", "{v}");
+    v["data"][0]["token"].as_str().unwrap().to_owned()
+}
+
+fn audit(app: &TestApp, user: &str) -> Vec<Value> {
+    let (ok, out, err) = run_cli(
+        &[
+            "--config",
+            &path_of(&app.config),
+            "audit",
+            "--user",
+            user,
+            "--json",
+        ],
+        &[],
+    );
+    assert!(ok, "audit: {err}");
+    serde_json::from_str::<Value>(&out)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn kinds(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn a_portal_runs_the_whole_scnet_flow_from_nothing() {
+    if !real_parts("SCNet flow") {
+        return;
+    }
+    let app = TestApp::spawn();
+    provision(&app, "tina", "portal-7");
+
+    // 1. tokens
+    let (_, v) = login(&app, "tina", PASSWORD, "portal-7");
+    let token = token_of(&v);
+    assert_eq!(v["data"][0]["clusterId"], CLUSTER);
+    assert!(v["data"][0]["clusterName"].is_string());
+    // 2. region info
+    let (_, center) = app.call("GET", "/ac/openapi/v2/center", Some(&token));
+    assert_eq!(center["code"], "0", "{center}");
+    let hpc_url = center["data"]["hpcUrls"][0]["url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(hpc_url, app.base);
+    assert_eq!(center["data"]["hpcUrls"][0]["enable"], "true");
+    assert_eq!(
+        center["data"]["clusterUserInfo"]["userName"],
+        compute_user().as_str()
+    );
+    let home = nix::unistd::User::from_name(&compute_user())
+        .unwrap()
+        .unwrap()
+        .dir;
+    assert_eq!(
+        center["data"]["clusterUserInfo"]["homePath"],
+        home.display().to_string().as_str()
+    );
+    let (_, state) = app.call("GET", "/ac/openapi/v2/tokens/state", Some(&token));
+    assert_eq!(state["data"], "token is valid");
+    // 3. desktop with the issued token, opened through hpcUrls[0] + novncUrl
+    let created = app.create(&token);
+    assert_eq!(created["code"], "0", "{created}");
+    let id = created["data"]["sessionId"].as_str().unwrap().to_owned();
+    let launch = app.launch_url(&token, &id);
+    let novnc = launch["data"]["novncUrl"].as_str().unwrap();
+    let full = format!("{hpc_url}{novnc}");
+    let page = reqwest::blocking::get(&full).unwrap();
+    assert_eq!(page.status(), 200, "{full}");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let Connect::Open(mut viewer) = rt.block_on(connect(&ws_url(&hpc_url, novnc))) else {
+        panic!("the launch URL was refused");
+    };
+    assert_eq!(rt.block_on(viewer.handshake()).width, 1024);
+    drop(viewer);
+    assert_eq!(app.delete(&token, &id)["code"], "0");
+
+    // 4. renewal: a fresh token for the same account
+    let (_, renewed) = app.call("POST", "/ac/openapi/v2/tokens/next", Some(&token));
+    let renewed = token_of(&renewed);
+    assert_ne!(renewed, token);
+    assert_eq!(
+        app.call("GET", "/ac/openapi/v2/tokens/state", Some(&renewed))
+            .1["code"],
+        "0"
+    );
+
+    // The audit log tells the story.
+    let k = kinds(&audit(&app, "tina"));
+    for kind in [
+        "token_issued",
+        "session_created",
+        "viewer_connected",
+        "viewer_disconnected",
+        "session_deleted",
+    ] {
+        assert!(k.iter().any(|x| x == kind), "{kind} missing in {k:?}");
+    }
+}
+
+/// Signs and sends an AK/SK token request with Python's hmac, as a client written from the
+/// SCNet description would.
+fn python_key_login(app: &TestApp, user: &str, ak: &str, sk: &str, ts: Option<i64>) -> Value {
+    let script = r#"
+import hashlib, hmac, json, sys, time, urllib.request
+base, user, ak, sk, ts = sys.argv[1:6]
+if ts == "now":
+    ts = str(int(time.time()))
+msg = json.dumps({"accessKey": ak, "timestamp": ts, "user": user}, separators=(",", ":"))
+sig = hmac.new(sk.encode(), msg.encode(), hashlib.sha256).hexdigest()
+req = urllib.request.Request(base + "/api/user/v3/tokens", data=b"", method="POST",
+    headers={"user": user, "accessKey": ak, "timestamp": ts, "signature": sig})
+print(json.dumps(json.load(urllib.request.urlopen(req))))
+"#;
+    let ts = ts.map(|t| t.to_string()).unwrap_or_else(|| "now".into());
+    let out = Command::new("python3")
+        .args(["-c", script, &app.base, user, ak, sk, &ts])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "python: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn access_keys_work_with_a_python_hmac_client_and_refuse_bad_stale_and_replayed_signatures() {
+    let app = TestApp::spawn();
+    provision(&app, "uma", "org-x");
+    let cfg = path_of(&app.config);
+    let (ok, out, err) = run_cli(&["--config", &cfg, "key", "create", "uma", "--json"], &[]);
+    assert!(ok, "{err}");
+    let keys: Value = serde_json::from_str(&out).unwrap();
+    let (ak, sk) = (
+        keys["accessKey"].as_str().unwrap(),
+        keys["secretKey"].as_str().unwrap(),
+    );
+
+    let v = python_key_login(&app, "uma", ak, sk, None);
+    let token = token_of(&v);
+    assert_eq!(
+        app.call("GET", "/ac/openapi/v2/tokens/state", Some(&token))
+            .1["code"],
+        "0"
+    );
+
+    let wrong = python_key_login(&app, "uma", ak, "not-the-secret-key", None);
+    assert_eq!(wrong["code"], "10008", "{wrong}");
+    let stale_ts = chrono::Utc::now().timestamp() - 3600;
+    let stale = python_key_login(&app, "uma", ak, sk, Some(stale_ts));
+    assert_eq!(stale["code"], "10008", "{stale}");
+    // (Not the current second: the first login above may have signed that one already.)
+    let fixed_ts = chrono::Utc::now().timestamp() - 7;
+    assert_eq!(
+        python_key_login(&app, "uma", ak, sk, Some(fixed_ts))["code"],
+        "0"
+    );
+    let replay = python_key_login(&app, "uma", ak, sk, Some(fixed_ts));
+    assert_eq!(
+        replay["code"], "10008",
+        "a replayed signature must be refused: {replay}"
+    );
+    // Another user's key does not sign for this one.
+    let other = python_key_login(&app, "someone-else", ak, sk, None);
+    assert_eq!(other["code"], "10008");
+    // A revoked key stops working.
+    assert!(run_cli(&["--config", &cfg, "key", "revoke", ak], &[]).0);
+    assert_eq!(python_key_login(&app, "uma", ak, sk, None)["code"], "10008");
+    // `key list` never shows the secret.
+    let (_, list, _) = run_cli(&["--config", &cfg, "key", "list", "--json"], &[]);
+    assert!(list.contains(ak) && !list.contains(sk));
+    assert!(!app.log_text().contains(sk), "a secret key was logged");
+}
+
+#[test]
+fn refused_logins_are_plain_and_leave_nothing_behind() {
+    let app = TestApp::spawn_with(Options {
+        extra_toml: "[limits]\nlogin_failures = 3\nlogin_lockout = \"3s\"\n".into(),
+        ..Options::default()
+    });
+    provision(&app, "vera", "org-v");
+    let admin = token_with("auditor", &compute_user(), |c| c.role = "9".into());
+
+    let (_, v) = login(&app, "vera", "wrong-password", "org-v");
+    assert_eq!(v["code"], "10008", "{v}");
+    assert_eq!(v["msg"], "wrong user name, password or orgId");
+    let (_, v) = login(&app, "vera", PASSWORD, "no-such-org");
+    assert_eq!(v["code"], "10008");
+    let (_, v) = login(&app, "nobody", PASSWORD, "org-v");
+    assert_eq!(v["code"], "10008");
+    // Missing headers are 10003; other versions 10009.
+    let (_, v) = app.call_with("POST", "/ac/openapi/v2/tokens", None, |b| {
+        b.header("user", "vera")
+    });
+    assert_eq!(v["code"], "10003");
+    let (_, v) = app.call_with("POST", "/ac/openapi/v3/tokens", None, |b| {
+        b.header("user", "vera")
+            .header("password", PASSWORD)
+            .header("orgId", "org-v")
+    });
+    assert_eq!(v["code"], "10009");
+
+    // Brute force: the third failure for vera locks her name, the right password included.
+    let (_, v) = login(&app, "vera", PASSWORD, "org-v");
+    assert_eq!(v["code"], "10011", "locked after failures: {v}");
+    let (status, v) = app.call_with("POST", "/ac/openapi/v2/tokens", None, |b| {
+        b.header("user", "vera")
+            .header("password", PASSWORD)
+            .header("orgId", "org-v")
+    });
+    assert_eq!((status, v["code"].as_str()), (200, Some("10011")));
+    std::thread::sleep(Duration::from_millis(3200));
+    let token = token_of(&login(&app, "vera", PASSWORD, "org-v").1);
+
+    // A disabled account gets token null, and its old token stops working.
+    let cfg = path_of(&app.config);
+    assert!(run_cli(&["--config", &cfg, "user", "disable", "vera"], &[]).0);
+    let (_, v) = login(&app, "vera", PASSWORD, "org-v");
+    assert_eq!(v["code"], "0");
+    assert!(v["data"][0]["token"].is_null(), "{v}");
+    // Its existing token stops working at once, and renewing it gives null.
+    assert_eq!(
+        app.call("GET", "/ac/openapi/v2/tokens/state", Some(&token))
+            .1["code"],
+        "10008"
+    );
+    assert_eq!(
+        app.call("GET", "/hpc/openapi/v2/desktop/vnc", Some(&token))
+            .1["code"],
+        "10008"
+    );
+    let (_, v) = app.call("POST", "/ac/openapi/v2/tokens/next", Some(&token));
+    assert!(v["data"][0]["token"].is_null(), "{v}");
+    assert!(run_cli(&["--config", &cfg, "user", "enable", "vera"], &[]).0);
+    assert_eq!(
+        app.call("GET", "/ac/openapi/v2/tokens/state", Some(&token))
+            .1["code"],
+        "0"
+    );
+
+    // Oversized requests to the token endpoints.
+    let (_, v) = app.call_with("POST", "/ac/openapi/v2/tokens", None, |b| {
+        b.header("user", "vera")
+            .header("password", "p".repeat(20_000))
+            .header("orgId", "org-v")
+    });
+    assert_eq!(v["code"], "10012");
+    let (_, v) = app.call_with("POST", "/ac/openapi/v2/tokens", None, |b| {
+        b.header("user", "vera")
+            .header("password", PASSWORD)
+            .header("orgId", "org-v")
+            .body("x".repeat(70_000))
+    });
+    assert_eq!(v["code"], "10012");
+
+    // Nothing but audit lines was written: no session, no issued token for the failures.
+    assert!(app.list(&admin).is_empty());
+    let k = kinds(&audit(&app, "vera"));
+    assert_eq!(
+        k.iter().filter(|x| *x == "token_issued").count(),
+        1,
+        "{k:?}"
+    );
+    assert!(
+        k.iter().filter(|x| *x == "token_refused").count() >= 3,
+        "{k:?}"
+    );
+    // Neither passwords nor tokens reach the log.
+    let log = app.log_text();
+    assert!(
+        !log.contains(PASSWORD) && !log.contains("wrong-password"),
+        "a password was logged"
+    );
+    assert!(!log.contains(&token), "a token was logged");
+}
+
+#[test]
+fn request_rates_are_limited_per_user_and_recover() {
+    let app = TestApp::spawn_with(Options {
+        extra_toml: "[limits]\nuser_per_second = 2\nuser_burst = 3\n".into(),
+        ..Options::default()
+    });
+    let token = app.token("wanda");
+    let other = app.token("xena");
+    let codes: Vec<(String, Option<String>)> = (0..8)
+        .map(|_| {
+            let client = reqwest::blocking::Client::new();
+            let r = client
+                .get(app.url("/hpc/openapi/v2/desktop/vnc"))
+                .header("token", &token)
+                .send()
+                .unwrap();
+            let retry = r
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_owned());
+            let v: Value = r.json().unwrap();
+            (v["code"].as_str().unwrap().to_owned(), retry)
+        })
+        .collect();
+    assert!(codes[..3].iter().all(|(c, _)| c == "0"), "{codes:?}");
+    let limited: Vec<_> = codes.iter().filter(|(c, _)| c == "10011").collect();
+    assert!(!limited.is_empty(), "{codes:?}");
+    assert!(
+        limited.iter().all(|(_, r)| r.as_deref() == Some("1")),
+        "{codes:?}"
+    );
+    // Other users are not affected, and the user recovers.
+    assert_eq!(
+        app.call("GET", "/hpc/openapi/v2/desktop/vnc", Some(&other))
+            .1["code"],
+        "0"
+    );
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(
+        app.call("GET", "/hpc/openapi/v2/desktop/vnc", Some(&token))
+            .1["code"],
+        "0"
+    );
+}
+
+#[test]
+fn an_expired_token_renews_within_a_day_and_not_after() {
+    let app = TestApp::spawn();
+    let recent = token_with("yara", &compute_user(), |c| {
+        c.expire_time = (chrono::Utc::now().timestamp_millis() - 3_600_000).to_string()
+    });
+    assert_eq!(
+        app.call("GET", "/ac/openapi/v2/tokens/state", Some(&recent))
+            .1["code"],
+        "10008"
+    );
+    let (_, v) = app.call("POST", "/ac/openapi/v2/tokens/next", Some(&recent));
+    let fresh = token_of(&v);
+    assert_eq!(
+        app.call("GET", "/ac/openapi/v2/tokens/state", Some(&fresh))
+            .1["code"],
+        "0"
+    );
+    let old = token_with("yara", &compute_user(), |c| {
+        c.expire_time = (chrono::Utc::now().timestamp_millis() - 25 * 3_600_000).to_string()
+    });
+    let (_, v) = app.call("POST", "/ac/openapi/v2/tokens/next", Some(&old));
+    assert_eq!(v["code"], "10008", "{v}");
+    let forged = token_with("yara", &compute_user(), |c| c.cluster_id = "1".into());
+    assert_eq!(
+        app.call("POST", "/ac/openapi/v2/tokens/next", Some(&forged))
+            .1["code"],
+        "10008"
+    );
+}
