@@ -9,7 +9,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use hpcdesk_core::{DisplayNumber, NodeName};
 use hpcdesk_launcher::{
-    LaunchError, Launched, Launcher, Liveness, Orphan, StartRequest, Survey, Target,
+    Launch, LaunchError, Launched, Launcher, Liveness, NodeReport, Orphan, StartRequest, Survey,
+    Target,
 };
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -75,19 +76,19 @@ impl Launcher for FakeLauncher {
     fn kind(&self) -> &'static str {
         "local"
     }
-    async fn start(&self, req: StartRequest) -> Result<Launched, LaunchError> {
+    async fn start(&self, req: StartRequest) -> Result<Launch, LaunchError> {
         let port = *self
             .ports
             .get(req.compute_user.as_str())
             .ok_or_else(|| LaunchError::Desktop("no benchmark server for this user".into()))?;
-        Ok(Launched {
+        Ok(Launch::Ready(Launched {
             node: NodeName::parse("bench").expect("valid"),
             display: DisplayNumber::new(u32::from(port) % 1000).expect("valid"),
             host: "127.0.0.1".into(),
             port,
             handle: String::new(),
             warnings: Vec::new(),
-        })
+        }))
     }
     async fn stop(&self, _: &Target) -> Result<(), LaunchError> {
         Ok(())
@@ -100,6 +101,9 @@ impl Launcher for FakeLauncher {
     }
     async fn stop_orphan(&self, _: &Orphan) -> Result<(), LaunchError> {
         Ok(())
+    }
+    async fn nodes(&self, _: &hpcdesk_core::ComputeUser) -> Vec<NodeReport> {
+        Vec::new()
     }
 }
 

@@ -2,6 +2,9 @@
 //!
 //! - this file: the [`Launcher`] trait the server talks to, and its request/reply types.
 //! - [`local`]: desktops on this machine, by running the node agent as the user.
+//! - [`ssh`]: desktops on a pool of nodes reached with OpenSSH, placed by probed load.
+//! - [`slurm`]: desktops as Slurm jobs.
+//! - [`remote`]: the agent's command lines, shared by the launchers.
 //! - [`agent`]: the node agent itself (`hpcdesk node …`): the one place that starts and stops
 //!   TigerVNC, shared by every launcher.
 //! - [`process`]: the one wrapper through which every external program runs.
@@ -11,12 +14,18 @@
 pub mod agent;
 pub mod local;
 pub mod process;
+pub mod remote;
+pub mod slurm;
+pub mod ssh;
 pub mod x11;
 
 use async_trait::async_trait;
-use hpcdesk_core::{ComputeUser, DisplayNumber, NodeName};
+use hpcdesk_core::{ComputeUser, DisplayNumber, NodeName, SessionId};
 
+pub use agent::Probe;
 pub use local::{LocalConfig, LocalLauncher};
+pub use slurm::{SlurmConfig, SlurmLauncher};
+pub use ssh::{NodeSpec, SshConfig, SshLauncher};
 
 /// Why a launcher could not do what was asked. The text is shown to the API caller
 /// (`msg` of 815201 / 815008), so it names the cause but never a secret.
@@ -70,22 +79,85 @@ pub struct Launched {
     pub warnings: Vec<String>,
 }
 
+/// What [`Launcher::start`] achieved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Launch {
+    /// The desktop is ready.
+    Ready(Launched),
+    /// The desktop was queued (a Slurm job); [`Launcher::progress`] tells when it is ready.
+    Queued(Queued),
+}
+
+/// A desktop waiting for resources.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Queued {
+    /// The session's id from now on (clients keep it while the desktop starts).
+    pub session_id: SessionId,
+    /// Launcher-specific handle to store (JSON), e.g. the job id.
+    pub handle: String,
+    /// Why it waits, e.g. Slurm's pending reason.
+    pub reason: String,
+}
+
+/// Where a queued desktop is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Progress {
+    /// Still queued, with the reason.
+    Pending(String),
+    /// Resources granted; the desktop is starting (e.g. the job runs on a node).
+    Starting(String),
+    Ready(Launched),
+    /// It will not start: the reason.
+    Failed(String),
+    /// It ended before it was used (e.g. the job was cancelled).
+    Ended(String),
+}
+
 /// A desktop the store believes exists.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
     pub key: String,
     pub compute_user: ComputeUser,
-    pub node: NodeName,
-    pub display: DisplayNumber,
+    /// Known once the desktop runs (a queued Slurm desktop has none yet).
+    pub node: Option<NodeName>,
+    pub display: Option<DisplayNumber>,
+    /// Where the gateway connects, once known.
+    pub host: Option<String>,
+    pub port: Option<u16>,
     pub handle: String,
+}
+
+impl Target {
+    /// Node and display, or the error a launcher that needs them reports.
+    pub fn place(&self) -> Result<(&NodeName, DisplayNumber), LaunchError> {
+        match (&self.node, self.display) {
+            (Some(n), Some(d)) => Ok((n, d)),
+            _ => Err(LaunchError::Desktop(
+                "the desktop has no node and display recorded".into(),
+            )),
+        }
+    }
+}
+
+/// A node's state as `hpcdesk nodes` shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeReport {
+    pub name: String,
+    pub address: String,
+    /// The probe, or why there is none.
+    pub probe: Result<Probe, String>,
+    /// Whether new desktops would be placed there, and if not why.
+    pub accepting: Result<(), String>,
 }
 
 /// What a launcher found out about one target.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Liveness {
     Alive,
-    /// Certainly gone, with the reason shown as the session's `statusReason`.
+    /// Certainly gone, with the reason shown as the session's `statusReason` (→ failed).
     Gone(String),
+    /// Ended in an orderly way outside hpcdesk, e.g. its Slurm job ended (→ stopped).
+    Ended(String),
     /// Could not be checked this time (node unreachable…); try again later.
     Unknown(String),
 }
@@ -113,8 +185,17 @@ pub trait Launcher: Send + Sync + 'static {
     /// `local`, `ssh` or `slurm`.
     fn kind(&self) -> &'static str;
 
-    /// Starts a desktop and waits until it is ready (RFB answering, X display usable).
-    async fn start(&self, req: StartRequest) -> Result<Launched, LaunchError>;
+    /// Starts a desktop and waits until it is ready (RFB answering, X display usable), or
+    /// queues it.
+    async fn start(&self, req: StartRequest) -> Result<Launch, LaunchError>;
+
+    /// Where a queued desktop is. Launchers that never queue never get asked.
+    async fn progress(&self, target: &Target) -> Result<Progress, LaunchError> {
+        let _ = target;
+        Ok(Progress::Failed(
+            "this launcher does not queue desktops".into(),
+        ))
+    }
 
     /// Stops a desktop and every process of it. Stopping one that is gone succeeds.
     async fn stop(&self, target: &Target) -> Result<(), LaunchError>;
@@ -124,4 +205,7 @@ pub trait Launcher: Send + Sync + 'static {
 
     /// Stops a desktop no session owns.
     async fn stop_orphan(&self, orphan: &Orphan) -> Result<(), LaunchError>;
+
+    /// Every node's probe, probing as `user` where a login is needed.
+    async fn nodes(&self, user: &ComputeUser) -> Vec<NodeReport>;
 }

@@ -178,6 +178,135 @@ pub struct LauncherConfig {
     pub agent: Option<PathBuf>,
     pub display_min: u32,
     pub display_max: u32,
+    /// The `ssh` launcher.
+    pub ssh: SshLauncherConfig,
+    /// The VNC nodes of the `ssh` launcher.
+    pub nodes: Vec<NodeConfig>,
+    /// The `slurm` launcher.
+    pub slurm: SlurmLauncherConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SshLauncherConfig {
+    /// Path of the `hpcdesk` binary on the nodes.
+    pub agent: String,
+    /// The OpenSSH client.
+    pub ssh: String,
+    /// Private key hpcdesk logs in with (as each user).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity: Option<PathBuf>,
+    /// known_hosts file with the nodes' host keys (strict checking is always on).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub known_hosts: Option<PathBuf>,
+    /// An ssh_config file to use instead of the system's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub config_file: Option<PathBuf>,
+    pub connect_timeout: HumanDuration,
+    /// How long an idle ControlMaster connection is kept.
+    pub control_persist: HumanDuration,
+    /// How long a node's probe is reused for placement.
+    pub probe_cache: HumanDuration,
+    /// Concurrent commands per node.
+    pub max_channels: usize,
+    /// Account used to probe nodes for `hpcdesk nodes` (default: the admin's compute user).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub probe_user: Option<String>,
+}
+
+impl Default for SshLauncherConfig {
+    fn default() -> Self {
+        SshLauncherConfig {
+            agent: "/usr/local/bin/hpcdesk".into(),
+            ssh: "ssh".into(),
+            identity: None,
+            known_hosts: None,
+            config_file: None,
+            connect_timeout: HumanDuration(Duration::from_secs(5)),
+            control_persist: HumanDuration(Duration::from_secs(60)),
+            probe_cache: HumanDuration(Duration::from_secs(5)),
+            max_channels: 8,
+            probe_user: None,
+        }
+    }
+}
+
+/// One VNC node of the `ssh` launcher.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// The node's name in session ids.
+    pub name: String,
+    /// Where ssh connects and Xvnc listens (the gateway connects there).
+    pub address: String,
+    #[serde(default = "default_ssh_port")]
+    pub ssh_port: u16,
+    #[serde(default = "default_max_sessions")]
+    pub max_sessions: u32,
+    #[serde(default = "default_max_load")]
+    pub max_load_per_core: f64,
+    #[serde(default = "default_min_free")]
+    pub min_free_mem_mib: u64,
+}
+
+fn default_ssh_port() -> u16 {
+    22
+}
+fn default_max_sessions() -> u32 {
+    20
+}
+fn default_max_load() -> f64 {
+    2.0
+}
+fn default_min_free() -> u64 {
+    512
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SlurmLauncherConfig {
+    /// Path of the `hpcdesk` binary on the compute nodes.
+    pub agent: String,
+    /// The node part of Slurm session ids (`slurm--user--SIG--n`).
+    pub id_prefix: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partition: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
+    pub time_limit: String,
+    pub cpus: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory: Option<String>,
+    /// More sbatch options, one word each.
+    pub extra_args: Vec<String>,
+    /// Where Xvnc listens in the job: `hostname`, `localhost` or an address.
+    pub listen: String,
+    pub sbatch: String,
+    pub squeue: String,
+    pub scancel: String,
+    pub scontrol: String,
+    pub sinfo: String,
+}
+
+impl Default for SlurmLauncherConfig {
+    fn default() -> Self {
+        SlurmLauncherConfig {
+            agent: "/usr/local/bin/hpcdesk".into(),
+            id_prefix: "slurm".into(),
+            partition: None,
+            account: None,
+            time_limit: "8:00:00".into(),
+            cpus: 1,
+            memory: None,
+            extra_args: Vec::new(),
+            listen: "hostname".into(),
+            sbatch: "sbatch".into(),
+            squeue: "squeue".into(),
+            scancel: "scancel".into(),
+            scontrol: "scontrol".into(),
+            sinfo: "sinfo".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -262,6 +391,9 @@ impl Default for LauncherConfig {
             agent: None,
             display_min: 1,
             display_max: 99,
+            ssh: SshLauncherConfig::default(),
+            nodes: Vec::new(),
+            slurm: SlurmLauncherConfig::default(),
         }
     }
 }
@@ -450,6 +582,31 @@ impl Config {
         if let Some(n) = &self.launcher.node_name {
             hpcdesk_core::NodeName::parse(n).map_err(|e| invalid("launcher.node_name", e))?;
         }
+        let mut seen = std::collections::HashSet::new();
+        for n in &self.launcher.nodes {
+            hpcdesk_core::NodeName::parse(&n.name)
+                .map_err(|e| invalid("launcher.nodes", format!("{:?}: {e}", n.name)))?;
+            if !seen.insert(n.name.clone()) {
+                return Err(invalid(
+                    "launcher.nodes",
+                    format!("{} is listed twice", n.name),
+                ));
+            }
+            if n.address.trim().is_empty() || n.address.starts_with('-') {
+                return Err(invalid(
+                    "launcher.nodes",
+                    format!("{}: bad address", n.name),
+                ));
+            }
+        }
+        if self.launcher.kind == LauncherKind::Ssh && self.launcher.nodes.is_empty() {
+            return Err(invalid(
+                "launcher.nodes",
+                "launcher.kind = \"ssh\" needs at least one [[launcher.nodes]] entry",
+            ));
+        }
+        hpcdesk_core::NodeName::parse(&self.launcher.slurm.id_prefix)
+            .map_err(|e| invalid("launcher.slurm.id_prefix", e))?;
         if let Some(url) = &self.server.public_url {
             let uri: axum::http::Uri = url
                 .parse()

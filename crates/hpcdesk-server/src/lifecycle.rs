@@ -55,7 +55,8 @@ pub async fn reconcile(app: &AppState) -> Result<ReconcileReport, ApiError> {
         chrono::Duration::from_std(app.config.launcher.start_timeout.0 + Duration::from_secs(60))
             .map_err(ApiError::internal)?;
     for rec in app.store.sessions_in(&[SessionState::Starting]).await? {
-        if now - rec.updated_at > stale_after {
+        // Queued desktops (with a handle) are followed by the pending watcher instead.
+        if rec.handle.is_empty() && now - rec.updated_at > stale_after {
             app.store
                 .transition(
                     &rec.key,
@@ -73,7 +74,7 @@ pub async fn reconcile(app: &AppState) -> Result<ReconcileReport, ApiError> {
     let (recs, targets): (Vec<_>, Vec<_>) = running
         .iter()
         .filter(|r| r.launcher == app.launcher.kind())
-        .filter_map(|r| Some((r, sessions::target(r)?)))
+        .map(|r| (r, sessions::target(r)))
         .unzip();
     let survey = app
         .launcher
@@ -86,6 +87,30 @@ pub async fn reconcile(app: &AppState) -> Result<ReconcileReport, ApiError> {
             Liveness::Alive => {}
             Liveness::Unknown(why) => {
                 tracing::warn!(key = %rec.key, "cannot check desktop: {why}");
+            }
+            Liveness::Ended(reason) => {
+                let moved = app
+                    .store
+                    .transition(
+                        &rec.key,
+                        &[SessionState::Running],
+                        SessionState::Stopped,
+                        reason,
+                        app.clock.now(),
+                    )
+                    .await?;
+                if moved {
+                    app.store.revoke_grants(&rec.key).await?;
+                    app.gateway
+                        .registry
+                        .close_session(&rec.key, hpcdesk_gateway::CloseReason::SessionDeleted);
+                    report.failed += 1;
+                    tracing::info!(
+                        session = ?rec.session_id.as_ref().map(ToString::to_string),
+                        reason = %reason,
+                        "desktop ended outside hpcdesk; session stopped"
+                    );
+                }
             }
             Liveness::Gone(reason) => {
                 let moved = app
@@ -152,6 +177,45 @@ pub async fn reconcile(app: &AppState) -> Result<ReconcileReport, ApiError> {
         tracing::debug!(purged, "expired grants removed");
     }
     Ok(report)
+}
+
+/// Follows queued desktops (Slurm jobs) until they run, fail or end.
+pub async fn follow_queued(app: &AppState) -> Result<usize, ApiError> {
+    let recs = app
+        .store
+        .sessions_in(&[SessionState::Pending, SessionState::Starting])
+        .await?;
+    let mut n = 0;
+    for rec in recs
+        .iter()
+        .filter(|r| !r.handle.is_empty() && r.launcher == app.launcher.kind())
+    {
+        sessions::advance(app, rec).await?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// Runs [`follow_queued`] every two seconds (or every reconcile interval, if shorter).
+pub async fn queued_loop(app: AppState, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    let every = app
+        .config
+        .lifecycle
+        .reconcile_every
+        .0
+        .clamp(Duration::from_millis(100), Duration::from_secs(2));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                if let Err(e) = follow_queued(&app).await {
+                    tracing::error!(error = %e, "following queued desktops failed");
+                }
+            }
+            _ = shutdown.changed() => return,
+        }
+    }
 }
 
 /// Runs reconcile every `lifecycle.reconcile_every` until `shutdown` fires.

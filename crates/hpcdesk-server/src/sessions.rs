@@ -17,7 +17,7 @@ use chrono::{DateTime, Local, SecondsFormat, Utc};
 use hpcdesk_core::claims::Action;
 use hpcdesk_core::wire::{LaunchUrl, SessionItem};
 use hpcdesk_core::{SessionId, SessionState};
-use hpcdesk_launcher::{LaunchError, StartRequest, Target};
+use hpcdesk_launcher::{Launch, LaunchError, Launched, Progress, Queued, StartRequest, Target};
 use hpcdesk_store::{Claim, GrantRecord, NewSession, SessionRecord, Started};
 use sha2::{Digest, Sha256};
 
@@ -93,14 +93,16 @@ pub fn item(rec: &SessionRecord, connections: u32) -> SessionItem {
     }
 }
 
-pub fn target(rec: &SessionRecord) -> Option<Target> {
-    Some(Target {
+pub fn target(rec: &SessionRecord) -> Target {
+    Target {
         key: rec.key.clone(),
         compute_user: rec.compute_user.clone(),
-        node: rec.node.clone()?,
-        display: rec.display?,
+        node: rec.node.clone(),
+        display: rec.display,
+        host: rec.host.clone(),
+        port: rec.port,
         handle: rec.handle.clone(),
-    })
+    }
 }
 
 fn launch_error(e: LaunchError) -> ApiError {
@@ -182,7 +184,8 @@ async fn start(
         })
         .await;
     let launched = match launched {
-        Ok(l) => l,
+        Ok(Launch::Ready(l)) => l,
+        Ok(Launch::Queued(q)) => return queued(app, rec, q, &password).await,
         Err(e) => {
             let at = match &e {
                 LaunchError::FailedAt { node, display, .. } => {
@@ -200,11 +203,21 @@ async fn start(
     for w in &launched.warnings {
         tracing::warn!(user = %compute_user, "desktop started with a warning: {w}");
     }
-    let id = SessionId::new(
-        launched.node.clone(),
-        compute_user.clone(),
-        launched.display,
-    );
+    let id = SessionId::new(launched.node.clone(), compute_user, launched.display);
+    let sealed = app.server_key.seal_at_rest(&password);
+    let rec = ready(app, &rec, id, launched, sealed).await?;
+    Ok(item(&rec, 0))
+}
+
+/// Records a desktop that is ready. If its row was stopped meanwhile (or the store fails),
+/// the desktop is stopped: it must not outlive the record that lets anyone find it.
+async fn ready(
+    app: &AppState,
+    rec: &SessionRecord,
+    id: SessionId,
+    launched: Launched,
+    vnc_password_sealed: Vec<u8>,
+) -> Result<SessionRecord, ApiError> {
     let stored = app
         .store
         .session_started(
@@ -215,7 +228,7 @@ async fn start(
                 display: launched.display,
                 host: launched.host.clone(),
                 port: launched.port,
-                vnc_password_sealed: app.server_key.seal_at_rest(&password),
+                vnc_password_sealed,
                 handle: launched.handle.clone(),
                 state: SessionState::Running,
                 now: app.clock.now(),
@@ -225,19 +238,16 @@ async fn start(
     match stored {
         Ok(Some(rec)) => {
             tracing::info!(session = %id, host = %launched.host, port = launched.port, "desktop running");
-            Ok(item(&rec, 0))
+            Ok(rec)
         }
         other => {
-            // The row was stopped meanwhile, or the store failed: the desktop must not
-            // outlive the record that would let anyone find and stop it.
-            let target = Target {
-                key: rec.key.clone(),
-                compute_user,
-                node: launched.node,
-                display: launched.display,
-                handle: launched.handle,
-            };
-            if let Err(e) = app.launcher.stop(&target).await {
+            let mut t = target(rec);
+            t.node = Some(launched.node);
+            t.display = Some(launched.display);
+            t.host = Some(launched.host);
+            t.port = Some(launched.port);
+            t.handle = launched.handle;
+            if let Err(e) = app.launcher.stop(&t).await {
                 tracing::error!(session = %id, error = %e, "could not stop an unrecorded desktop");
             }
             match other {
@@ -250,13 +260,140 @@ async fn start(
     }
 }
 
+/// A queued desktop (Slurm): recorded `pending` under its id, then followed for up to
+/// `launcher.start_timeout`; if it is not ready by then the create answers `pending` and the
+/// background watcher carries on.
+async fn queued(
+    app: &AppState,
+    rec: SessionRecord,
+    q: Queued,
+    password: &[u8],
+) -> Result<SessionItem, ApiError> {
+    let sealed = app.server_key.seal_at_rest(password);
+    let Some(mut rec) = app
+        .store
+        .session_queued(
+            &rec.key,
+            &q.session_id,
+            &q.handle,
+            &sealed,
+            &q.reason,
+            app.clock.now(),
+        )
+        .await?
+    else {
+        let _ = app.launcher.stop(&target(&rec)).await;
+        return Err(ApiError::Desktop(
+            "the session was stopped while its desktop was being queued".into(),
+        ));
+    };
+    tracing::info!(session = %q.session_id, reason = %q.reason, "desktop queued");
+    let deadline = tokio::time::Instant::now() + app.config.launcher.start_timeout.0;
+    loop {
+        match rec.state {
+            SessionState::Running => return Ok(view(app, &rec)),
+            SessionState::Failed | SessionState::Stopped => {
+                return Err(ApiError::Desktop(rec.status_reason));
+            }
+            _ if tokio::time::Instant::now() >= deadline => return Ok(view(app, &rec)),
+            _ => {}
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        rec = advance(app, &rec).await?;
+    }
+}
+
+/// One step of a queued desktop: asks the launcher where it is and records the answer.
+/// Returns the session as it is now.
+pub async fn advance(app: &AppState, rec: &SessionRecord) -> Result<SessionRecord, ApiError> {
+    let t = target(rec);
+    let now = app.clock.now();
+    match app.launcher.progress(&t).await {
+        Ok(Progress::Pending(reason)) => {
+            app.store
+                .session_progress(&rec.key, SessionState::Pending, &reason, now)
+                .await?;
+        }
+        Ok(Progress::Starting(reason)) => {
+            app.store
+                .session_progress(&rec.key, SessionState::Starting, &reason, now)
+                .await?;
+        }
+        Ok(Progress::Ready(launched)) => {
+            let (Some(id), Some(sealed)) =
+                (rec.session_id.clone(), rec.vnc_password_sealed.clone())
+            else {
+                return Err(ApiError::internal(std::io::Error::other(
+                    "a queued session without id or password",
+                )));
+            };
+            ready(app, rec, id, launched, sealed).await?;
+        }
+        Ok(Progress::Failed(reason)) => {
+            let moved = app
+                .store
+                .transition(
+                    &rec.key,
+                    &[SessionState::Pending, SessionState::Starting],
+                    SessionState::Failed,
+                    &reason,
+                    now,
+                )
+                .await?;
+            if moved {
+                tracing::warn!(key = %rec.key, %reason, "queued desktop failed");
+                audit::record(
+                    app,
+                    Kind::SessionFailed,
+                    &rec.owner,
+                    &id_text(rec),
+                    "",
+                    reason,
+                )
+                .await;
+                let _ = app.launcher.stop(&t).await;
+            }
+        }
+        Ok(Progress::Ended(reason)) => {
+            if app
+                .store
+                .transition(
+                    &rec.key,
+                    &[SessionState::Pending, SessionState::Starting],
+                    SessionState::Stopped,
+                    &reason,
+                    now,
+                )
+                .await?
+            {
+                app.store.revoke_grants(&rec.key).await?;
+            }
+        }
+        Err(e) => tracing::warn!(key = %rec.key, error = %e, "cannot follow a queued desktop"),
+    }
+    app.store
+        .session_by_key(&rec.key)
+        .await?
+        .ok_or_else(|| ApiError::internal(std::io::Error::other("session vanished")))
+}
+
+fn id_text(rec: &SessionRecord) -> String {
+    rec.session_id
+        .as_ref()
+        .map(ToString::to_string)
+        .unwrap_or_default()
+}
+
 /// The answer to a create when the user already has a live session.
 async fn existing(app: &AppState, mut rec: SessionRecord) -> Result<SessionItem, ApiError> {
-    // Another request is starting it: wait for that start to finish (it is bounded by the
-    // launcher's own timeout).
+    // Another request is starting it here and now (not a queued desktop, which has a
+    // handle): wait for that start to finish (it is bounded by the launcher's own timeout).
     let give_up = app.config.launcher.start_timeout.0 + Duration::from_secs(15);
     let deadline = tokio::time::Instant::now() + give_up;
-    while rec.state == SessionState::Starting && tokio::time::Instant::now() < deadline {
+    while rec.state == SessionState::Starting
+        && rec.handle.is_empty()
+        && tokio::time::Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(100)).await;
         rec = match app.store.session_by_key(&rec.key).await? {
             Some(r) => r,
@@ -269,6 +406,7 @@ async fn existing(app: &AppState, mut rec: SessionRecord) -> Result<SessionItem,
     }
     match rec.state {
         SessionState::Running | SessionState::Pending => Ok(view(app, &rec)),
+        SessionState::Starting if !rec.handle.is_empty() => Ok(view(app, &rec)),
         SessionState::Starting => Err(ApiError::Desktop(
             "your desktop is still starting; try again shortly".into(),
         )),
@@ -342,15 +480,13 @@ pub async fn stop(app: &AppState, rec: &SessionRecord, reason: &str) -> Result<(
     app.gateway
         .registry
         .close_session(&rec.key, hpcdesk_gateway::CloseReason::SessionDeleted);
-    if let Some(target) = target(rec) {
-        match app.launcher.stop(&target).await {
-            Ok(()) => {}
-            // A failed session's desktop is already gone; leftovers are best effort.
-            Err(e) if rec.state == SessionState::Failed => {
-                tracing::warn!(key = %rec.key, error = %e, "cleanup of a failed desktop failed");
-            }
-            Err(e) => return Err(launch_error(e)),
+    match app.launcher.stop(&target(rec)).await {
+        Ok(()) => {}
+        // A failed session's desktop is already gone; leftovers are best effort.
+        Err(e) if rec.state == SessionState::Failed => {
+            tracing::warn!(key = %rec.key, error = %e, "cleanup of a failed desktop failed");
         }
+        Err(e) => return Err(launch_error(e)),
     }
     app.store
         .transition(

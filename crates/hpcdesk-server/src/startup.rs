@@ -10,7 +10,11 @@ use std::sync::Arc;
 use hpcdesk_core::NodeName;
 use hpcdesk_core::seal::ServerKey;
 use hpcdesk_gateway::{Gateway, GatewayConfig, Registry};
-use hpcdesk_launcher::{Launcher, LocalConfig, LocalLauncher};
+use hpcdesk_launcher::remote::DesktopSettings;
+use hpcdesk_launcher::{
+    Launcher, LocalConfig, LocalLauncher, NodeSpec, SlurmConfig, SlurmLauncher, SshConfig,
+    SshLauncher,
+};
 use hpcdesk_store::{SqliteStore, Store};
 
 use crate::auth::TokenVerifier;
@@ -119,32 +123,98 @@ pub fn node_name(config: &Config) -> Result<NodeName, StartupError> {
     })
 }
 
+fn desktop_settings(config: &Config) -> DesktopSettings {
+    let l = &config.launcher;
+    DesktopSettings {
+        xvnc: l.xvnc.clone(),
+        desktop: l.desktop.clone(),
+        depth: l.depth,
+        display_min: l.display_min,
+        display_max: l.display_max,
+        start_timeout: l.start_timeout.0,
+    }
+}
+
+fn this_binary() -> Result<PathBuf, StartupError> {
+    std::env::current_exe()
+        .map_err(|e| StartupError::Launcher(format!("cannot find the hpcdesk binary: {e}")))
+}
+
 pub fn build_launcher(config: &Config) -> Result<Arc<dyn Launcher>, StartupError> {
     let l = &config.launcher;
+    let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".to_owned());
+    let local_agent = match &l.agent {
+        Some(p) => p.clone(),
+        None => this_binary()?,
+    };
     match l.kind {
-        LauncherKind::Local => {
-            let agent = match &l.agent {
-                Some(p) => p.clone(),
-                None => std::env::current_exe().map_err(|e| {
-                    StartupError::Launcher(format!("cannot find the hpcdesk binary: {e}"))
-                })?,
-            };
-            Ok(Arc::new(LocalLauncher::new(LocalConfig {
-                agent,
-                node: node_name(config)?,
-                xvnc: l.xvnc.clone(),
-                desktop: l.desktop.clone(),
-                depth: l.depth,
-                display_min: l.display_min,
-                display_max: l.display_max,
-                start_timeout: l.start_timeout.0,
-                path: std::env::var("PATH")
-                    .unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".to_owned()),
+        LauncherKind::Local => Ok(Arc::new(LocalLauncher::new(LocalConfig {
+            agent: local_agent,
+            node: node_name(config)?,
+            desktop: desktop_settings(config),
+            path,
+        }))),
+        LauncherKind::Ssh => {
+            let s = &l.ssh;
+            let nodes = l
+                .nodes
+                .iter()
+                .map(|n| {
+                    Ok(NodeSpec {
+                        name: NodeName::parse(&n.name)
+                            .map_err(|e| StartupError::Launcher(e.to_string()))?,
+                        address: n.address.clone(),
+                        ssh_port: n.ssh_port,
+                        max_sessions: n.max_sessions,
+                        max_load_per_core: n.max_load_per_core,
+                        min_free_mem_mib: n.min_free_mem_mib,
+                    })
+                })
+                .collect::<Result<Vec<_>, StartupError>>()?;
+            let launcher = SshLauncher::new(SshConfig {
+                ssh: s.ssh.clone(),
+                agent: s.agent.clone(),
+                identity: s.identity.clone(),
+                known_hosts: s.known_hosts.clone(),
+                config_file: s.config_file.clone(),
+                control_dir: config.server.data_dir.join("ssh"),
+                control_persist: s.control_persist.0,
+                connect_timeout: s.connect_timeout.0,
+                probe_cache: s.probe_cache.0,
+                max_channels: s.max_channels,
+                nodes,
+                desktop: desktop_settings(config),
+            })
+            .map_err(|e| StartupError::Launcher(e.to_string()))?;
+            Ok(Arc::new(launcher))
+        }
+        LauncherKind::Slurm => {
+            let s = &l.slurm;
+            let env = std::env::vars()
+                .filter(|(k, _)| k.starts_with("SLURM_"))
+                .collect();
+            Ok(Arc::new(SlurmLauncher::new(SlurmConfig {
+                local_agent,
+                node_agent: s.agent.clone(),
+                id_prefix: NodeName::parse(&s.id_prefix)
+                    .map_err(|e| StartupError::Launcher(e.to_string()))?,
+                sbatch: s.sbatch.clone(),
+                squeue: s.squeue.clone(),
+                scancel: s.scancel.clone(),
+                scontrol: s.scontrol.clone(),
+                sinfo: s.sinfo.clone(),
+                partition: s.partition.clone(),
+                account: s.account.clone(),
+                time_limit: s.time_limit.clone(),
+                cpus: s.cpus,
+                memory: s.memory.clone(),
+                extra_args: s.extra_args.clone(),
+                listen: s.listen.clone(),
+                desktop: desktop_settings(config),
+                path,
+                env,
             })))
         }
-        other => Err(StartupError::Launcher(format!(
-            "launcher.kind = {other:?} is not available in this version; use \"local\""
-        ))),
     }
 }
 
@@ -237,6 +307,7 @@ pub async fn serve(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let reconcile = tokio::spawn(lifecycle::reconcile_loop(state.clone(), stop_rx.clone()));
     let sweep = tokio::spawn(lifecycle::sweep_loop(state.clone(), stop_rx.clone()));
+    let queued = tokio::spawn(lifecycle::queued_loop(state.clone(), stop_rx.clone()));
     let gateway = state.gateway.clone();
     let router = routes::router(state);
 
@@ -294,6 +365,7 @@ pub async fn serve(
     .await;
     let _ = reconcile.await;
     let _ = sweep.await;
+    let _ = queued.await;
     // Viewers get a "going away" close frame and reconnect to the next instance.
     gateway
         .registry

@@ -183,6 +183,30 @@ pub trait Store: Send + Sync + 'static {
         started: Started,
     ) -> Result<Option<SessionRecord>, StoreError>;
 
+    /// Records that a reserved session's desktop was queued (a Slurm job): it gets its id,
+    /// the launcher's handle, its sealed VNC password and the reason it waits, and becomes
+    /// `pending`. `None` if the
+    /// row is no longer being started.
+    async fn session_queued(
+        &self,
+        key: &str,
+        session_id: &SessionId,
+        handle: &str,
+        vnc_password_sealed: &[u8],
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<SessionRecord>, StoreError>;
+
+    /// Updates a queued session that is still pending or starting: its state (`pending` or
+    /// `starting`) and the reason shown. Returns whether the row was updated.
+    async fn session_progress(
+        &self,
+        key: &str,
+        state: SessionState,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
     /// Records that starting a reserved session failed, and where (so the failure is listed
     /// under its id with `reason`), if the row is still being started.
     async fn start_failed(

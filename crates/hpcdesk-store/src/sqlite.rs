@@ -345,6 +345,74 @@ impl Store for SqliteStore {
         Ok(rec)
     }
 
+    async fn session_queued(
+        &self,
+        key: &str,
+        session_id: &SessionId,
+        handle: &str,
+        vnc_password_sealed: &[u8],
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<SessionRecord>, StoreError> {
+        let id = session_id.to_string();
+        let now = millis(now);
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "UPDATE sessions SET state = 'stopped', updated_at = $3, \
+             status_reason = 'id reused by a newer session' \
+             WHERE session_id = $1 AND key <> $2 AND state <> 'stopped'",
+        )
+        .bind(&id)
+        .bind(key)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let done = sqlx::query(
+            "UPDATE sessions SET session_id = $2, handle = $3, state = 'pending', \
+             status_reason = $4, updated_at = $5, vnc_password = $6 \
+             WHERE key = $1 AND state IN ('pending', 'starting')",
+        )
+        .bind(key)
+        .bind(&id)
+        .bind(handle)
+        .bind(reason)
+        .bind(now)
+        .bind(vnc_password_sealed)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        let rec = session_in_tx(&mut tx, key).await?;
+        tx.commit().await?;
+        Ok(rec)
+    }
+
+    async fn session_progress(
+        &self,
+        key: &str,
+        state: SessionState,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        if !matches!(state, SessionState::Pending | SessionState::Starting) {
+            return Ok(false);
+        }
+        let done = sqlx::query(
+            "UPDATE sessions SET state = $2, status_reason = $3, updated_at = $4 \
+             WHERE key = $1 AND state IN ('pending', 'starting') \
+             AND (state <> $2 OR status_reason <> $3)",
+        )
+        .bind(key)
+        .bind(state.as_str())
+        .bind(reason)
+        .bind(millis(now))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
     #[tracing::instrument(level = "debug", skip(self, reason))]
     async fn start_failed(
         &self,

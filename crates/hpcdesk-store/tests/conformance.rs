@@ -285,6 +285,66 @@ async fn activity_only_moves_forward(store: Arc<dyn Store>) {
     );
 }
 
+async fn a_queued_session_is_listed_pending_and_can_start_later(store: Arc<dyn Store>) {
+    let rec = claimed(store.claim_session(new_session("u10")).await.unwrap());
+    let id = SessionId::parse("slurm--alice--SIG--123").unwrap();
+    let q = store
+        .session_queued(
+            &rec.key,
+            &id,
+            "{\"job\":123}",
+            &[7, 7],
+            "queued: Resources",
+            Utc::now(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(q.state, SessionState::Pending);
+    assert_eq!(q.vnc_password_sealed.as_deref(), Some(&[7u8, 7][..]));
+    assert_eq!(q.session_id.as_ref(), Some(&id));
+    let listed = store.list_sessions(Some("u10")).await.unwrap();
+    assert_eq!(
+        (listed.len(), listed[0].status_reason.as_str()),
+        (1, "queued: Resources")
+    );
+    assert!(
+        store
+            .session_progress(&rec.key, SessionState::Starting, "runs on n1", Utc::now())
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .session_progress(&rec.key, SessionState::Starting, "runs on n1", Utc::now())
+            .await
+            .unwrap(),
+        "nothing changed"
+    );
+    // A new claim by the same owner returns the queued session.
+    assert!(matches!(
+        store.claim_session(new_session("u10")).await.unwrap(),
+        Claim::Existing(_)
+    ));
+    let mut s = started(21);
+    s.session_id = id.clone();
+    let running = store.session_started(&rec.key, s).await.unwrap().unwrap();
+    assert_eq!(running.state, SessionState::Running);
+    assert_eq!(
+        running.session_id.as_ref(),
+        Some(&id),
+        "the queued id stays"
+    );
+    assert_eq!(running.display.unwrap().get(), 21);
+    assert!(
+        !store
+            .session_progress(&rec.key, SessionState::Pending, "x", Utc::now())
+            .await
+            .unwrap(),
+        "a running session is not pending again"
+    );
+}
+
 async fn grants_are_found_by_hash_and_revoked(store: Arc<dyn Store>) {
     let rec = claimed(store.claim_session(new_session("u6")).await.unwrap());
     let now = Utc::now();
@@ -501,5 +561,6 @@ mod sqlite {
         accounts_orgs_and_keys_are_kept,
         a_signature_can_be_used_once,
         the_audit_log_filters_by_user_and_time,
+        a_queued_session_is_listed_pending_and_can_start_later,
     );
 }

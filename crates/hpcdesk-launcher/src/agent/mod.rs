@@ -14,6 +14,7 @@
 //! Replies are one JSON line on stdout ([`protocol`]); errors are JSON too, with exit code 1.
 
 mod display;
+pub mod job;
 pub mod procs;
 pub mod protocol;
 
@@ -44,13 +45,16 @@ pub enum Listen {
 }
 
 impl Listen {
+    /// `localhost`, an IP address, or `hostname` (this machine's first non-loopback address,
+    /// for desktops on nodes whose address is not known in advance, like Slurm's).
     pub fn parse(s: &str) -> Result<Listen, String> {
-        if s == "localhost" {
-            return Ok(Listen::Localhost);
+        match s {
+            "localhost" => Ok(Listen::Localhost),
+            "hostname" => own_address().map(Listen::Interface),
+            _ => s.parse().map(Listen::Interface).map_err(|_| {
+                format!("--listen must be \"localhost\", \"hostname\" or an IP address, not {s:?}")
+            }),
         }
-        s.parse()
-            .map(Listen::Interface)
-            .map_err(|_| format!("--listen must be \"localhost\" or an IP address, not {s:?}"))
     }
 
     fn connect_addr(self) -> IpAddr {
@@ -59,6 +63,27 @@ impl Listen {
             Listen::Interface(a) => a,
         }
     }
+}
+
+/// This machine's address as its host name resolves, preferring IPv4, never loopback.
+fn own_address() -> Result<IpAddr, String> {
+    use std::net::ToSocketAddrs;
+    let host = nix::unistd::gethostname()
+        .map_err(|e| format!("cannot read the host name: {e}"))?
+        .to_string_lossy()
+        .into_owned();
+    let addrs: Vec<IpAddr> = (host.as_str(), 0)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {host}: {e}"))?
+        .map(|a| a.ip())
+        .filter(|ip| !ip.is_loopback())
+        .collect();
+    addrs
+        .iter()
+        .find(|ip| ip.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| format!("{host} resolves to no address other than loopback"))
 }
 
 /// Everything `start` needs besides the password.
@@ -133,7 +158,7 @@ fn desktop_dir(home: &Path, node: &str, display: u32) -> PathBuf {
     desktops_root(home).join(format!("{node}-{display}"))
 }
 
-fn write_private(path: &Path, bytes: &[u8]) -> Result<(), AgentError> {
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> Result<(), AgentError> {
     let _ = fs::remove_file(path);
     let mut f = fs::File::options()
         .write(true)
@@ -144,7 +169,7 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), AgentError> {
     f.write_all(bytes).map_err(|e| io_err("write", path, e))
 }
 
-fn make_private_dir(path: &Path) -> Result<(), AgentError> {
+pub(crate) fn make_private_dir(path: &Path) -> Result<(), AgentError> {
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -466,7 +491,7 @@ fn find_in_path(name: &str) -> Option<String> {
 }
 
 /// Signals every process of a desktop, then escalates to SIGKILL after `grace`.
-fn kill_desktop(uid: u32, marker: &str, extra: &[i32], grace: Duration) -> usize {
+pub(crate) fn kill_desktop(uid: u32, marker: &str, extra: &[i32], grace: Duration) -> usize {
     let mut targets = procs::marked(uid, marker);
     for p in extra {
         if procs::alive(*p) && !targets.contains(p) {

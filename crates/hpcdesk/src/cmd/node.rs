@@ -46,6 +46,46 @@ pub enum Command {
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         timeout: Duration,
     },
+    /// (Slurm job) Run a desktop in the foreground until its Xvnc ends or TERM arrives.
+    Job {
+        /// The job directory key (from job-prepare).
+        #[arg(long)]
+        key: String,
+        #[arg(long, default_value_t = default_node())]
+        node: String,
+        #[arg(long, default_value = "Xvnc")]
+        xvnc: String,
+        #[arg(long)]
+        desktop: Option<String>,
+        #[arg(long, default_value = "1920x1080")]
+        geometry: String,
+        #[arg(long, default_value_t = 24)]
+        depth: u8,
+        #[arg(long, default_value_t = 1)]
+        display_min: u32,
+        #[arg(long, default_value_t = 99)]
+        display_max: u32,
+        /// "localhost", "hostname" (this node's address) or an IP address.
+        #[arg(long, default_value = "hostname")]
+        listen: String,
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+    /// (Slurm) Store a job's VNC password (stdin) in its job directory.
+    JobPrepare {
+        #[arg(long)]
+        key: String,
+    },
+    /// (Slurm) Whether a job's desktop is ready, and the tail of its output.
+    JobReport {
+        #[arg(long)]
+        key: String,
+    },
+    /// (Slurm) Remove a job's directory.
+    JobClean {
+        #[arg(long)]
+        key: String,
+    },
     /// Stop the desktop on a display, with every process of it.
     Stop {
         #[arg(long, default_value_t = default_node())]
@@ -119,6 +159,53 @@ pub fn run(c: Command) -> ExitCode {
                 &password,
             )
         })()),
+        Command::Job {
+            key,
+            node,
+            xvnc,
+            desktop,
+            geometry,
+            depth,
+            display_min,
+            display_max,
+            listen,
+            timeout,
+        } => {
+            let run = (|| {
+                let listen = Listen::parse(&listen).map_err(|e| AgentError {
+                    kind: ErrorKind::Usage,
+                    error: e,
+                    display: None,
+                })?;
+                agent::job::run(
+                    &key,
+                    &StartArgs {
+                        node,
+                        xvnc,
+                        desktop,
+                        geometry,
+                        depth,
+                        display_min,
+                        display_max,
+                        listen,
+                        timeout,
+                    },
+                )
+            })();
+            match run {
+                Ok(reason) => {
+                    println!("{}", serde_json::json!({ "ended": reason }));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => reply::<()>(Err(e)),
+            }
+        }
+        Command::JobPrepare { key } => reply(
+            agent::read_password(std::io::stdin().lock())
+                .and_then(|pw| agent::job::prepare(&key, &pw)),
+        ),
+        Command::JobReport { key } => reply(agent::job::report(&key)),
+        Command::JobClean { key } => reply(agent::job::clean(&key).map(|()| serde_json::json!({}))),
         Command::Stop { node, display } => reply(agent::stop(&node, display)),
         Command::List { node } => reply(Ok::<_, AgentError>(agent::list(&node))),
         Command::Probe { node } => reply(Ok::<_, AgentError>(agent::probe(&node))),

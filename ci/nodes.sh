@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# Test "VNC nodes" for the ssh launcher: network namespaces vnode1 (10.213.1.2) and vnode2
+# (10.213.2.2), each running its own sshd with its own host name and its own /tmp (so X
+# display locks do not collide), reachable from this host over veth pairs. Homes and
+# /var/tmp are shared, as homes are on a cluster. Needs root, iproute2 and openssh-server.
+#   ci/nodes.sh up [vnode1 vnode2]     create / start (idempotent)
+#   ci/nodes.sh down [vnode1 vnode2]   stop everything in the node and remove it
+#   ci/nodes.sh env                    print the variables tests read
+set -euo pipefail
+
+DIR=${HPCDESK_NODES_DIR:-/var/tmp/hpcdesk-nodes}
+TUSER=${HPCDESK_TEST_USER:-hdtest}
+action=${1:-up}
+shift || true
+nodes=("$@")
+[ "${#nodes[@]}" -gt 0 ] || nodes=(vnode1 vnode2)
+
+index() { echo "${1#vnode}"; }
+
+keys() {
+  mkdir -p "$DIR/ssh/keys"
+  chmod 755 "$DIR" "$DIR/ssh" "$DIR/ssh/keys"
+  [ -f "$DIR/ssh/host_ed25519" ] || ssh-keygen -q -t ed25519 -N '' -f "$DIR/ssh/host_ed25519"
+  [ -f "$DIR/ssh/client_ed25519" ] || ssh-keygen -q -t ed25519 -N '' -f "$DIR/ssh/client_ed25519"
+  cp "$DIR/ssh/client_ed25519.pub" "$DIR/ssh/keys/$TUSER"
+  chmod 644 "$DIR/ssh/keys/$TUSER"
+  : >"$DIR/ssh/known_hosts"
+  for n in vnode1 vnode2; do
+    echo "10.213.$(index "$n").2 $(cut -d' ' -f1,2 "$DIR/ssh/host_ed25519.pub")" >>"$DIR/ssh/known_hosts"
+  done
+  mkdir -p -m 0755 /run/sshd
+}
+
+up() { # name
+  local n=$1 i
+  i=$(index "$n")
+  ip netns list | grep -qw "$n" || ip netns add "$n"
+  if ! ip link show "vh-$n" >/dev/null 2>&1; then
+    ip link add "vh-$n" type veth peer name eth0 netns "$n"
+    ip addr add "10.213.$i.1/24" dev "vh-$n"
+    ip -n "$n" addr add "10.213.$i.2/24" dev eth0
+  fi
+  ip link set "vh-$n" up
+  ip -n "$n" link set eth0 up
+  ip -n "$n" link set lo up
+  mkdir -p "$DIR/$n-tmp"
+  chmod 1777 "$DIR/$n-tmp"
+  cat >"$DIR/sshd_$n.config" <<CONF
+ListenAddress 10.213.$i.2
+Port 22
+HostKey $DIR/ssh/host_ed25519
+PidFile $DIR/sshd_$n.pid
+AuthorizedKeysFile $DIR/ssh/keys/%u
+StrictModes no
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM yes
+PermitRootLogin no
+AllowUsers $TUSER
+X11Forwarding no
+MaxSessions 32
+LogLevel VERBOSE
+CONF
+  if ! (exec 3<>"/dev/tcp/10.213.$i.2/22") 2>/dev/null; then
+    # Own host name and /tmp for the node; sshd in the foreground so the pid is known.
+    setsid ip netns exec "$n" unshare --uts --mount --propagation private sh -c \
+      "hostname $n; mount --rbind '$DIR/$n-tmp' /tmp && exec /usr/sbin/sshd -D -e -f '$DIR/sshd_$n.config'" \
+      </dev/null >"$DIR/sshd_$n.log" 2>&1 &
+    for _ in $(seq 1 100); do
+      (exec 3<>"/dev/tcp/10.213.$i.2/22") 2>/dev/null && break
+      sleep 0.05
+    done
+  fi
+  (exec 3<>"/dev/tcp/10.213.$i.2/22") 2>/dev/null || { echo "sshd on $n did not start:" >&2; cat "$DIR/sshd_$n.log" >&2; exit 1; }
+}
+
+down() { # name
+  local n=$1
+  ip netns list | grep -qw "$n" || return 0
+  for p in $(ip netns pids "$n"); do kill -9 "$p" 2>/dev/null || true; done
+  ip netns del "$n"
+  rm -rf "${DIR:?}/$n-tmp"
+}
+
+case "$action" in
+  up)
+    keys
+    for n in "${nodes[@]}"; do up "$n"; done
+    ;;
+  down)
+    for n in "${nodes[@]}"; do down "$n"; done
+    ;;
+  env)
+    echo "HPCDESK_NODES_DIR=$DIR"
+    ;;
+  *)
+    echo "usage: $0 up|down|env [vnode1 vnode2]" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,148 @@
+//! The agent inside a Slurm job (`hpcdesk node job …`), and its helpers on the hpcdesk side.
+//!
+//! The job directory `~/.hpcdesk/jobs/<key>/` (0700) lives in the user's home, which HPC
+//! clusters share between login and compute nodes: it is how the job and hpcdesk talk.
+//! - `job-prepare` (hpcdesk side, as the user): stores the VNC password (from stdin) 0600;
+//! - `job` (in the batch job): takes and deletes the password, starts the desktop exactly as
+//!   `start` does, writes `report.json` (where it listens), then stays in the foreground until
+//!   the desktop's Xvnc ends or Slurm sends TERM (scancel, time limit) — then it stops every
+//!   process of the desktop and removes the X locks before the job ends;
+//! - `job-report` (hpcdesk side): whether the report is there, and the job log's tail;
+//! - `job-clean`: removes the directory.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::protocol::{AgentError, ErrorKind, StartedDesktop};
+use super::{StartArgs, make_private_dir, procs, write_private};
+use crate::process::Account;
+
+fn err(msg: impl Into<String>) -> AgentError {
+    AgentError {
+        kind: ErrorKind::Failed,
+        error: msg.into(),
+        display: None,
+    }
+}
+
+/// A job key: letters and digits only (it names a directory).
+fn check_key(key: &str) -> Result<(), AgentError> {
+    if key.is_empty() || key.len() > 64 || !key.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(AgentError {
+            kind: ErrorKind::Usage,
+            error: "a job key is 1 to 64 letters and digits".into(),
+            display: None,
+        });
+    }
+    Ok(())
+}
+
+fn job_dir(key: &str) -> Result<PathBuf, AgentError> {
+    check_key(key)?;
+    let me = Account::current().map_err(|e| err(e.to_string()))?;
+    Ok(me.home.join(".hpcdesk").join("jobs").join(key))
+}
+
+/// Reply of `job-prepare`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Prepared {
+    pub dir: String,
+}
+
+/// Reply of `job-report`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobReport {
+    /// Set once the desktop in the job is ready.
+    pub desktop: Option<StartedDesktop>,
+    /// The last lines of the job's output (why it failed, when it did).
+    pub log_tail: String,
+}
+
+pub fn prepare(key: &str, password: &[u8]) -> Result<Prepared, AgentError> {
+    let dir = job_dir(key)?;
+    make_private_dir(&dir)?;
+    write_private(&dir.join("passwd.in"), password)?;
+    Ok(Prepared {
+        dir: dir.display().to_string(),
+    })
+}
+
+fn log_tail(dir: &Path) -> String {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return String::new();
+    };
+    let mut text = String::new();
+    for e in entries.flatten() {
+        if e.file_name().to_string_lossy().starts_with("slurm-") {
+            text = fs::read_to_string(e.path()).unwrap_or_default();
+        }
+    }
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(5)..].join("\n")
+}
+
+pub fn report(key: &str) -> Result<JobReport, AgentError> {
+    let dir = job_dir(key)?;
+    let desktop = fs::read(dir.join("report.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    Ok(JobReport {
+        desktop,
+        log_tail: log_tail(&dir),
+    })
+}
+
+pub fn clean(key: &str) -> Result<(), AgentError> {
+    let dir = job_dir(key)?;
+    let _ = fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// Runs the desktop of a Slurm job in the foreground until Xvnc ends or TERM arrives.
+/// Returns the reason it ended.
+pub fn run(key: &str, args: &StartArgs) -> Result<String, AgentError> {
+    let dir = job_dir(key)?;
+    let pw_file = dir.join("passwd.in");
+    let password = fs::read(&pw_file).map_err(|e| {
+        err(format!(
+            "cannot read {} (is the home directory shared with this node?): {e}",
+            pw_file.display()
+        ))
+    })?;
+    let _ = fs::remove_file(&pw_file);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
+    ] {
+        signal_hook::flag::register(sig, stop.clone())
+            .map_err(|e| err(format!("cannot handle signals: {e}")))?;
+    }
+
+    let started = super::start(args, &password)?;
+    let state_json = serde_json::to_vec(&started).expect("report serialises");
+    write_private(&dir.join("report.json.tmp"), &state_json)?;
+    fs::rename(dir.join("report.json.tmp"), dir.join("report.json"))
+        .map_err(|e| err(format!("cannot write the job report: {e}")))?;
+    println!("{}", String::from_utf8_lossy(&state_json));
+
+    let reason = loop {
+        if stop.load(Ordering::Relaxed) {
+            break "stopped by Slurm (scancel or time limit)".to_owned();
+        }
+        if !procs::alive(started.xvnc_pid) {
+            break "the desktop's VNC server exited".to_owned();
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let _ = fs::remove_file(dir.join("report.json"));
+    let _ = super::stop(&args.node, started.display);
+    Ok(reason)
+}

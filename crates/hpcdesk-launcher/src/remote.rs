@@ -1,0 +1,312 @@
+//! What every launcher says to the node agent and how it reads the answer: the agent's
+//! command lines, its JSON replies, and matching what it sees alive against the store.
+
+use std::time::Duration;
+
+use hpcdesk_core::{DisplayNumber, NodeName};
+use serde::{Deserialize, Serialize};
+
+use crate::agent::{AgentError, ErrorKind, LiveDesktop, StartedDesktop};
+use crate::process::ProcessError;
+use crate::{LaunchError, Launched, Liveness, Orphan, Survey, Target};
+
+/// How desktops are started, whatever the launcher.
+#[derive(Debug, Clone)]
+pub struct DesktopSettings {
+    pub xvnc: String,
+    pub desktop: Option<String>,
+    pub depth: u8,
+    pub display_min: u32,
+    pub display_max: u32,
+    pub start_timeout: Duration,
+}
+
+/// The agent's options for starting a desktop (after `node start` / `node job`).
+pub fn desktop_args(s: &DesktopSettings, geometry: &str, listen: &str) -> Vec<String> {
+    let mut a: Vec<String> = vec![
+        "--xvnc".into(),
+        s.xvnc.clone(),
+        "--geometry".into(),
+        geometry.into(),
+        "--depth".into(),
+        s.depth.to_string(),
+        "--display-min".into(),
+        s.display_min.to_string(),
+        "--display-max".into(),
+        s.display_max.to_string(),
+        "--listen".into(),
+        listen.into(),
+        "--timeout".into(),
+        humantime::format_duration(s.start_timeout).to_string(),
+    ];
+    if let Some(d) = &s.desktop {
+        a.push("--desktop".into());
+        a.push(d.clone());
+    }
+    a
+}
+
+/// `node start --node N …`.
+pub fn start_args(
+    node: &NodeName,
+    s: &DesktopSettings,
+    geometry: &str,
+    listen: &str,
+) -> Vec<String> {
+    let mut a = vec![
+        "node".into(),
+        "start".into(),
+        "--node".into(),
+        node.to_string(),
+    ];
+    a.extend(desktop_args(s, geometry, listen));
+    a
+}
+
+pub fn stop_args(node: &NodeName, display: DisplayNumber) -> Vec<String> {
+    vec![
+        "node".into(),
+        "stop".into(),
+        "--node".into(),
+        node.to_string(),
+        "--display".into(),
+        display.to_string(),
+    ]
+}
+
+pub fn list_args(node: &NodeName) -> Vec<String> {
+    vec![
+        "node".into(),
+        "list".into(),
+        "--node".into(),
+        node.to_string(),
+    ]
+}
+
+pub fn probe_args(node: &NodeName) -> Vec<String> {
+    vec![
+        "node".into(),
+        "probe".into(),
+        "--node".into(),
+        node.to_string(),
+    ]
+}
+
+/// What a launcher stores per desktop the agent started.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Handle {
+    pub pid: i32,
+    pub marker: String,
+}
+
+fn last_json(s: &str) -> Option<String> {
+    s.lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with(['{', '[']))
+        .map(str::to_owned)
+}
+
+/// Parses the agent's reply: its JSON on success, its JSON error otherwise. An error that
+/// names a display is placed on `node`.
+pub fn agent_reply<T: for<'de> Deserialize<'de>>(
+    result: Result<String, ProcessError>,
+    node: &NodeName,
+) -> Result<T, LaunchError> {
+    match result {
+        Ok(stdout) => {
+            let line = last_json(&stdout).unwrap_or_default();
+            serde_json::from_str(&line).map_err(|e| {
+                LaunchError::Desktop(format!("the node agent gave an unreadable reply: {e}"))
+            })
+        }
+        Err(ProcessError::Failed {
+            stdout,
+            stderr_tail,
+            status,
+            ..
+        }) => match last_json(&stdout).and_then(|l| serde_json::from_str::<AgentError>(&l).ok()) {
+            Some(AgentError {
+                kind: ErrorKind::NoDisplay,
+                error,
+                ..
+            }) => Err(LaunchError::NoCapacity(error)),
+            Some(AgentError {
+                error,
+                display: Some(d),
+                ..
+            }) => match DisplayNumber::new(d) {
+                Ok(display) => Err(LaunchError::FailedAt {
+                    reason: error,
+                    node: node.clone(),
+                    display,
+                }),
+                Err(_) => Err(LaunchError::Desktop(error)),
+            },
+            Some(e) => Err(LaunchError::Desktop(e.error)),
+            None => Err(LaunchError::Desktop(format!(
+                "the node agent on {node} failed ({status}): {}",
+                crate::process::last_line(&stderr_tail)
+            ))),
+        },
+        Err(e) => Err(LaunchError::Desktop(format!(
+            "the node agent on {node} did not run: {e}"
+        ))),
+    }
+}
+
+/// A started desktop as the launcher reports it.
+pub fn launched(started: StartedDesktop, node: &NodeName) -> Result<Launched, LaunchError> {
+    let display = DisplayNumber::new(started.display)
+        .map_err(|e| LaunchError::Desktop(format!("the node agent reported {e}")))?;
+    let handle = serde_json::to_string(&Handle {
+        pid: started.xvnc_pid,
+        marker: started.marker,
+    })
+    .expect("handle serialises");
+    Ok(Launched {
+        node: node.clone(),
+        display,
+        host: started.host,
+        port: started.port,
+        handle,
+        warnings: started.warnings,
+    })
+}
+
+/// Whether `live` (seen by the agent on `node`) is the desktop `t` records.
+pub fn owns(t: &Target, node: &NodeName, live: &LiveDesktop) -> bool {
+    let pid = serde_json::from_str::<Handle>(&t.handle)
+        .ok()
+        .map(|h| h.pid);
+    t.node.as_ref() == Some(node)
+        && t.display.map(|d| d.get()) == Some(live.display)
+        && live.user == t.compute_user.as_str()
+        && pid.is_none_or(|p| p == live.pid)
+}
+
+/// Matches what the agent sees alive on `node` against what the store believes.
+pub fn match_survey(node: &NodeName, targets: &[Target], live: &[LiveDesktop]) -> Survey {
+    let statuses = targets
+        .iter()
+        .map(|t| {
+            if live.iter().any(|l| owns(t, node, l)) {
+                Liveness::Alive
+            } else {
+                Liveness::Gone(format!(
+                    "the VNC server of display :{} on {} is no longer running",
+                    t.display.map(|d| d.get()).unwrap_or(0),
+                    node
+                ))
+            }
+        })
+        .collect();
+    let orphans = live
+        .iter()
+        .filter(|l| !targets.iter().any(|t| owns(t, node, l)))
+        .map(|l| Orphan {
+            node: node.clone(),
+            user: l.user.clone(),
+            display: l.display,
+            pid: l.pid,
+        })
+        .collect();
+    Survey {
+        targets: statuses,
+        orphans,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hpcdesk_core::ComputeUser;
+
+    fn target(user: &str, display: u32, pid: i32) -> Target {
+        Target {
+            key: format!("k{display}"),
+            compute_user: ComputeUser::parse(user).unwrap(),
+            node: Some(NodeName::parse("n").unwrap()),
+            display: Some(DisplayNumber::new(display).unwrap()),
+            host: None,
+            port: None,
+            handle: format!("{{\"pid\":{pid},\"marker\":\"m\"}}"),
+        }
+    }
+
+    fn live(user: &str, display: u32, pid: i32) -> LiveDesktop {
+        LiveDesktop {
+            user: user.into(),
+            display,
+            port: Some(5900 + display as u16),
+            pid,
+        }
+    }
+
+    #[test]
+    fn a_survey_tells_alive_gone_and_orphans_apart() {
+        let node = NodeName::parse("n").unwrap();
+        let targets = [target("a", 1, 10), target("b", 2, 20), target("c", 3, 30)];
+        // b's display is held by another pid (Xvnc restarted by someone else): b is gone.
+        let seen = [live("a", 1, 10), live("b", 2, 99), live("d", 4, 40)];
+        let s = match_survey(&node, &targets, &seen);
+        assert_eq!(s.targets[0], Liveness::Alive);
+        assert!(matches!(s.targets[1], Liveness::Gone(_)));
+        assert!(matches!(s.targets[2], Liveness::Gone(_)));
+        let orphan_displays: Vec<u32> = s.orphans.iter().map(|o| o.display).collect();
+        assert_eq!(orphan_displays, vec![2, 4]);
+    }
+
+    #[test]
+    fn agent_errors_map_to_capacity_or_desktop_failures() {
+        let failed = |json: &str| {
+            Err(ProcessError::Failed {
+                program: "hpcdesk".into(),
+                status: "exit status: 1".into(),
+                stdout: json.into(),
+                stderr_tail: String::new(),
+            })
+        };
+        let n = NodeName::parse("n").unwrap();
+        let r: Result<StartedDesktop, _> = agent_reply(
+            failed(r#"{"kind":"no_display","error":"no free display"}"#),
+            &n,
+        );
+        assert_eq!(
+            r.unwrap_err(),
+            LaunchError::NoCapacity("no free display".into())
+        );
+        let r: Result<StartedDesktop, _> =
+            agent_reply(failed(r#"{"kind":"failed","error":"no such user"}"#), &n);
+        assert_eq!(r.unwrap_err(), LaunchError::Desktop("no such user".into()));
+        let r: Result<StartedDesktop, _> = agent_reply(
+            failed(r#"{"kind":"failed","error":"Xvnc exited: bad option","display":4}"#),
+            &n,
+        );
+        assert_eq!(
+            r.unwrap_err(),
+            LaunchError::FailedAt {
+                reason: "Xvnc exited: bad option".into(),
+                node: n.clone(),
+                display: DisplayNumber::new(4).unwrap()
+            }
+        );
+        let r: Result<StartedDesktop, _> = agent_reply(Ok("garbage".into()), &n);
+        assert!(matches!(r.unwrap_err(), LaunchError::Desktop(_)));
+    }
+
+    #[test]
+    fn desktop_args_carry_every_setting() {
+        let s = DesktopSettings {
+            xvnc: "Xvnc".into(),
+            desktop: Some("xterm -T 'a b'".into()),
+            depth: 24,
+            display_min: 5,
+            display_max: 9,
+            start_timeout: Duration::from_secs(30),
+        };
+        let a = start_args(&NodeName::parse("n1").unwrap(), &s, "800x600", "10.0.0.2");
+        let joined = a.join(" ");
+        assert!(joined.starts_with("node start --node n1 --xvnc Xvnc --geometry 800x600"));
+        assert!(joined.contains("--listen 10.0.0.2 --timeout 30s --desktop xterm -T 'a b'"));
+    }
+}

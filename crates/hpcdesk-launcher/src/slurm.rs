@@ -1,0 +1,524 @@
+//! The `slurm` launcher: each desktop is a Slurm batch job.
+//!
+//! - **Submit**: as the user, hpcdesk stores the VNC password in the user's job directory
+//!   (`hpcdesk node job-prepare`, 0600, in the shared home) and pipes a two-line script to
+//!   `sbatch` (partition, account, time limit, CPUs, memory from the configuration). The script
+//!   `exec`s the node agent (`hpcdesk node job`), which starts the desktop in the foreground,
+//!   reports where it listens through the job directory, and traps TERM so no X lock is left.
+//! - **Progress**: `squeue` gives the state and Slurm's pending reason (shown as the session's
+//!   `statusReason`); once the job runs, `job-report` tells when the desktop is ready.
+//! - **Stop**: `scancel`, then wait for the job to leave the queue.
+//! - **Reconcile**: a job that ended turns its session `stopped` (cancelled, completed) or
+//!   `failed` (failed, timeout, node failure…) with Slurm's state and reason.
+//!
+//! The session id keeps the shape `{name}--{user}--SIG--{n}` from submission on, with `name`
+//! the configured id prefix and `n` derived from the job id; the real node and display show
+//! in `hostName` and `displayNumber` once the desktop runs.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use hpcdesk_core::{ComputeUser, DisplayNumber, NodeName, SessionId};
+use serde::{Deserialize, Serialize};
+
+use crate::agent::Probe;
+use crate::agent::job::{JobReport, Prepared};
+use crate::local::{account_for, as_user};
+use crate::process::{Cmd, ProcessError, last_line};
+use crate::remote::{self, DesktopSettings, agent_reply};
+use crate::{
+    Launch, LaunchError, Launched, Launcher, Liveness, NodeReport, Orphan, Progress, Queued,
+    StartRequest, Survey, Target,
+};
+
+#[derive(Debug, Clone)]
+pub struct SlurmConfig {
+    /// The `hpcdesk` binary here (run as the user for the job directory).
+    pub local_agent: PathBuf,
+    /// Path of `hpcdesk` on the compute nodes.
+    pub node_agent: String,
+    /// The node part of session ids.
+    pub id_prefix: NodeName,
+    pub sbatch: String,
+    pub squeue: String,
+    pub scancel: String,
+    pub scontrol: String,
+    pub sinfo: String,
+    pub partition: Option<String>,
+    pub account: Option<String>,
+    pub time_limit: String,
+    pub cpus: u32,
+    pub memory: Option<String>,
+    /// More `sbatch` options, one argv word each.
+    pub extra_args: Vec<String>,
+    /// Where Xvnc listens in the job: `hostname` (the node's address), `localhost` (hpcdesk
+    /// runs on the compute node itself) or an address.
+    pub listen: String,
+    pub desktop: DesktopSettings,
+    /// `PATH` for commands run as the user.
+    pub path: String,
+    /// Slurm client environment passed to commands run as the user (e.g. `SLURM_CONF`).
+    pub env: Vec<(String, String)>,
+}
+
+/// What the slurm launcher stores per session.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Handle {
+    job: u64,
+    key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pid: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    marker: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct SlurmLauncher {
+    cfg: SlurmConfig,
+}
+
+/// A job's state as Slurm reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct JobState {
+    state: String,
+    reason: String,
+    nodes: String,
+}
+
+fn slurm_err(program: &str, e: ProcessError) -> LaunchError {
+    match e {
+        ProcessError::Failed { stderr_tail, .. } => {
+            LaunchError::Desktop(format!("{program}: {}", last_line(&stderr_tail)))
+        }
+        other => LaunchError::Desktop(other.to_string()),
+    }
+}
+
+fn handle_of(t: &Target) -> Result<Handle, LaunchError> {
+    serde_json::from_str(&t.handle)
+        .map_err(|_| LaunchError::Desktop("the session has no Slurm job recorded".into()))
+}
+
+impl SlurmLauncher {
+    pub fn new(cfg: SlurmConfig) -> Self {
+        SlurmLauncher { cfg }
+    }
+
+    fn user_cmd(&self, program: &str, user: &str) -> Result<Cmd, LaunchError> {
+        let account = account_for(user, &self.cfg.id_prefix)?;
+        let mut cmd = as_user(std::path::Path::new(program), &account, &self.cfg.path);
+        for (k, v) in &self.cfg.env {
+            cmd = cmd.env(k, v);
+        }
+        Ok(cmd)
+    }
+
+    fn local_agent(&self, user: &str) -> Result<Cmd, LaunchError> {
+        let agent = self.cfg.local_agent.display().to_string();
+        self.user_cmd(&agent, user)
+    }
+
+    /// The batch script: the agent, `exec`ed so Slurm's signals reach it.
+    fn script(&self, key: &str, geometry: &str) -> String {
+        let mut argv = vec![
+            self.cfg.node_agent.clone(),
+            "node".into(),
+            "job".into(),
+            "--key".into(),
+            key.into(),
+        ];
+        argv.extend(remote::desktop_args(
+            &self.cfg.desktop,
+            geometry,
+            &self.cfg.listen,
+        ));
+        format!("#!/bin/sh\nexec {}\n", shell_words::join(argv))
+    }
+
+    /// States of jobs (`None` for those Slurm no longer lists).
+    async fn states(&self, jobs: &[u64]) -> Result<Vec<Option<JobState>>, LaunchError> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let list = jobs
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        let out = Cmd::new(&self.cfg.squeue)
+            .args(["-h", "-j", &list, "-o", "%i|%T|%r|%N"])
+            .timeout(Duration::from_secs(20))
+            .output()
+            .await;
+        let text = match out {
+            Ok(t) => t,
+            // squeue refuses a list whose jobs all left the queue.
+            Err(ProcessError::Failed { stderr_tail, .. })
+                if stderr_tail.contains("Invalid job id") =>
+            {
+                String::new()
+            }
+            Err(e) => return Err(slurm_err("squeue", e)),
+        };
+        let mut found = std::collections::HashMap::new();
+        for line in text.lines() {
+            let f: Vec<&str> = line.split('|').collect();
+            if let [id, state, reason, nodes] = f.as_slice()
+                && let Ok(id) = id.trim().parse::<u64>()
+            {
+                found.insert(
+                    id,
+                    JobState {
+                        state: state.trim().to_owned(),
+                        reason: reason.trim().to_owned(),
+                        nodes: nodes.trim().to_owned(),
+                    },
+                );
+            }
+        }
+        Ok(jobs.iter().map(|j| found.remove(j)).collect())
+    }
+
+    /// How a job that left the queue ended: `Ok` = orderly (stopped), `Err` = failed.
+    async fn ending(&self, job: u64) -> Result<String, String> {
+        let out = Cmd::new(&self.cfg.scontrol)
+            .args(["show", "job", "-o", &job.to_string()])
+            .timeout(Duration::from_secs(20))
+            .output()
+            .await
+            .unwrap_or_default();
+        let field = |name: &str| {
+            out.split_whitespace()
+                .find_map(|w| w.strip_prefix(&format!("{name}=")))
+                .unwrap_or("")
+                .to_owned()
+        };
+        let state = field("JobState");
+        let reason = field("Reason");
+        let text = match (state.as_str(), reason.as_str()) {
+            ("", _) => format!("Slurm job {job} ended"),
+            (s, "None" | "") => format!("Slurm job {job} ended: {s}"),
+            (s, r) => format!("Slurm job {job} ended: {s} ({r})"),
+        };
+        match state.as_str() {
+            "" | "COMPLETED" | "CANCELLED" => Ok(text),
+            _ => Err(text),
+        }
+    }
+
+    fn launched(
+        &self,
+        h: &Handle,
+        d: crate::agent::StartedDesktop,
+    ) -> Result<Launched, LaunchError> {
+        let node = NodeName::parse(&d.node)
+            .map_err(|e| LaunchError::Desktop(format!("the job reported {e}")))?;
+        let mut l = remote::launched(d, &node)?;
+        let started: remote::Handle = serde_json::from_str(&l.handle).expect("own handle");
+        l.handle = serde_json::to_string(&Handle {
+            job: h.job,
+            key: h.key.clone(),
+            pid: Some(started.pid),
+            marker: Some(started.marker),
+        })
+        .expect("handle serialises");
+        Ok(l)
+    }
+}
+
+#[async_trait]
+impl Launcher for SlurmLauncher {
+    fn kind(&self) -> &'static str {
+        "slurm"
+    }
+
+    #[tracing::instrument(level = "debug", skip(self), fields(user = %req.compute_user))]
+    async fn start(&self, req: StartRequest) -> Result<Launch, LaunchError> {
+        let user = req.compute_user.as_str();
+        let key = format!("{:016x}", rand::random::<u64>());
+        let mut pw = req.password.clone();
+        pw.push(b'\n');
+        let prepared: Prepared = agent_reply(
+            self.local_agent(user)?
+                .args(["node", "job-prepare", "--key", &key])
+                .stdin(pw)
+                .timeout(Duration::from_secs(20))
+                .output()
+                .await,
+            &self.cfg.id_prefix,
+        )?;
+        let mut sbatch = self
+            .user_cmd(&self.cfg.sbatch, user)?
+            .args(["--parsable", "--job-name", "hpcdesk"])
+            .arg("--output")
+            .arg(format!("{}/slurm-%j.out", prepared.dir))
+            .args(["--time", &self.cfg.time_limit])
+            .arg("--cpus-per-task")
+            .arg(self.cfg.cpus.to_string());
+        if let Some(p) = &self.cfg.partition {
+            sbatch = sbatch.args(["--partition", p]);
+        }
+        if let Some(a) = &self.cfg.account {
+            sbatch = sbatch.args(["--account", a]);
+        }
+        if let Some(m) = &self.cfg.memory {
+            sbatch = sbatch.args(["--mem", m]);
+        }
+        let script = self.script(&key, &req.geometry);
+        let out = sbatch
+            .args(&self.cfg.extra_args)
+            .stdin(script.into_bytes())
+            .timeout(Duration::from_secs(60))
+            .output()
+            .await
+            .map_err(|e| slurm_err("sbatch refused the job", e))?;
+        let job: u64 = out
+            .trim()
+            .split(';')
+            .next()
+            .and_then(|j| j.parse().ok())
+            .ok_or_else(|| LaunchError::Desktop(format!("sbatch said {:?}", out.trim())))?;
+        let n = DisplayNumber::new((job % u64::from(DisplayNumber::MAX + 1)) as u32)
+            .expect("in range by construction");
+        tracing::info!(user, job, "desktop submitted to Slurm");
+        Ok(Launch::Queued(Queued {
+            session_id: SessionId::new(self.cfg.id_prefix.clone(), req.compute_user.clone(), n),
+            handle: serde_json::to_string(&Handle {
+                job,
+                key,
+                pid: None,
+                marker: None,
+            })
+            .expect("handle serialises"),
+            reason: format!("submitted as Slurm job {job}"),
+        }))
+    }
+
+    async fn progress(&self, target: &Target) -> Result<Progress, LaunchError> {
+        let h = handle_of(target)?;
+        let state = self.states(&[h.job]).await?.pop().flatten();
+        let Some(state) = state else {
+            return Ok(match self.ending(h.job).await {
+                Ok(why) => Progress::Ended(why),
+                Err(why) => Progress::Failed(self.with_log(target, &h, why).await),
+            });
+        };
+        match state.state.as_str() {
+            "PENDING" | "REQUEUED" | "SUSPENDED" | "RESV_DEL_HOLD" | "REQUEUE_HOLD" => Ok(
+                Progress::Pending(format!("queued in Slurm (job {}): {}", h.job, state.reason)),
+            ),
+            "CONFIGURING" | "RUNNING" => {
+                let report: JobReport = agent_reply(
+                    self.local_agent(target.compute_user.as_str())?
+                        .args(["node", "job-report", "--key", &h.key])
+                        .timeout(Duration::from_secs(20))
+                        .output()
+                        .await,
+                    &self.cfg.id_prefix,
+                )?;
+                match report.desktop {
+                    Some(d) => Ok(Progress::Ready(self.launched(&h, d)?)),
+                    None => Ok(Progress::Starting(format!(
+                        "Slurm job {} runs on {}; the desktop is starting",
+                        h.job, state.nodes
+                    ))),
+                }
+            }
+            "COMPLETING" | "COMPLETED" | "CANCELLED" => Ok(Progress::Ended(format!(
+                "Slurm job {} ended: {}",
+                h.job, state.state
+            ))),
+            other => Ok(Progress::Failed(
+                self.with_log(
+                    target,
+                    &h,
+                    format!("Slurm job {} {other}: {}", h.job, state.reason),
+                )
+                .await,
+            )),
+        }
+    }
+
+    async fn stop(&self, target: &Target) -> Result<(), LaunchError> {
+        let h = handle_of(target)?;
+        let out = Cmd::new(&self.cfg.scancel)
+            .arg(h.job.to_string())
+            .timeout(Duration::from_secs(20))
+            .output()
+            .await;
+        match out {
+            Ok(_) => {}
+            Err(ProcessError::Failed { stderr_tail, .. })
+                if stderr_tail.contains("Invalid job id")
+                    || stderr_tail.contains("already completing or completed") => {}
+            Err(e) => return Err(slurm_err("scancel", e)),
+        }
+        // Wait for the job (and with it the desktop) to leave the queue.
+        for _ in 0..100 {
+            match self.states(&[h.job]).await?.pop().flatten() {
+                None => break,
+                Some(s) if s.state == "CANCELLED" || s.state == "COMPLETED" => break,
+                Some(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+        let _ = self
+            .local_agent(target.compute_user.as_str())?
+            .args(["node", "job-clean", "--key", &h.key])
+            .timeout(Duration::from_secs(20))
+            .output()
+            .await;
+        Ok(())
+    }
+
+    async fn survey(&self, targets: &[Target]) -> Result<Survey, LaunchError> {
+        let handles: Vec<Option<Handle>> = targets.iter().map(|t| handle_of(t).ok()).collect();
+        let jobs: Vec<u64> = handles.iter().flatten().map(|h| h.job).collect();
+        let mut states = self.states(&jobs).await?.into_iter();
+        let mut out = Vec::with_capacity(targets.len());
+        for h in &handles {
+            let Some(h) = h else {
+                out.push(Liveness::Gone(
+                    "the session has no Slurm job recorded".into(),
+                ));
+                continue;
+            };
+            out.push(match states.next().flatten() {
+                Some(s) if s.state == "RUNNING" || s.state == "CONFIGURING" => Liveness::Alive,
+                Some(s) if matches!(s.state.as_str(), "COMPLETING" | "COMPLETED" | "CANCELLED") => {
+                    Liveness::Ended(format!("Slurm job {} ended: {}", h.job, s.state))
+                }
+                Some(s) => {
+                    Liveness::Gone(format!("Slurm job {} is {}: {}", h.job, s.state, s.reason))
+                }
+                None => match self.ending(h.job).await {
+                    Ok(why) => Liveness::Ended(why),
+                    Err(why) => Liveness::Gone(why),
+                },
+            });
+        }
+        Ok(Survey {
+            targets: out,
+            orphans: Vec::new(),
+        })
+    }
+
+    async fn stop_orphan(&self, _orphan: &Orphan) -> Result<(), LaunchError> {
+        Ok(())
+    }
+
+    async fn nodes(&self, _user: &ComputeUser) -> Vec<NodeReport> {
+        let out = Cmd::new(&self.cfg.sinfo)
+            .args(["-h", "-N", "-o", "%N|%T|%c|%O|%m|%e"])
+            .timeout(Duration::from_secs(20))
+            .output()
+            .await;
+        match out {
+            Err(e) => vec![NodeReport {
+                name: "slurm".into(),
+                address: String::new(),
+                probe: Err(slurm_err("sinfo", e).to_string()),
+                accepting: Err("sinfo failed".into()),
+            }],
+            Ok(text) => text
+                .lines()
+                .filter_map(|l| {
+                    let f: Vec<&str> = l.split('|').map(str::trim).collect();
+                    let [name, state, cpus, load, mem, free] = f.as_slice() else {
+                        return None;
+                    };
+                    let probe = Probe {
+                        node: (*name).to_owned(),
+                        cores: cpus.parse().unwrap_or(0),
+                        load1: load.parse().unwrap_or(0.0),
+                        mem_total_kib: mem.parse::<u64>().unwrap_or(0) * 1024,
+                        mem_available_kib: free.parse::<u64>().unwrap_or(0) * 1024,
+                        desktops: 0,
+                    };
+                    let usable = matches!(*state, "idle" | "mixed" | "allocated" | "completing");
+                    Some(NodeReport {
+                        name: (*name).to_owned(),
+                        address: String::new(),
+                        probe: Ok(probe),
+                        accepting: if usable {
+                            Ok(())
+                        } else {
+                            Err(format!("Slurm state {state}"))
+                        },
+                    })
+                })
+                .collect(),
+        }
+    }
+}
+
+impl SlurmLauncher {
+    /// Adds the tail of the job's output to a failure reason.
+    async fn with_log(&self, target: &Target, h: &Handle, why: String) -> String {
+        let report: Option<JobReport> = match self.local_agent(target.compute_user.as_str()) {
+            Ok(cmd) => agent_reply(
+                cmd.args(["node", "job-report", "--key", &h.key])
+                    .timeout(Duration::from_secs(20))
+                    .output()
+                    .await,
+                &self.cfg.id_prefix,
+            )
+            .ok(),
+            Err(_) => None,
+        };
+        match report
+            .map(|r| last_line(&r.log_tail))
+            .filter(|l| !l.is_empty())
+        {
+            Some(line) => format!("{why}; job output: {line}"),
+            None => why,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_job_script_execs_the_agent_with_quoted_words() {
+        let l = SlurmLauncher::new(SlurmConfig {
+            local_agent: "/usr/local/bin/hpcdesk".into(),
+            node_agent: "/opt/hpc desk/hpcdesk".into(),
+            id_prefix: NodeName::parse("slurm").unwrap(),
+            sbatch: "sbatch".into(),
+            squeue: "squeue".into(),
+            scancel: "scancel".into(),
+            scontrol: "scontrol".into(),
+            sinfo: "sinfo".into(),
+            partition: None,
+            account: None,
+            time_limit: "8:00:00".into(),
+            cpus: 1,
+            memory: None,
+            extra_args: Vec::new(),
+            listen: "hostname".into(),
+            desktop: DesktopSettings {
+                xvnc: "Xvnc".into(),
+                desktop: Some("xterm -e 'top; bash'".into()),
+                depth: 24,
+                display_min: 1,
+                display_max: 99,
+                start_timeout: Duration::from_secs(30),
+            },
+            path: "/usr/bin:/bin".into(),
+            env: Vec::new(),
+        });
+        let s = l.script("abc123", "1024x768");
+        assert!(
+            s.starts_with("#!/bin/sh\nexec '/opt/hpc desk/hpcdesk' node job --key abc123 "),
+            "{s}"
+        );
+        assert!(s.contains("--listen hostname"), "{s}");
+        assert!(
+            s.contains("--desktop 'xterm -e '\\''top; bash'\\'''"),
+            "{s}"
+        );
+        assert_eq!(s.lines().count(), 2);
+    }
+}

@@ -1,0 +1,597 @@
+//! The `ssh` launcher: desktops on a pool of "VNC nodes" reached with OpenSSH.
+//!
+//! - **Login**: `ssh` as the desktop's user (BatchMode, strict host keys, bounded timeouts,
+//!   one ControlMaster per node and user, reused for `launcher.ssh.control_persist`). Sites
+//!   make hpcdesk's key work for every user (an `AuthorizedKeysFile` it is listed in,
+//!   host-based authentication or certificates); the site's ssh_config is honoured.
+//! - **The remote command** is the node agent's argv joined with POSIX shell quoting, because
+//!   ssh hands commands to the user's login shell; every word comes from the configuration
+//!   or from validated ids, never from a client. Secrets go on stdin.
+//! - **Placement**: all nodes are probed in parallel (reachable, load per core, free memory,
+//!   desktops; results cached briefly), those under their limits are ranked by load plus a
+//!   share per desktop, and the start is tried on each in turn. None left → 815201 naming
+//!   every node and why.
+//! - Xvnc listens on the node's configured address (`-interface`), where the gateway connects.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use hpcdesk_core::{ComputeUser, DisplayNumber, NodeName};
+use tokio::sync::Semaphore;
+
+use crate::agent::{LiveDesktop, Probe, StartedDesktop, Stopped};
+use crate::process::{Cmd, ProcessError, last_line};
+use crate::remote::{self, DesktopSettings, agent_reply};
+use crate::{
+    Launch, LaunchError, Launcher, Liveness, NodeReport, Orphan, StartRequest, Survey, Target,
+};
+
+/// One VNC node of the pool.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeSpec {
+    /// The node's name in session ids.
+    pub name: NodeName,
+    /// Where ssh connects, and where Xvnc listens for the gateway.
+    pub address: String,
+    pub ssh_port: u16,
+    pub max_sessions: u32,
+    pub max_load_per_core: f64,
+    pub min_free_mem_mib: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct SshConfig {
+    /// The ssh client.
+    pub ssh: String,
+    /// Path of the `hpcdesk` binary on the nodes.
+    pub agent: String,
+    pub identity: Option<PathBuf>,
+    pub known_hosts: Option<PathBuf>,
+    /// An ssh_config file instead of the system's.
+    pub config_file: Option<PathBuf>,
+    /// Private directory (0700) for ControlMaster sockets.
+    pub control_dir: PathBuf,
+    pub control_persist: Duration,
+    pub connect_timeout: Duration,
+    /// How long a node's probe is reused for placement.
+    pub probe_cache: Duration,
+    /// Concurrent commands per node (sshd's MaxSessions is 10 by default).
+    pub max_channels: usize,
+    pub nodes: Vec<NodeSpec>,
+    pub desktop: DesktopSettings,
+}
+
+type Probed = (Instant, Result<Probe, String>);
+
+pub struct SshLauncher {
+    cfg: SshConfig,
+    probes: Mutex<HashMap<String, Probed>>,
+    /// Bounds concurrent ssh channels per node: one ControlMaster serves at most sshd's
+    /// MaxSessions channels, and a node should not be flooded by a burst of creates.
+    channels: HashMap<String, Arc<Semaphore>>,
+}
+
+impl std::fmt::Debug for SshLauncher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SshLauncher")
+            .field("nodes", &self.cfg.nodes.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why one node was not used.
+fn joined(reasons: &[(String, String)]) -> String {
+    reasons
+        .iter()
+        .map(|(n, why)| format!("{n}: {why}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Whether a failed command failed in ssh itself (exit 255 without an agent reply).
+fn ssh_failure(e: &ProcessError) -> Option<String> {
+    match e {
+        ProcessError::Failed {
+            status,
+            stdout,
+            stderr_tail,
+            ..
+        } if status.contains("255") && !stdout.contains('{') => Some(last_line(stderr_tail)),
+        ProcessError::Timeout { .. } | ProcessError::Spawn { .. } => Some(e.to_string()),
+        _ => None,
+    }
+}
+
+/// Ranks a probed node for placement: lower is better; `Err` says why it is not eligible.
+pub fn assess(spec: &NodeSpec, p: &Probe) -> Result<f64, String> {
+    let per_core = p.load1 / f64::from(p.cores.max(1));
+    if p.desktops >= spec.max_sessions {
+        return Err(format!(
+            "{} desktops, the limit is {}",
+            p.desktops, spec.max_sessions
+        ));
+    }
+    if per_core > spec.max_load_per_core {
+        return Err(format!(
+            "load {per_core:.2} per core is over {:.2}",
+            spec.max_load_per_core
+        ));
+    }
+    let free_mib = p.mem_available_kib / 1024;
+    if free_mib < spec.min_free_mem_mib {
+        return Err(format!(
+            "{free_mib} MiB free, {} MiB needed",
+            spec.min_free_mem_mib
+        ));
+    }
+    // A desktop weighs like a fifth of a busy core, so equal nodes take turns.
+    Ok(per_core + 0.2 * f64::from(p.desktops))
+}
+
+impl SshLauncher {
+    pub fn new(cfg: SshConfig) -> Result<Self, LaunchError> {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&cfg.control_dir)
+            .map_err(|e| {
+                LaunchError::Desktop(format!("cannot create {}: {e}", cfg.control_dir.display()))
+            })?;
+        let channels = cfg
+            .nodes
+            .iter()
+            .map(|n| {
+                (
+                    n.name.to_string(),
+                    Arc::new(Semaphore::new(cfg.max_channels.max(1))),
+                )
+            })
+            .collect();
+        Ok(SshLauncher {
+            cfg,
+            probes: Mutex::new(HashMap::new()),
+            channels,
+        })
+    }
+
+    fn node(&self, name: &NodeName) -> Result<&NodeSpec, LaunchError> {
+        self.cfg
+            .nodes
+            .iter()
+            .find(|n| &n.name == name)
+            .ok_or_else(|| LaunchError::Desktop(format!("node {name} is not in launcher.nodes")))
+    }
+
+    /// `ssh … user@node -- '<agent>' <args…>`, each word shell-quoted.
+    fn ssh(&self, node: &NodeSpec, user: &str, agent_args: Vec<String>) -> Cmd {
+        let remote = shell_words::join(std::iter::once(self.cfg.agent.clone()).chain(agent_args));
+        let secs = self.cfg.connect_timeout.as_secs().max(1);
+        let mut cmd = Cmd::new(&self.cfg.ssh);
+        if let Some(f) = &self.cfg.config_file {
+            cmd = cmd.arg("-F").arg(f);
+        }
+        if let Some(k) = &self.cfg.identity {
+            cmd = cmd.arg("-i").arg(k).args(["-o", "IdentitiesOnly=yes"]);
+        }
+        if let Some(k) = &self.cfg.known_hosts {
+            cmd = cmd
+                .arg("-o")
+                .arg(format!("UserKnownHostsFile={}", k.display()));
+        }
+        cmd.args(["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes"])
+            .arg("-o")
+            .arg(format!("ConnectTimeout={secs}"))
+            .args(["-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=2"])
+            .args(["-o", "ControlMaster=auto"])
+            .arg("-o")
+            .arg(format!("ControlPath={}/%C", self.cfg.control_dir.display()))
+            .arg("-o")
+            .arg(format!(
+                "ControlPersist={}",
+                self.cfg.control_persist.as_secs().max(1)
+            ))
+            .args(["-o", "LogLevel=ERROR"])
+            .arg("-p")
+            .arg(node.ssh_port.to_string())
+            .arg("-l")
+            .arg(user)
+            .arg("--")
+            .arg(&node.address)
+            .arg(remote)
+    }
+
+    /// Runs an agent command on `node` as `user`, within the node's channel limit.
+    async fn run(
+        &self,
+        node: &NodeSpec,
+        user: &str,
+        agent_args: Vec<String>,
+        stdin: Option<Vec<u8>>,
+        timeout: Duration,
+    ) -> Result<String, ProcessError> {
+        let gate = self.channels.get(node.name.as_str()).cloned();
+        let _permit = match &gate {
+            Some(g) => g.acquire().await.ok(),
+            None => None,
+        };
+        let mut cmd = self
+            .ssh(node, user, agent_args)
+            .timeout(timeout + self.cfg.connect_timeout);
+        if let Some(bytes) = stdin {
+            cmd = cmd.stdin(bytes);
+        }
+        cmd.output().await
+    }
+
+    /// A node's probe, from the cache if recent (`fresh` skips the cache).
+    async fn probe(&self, node: &NodeSpec, user: &str, fresh: bool) -> Result<Probe, String> {
+        if !fresh
+            && let Some((at, p)) = self
+                .probes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(node.name.as_str())
+            && at.elapsed() < self.cfg.probe_cache
+        {
+            return p.clone();
+        }
+        let out = self
+            .run(
+                node,
+                user,
+                remote::probe_args(&node.name),
+                None,
+                Duration::from_secs(10),
+            )
+            .await;
+        let result = match &out {
+            Err(e) if ssh_failure(e).is_some() => Err(format!(
+                "ssh unreachable ({})",
+                ssh_failure(e).unwrap_or_default()
+            )),
+            _ => agent_reply::<Probe>(out, &node.name).map_err(|e| e.to_string()),
+        };
+        self.probes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(node.name.to_string(), (Instant::now(), result.clone()));
+        result
+    }
+
+    fn forget_probe(&self, node: &NodeSpec) {
+        self.probes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(node.name.as_str());
+    }
+
+    /// Whether the desktop's VNC port answers (from here, as the gateway would connect).
+    async fn answers(host: &str, port: u16) -> bool {
+        tokio::time::timeout(
+            Duration::from_secs(2),
+            tokio::net::TcpStream::connect((host, port)),
+        )
+        .await
+        .is_ok_and(|r| r.is_ok())
+    }
+}
+
+#[async_trait]
+impl Launcher for SshLauncher {
+    fn kind(&self) -> &'static str {
+        "ssh"
+    }
+
+    #[tracing::instrument(level = "debug", skip(self), fields(user = %req.compute_user))]
+    async fn start(&self, req: StartRequest) -> Result<Launch, LaunchError> {
+        let user = req.compute_user.as_str();
+        let probes = futures_util::future::join_all(
+            self.cfg.nodes.iter().map(|n| self.probe(n, user, false)),
+        )
+        .await;
+        let mut refused: Vec<(String, String)> = Vec::new();
+        let mut ranked: Vec<(f64, &NodeSpec)> = Vec::new();
+        for (node, probe) in self.cfg.nodes.iter().zip(probes) {
+            match probe.and_then(|p| assess(node, &p)) {
+                Ok(score) => ranked.push((score, node)),
+                Err(why) => refused.push((node.name.to_string(), why)),
+            }
+        }
+        ranked.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let mut stdin = req.password.clone();
+        stdin.push(b'\n');
+        for (_, node) in ranked {
+            let out = self
+                .run(
+                    node,
+                    user,
+                    remote::start_args(&node.name, &self.cfg.desktop, &req.geometry, &node.address),
+                    Some(stdin.clone()),
+                    self.cfg.desktop.start_timeout + Duration::from_secs(10),
+                )
+                .await;
+            // The node's load changed either way.
+            self.forget_probe(node);
+            if let Err(e) = &out
+                && let Some(why) = ssh_failure(e)
+            {
+                refused.push((node.name.to_string(), format!("ssh unreachable ({why})")));
+                continue;
+            }
+            match agent_reply::<StartedDesktop>(out, &node.name) {
+                Ok(started) => {
+                    tracing::info!(node = %node.name, user, display = started.display, "desktop placed");
+                    return Ok(Launch::Ready(remote::launched(started, &node.name)?));
+                }
+                Err(LaunchError::NoCapacity(why)) => refused.push((node.name.to_string(), why)),
+                Err(other) => return Err(other),
+            }
+        }
+        Err(LaunchError::NoCapacity(format!(
+            "all VNC nodes overloaded or SSH unreachable: {}",
+            joined(&refused)
+        )))
+    }
+
+    async fn stop(&self, target: &Target) -> Result<(), LaunchError> {
+        let (name, display) = target.place()?;
+        let node = self.node(name)?;
+        let out = self
+            .run(
+                node,
+                target.compute_user.as_str(),
+                remote::stop_args(name, display),
+                None,
+                Duration::from_secs(20),
+            )
+            .await;
+        if let Err(e) = &out
+            && let Some(why) = ssh_failure(e)
+        {
+            // A node that is gone took its desktops with it.
+            let host = target.host.as_deref().unwrap_or(&node.address);
+            if let Some(port) = target.port
+                && !Self::answers(host, port).await
+            {
+                return Ok(());
+            }
+            return Err(LaunchError::Desktop(format!(
+                "cannot reach {name} to stop the desktop: {why}"
+            )));
+        }
+        let _: Stopped = agent_reply(out, name)?;
+        Ok(())
+    }
+
+    async fn survey(&self, targets: &[Target]) -> Result<Survey, LaunchError> {
+        // One listing per (node, user) pair, in parallel.
+        let mut groups: HashMap<(String, String), Vec<usize>> = HashMap::new();
+        for (i, t) in targets.iter().enumerate() {
+            let node = t.node.as_ref().map(ToString::to_string).unwrap_or_default();
+            groups
+                .entry((node, t.compute_user.to_string()))
+                .or_default()
+                .push(i);
+        }
+        let mut result = Survey {
+            targets: vec![Liveness::Unknown("not checked".into()); targets.len()],
+            orphans: Vec::new(),
+        };
+        let checks = groups.iter().map(|((node, user), idx)| async move {
+            let Some(spec) = self.cfg.nodes.iter().find(|n| n.name.as_str() == node) else {
+                return (
+                    idx,
+                    Err(format!("node {node} is no longer in launcher.nodes")),
+                );
+            };
+            let out = self
+                .run(
+                    spec,
+                    user,
+                    remote::list_args(&spec.name),
+                    None,
+                    Duration::from_secs(20),
+                )
+                .await;
+            if let Err(e) = &out
+                && let Some(why) = ssh_failure(e)
+            {
+                return (idx, Err(format!("node {node} is unreachable ({why})")));
+            }
+            (
+                idx,
+                agent_reply::<Vec<LiveDesktop>>(out, &spec.name)
+                    .map(|live| (spec.name.clone(), live))
+                    .map_err(|e| e.to_string()),
+            )
+        });
+        for (idx, outcome) in futures_util::future::join_all(checks).await {
+            match outcome {
+                Ok((node, live)) => {
+                    let subset: Vec<Target> = idx.iter().map(|i| targets[*i].clone()).collect();
+                    let s = remote::match_survey(&node, &subset, &live);
+                    for (i, l) in idx.iter().zip(s.targets) {
+                        result.targets[*i] = l;
+                    }
+                    for o in s.orphans {
+                        if !result.orphans.contains(&o) {
+                            result.orphans.push(o);
+                        }
+                    }
+                }
+                Err(why) => {
+                    for i in idx {
+                        let t = &targets[*i];
+                        let answers = match (&t.host, t.port) {
+                            (Some(h), Some(p)) => Self::answers(h, p).await,
+                            _ => false,
+                        };
+                        result.targets[*i] = if answers {
+                            Liveness::Unknown(why.clone())
+                        } else {
+                            Liveness::Gone(format!("{why} and its VNC server does not answer"))
+                        };
+                    }
+                }
+            }
+        }
+        // Another user's desktops seen on a node are not orphans of this listing.
+        let owned: Vec<(String, String, u32)> = targets
+            .iter()
+            .filter_map(|t| {
+                Some((
+                    t.node.as_ref()?.to_string(),
+                    t.compute_user.to_string(),
+                    t.display?.get(),
+                ))
+            })
+            .collect();
+        result
+            .orphans
+            .retain(|o| !owned.contains(&(o.node.to_string(), o.user.clone(), o.display)));
+        Ok(result)
+    }
+
+    async fn stop_orphan(&self, orphan: &Orphan) -> Result<(), LaunchError> {
+        let node = self.node(&orphan.node)?;
+        let display =
+            DisplayNumber::new(orphan.display).map_err(|e| LaunchError::Desktop(e.to_string()))?;
+        let out = self
+            .run(
+                node,
+                &orphan.user,
+                remote::stop_args(&orphan.node, display),
+                None,
+                Duration::from_secs(20),
+            )
+            .await;
+        let _: Stopped = agent_reply(out, &orphan.node)?;
+        Ok(())
+    }
+
+    async fn nodes(&self, user: &ComputeUser) -> Vec<NodeReport> {
+        let probes = futures_util::future::join_all(
+            self.cfg
+                .nodes
+                .iter()
+                .map(|n| self.probe(n, user.as_str(), true)),
+        )
+        .await;
+        self.cfg
+            .nodes
+            .iter()
+            .zip(probes)
+            .map(|(n, probe)| NodeReport {
+                name: n.name.to_string(),
+                address: n.address.clone(),
+                accepting: match &probe {
+                    Ok(p) => assess(n, p).map(|_| ()),
+                    Err(e) => Err(e.clone()),
+                },
+                probe,
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> NodeSpec {
+        NodeSpec {
+            name: NodeName::parse("n1").unwrap(),
+            address: "10.0.0.2".into(),
+            ssh_port: 22,
+            max_sessions: 3,
+            max_load_per_core: 1.5,
+            min_free_mem_mib: 512,
+        }
+    }
+
+    fn probe(load1: f64, desktops: u32, free_mib: u64) -> Probe {
+        Probe {
+            node: "n1".into(),
+            cores: 4,
+            load1,
+            mem_total_kib: 8 << 20,
+            mem_available_kib: free_mib * 1024,
+            desktops,
+        }
+    }
+
+    #[test]
+    fn placement_prefers_idle_nodes_and_refuses_full_ones() {
+        let s = spec();
+        assert!(
+            assess(&s, &probe(0.0, 0, 4096)).unwrap() < assess(&s, &probe(2.0, 0, 4096)).unwrap()
+        );
+        assert!(
+            assess(&s, &probe(0.0, 0, 4096)).unwrap() < assess(&s, &probe(0.0, 1, 4096)).unwrap()
+        );
+        assert!(
+            assess(&s, &probe(0.0, 3, 4096))
+                .unwrap_err()
+                .contains("limit is 3")
+        );
+        assert!(
+            assess(&s, &probe(7.0, 0, 4096))
+                .unwrap_err()
+                .contains("per core")
+        );
+        assert!(
+            assess(&s, &probe(0.0, 0, 100))
+                .unwrap_err()
+                .contains("MiB free")
+        );
+    }
+
+    #[test]
+    fn the_remote_command_is_shell_quoted() {
+        let l = SshLauncher::new(SshConfig {
+            ssh: "ssh".into(),
+            agent: "/opt/hpc desk/hpcdesk".into(),
+            identity: None,
+            known_hosts: None,
+            config_file: None,
+            control_dir: std::env::temp_dir()
+                .join(format!("hpcdesk-ssh-test-{}", std::process::id())),
+            control_persist: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(5),
+            probe_cache: Duration::from_secs(5),
+            max_channels: 8,
+            nodes: vec![spec()],
+            desktop: DesktopSettings {
+                xvnc: "Xvnc".into(),
+                desktop: Some("xterm -e 'a; b'".into()),
+                depth: 24,
+                display_min: 1,
+                display_max: 9,
+                start_timeout: Duration::from_secs(30),
+            },
+        })
+        .unwrap();
+        let cmd = l.ssh(
+            &spec(),
+            "alice",
+            remote::start_args(&spec().name, &l.cfg.desktop, "800x600", "10.0.0.2"),
+        );
+        let dbg = format!("{cmd:?}");
+        assert!(
+            dbg.contains("'/opt/hpc desk/hpcdesk' node start --node n1"),
+            "{dbg}"
+        );
+        assert!(
+            dbg.contains("--desktop 'xterm -e '\\\\''a; b'\\\\'''"),
+            "{dbg}"
+        );
+        assert!(
+            dbg.contains("\"-l\", \"alice\", \"--\", \"10.0.0.2\""),
+            "{dbg}"
+        );
+    }
+}
