@@ -85,6 +85,9 @@ down() { # name
 case "$action" in
   up)
     keys
+    # Addresses of nodes that are down must be unreachable, as on a real network (this
+    # sandbox's default route would otherwise accept any connection).
+    ip route replace unreachable 10.213.0.0/16
     for n in "${nodes[@]}"; do up "$n"; done
     ;;
   down)

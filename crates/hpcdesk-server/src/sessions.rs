@@ -482,9 +482,9 @@ pub async fn stop(app: &AppState, rec: &SessionRecord, reason: &str) -> Result<(
         .close_session(&rec.key, hpcdesk_gateway::CloseReason::SessionDeleted);
     match app.launcher.stop(&target(rec)).await {
         Ok(()) => {}
-        // A failed session's desktop is already gone; leftovers are best effort.
-        Err(e) if rec.state == SessionState::Failed => {
-            tracing::warn!(key = %rec.key, error = %e, "cleanup of a failed desktop failed");
+        // A failed or ended session's desktop is already gone; leftovers are best effort.
+        Err(e) if matches!(rec.state, SessionState::Failed | SessionState::Stopped) => {
+            tracing::warn!(key = %rec.key, error = %e, "cleanup of an ended desktop failed");
         }
         Err(e) => return Err(launch_error(e)),
     }
@@ -502,6 +502,7 @@ pub async fn stop(app: &AppState, rec: &SessionRecord, reason: &str) -> Result<(
             app.clock.now(),
         )
         .await?;
+    app.store.dismiss(&rec.key, app.clock.now()).await?;
     app.store.revoke_grants(&rec.key).await?;
     tracing::info!(key = %rec.key, session = ?rec.session_id.as_ref().map(ToString::to_string), reason, "desktop stopped");
     Ok(())

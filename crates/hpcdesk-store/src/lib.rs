@@ -170,7 +170,7 @@ pub struct AuditFilter {
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Reserves a live session for `new.owner`, or returns the one they already have.
-    /// Earlier failed sessions of that owner are cleared (`stopped`) when a new one is
+    /// Earlier failed or stopped sessions of that owner are dismissed when a new one is
     /// reserved, so a list shows the current desktop or the last failure, not a history.
     async fn claim_session(&self, new: NewSession) -> Result<Claim, StoreError>;
 
@@ -227,12 +227,17 @@ pub trait Store: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError>;
 
+    /// Hides a stopped session from lists (it was deleted or swept). A session that ended
+    /// outside hpcdesk stays listed as `stopped` until this.
+    async fn dismiss(&self, key: &str, now: DateTime<Utc>) -> Result<(), StoreError>;
+
     async fn session_by_key(&self, key: &str) -> Result<Option<SessionRecord>, StoreError>;
 
-    /// The visible (not stopped) session with this id.
+    /// The visible (not dismissed) session with this id.
     async fn visible_session(&self, id: &SessionId) -> Result<Option<SessionRecord>, StoreError>;
 
-    /// Visible sessions that have an id, oldest first; all owners when `owner` is `None`.
+    /// Visible (not dismissed) sessions that have an id, oldest first; all owners when
+    /// `owner` is `None`.
     async fn list_sessions(&self, owner: Option<&str>) -> Result<Vec<SessionRecord>, StoreError>;
 
     /// Sessions in any of `states` (for reconcile and sweep).

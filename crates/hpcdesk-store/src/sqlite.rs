@@ -272,9 +272,8 @@ impl Store for SqliteStore {
             match inserted {
                 Ok(_) => {
                     sqlx::query(
-                        "UPDATE sessions SET state = 'stopped', updated_at = $2, \
-                         status_reason = status_reason || ' (cleared by a new session)' \
-                         WHERE owner = $1 AND state = 'failed'",
+                        "UPDATE sessions SET state = 'stopped', dismissed = 1, updated_at = $2 \
+                         WHERE owner = $1 AND state IN ('failed', 'stopped') AND dismissed = 0",
                     )
                     .bind(&new.owner)
                     .bind(now)
@@ -310,9 +309,9 @@ impl Store for SqliteStore {
         // The new desktop holds this node's display, so whatever visible session carried the
         // same id before is certainly gone.
         sqlx::query(
-            "UPDATE sessions SET state = 'stopped', updated_at = $3, \
+            "UPDATE sessions SET state = 'stopped', dismissed = 1, updated_at = $3, \
              status_reason = 'display reused by a newer session' \
-             WHERE session_id = $1 AND key <> $2 AND state <> 'stopped'",
+             WHERE session_id = $1 AND key <> $2 AND dismissed = 0",
         )
         .bind(&id)
         .bind(key)
@@ -358,9 +357,9 @@ impl Store for SqliteStore {
         let now = millis(now);
         let mut tx = self.pool.begin().await?;
         sqlx::query(
-            "UPDATE sessions SET state = 'stopped', updated_at = $3, \
+            "UPDATE sessions SET state = 'stopped', dismissed = 1, updated_at = $3, \
              status_reason = 'id reused by a newer session' \
-             WHERE session_id = $1 AND key <> $2 AND state <> 'stopped'",
+             WHERE session_id = $1 AND key <> $2 AND dismissed = 0",
         )
         .bind(&id)
         .bind(key)
@@ -426,9 +425,9 @@ impl Store for SqliteStore {
         if let Some(id) = &at {
             let id_text = id.to_string();
             sqlx::query(
-                "UPDATE sessions SET state = 'stopped', updated_at = $3, \
+                "UPDATE sessions SET state = 'stopped', dismissed = 1, updated_at = $3, \
                  status_reason = 'display reused by a newer session' \
-                 WHERE session_id = $1 AND key <> $2 AND state <> 'stopped'",
+                 WHERE session_id = $1 AND key <> $2 AND dismissed = 0",
             )
             .bind(&id_text)
             .bind(key)
@@ -493,6 +492,17 @@ impl Store for SqliteStore {
         Ok(q.execute(&self.pool).await?.rows_affected() > 0)
     }
 
+    async fn dismiss(&self, key: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE sessions SET dismissed = 1, updated_at = $2 WHERE key = $1 AND state = 'stopped'",
+        )
+        .bind(key)
+        .bind(millis(now))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     async fn session_by_key(&self, key: &str) -> Result<Option<SessionRecord>, StoreError> {
         let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE key = $1");
         let row = sqlx::query(AssertSqlSafe(sql))
@@ -504,7 +514,7 @@ impl Store for SqliteStore {
 
     async fn visible_session(&self, id: &SessionId) -> Result<Option<SessionRecord>, StoreError> {
         let sql = format!(
-            "SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id = $1 AND state <> 'stopped'"
+            "SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id = $1 AND dismissed = 0"
         );
         let row = sqlx::query(AssertSqlSafe(sql))
             .bind(id.to_string())
@@ -518,7 +528,7 @@ impl Store for SqliteStore {
             Some(owner) => {
                 let sql = format!(
                     "SELECT {SESSION_COLUMNS} FROM sessions WHERE owner = $1 \
-                     AND state <> 'stopped' AND session_id IS NOT NULL ORDER BY created_at, key"
+                     AND dismissed = 0 AND session_id IS NOT NULL ORDER BY created_at, key"
                 );
                 sqlx::query(AssertSqlSafe(sql))
                     .bind(owner)
@@ -527,7 +537,7 @@ impl Store for SqliteStore {
             }
             None => {
                 let sql = format!(
-                    "SELECT {SESSION_COLUMNS} FROM sessions WHERE state <> 'stopped' \
+                    "SELECT {SESSION_COLUMNS} FROM sessions WHERE dismissed = 0 \
                      AND session_id IS NOT NULL ORDER BY created_at, key"
                 );
                 sqlx::query(AssertSqlSafe(sql))

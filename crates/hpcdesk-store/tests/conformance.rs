@@ -167,7 +167,14 @@ async fn a_started_session_is_visible_and_listed(store: Arc<dyn Store>) {
             .await
             .unwrap()
     );
+    // A stopped session stays listed (with its reason) until it is dismissed.
+    assert_eq!(
+        store.visible_session(&id).await.unwrap().unwrap().state,
+        SessionState::Stopped
+    );
+    store.dismiss(&rec.key, now).await.unwrap();
     assert!(store.visible_session(&id).await.unwrap().is_none());
+    assert!(store.list_sessions(Some("u3")).await.unwrap().is_empty());
 }
 
 async fn a_new_claim_clears_old_failures_and_reused_ids(store: Arc<dyn Store>) {
@@ -191,6 +198,10 @@ async fn a_new_claim_clears_old_failures_and_reused_ids(store: Arc<dyn Store>) {
     assert_eq!(
         store.session_by_key(&a.key).await.unwrap().unwrap().state,
         SessionState::Stopped
+    );
+    assert!(
+        store.list_sessions(Some("u4")).await.unwrap().is_empty(),
+        "the failure is dismissed"
     );
     // Another owner's dead desktop on the same display is superseded when the id is reused.
     let c = claimed(store.claim_session(new_session("u5")).await.unwrap());

@@ -42,6 +42,8 @@ enum Command {
     Desktop(cmd::client::Args),
     /// Run the idle sweep of a running server now (needs an admin token).
     Sweep(cmd::client::SweepArgs),
+    /// Show every node's load, memory and sessions (needs an admin token).
+    Nodes(cmd::client::SweepArgs),
     /// Platform accounts (for sites without the AC platform).
     #[command(subcommand)]
     User(cmd::admin::UserCmd),
@@ -66,6 +68,7 @@ fn main() -> ExitCode {
         Command::Node(c) => return cmd::node::run(c),
         Command::Desktop(args) => cmd::client::run(args),
         Command::Sweep(args) => cmd::client::sweep(args),
+        Command::Nodes(args) => cmd::client::nodes(args),
         Command::Config(c) => cmd::config::run(cli.config.as_deref(), c),
         Command::User(c) => cmd::admin::user(cli.config.as_deref(), c),
         Command::Org(c) => cmd::admin::org(cli.config.as_deref(), c),

@@ -59,6 +59,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::health))
         .route("/vncws", get(vncws::connect))
         .route("/hpcdesk/v1/sweep", axum::routing::post(admin::sweep))
+        .route("/hpcdesk/v1/nodes", get(admin::nodes))
         .fallback(web::file_or_404)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(

@@ -36,7 +36,7 @@ enum Action {
     Delete { session_id: String },
 }
 
-/// `hpcdesk sweep`: asks a running server to run the idle sweep now (admin token).
+/// `hpcdesk sweep` / `hpcdesk nodes`: an admin call to a running server.
 #[derive(Debug, clap::Args)]
 pub struct SweepArgs {
     #[arg(long, env = "HPCDESK_API", default_value = "http://127.0.0.1:65106")]
@@ -96,6 +96,75 @@ pub fn sweep(args: SweepArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// `hpcdesk nodes`: every node's probe and sessions (needs an admin token).
+pub fn nodes(args: SweepArgs) -> anyhow::Result<ExitCode> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let client = Client {
+            http: reqwest::Client::new(),
+            api: args.api.trim_end_matches('/').to_owned(),
+            token: args.token,
+        };
+        let (raw, r) = client
+            .call_get::<Vec<serde_json::Value>>("/hpcdesk/v1/nodes")
+            .await?;
+        if args.json {
+            println!("{raw}");
+        }
+        Ok(match r {
+            Ok(nodes) => {
+                if !args.json {
+                    let s = |v: &serde_json::Value| match v {
+                        serde_json::Value::String(s) => s.clone(),
+                        serde_json::Value::Null => "-".into(),
+                        other => other.to_string(),
+                    };
+                    let rows: Vec<Vec<String>> = nodes
+                        .iter()
+                        .map(|n| {
+                            vec![
+                                s(&n["name"]),
+                                s(&n["address"]),
+                                if n["accepting"] == true {
+                                    "yes".into()
+                                } else {
+                                    "no".into()
+                                },
+                                s(&n["load1"]),
+                                s(&n["cores"]),
+                                s(&n["memAvailableMiB"]),
+                                s(&n["desktops"]),
+                                s(&n["sessions"]),
+                                s(&n["reason"]),
+                            ]
+                        })
+                        .collect();
+                    println!(
+                        "{}",
+                        super::table(
+                            &[
+                                "NODE", "ADDRESS", "ACCEPTS", "LOAD", "CORES", "FREE MiB",
+                                "DESKTOPS", "SESSIONS", "REASON"
+                            ],
+                            &rows
+                        )
+                    );
+                }
+                ExitCode::SUCCESS
+            }
+            Err((code, msg)) => {
+                if !args.json {
+                    eprintln!("hpcdesk: error {code}: {msg}");
+                }
+                ExitCode::FAILURE
+            }
+        })
+    })
+}
+
 struct Client {
     http: reqwest::Client,
     api: String,
@@ -110,6 +179,13 @@ impl Client {
     ) -> anyhow::Result<(String, Result<T, (String, String)>)> {
         self.call_url(method, &format!("/hpc/openapi/v2/desktop/vnc{path}"))
             .await
+    }
+
+    async fn call_get<T: DeserializeOwned>(
+        &self,
+        path: &str,
+    ) -> anyhow::Result<(String, Result<T, (String, String)>)> {
+        self.call_url(reqwest::Method::GET, path).await
     }
 
     async fn call_url<T: DeserializeOwned>(

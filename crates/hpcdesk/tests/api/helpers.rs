@@ -81,8 +81,22 @@ pub fn agent_binary() -> PathBuf {
             if !is_root() {
                 return built;
             }
-            let dir =
-                std::env::temp_dir().join(format!("hpcdesk-test-agent-{}", std::process::id()));
+            // Under /var/tmp, not /tmp: the test nodes of the ssh launcher have a private /tmp.
+            // Copies left by earlier runs whose process is gone are removed first.
+            if let Ok(entries) = std::fs::read_dir("/var/tmp") {
+                for e in entries.flatten() {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    if let Some(pid) = name
+                        .strip_prefix("hpcdesk-test-agent-")
+                        .and_then(|p| p.parse::<i32>().ok())
+                        && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+                    {
+                        let _ = std::fs::remove_dir_all(e.path());
+                    }
+                }
+            }
+            let dir = PathBuf::from("/var/tmp")
+                .join(format!("hpcdesk-test-agent-{}", std::process::id()));
             std::fs::create_dir_all(&dir).unwrap();
             std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
             let copy = dir.join("hpcdesk");
@@ -107,6 +121,8 @@ pub struct Options {
     pub reconcile_every: &'static str,
     /// Extra TOML appended to the config file.
     pub extra_toml: String,
+    /// Extra keys of the `[launcher]` table (e.g. `kind = "ssh"`).
+    pub launcher_toml: String,
 }
 
 impl Default for Options {
@@ -118,6 +134,7 @@ impl Default for Options {
             depth: 24,
             reconcile_every: "1s",
             extra_toml: String::new(),
+            launcher_toml: String::new(),
         }
     }
 }
@@ -170,6 +187,7 @@ depth = {depth}
 start_timeout = "20s"
 display_min = {dmin}
 display_max = {dmax}
+{launcher_extra}
 
 [lifecycle]
 reconcile_every = "{reconcile}"
@@ -183,6 +201,7 @@ reconcile_every = "{reconcile}"
             dmax = opts.display_max,
             reconcile = opts.reconcile_every,
             extra = opts.extra_toml,
+            launcher_extra = opts.launcher_toml,
         );
         std::fs::write(&config, text).unwrap();
         let log = dir.path().join("serve.log");

@@ -10,5 +10,6 @@ mod gateway;
 mod helpers;
 mod restart;
 mod seed;
+mod ssh;
 mod sweep;
 mod viewer;

@@ -1,0 +1,270 @@
+//! The `ssh` launcher against two real sshd "nodes" in network namespaces (`ci/nodes.sh`):
+//! placement spreads desktops, a stopped node gets none, no node at all is 815201 with
+//! nothing half-created, and a desktop on a node opens in the browser through the gateway.
+
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use crate::browser::browser_parts;
+use crate::helpers::*;
+use crate::viewer::{Connect, connect, ws_url};
+
+const NODES: [(&str, &str); 2] = [("vnode1", "10.213.1.2"), ("vnode2", "10.213.2.2")];
+
+fn nodes_dir() -> PathBuf {
+    std::env::var_os("HPCDESK_NODES_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp/hpcdesk-nodes"))
+}
+
+fn script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../ci/nodes.sh")
+}
+
+fn nodes(action: &str, which: &[&str]) {
+    let out = Command::new(script())
+        .arg(action)
+        .args(which)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ci/nodes.sh {action} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn reachable(addr: &str) -> bool {
+    TcpStream::connect_timeout(
+        &format!("{addr}:22").parse().unwrap(),
+        Duration::from_secs(1),
+    )
+    .is_ok()
+}
+
+/// The test nodes are up; skips loudly outside CI, fails in CI.
+fn ssh_parts(test: &str) -> bool {
+    if !real_parts(test) {
+        return false;
+    }
+    let key = nodes_dir().join("ssh/client_ed25519");
+    let ok = key.exists() && NODES.iter().all(|(_, a)| reachable(a));
+    if !ok {
+        let msg = format!("{test}: the sshd test nodes are not up (run `ci/nodes.sh up` as root)");
+        assert!(!in_ci(), "{msg} — required in CI");
+        eprintln!("SKIPPED {msg}");
+    }
+    ok
+}
+
+/// Tests that take nodes down run one at a time and leave both nodes up, even on panic.
+struct Exclusive(#[allow(dead_code)] MutexGuard<'static, ()>);
+
+fn exclusive() -> Exclusive {
+    static LOCK: Mutex<()> = Mutex::new(());
+    Exclusive(LOCK.lock().unwrap_or_else(|p| p.into_inner()))
+}
+
+impl Drop for Exclusive {
+    fn drop(&mut self) {
+        // Whatever desktops a failed test left on the nodes.
+        for p in procs() {
+            let argv = cmdline(p);
+            if argv.first().is_some_and(|a| a.contains("Xvnc"))
+                && argv.iter().any(|a| a.contains("/.hpcdesk/desktops/vnode"))
+            {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(p),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        nodes("up", &[]);
+    }
+}
+
+fn ssh_app() -> TestApp {
+    let dir = nodes_dir();
+    let mut extra = format!(
+        "[launcher.ssh]\nagent = \"{}\"\nidentity = \"{}\"\nknown_hosts = \"{}\"\nconnect_timeout = \"3s\"\nprobe_cache = \"1s\"\n",
+        agent_binary().display(),
+        dir.join("ssh/client_ed25519").display(),
+        dir.join("ssh/known_hosts").display(),
+    );
+    for (name, addr) in NODES {
+        extra.push_str(&format!(
+            "\n[[launcher.nodes]]\nname = \"{name}\"\naddress = \"{addr}\"\nmax_load_per_core = 100.0\nmin_free_mem_mib = 1\n"
+        ));
+    }
+    TestApp::spawn_with(Options {
+        launcher_toml: "kind = \"ssh\"".into(),
+        extra_toml: extra,
+        ..Options::default()
+    })
+}
+
+fn node_desktops() -> usize {
+    procs()
+        .into_iter()
+        .filter(|p| {
+            let argv = cmdline(*p);
+            !zombie(*p)
+                && argv.first().is_some_and(|a| a.contains("Xvnc"))
+                && argv.iter().any(|a| a.contains("/.hpcdesk/desktops/vnode"))
+        })
+        .count()
+}
+
+#[test]
+fn desktops_spread_over_the_nodes_and_open_through_the_gateway() {
+    if !ssh_parts("ssh spread") {
+        return;
+    }
+    let _x = exclusive();
+    let app = ssh_app();
+    let (ta, tb) = (app.token("ssh-a"), app.token("ssh-b"));
+    let a = app.create(&ta);
+    assert_eq!(a["code"], "0", "{a}\n{}", app.log_text());
+    let b = app.create(&tb);
+    assert_eq!(b["code"], "0", "{b}");
+    let mut hosts = [
+        a["data"]["hostName"].as_str().unwrap().to_owned(),
+        b["data"]["hostName"].as_str().unwrap().to_owned(),
+    ];
+    hosts.sort();
+    assert_eq!(
+        hosts,
+        ["vnode1", "vnode2"],
+        "two desktops on two idle nodes spread"
+    );
+    let id_a = a["data"]["sessionId"].as_str().unwrap().to_owned();
+    let id_b = b["data"]["sessionId"].as_str().unwrap().to_owned();
+    assert!(id_a.starts_with(&format!(
+        "{}--{}--SIG--",
+        hosts.iter().find(|h| id_a.starts_with(h.as_str())).unwrap(),
+        compute_user()
+    )));
+
+    // The gateway reaches the desktop on its node.
+    let url = app.launch_url(&tb, &id_b)["data"]["novncUrl"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let Connect::Open(mut v) = rt.block_on(connect(&ws_url(&app.base, &url))) else {
+        panic!("refused");
+    };
+    assert_eq!(rt.block_on(v.handshake()).width, 1024);
+    let (rects, _, _) = rt.block_on(v.first_update(1024, 768));
+    assert!(rects >= 1);
+    drop(v);
+
+    // And in the browser: a command typed into the node's desktop runs there.
+    if browser_parts("ssh browser") {
+        let marker = format!("hpcdesk-ssh-{}", uuid::Uuid::new_v4().simple());
+        let home = nix::unistd::User::from_name(&compute_user())
+            .unwrap()
+            .unwrap()
+            .dir;
+        let file = home.join(&marker);
+        let out = Command::new("node")
+            .arg(
+                PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                    .join("../../tests/browser/type-in-desktop.mjs"),
+            )
+            .arg(format!("{}{url}", app.base))
+            .arg(format!("hostname > ~/{marker}"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "browser: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            eventually(Duration::from_secs(5), || file.exists()),
+            "the command did not run"
+        );
+        let ran_on = std::fs::read_to_string(&file).unwrap_or_default();
+        let _ = std::fs::remove_file(&file);
+        assert_eq!(
+            ran_on.trim(),
+            b["data"]["hostName"].as_str().unwrap(),
+            "ran on the node"
+        );
+    }
+
+    // `hpcdesk nodes` shows both nodes with one session each.
+    let admin = token_with("ssh-admin", &compute_user(), |c| c.role = "9".into());
+    let (ok, out, err) = run_cli(
+        &["nodes", "--api", &app.base, "--token", &admin, "--json"],
+        &[],
+    );
+    assert!(ok, "nodes: {err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    for n in v["data"].as_array().unwrap() {
+        assert_eq!(n["reachable"], true, "{n}");
+        assert_eq!(n["sessions"], 1, "{n}");
+        assert!(n["cores"].as_u64().unwrap() >= 1);
+    }
+
+    assert_eq!(app.delete(&ta, &id_a)["code"], "0");
+    assert_eq!(app.delete(&tb, &id_b)["code"], "0");
+    assert!(
+        eventually(Duration::from_secs(5), || node_desktops() == 0),
+        "desktops left on the nodes"
+    );
+}
+
+#[test]
+fn a_stopped_node_gets_no_desktops_and_no_node_at_all_is_815201() {
+    if !ssh_parts("ssh node down") {
+        return;
+    }
+    let _x = exclusive();
+    let app = ssh_app();
+    nodes("down", &["vnode1"]);
+    let tc = app.token("ssh-c");
+    let c = app.create(&tc);
+    assert_eq!(c["code"], "0", "{c}\n{}", app.log_text());
+    assert_eq!(c["data"]["hostName"], "vnode2", "the only node up");
+    let id_c = c["data"]["sessionId"].as_str().unwrap().to_owned();
+
+    nodes("down", &["vnode2"]);
+    let td = app.token("ssh-d");
+    let d = app.create(&td);
+    assert_eq!(d["code"], "815201", "{d}");
+    let msg = d["msg"].as_str().unwrap();
+    assert!(
+        msg.contains("vnode1") && msg.contains("vnode2"),
+        "names every node: {msg}"
+    );
+    assert!(app.list(&td).is_empty(), "nothing half-created");
+    assert_eq!(node_desktops(), 0);
+
+    // The desktop whose node vanished is noticed by reconcile.
+    assert!(
+        eventually(Duration::from_secs(15), || app.list(&tc)[0]["status"]
+            == "failed"),
+        "{:?}\n{}",
+        app.list(&tc),
+        app.log_text()
+            .lines()
+            .filter(|l| !l.contains("DEBUG"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let reason = app.list(&tc)[0]["statusReason"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(reason.contains("unreachable"), "{reason}");
+    // It can still be deleted.
+    assert_eq!(app.delete(&tc, &id_c)["code"], "0");
+}
