@@ -13,6 +13,10 @@ if [ "$(id -u)" -eq 0 ]; then
   for u in hdtest test_1215; do
     id "$u" >/dev/null 2>&1 || useradd --create-home --shell /bin/bash "$u"
   done
+  # Real parts for the ssh and slurm launchers: two sshd nodes in network namespaces and
+  # a single-node Slurm with munge.
+  ci/nodes.sh up
+  ci/slurm.sh up >/dev/null
 fi
 
 cargo test --workspace --locked "$@"

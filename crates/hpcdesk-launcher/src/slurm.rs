@@ -374,7 +374,20 @@ impl Launcher for SlurmLauncher {
     async fn survey(&self, targets: &[Target]) -> Result<Survey, LaunchError> {
         let handles: Vec<Option<Handle>> = targets.iter().map(|t| handle_of(t).ok()).collect();
         let jobs: Vec<u64> = handles.iter().flatten().map(|h| h.job).collect();
-        let mut states = self.states(&jobs).await?.into_iter();
+        let mut found = self.states(&jobs).await?;
+        // A cancelled job shows only COMPLETING until its processes are gone; give it a few
+        // seconds, so the reason can say how it ended (CANCELLED, TIMEOUT…).
+        for _ in 0..15 {
+            if !found
+                .iter()
+                .any(|s| s.as_ref().is_some_and(|s| s.state == "COMPLETING"))
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            found = self.states(&jobs).await?;
+        }
+        let mut states = found.into_iter();
         let mut out = Vec::with_capacity(targets.len());
         for h in &handles {
             let Some(h) = h else {
@@ -385,7 +398,10 @@ impl Launcher for SlurmLauncher {
             };
             out.push(match states.next().flatten() {
                 Some(s) if s.state == "RUNNING" || s.state == "CONFIGURING" => Liveness::Alive,
-                Some(s) if matches!(s.state.as_str(), "COMPLETING" | "COMPLETED" | "CANCELLED") => {
+                Some(s) if s.state == "COMPLETING" => {
+                    Liveness::Ended(format!("Slurm job {} is ending", h.job))
+                }
+                Some(s) if matches!(s.state.as_str(), "COMPLETED" | "CANCELLED") => {
                     Liveness::Ended(format!("Slurm job {} ended: {}", h.job, s.state))
                 }
                 Some(s) => {

@@ -240,6 +240,20 @@ async fn ready(
             tracing::info!(session = %id, host = %launched.host, port = launched.port, "desktop running");
             Ok(rec)
         }
+        // A queued desktop is followed by both its create and the watcher: whichever came
+        // second finds it already recorded, and that is not a failure.
+        Ok(None)
+            if app.store.session_by_key(&rec.key).await?.is_some_and(|r| {
+                r.state == SessionState::Running
+                    && r.node.as_ref() == Some(&launched.node)
+                    && r.display == Some(launched.display)
+            }) =>
+        {
+            app.store
+                .session_by_key(&rec.key)
+                .await?
+                .ok_or_else(|| ApiError::internal(std::io::Error::other("session vanished")))
+        }
         other => {
             let mut t = target(rec);
             t.node = Some(launched.node);

@@ -36,6 +36,12 @@ pub fn browser_parts(test: &str) -> bool {
     false
 }
 
+/// One Chromium at a time: three browsers and their desktops at once overload two cores.
+pub fn browser_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn home_of(user: &str) -> PathBuf {
     nix::unistd::User::from_name(user).unwrap().unwrap().dir
 }
@@ -60,6 +66,7 @@ fn a_command_typed_in_the_browser_runs_in_the_desktop() {
     let marker = format!("hpcdesk-browser-{}", uuid::Uuid::new_v4().simple());
     let file = home_of(&compute_user()).join(&marker);
     let shot = app.dir.path().join("desktop.png");
+    let _browser = browser_lock();
     let out = Command::new("node")
         .arg(browser_dir().join("type-in-desktop.mjs"))
         .arg(&url)

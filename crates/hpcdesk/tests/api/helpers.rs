@@ -123,6 +123,8 @@ pub struct Options {
     pub extra_toml: String,
     /// Extra keys of the `[launcher]` table (e.g. `kind = "ssh"`).
     pub launcher_toml: String,
+    /// Environment of the server process.
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for Options {
@@ -135,6 +137,7 @@ impl Default for Options {
             reconcile_every: "1s",
             extra_toml: String::new(),
             launcher_toml: String::new(),
+            env: Vec::new(),
         }
     }
 }
@@ -143,6 +146,7 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 pub struct TestApp {
     pub base: String,
+    env: Vec<(String, String)>,
     pub node: String,
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
@@ -207,6 +211,7 @@ reconcile_every = "{reconcile}"
         let log = dir.path().join("serve.log");
         let mut app = TestApp {
             base: String::new(),
+            env: opts.env.clone(),
             node,
             dir,
             config,
@@ -226,6 +231,7 @@ reconcile_every = "{reconcile}"
             // Debug everywhere, so the tests that grep the log for secrets see the most.
             .env("HPCDESK_LOG", "debug")
             .env_remove("HPCDESK_CONFIG")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -10,6 +10,7 @@ mod gateway;
 mod helpers;
 mod restart;
 mod seed;
+mod slurm;
 mod ssh;
 mod sweep;
 mod viewer;

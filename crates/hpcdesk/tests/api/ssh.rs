@@ -8,7 +8,7 @@ use std::process::Command;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use crate::browser::browser_parts;
+use crate::browser::{browser_lock, browser_parts};
 use crate::helpers::*;
 use crate::viewer::{Connect, connect, ws_url};
 
@@ -173,6 +173,7 @@ fn desktops_spread_over_the_nodes_and_open_through_the_gateway() {
             .unwrap()
             .dir;
         let file = home.join(&marker);
+        let _browser = browser_lock();
         let out = Command::new("node")
             .arg(
                 PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -184,7 +185,8 @@ fn desktops_spread_over_the_nodes_and_open_through_the_gateway() {
             .unwrap();
         assert!(
             out.status.success(),
-            "browser: {}",
+            "browser: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
         assert!(
