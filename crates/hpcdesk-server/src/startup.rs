@@ -106,15 +106,7 @@ pub fn server_key(config: &Config) -> Result<ServerKey, StartupError> {
 pub fn node_name(config: &Config) -> Result<NodeName, StartupError> {
     let name = match &config.launcher.node_name {
         Some(n) => n.clone(),
-        None => nix::unistd::gethostname()
-            .map(|h| {
-                h.to_string_lossy()
-                    .split('.')
-                    .next()
-                    .unwrap_or("")
-                    .to_owned()
-            })
-            .map_err(|e| StartupError::Launcher(format!("cannot read the host name: {e}")))?,
+        None => hpcdesk_launcher::agent::short_hostname(),
     };
     NodeName::parse(&name).map_err(|e| {
         StartupError::Launcher(format!(

@@ -230,6 +230,27 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
 }
 
+/// Dismisses any other visible session that carries `id`: the desktop now holding that
+/// node's display (or that id) makes the older one certainly gone.
+async fn supersede(
+    tx: &mut Transaction<'_, Sqlite>,
+    id: &str,
+    key: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE sessions SET state = 'stopped', dismissed = 1, updated_at = $3, \
+         status_reason = 'its id was reused by a newer session' \
+         WHERE session_id = $1 AND key <> $2 AND dismissed = 0",
+    )
+    .bind(id)
+    .bind(key)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 async fn session_in_tx(
     tx: &mut Transaction<'_, Sqlite>,
     key: &str,
@@ -306,18 +327,7 @@ impl Store for SqliteStore {
         let id = started.session_id.to_string();
         let now = millis(started.now);
         let mut tx = self.pool.begin().await?;
-        // The new desktop holds this node's display, so whatever visible session carried the
-        // same id before is certainly gone.
-        sqlx::query(
-            "UPDATE sessions SET state = 'stopped', dismissed = 1, updated_at = $3, \
-             status_reason = 'display reused by a newer session' \
-             WHERE session_id = $1 AND key <> $2 AND dismissed = 0",
-        )
-        .bind(&id)
-        .bind(key)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
+        supersede(&mut tx, &id, key, now).await?;
         let done = sqlx::query(
             "UPDATE sessions SET session_id = $2, node = $3, display = $4, host = $5, port = $6, \
              vnc_password = $7, handle = $8, state = $9, status_reason = '', updated_at = $10 \
@@ -356,16 +366,7 @@ impl Store for SqliteStore {
         let id = session_id.to_string();
         let now = millis(now);
         let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "UPDATE sessions SET state = 'stopped', dismissed = 1, updated_at = $3, \
-             status_reason = 'id reused by a newer session' \
-             WHERE session_id = $1 AND key <> $2 AND dismissed = 0",
-        )
-        .bind(&id)
-        .bind(key)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
+        supersede(&mut tx, &id, key, now).await?;
         let done = sqlx::query(
             "UPDATE sessions SET session_id = $2, handle = $3, state = 'pending', \
              status_reason = $4, updated_at = $5, vnc_password = $6 \
@@ -424,16 +425,7 @@ impl Store for SqliteStore {
         let mut tx = self.pool.begin().await?;
         if let Some(id) = &at {
             let id_text = id.to_string();
-            sqlx::query(
-                "UPDATE sessions SET state = 'stopped', dismissed = 1, updated_at = $3, \
-                 status_reason = 'display reused by a newer session' \
-                 WHERE session_id = $1 AND key <> $2 AND dismissed = 0",
-            )
-            .bind(&id_text)
-            .bind(key)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+            supersede(&mut tx, &id_text, key, now).await?;
             sqlx::query(
                 "UPDATE sessions SET session_id = $2, node = $3, display = $4, state = 'failed', \
                  status_reason = $5, updated_at = $6 \

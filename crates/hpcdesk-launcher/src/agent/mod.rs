@@ -65,6 +65,19 @@ impl Listen {
     }
 }
 
+/// This machine's short host name (up to the first dot): the default node name.
+pub fn short_hostname() -> String {
+    nix::unistd::gethostname()
+        .map(|h| {
+            h.to_string_lossy()
+                .split('.')
+                .next()
+                .unwrap_or("")
+                .to_owned()
+        })
+        .unwrap_or_default()
+}
+
 /// This machine's address as its host name resolves, preferring IPv4, never loopback.
 fn own_address() -> Result<IpAddr, String> {
     use std::net::ToSocketAddrs;

@@ -48,7 +48,15 @@ pub struct SweepArgs {
     json: bool,
 }
 
-pub fn sweep(args: SweepArgs) -> anyhow::Result<ExitCode> {
+/// An API answer: the raw body, and the data or the failure's (code, msg).
+type Answer<T> = (String, Result<T, (String, String)>);
+
+/// Runs one admin call against a running server.
+fn admin_call(
+    args: &SweepArgs,
+    method: reqwest::Method,
+    path: &str,
+) -> anyhow::Result<Answer<serde_json::Value>> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -57,112 +65,99 @@ pub fn sweep(args: SweepArgs) -> anyhow::Result<ExitCode> {
         let client = Client {
             http: reqwest::Client::new(),
             api: args.api.trim_end_matches('/').to_owned(),
-            token: args.token,
+            token: args.token.clone(),
         };
-        let (raw, r) = client
-            .call_url::<serde_json::Value>(reqwest::Method::POST, "/hpcdesk/v1/sweep")
-            .await?;
-        if args.json {
-            println!("{raw}");
-        }
-        Ok(match r {
-            Ok(report) => {
-                if !args.json {
-                    let swept: Vec<&str> = report["swept"]
-                        .as_array()
-                        .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
-                        .unwrap_or_default();
-                    println!(
-                        "checked {} sessions, {} in use, swept {}{}",
-                        report["checked"],
-                        report["inUse"],
-                        swept.len(),
-                        if swept.is_empty() {
-                            String::new()
-                        } else {
-                            format!(": {}", swept.join(", "))
-                        }
-                    );
-                }
-                ExitCode::SUCCESS
-            }
-            Err((code, msg)) => {
-                if !args.json {
-                    eprintln!("hpcdesk: error {code}: {msg}");
-                }
-                ExitCode::FAILURE
-            }
-        })
+        client.call_url(method, path).await
     })
+}
+
+/// Prints an admin call's outcome: the raw JSON with `--json`, else `human(data)`.
+fn finish_admin(
+    json: bool,
+    raw: String,
+    r: Result<serde_json::Value, (String, String)>,
+    human: impl FnOnce(&serde_json::Value) -> String,
+) -> ExitCode {
+    if json {
+        println!("{raw}");
+    }
+    match r {
+        Ok(data) => {
+            if !json {
+                println!("{}", human(&data));
+            }
+            ExitCode::SUCCESS
+        }
+        Err((code, msg)) => {
+            if !json {
+                eprintln!("hpcdesk: error {code}: {msg}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+pub fn sweep(args: SweepArgs) -> anyhow::Result<ExitCode> {
+    let (raw, r) = admin_call(&args, reqwest::Method::POST, "/hpcdesk/v1/sweep")?;
+    Ok(finish_admin(args.json, raw, r, |report| {
+        let swept: Vec<&str> = report["swept"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
+            .unwrap_or_default();
+        format!(
+            "checked {} sessions, {} in use, swept {}{}",
+            report["checked"],
+            report["inUse"],
+            swept.len(),
+            if swept.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", swept.join(", "))
+            }
+        )
+    }))
 }
 
 /// `hpcdesk nodes`: every node's probe and sessions (needs an admin token).
 pub fn nodes(args: SweepArgs) -> anyhow::Result<ExitCode> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        let client = Client {
-            http: reqwest::Client::new(),
-            api: args.api.trim_end_matches('/').to_owned(),
-            token: args.token,
+    let (raw, r) = admin_call(&args, reqwest::Method::GET, "/hpcdesk/v1/nodes")?;
+    Ok(finish_admin(args.json, raw, r, |data| {
+        let s = |v: &serde_json::Value| match v {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Null => "-".into(),
+            other => other.to_string(),
         };
-        let (raw, r) = client
-            .call_get::<Vec<serde_json::Value>>("/hpcdesk/v1/nodes")
-            .await?;
-        if args.json {
-            println!("{raw}");
-        }
-        Ok(match r {
-            Ok(nodes) => {
-                if !args.json {
-                    let s = |v: &serde_json::Value| match v {
-                        serde_json::Value::String(s) => s.clone(),
-                        serde_json::Value::Null => "-".into(),
-                        other => other.to_string(),
-                    };
-                    let rows: Vec<Vec<String>> = nodes
-                        .iter()
-                        .map(|n| {
-                            vec![
-                                s(&n["name"]),
-                                s(&n["address"]),
-                                if n["accepting"] == true {
-                                    "yes".into()
-                                } else {
-                                    "no".into()
-                                },
-                                s(&n["load1"]),
-                                s(&n["cores"]),
-                                s(&n["memAvailableMiB"]),
-                                s(&n["desktops"]),
-                                s(&n["sessions"]),
-                                s(&n["reason"]),
-                            ]
-                        })
-                        .collect();
-                    println!(
-                        "{}",
-                        super::table(
-                            &[
-                                "NODE", "ADDRESS", "ACCEPTS", "LOAD", "CORES", "FREE MiB",
-                                "DESKTOPS", "SESSIONS", "REASON"
-                            ],
-                            &rows
-                        )
-                    );
-                }
-                ExitCode::SUCCESS
-            }
-            Err((code, msg)) => {
-                if !args.json {
-                    eprintln!("hpcdesk: error {code}: {msg}");
-                }
-                ExitCode::FAILURE
-            }
-        })
-    })
+        let rows: Vec<Vec<String>> = data
+            .as_array()
+            .map(|a| a.as_slice())
+            .unwrap_or_default()
+            .iter()
+            .map(|n| {
+                vec![
+                    s(&n["name"]),
+                    s(&n["address"]),
+                    if n["accepting"] == true {
+                        "yes".into()
+                    } else {
+                        "no".into()
+                    },
+                    s(&n["load1"]),
+                    s(&n["cores"]),
+                    s(&n["memAvailableMiB"]),
+                    s(&n["desktops"]),
+                    s(&n["sessions"]),
+                    s(&n["reason"]),
+                ]
+            })
+            .collect();
+        super::table(
+            &[
+                "NODE", "ADDRESS", "ACCEPTS", "LOAD", "CORES", "FREE MiB", "DESKTOPS", "SESSIONS",
+                "REASON",
+            ],
+            &rows,
+        )
+    }))
 }
 
 struct Client {
@@ -176,23 +171,16 @@ impl Client {
         &self,
         method: reqwest::Method,
         path: &str,
-    ) -> anyhow::Result<(String, Result<T, (String, String)>)> {
+    ) -> anyhow::Result<Answer<T>> {
         self.call_url(method, &format!("/hpc/openapi/v2/desktop/vnc{path}"))
             .await
-    }
-
-    async fn call_get<T: DeserializeOwned>(
-        &self,
-        path: &str,
-    ) -> anyhow::Result<(String, Result<T, (String, String)>)> {
-        self.call_url(reqwest::Method::GET, path).await
     }
 
     async fn call_url<T: DeserializeOwned>(
         &self,
         method: reqwest::Method,
         path: &str,
-    ) -> anyhow::Result<(String, Result<T, (String, String)>)> {
+    ) -> anyhow::Result<Answer<T>> {
         let url = format!("{}{path}", self.api);
         let resp = self
             .http

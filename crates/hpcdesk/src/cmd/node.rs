@@ -8,68 +8,68 @@ use clap::Subcommand;
 use hpcdesk_launcher::agent::{self, AgentError, ErrorKind, Listen, StartArgs};
 
 fn default_node() -> String {
-    nix::unistd::gethostname()
-        .map(|h| {
-            h.to_string_lossy()
-                .split('.')
-                .next()
-                .unwrap_or("")
-                .to_owned()
+    agent::short_hostname()
+}
+
+/// How to start a desktop (shared by `start` and `job`).
+#[derive(Debug, clap::Args)]
+pub struct DesktopOpts {
+    /// This node's name (as in session ids).
+    #[arg(long, default_value_t = default_node())]
+    node: String,
+    #[arg(long, default_value = "Xvnc")]
+    xvnc: String,
+    /// Desktop command line; default: a window manager and an xterm.
+    #[arg(long)]
+    desktop: Option<String>,
+    #[arg(long, default_value = "1920x1080")]
+    geometry: String,
+    #[arg(long, default_value_t = 24)]
+    depth: u8,
+    #[arg(long, default_value_t = 1)]
+    display_min: u32,
+    #[arg(long, default_value_t = 99)]
+    display_max: u32,
+    /// "localhost", "hostname" (this node's address) or an IP address Xvnc listens on.
+    #[arg(long, default_value = "localhost")]
+    listen: String,
+    /// How long the desktop may take to become ready.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+}
+
+impl DesktopOpts {
+    fn into_args(self) -> Result<StartArgs, AgentError> {
+        let listen = Listen::parse(&self.listen).map_err(|e| AgentError {
+            kind: ErrorKind::Usage,
+            error: e,
+            display: None,
+        })?;
+        Ok(StartArgs {
+            node: self.node,
+            xvnc: self.xvnc,
+            desktop: self.desktop,
+            geometry: self.geometry,
+            depth: self.depth,
+            display_min: self.display_min,
+            display_max: self.display_max,
+            listen,
+            timeout: self.timeout,
         })
-        .unwrap_or_default()
+    }
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Start a desktop; the VNC password is read from stdin.
-    Start {
-        /// This node's name (as in session ids).
-        #[arg(long, default_value_t = default_node())]
-        node: String,
-        #[arg(long, default_value = "Xvnc")]
-        xvnc: String,
-        /// Desktop command line; default: a window manager and an xterm.
-        #[arg(long)]
-        desktop: Option<String>,
-        #[arg(long, default_value = "1920x1080")]
-        geometry: String,
-        #[arg(long, default_value_t = 24)]
-        depth: u8,
-        #[arg(long, default_value_t = 1)]
-        display_min: u32,
-        #[arg(long, default_value_t = 99)]
-        display_max: u32,
-        /// "localhost" or the IP address Xvnc listens on.
-        #[arg(long, default_value = "localhost")]
-        listen: String,
-        /// How long the desktop may take to become ready.
-        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
-        timeout: Duration,
-    },
+    Start(DesktopOpts),
     /// (Slurm job) Run a desktop in the foreground until its Xvnc ends or TERM arrives.
     Job {
         /// The job directory key (from job-prepare).
         #[arg(long)]
         key: String,
-        #[arg(long, default_value_t = default_node())]
-        node: String,
-        #[arg(long, default_value = "Xvnc")]
-        xvnc: String,
-        #[arg(long)]
-        desktop: Option<String>,
-        #[arg(long, default_value = "1920x1080")]
-        geometry: String,
-        #[arg(long, default_value_t = 24)]
-        depth: u8,
-        #[arg(long, default_value_t = 1)]
-        display_min: u32,
-        #[arg(long, default_value_t = 99)]
-        display_max: u32,
-        /// "localhost", "hostname" (this node's address) or an IP address.
-        #[arg(long, default_value = "hostname")]
-        listen: String,
-        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
-        timeout: Duration,
+        #[command(flatten)]
+        desktop: DesktopOpts,
     },
     /// (Slurm) Store a job's VNC password (stdin) in its job directory.
     JobPrepare {
@@ -127,71 +127,15 @@ fn reply<T: serde::Serialize>(r: Result<T, AgentError>) -> ExitCode {
 
 pub fn run(c: Command) -> ExitCode {
     match c {
-        Command::Start {
-            node,
-            xvnc,
-            desktop,
-            geometry,
-            depth,
-            display_min,
-            display_max,
-            listen,
-            timeout,
-        } => reply((|| {
-            let listen = Listen::parse(&listen).map_err(|e| AgentError {
-                kind: ErrorKind::Usage,
-                error: e,
-                display: None,
-            })?;
+        Command::Start(opts) => reply((|| {
+            let args = opts.into_args()?;
             let password = agent::read_password(std::io::stdin().lock())?;
-            agent::start(
-                &StartArgs {
-                    node,
-                    xvnc,
-                    desktop,
-                    geometry,
-                    depth,
-                    display_min,
-                    display_max,
-                    listen,
-                    timeout,
-                },
-                &password,
-            )
+            agent::start(&args, &password)
         })()),
-        Command::Job {
-            key,
-            node,
-            xvnc,
-            desktop,
-            geometry,
-            depth,
-            display_min,
-            display_max,
-            listen,
-            timeout,
-        } => {
-            let run = (|| {
-                let listen = Listen::parse(&listen).map_err(|e| AgentError {
-                    kind: ErrorKind::Usage,
-                    error: e,
-                    display: None,
-                })?;
-                agent::job::run(
-                    &key,
-                    &StartArgs {
-                        node,
-                        xvnc,
-                        desktop,
-                        geometry,
-                        depth,
-                        display_min,
-                        display_max,
-                        listen,
-                        timeout,
-                    },
-                )
-            })();
+        Command::Job { key, desktop } => {
+            let run = desktop
+                .into_args()
+                .and_then(|args| agent::job::run(&key, &args));
             match run {
                 Ok(reason) => {
                     println!("{}", serde_json::json!({ "ended": reason }));

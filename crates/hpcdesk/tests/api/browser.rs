@@ -42,6 +42,44 @@ pub fn browser_lock() -> std::sync::MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Opens `url` in Chromium, waits for the viewer to connect, types `command` and Enter into the
+/// desktop's xterm, and returns the file `~/<marker>` the command is expected to write (its
+/// content, once it appears). Panics with the browser's own messages if it cannot connect.
+pub fn type_in_desktop(
+    url: &str,
+    command: impl Fn(&str) -> String,
+    shot: Option<&std::path::Path>,
+) -> String {
+    let marker = format!("hpcdesk-browser-{}", uuid::Uuid::new_v4().simple());
+    let file = home_of(&compute_user()).join(&marker);
+    let mut cmd = Command::new("node");
+    cmd.arg(browser_dir().join("type-in-desktop.mjs"))
+        .arg(url)
+        .arg(command(&marker));
+    if let Some(shot) = shot {
+        cmd.arg(shot);
+    }
+    let out = {
+        let _one_at_a_time = browser_lock();
+        cmd.output().unwrap()
+    };
+    assert!(
+        out.status.success(),
+        "browser run failed\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let appeared = eventually(Duration::from_secs(5), || file.exists());
+    let content = std::fs::read_to_string(&file).unwrap_or_default();
+    let _ = std::fs::remove_file(&file);
+    assert!(
+        appeared,
+        "the typed command did not run in the desktop; browser said: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    content
+}
+
 fn home_of(user: &str) -> PathBuf {
     nix::unistd::User::from_name(user).unwrap().unwrap().dir
 }
@@ -63,32 +101,8 @@ fn a_command_typed_in_the_browser_runs_in_the_desktop() {
         launch["data"]["novncUrl"].as_str().unwrap()
     );
 
-    let marker = format!("hpcdesk-browser-{}", uuid::Uuid::new_v4().simple());
-    let file = home_of(&compute_user()).join(&marker);
     let shot = app.dir.path().join("desktop.png");
-    let _browser = browser_lock();
-    let out = Command::new("node")
-        .arg(browser_dir().join("type-in-desktop.mjs"))
-        .arg(&url)
-        .arg(format!("touch ~/{marker}"))
-        .arg(&shot)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "browser run failed\nstdout: {stdout}\nstderr: {stderr}\nserver log:\n{}",
-        app.log_text()
-    );
-    eprintln!("browser: {stdout}");
-    let created_file = eventually(Duration::from_secs(5), || file.exists());
-    let _ = std::fs::remove_file(&file);
-    assert!(
-        created_file,
-        "the typed command did not run in the desktop (screenshot: {}); stderr: {stderr}",
-        shot.display()
-    );
+    type_in_desktop(&url, |marker| format!("touch ~/{marker}"), Some(&shot));
     // The viewer's connection was counted and is gone again.
     assert!(eventually(
         Duration::from_secs(3),

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::browser::{browser_lock, browser_parts};
+use crate::browser::{browser_parts, type_in_desktop};
 use crate::helpers::*;
 use crate::viewer::{Connect, connect, ws_url};
 
@@ -168,34 +168,11 @@ fn a_desktop_is_a_slurm_job_that_opens_in_the_browser_and_goes_with_delete() {
     assert_eq!(rt.block_on(v.handshake()).width, 1024);
     drop(v);
     if browser_parts("slurm browser") {
-        let marker = format!("hpcdesk-slurm-{}", uuid::Uuid::new_v4().simple());
-        let home = nix::unistd::User::from_name(&compute_user())
-            .unwrap()
-            .unwrap()
-            .dir;
-        let file = home.join(&marker);
-        let _browser = browser_lock();
-        let out = Command::new("node")
-            .arg(
-                PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                    .join("../../tests/browser/type-in-desktop.mjs"),
-            )
-            .arg(format!("{}{url}", app.base))
-            .arg(format!("echo $SLURM_JOB_ID > ~/{marker}"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "browser: {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+        let job = type_in_desktop(
+            &format!("{}{url}", app.base),
+            |marker| format!("echo $SLURM_JOB_ID > ~/{marker}"),
+            None,
         );
-        assert!(
-            eventually(Duration::from_secs(5), || file.exists()),
-            "the command did not run"
-        );
-        let job = std::fs::read_to_string(&file).unwrap_or_default();
-        let _ = std::fs::remove_file(&file);
         assert_eq!(job.trim(), jobs[0].0, "the desktop runs inside the job");
     }
 
@@ -223,7 +200,7 @@ fn a_job_cancelled_outside_hpcdesk_leaves_its_session_stopped_with_the_reason() 
     let created = app.create(&token);
     assert_eq!(created["code"], "0", "{created}");
     let id = created["data"]["sessionId"].as_str().unwrap().to_owned();
-    running(&app, &token);
+    let display = running(&app, &token)["displayNumber"].as_u64().unwrap();
     let jobs = hpcdesk_jobs();
     assert_eq!(jobs.len(), 1, "{jobs:?}");
     let (ok, out) = slurm("scancel", &[&jobs[0].0]);
@@ -245,6 +222,12 @@ fn a_job_cancelled_outside_hpcdesk_leaves_its_session_stopped_with_the_reason() 
     assert!(
         eventually(Duration::from_secs(10), || job_xvnc() == 0),
         "an Xvnc of the job is left"
+    );
+    // The job trapped TERM and stopped its desktop cleanly: no X lock is left behind.
+    let lock = std::fs::read_to_string(format!("/tmp/.X{display}-lock")).unwrap_or_default();
+    assert!(
+        lock.trim().is_empty() || std::path::Path::new(&format!("/proc/{}", lock.trim())).exists(),
+        "a stale X lock of display :{display} is left"
     );
     // The ended session goes away when deleted.
     assert_eq!(app.delete(&token, &id)["code"], "0");

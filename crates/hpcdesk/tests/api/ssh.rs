@@ -8,7 +8,7 @@ use std::process::Command;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use crate::browser::{browser_lock, browser_parts};
+use crate::browser::{browser_parts, type_in_desktop};
 use crate::helpers::*;
 use crate::viewer::{Connect, connect, ws_url};
 
@@ -167,34 +167,11 @@ fn desktops_spread_over_the_nodes_and_open_through_the_gateway() {
 
     // And in the browser: a command typed into the node's desktop runs there.
     if browser_parts("ssh browser") {
-        let marker = format!("hpcdesk-ssh-{}", uuid::Uuid::new_v4().simple());
-        let home = nix::unistd::User::from_name(&compute_user())
-            .unwrap()
-            .unwrap()
-            .dir;
-        let file = home.join(&marker);
-        let _browser = browser_lock();
-        let out = Command::new("node")
-            .arg(
-                PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                    .join("../../tests/browser/type-in-desktop.mjs"),
-            )
-            .arg(format!("{}{url}", app.base))
-            .arg(format!("hostname > ~/{marker}"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "browser: {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+        let ran_on = type_in_desktop(
+            &format!("{}{url}", app.base),
+            |marker| format!("hostname > ~/{marker}"),
+            None,
         );
-        assert!(
-            eventually(Duration::from_secs(5), || file.exists()),
-            "the command did not run"
-        );
-        let ran_on = std::fs::read_to_string(&file).unwrap_or_default();
-        let _ = std::fs::remove_file(&file);
         assert_eq!(
             ran_on.trim(),
             b["data"]["hostName"].as_str().unwrap(),
