@@ -13,7 +13,9 @@
 //!   handshake for hpcdesk).
 //! - [`procs`]: the relay and hpcdesk child processes, and memory readings.
 //! - [`measure`]: the measurements and the report.
+//! - [`api`]: the API (requests/s) and create → ready benchmarks.
 
+mod api;
 mod client;
 mod measure;
 mod procs;
@@ -34,6 +36,10 @@ struct Cli {
 enum Command {
     /// Run the whole benchmark and print the table.
     Run(measure::Options),
+    /// Requests/s and latency of launchurl and list against a trivial axum handler.
+    Api(api::ApiOptions),
+    /// Create → ready with the local launcher against Xvnc's own start time (as root).
+    Create(api::CreateOptions),
     /// (internal) The benchmark's VNC-like servers.
     Servers,
     /// (internal) A plain TCP relay: --map LISTEN=TARGET, repeated.
@@ -61,6 +67,8 @@ fn main() {
     let result = rt.block_on(async {
         match cli.command {
             Command::Run(opts) => measure::run(opts).await,
+            Command::Api(opts) => api::api(opts).await,
+            Command::Create(opts) => api::create(opts).await,
             Command::Servers => servers::main().await,
             Command::Relay { maps } => procs::relay_main(maps).await,
             Command::Hpcdesk { data, maps } => procs::hpcdesk_main(data, maps).await,

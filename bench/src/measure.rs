@@ -353,7 +353,10 @@ pub async fn run(opts: Options) -> Result<(), Error> {
         None,
     )
     .await?;
-    let hpcdesk_base = format!("http://{}", hpcdesk.ready);
+    let hpcdesk_base = format!(
+        "http://{}",
+        hpcdesk.ready.split_whitespace().next().unwrap_or_default()
+    );
 
     let ws_port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0")?;

@@ -122,6 +122,9 @@ pub async fn hpcdesk_main(data: std::path::PathBuf, maps: Vec<String>) -> Result
         ("HPCDESK_AUTH__JWT_SECRET", SECRET.to_owned()),
         ("HPCDESK_GATEWAY__GRANT_TTL", "2h".to_owned()),
         ("HPCDESK_LIFECYCLE__RECONCILE_EVERY", "1h".to_owned()),
+        // The API benchmark measures throughput, not the abuse limits.
+        ("HPCDESK_LIMITS__USER_PER_SECOND", "1000000".to_owned()),
+        ("HPCDESK_LIMITS__USER_BURST", "1000000".to_owned()),
     ];
     let config =
         hpcdesk_server::Config::load(None, env.iter().map(|(k, v)| (k.to_string(), v.clone())))?;
@@ -132,7 +135,15 @@ pub async fn hpcdesk_main(data: std::path::PathBuf, maps: Vec<String>) -> Result
     )
     .await?;
     let listener = TcpListener::bind("127.0.0.1:0").await?;
-    println!("ready {}", listener.local_addr()?);
+    // The framework ceiling: a trivial axum handler in the same process and runtime.
+    let trivial = TcpListener::bind("127.0.0.1:0").await?;
+    println!(
+        "ready {} {}",
+        listener.local_addr()?,
+        trivial.local_addr()?
+    );
+    let ping = axum::Router::new().route("/ping", axum::routing::get(|| async { "pong" }));
+    tokio::spawn(async move { axum::serve(trivial, ping).await });
     hpcdesk_server::serve(listener, state, std::future::pending()).await?;
     Ok(())
 }
