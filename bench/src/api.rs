@@ -33,7 +33,13 @@ struct Load {
 }
 
 /// `clients` connections sending `GET path` (with `token`) for `secs`.
-async fn load(addr: &str, path: &str, token: Option<&str>, clients: usize, secs: f64) -> Result<Load, Error> {
+async fn load(
+    addr: &str,
+    path: &str,
+    token: Option<&str>,
+    clients: usize,
+    secs: f64,
+) -> Result<Load, Error> {
     let deadline = Instant::now() + Duration::from_secs_f64(secs);
     let mut tasks = Vec::new();
     for _ in 0..clients {
@@ -88,7 +94,11 @@ async fn load(addr: &str, path: &str, token: Option<&str>, clients: usize, secs:
     }
     let elapsed = start.elapsed().as_secs_f64().max(secs);
     all.sort_by(|a, b| a.total_cmp(b));
-    let pct = |p: f64| all.get(((all.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(0.0);
+    let pct = |p: f64| {
+        all.get(((all.len() as f64 - 1.0) * p).round() as usize)
+            .copied()
+            .unwrap_or(0.0)
+    };
     Ok(Load {
         per_second: all.len() as f64 / elapsed,
         p50_ms: pct(0.5),
@@ -132,7 +142,8 @@ pub async fn api(opts: ApiOptions) -> Result<(), Error> {
         chrono::Utc::now().timestamp_millis(),
         Duration::from_secs(86400),
     );
-    let token = hpcdesk_server::auth::mint(&hpcdesk_server::config::Secret::new(procs::SECRET), &claims);
+    let token =
+        hpcdesk_server::auth::mint(&hpcdesk_server::config::Secret::new(procs::SECRET), &claims);
     let created: serde_json::Value = reqwest::Client::new()
         .put(format!("http://{api_addr}/hpc/openapi/v2/desktop/vnc"))
         .header("token", &token)
@@ -140,12 +151,25 @@ pub async fn api(opts: ApiOptions) -> Result<(), Error> {
         .await?
         .json()
         .await?;
-    let id = created["data"]["sessionId"].as_str().ok_or_else(|| format!("create: {created}"))?.to_owned();
+    let id = created["data"]["sessionId"]
+        .as_str()
+        .ok_or_else(|| format!("create: {created}"))?
+        .to_owned();
     let token = Arc::new(token);
 
     let cases = [
-        ("trivial axum handler (ceiling)", ping_addr.clone(), "/ping".to_owned(), None),
-        ("GET …/desktop/vnc (list)", api_addr.clone(), "/hpc/openapi/v2/desktop/vnc".into(), Some(token.clone())),
+        (
+            "trivial axum handler (ceiling)",
+            ping_addr.clone(),
+            "/ping".to_owned(),
+            None,
+        ),
+        (
+            "GET …/desktop/vnc (list)",
+            api_addr.clone(),
+            "/hpc/openapi/v2/desktop/vnc".into(),
+            Some(token.clone()),
+        ),
         (
             "GET …/{id}/launchurl",
             api_addr.clone(),
@@ -161,8 +185,18 @@ pub async fn api(opts: ApiOptions) -> Result<(), Error> {
     for (name, addr, path, tok) in &cases {
         let (mut rps, mut p50, mut p99, mut errors) = (Vec::new(), Vec::new(), Vec::new(), 0);
         for _ in 0..opts.reps {
-            let l = load(addr, path, tok.as_deref().map(String::as_str), opts.clients, opts.seconds).await?;
-            eprintln!("  {name}: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, {} errors", l.per_second, l.p50_ms, l.p99_ms, l.errors);
+            let l = load(
+                addr,
+                path,
+                tok.as_deref().map(String::as_str),
+                opts.clients,
+                opts.seconds,
+            )
+            .await?;
+            eprintln!(
+                "  {name}: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, {} errors",
+                l.per_second, l.p50_ms, l.p99_ms, l.errors
+            );
             rps.push(l.per_second);
             p50.push(l.p50_ms);
             p99.push(l.p99_ms);
@@ -172,8 +206,19 @@ pub async fn api(opts: ApiOptions) -> Result<(), Error> {
     }
     let ceiling = rows[0].1;
     println!();
-    println!("| {:<32} | {:>8} | {:>8} | {:>8} | {:>6} | {:>10} |", "", "req/s", "p50 ms", "p99 ms", "errors", "÷ ceiling");
-    println!("|:{}|{}:|{}:|{}:|{}:|{}:|", "-".repeat(33), "-".repeat(9), "-".repeat(9), "-".repeat(9), "-".repeat(7), "-".repeat(11));
+    println!(
+        "| {:<32} | {:>8} | {:>8} | {:>8} | {:>6} | {:>10} |",
+        "", "req/s", "p50 ms", "p99 ms", "errors", "÷ ceiling"
+    );
+    println!(
+        "|:{}|{}:|{}:|{}:|{}:|{}:|",
+        "-".repeat(33),
+        "-".repeat(9),
+        "-".repeat(9),
+        "-".repeat(9),
+        "-".repeat(7),
+        "-".repeat(11)
+    );
     for (name, rps, p50, p99, errors) in &rows {
         println!(
             "| {name:<32} | {rps:>8.0} | {p50:>8.2} | {p99:>8.2} | {errors:>6} | {:>9.2}× |",
@@ -247,7 +292,8 @@ pub async fn create(opts: CreateOptions) -> Result<(), Error> {
     }
 
     // hpcdesk: PUT until the desktop answers RFB (local launcher, twm + xterm).
-    let dir = PathBuf::from("/var/tmp").join(format!("hpcdesk-bench-create-{}", std::process::id()));
+    let dir =
+        PathBuf::from("/var/tmp").join(format!("hpcdesk-bench-create-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let agent = dir.join("hpcdesk");
     std::fs::copy(&opts.hpcdesk, &agent)?;
@@ -282,21 +328,33 @@ pub async fn create(opts: CreateOptions) -> Result<(), Error> {
         chrono::Utc::now().timestamp_millis(),
         Duration::from_secs(3600),
     );
-    let token = hpcdesk_server::auth::mint(&hpcdesk_server::config::Secret::new(procs::SECRET), &claims);
+    let token =
+        hpcdesk_server::auth::mint(&hpcdesk_server::config::Secret::new(procs::SECRET), &claims);
     let http = reqwest::Client::new();
     let vnc = format!("http://127.0.0.1:{port}/hpc/openapi/v2/desktop/vnc");
     let mut create_ms = Vec::new();
     for _ in 0..opts.runs {
         let t0 = Instant::now();
-        let v: serde_json::Value = http.put(&vnc).header("token", &token).send().await?.json().await?;
-        let display = v["data"]["displayNumber"].as_u64().ok_or_else(|| format!("create: {v}"))?;
+        let v: serde_json::Value = http
+            .put(&vnc)
+            .header("token", &token)
+            .send()
+            .await?
+            .json()
+            .await?;
+        let display = v["data"]["displayNumber"]
+            .as_u64()
+            .ok_or_else(|| format!("create: {v}"))?;
         let port = 5900 + display as u16;
         let mut s = TcpStream::connect(("127.0.0.1", port)).await?;
         let mut banner = [0u8; 12];
         tokio::io::AsyncReadExt::read_exact(&mut s, &mut banner).await?;
         create_ms.push(t0.elapsed().as_secs_f64() * 1e3);
         let id = v["data"]["sessionId"].as_str().unwrap_or_default();
-        http.delete(format!("{vnc}/{id}")).header("token", &token).send().await?;
+        http.delete(format!("{vnc}/{id}"))
+            .header("token", &token)
+            .send()
+            .await?;
     }
     server.kill().await?;
     let _ = std::fs::remove_dir_all(&dir);
@@ -307,7 +365,9 @@ pub async fn create(opts: CreateOptions) -> Result<(), Error> {
     println!("| create → ready, p50 of {} | ms |", opts.runs);
     println!("|:--|--:|");
     println!("| Xvnc's own start (exec → port open) | {x:.1} |");
-    println!("| hpcdesk create (PUT → desktop answers RFB, X usable, twm + xterm started) | {c:.1} |");
+    println!(
+        "| hpcdesk create (PUT → desktop answers RFB, X usable, twm + xterm started) | {c:.1} |"
+    );
     println!("| ratio | {:.2}× |", c / x);
     Ok(())
 }

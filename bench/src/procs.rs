@@ -137,11 +137,7 @@ pub async fn hpcdesk_main(data: std::path::PathBuf, maps: Vec<String>) -> Result
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     // The framework ceiling: a trivial axum handler in the same process and runtime.
     let trivial = TcpListener::bind("127.0.0.1:0").await?;
-    println!(
-        "ready {} {}",
-        listener.local_addr()?,
-        trivial.local_addr()?
-    );
+    println!("ready {} {}", listener.local_addr()?, trivial.local_addr()?);
     let ping = axum::Router::new().route("/ping", axum::routing::get(|| async { "pong" }));
     tokio::spawn(async move { axum::serve(trivial, ping).await });
     hpcdesk_server::serve(listener, state, std::future::pending()).await?;

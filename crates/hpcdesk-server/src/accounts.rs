@@ -26,6 +26,57 @@ use crate::error::ApiError;
 use crate::passwords;
 use crate::state::AppState;
 
+/// The stored `accountStatus` of accounts hpcdesk keeps, cached for a second: every
+/// authenticated request consults it, and a store query per request would cost more than the
+/// request itself. `hpcdesk user disable` therefore takes effect within a second.
+pub struct StatusCache {
+    entries:
+        std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, Option<String>)>>,
+    ttl: std::time::Duration,
+}
+
+impl std::fmt::Debug for StatusCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StatusCache").finish_non_exhaustive()
+    }
+}
+
+impl Default for StatusCache {
+    fn default() -> Self {
+        StatusCache {
+            entries: std::sync::Mutex::new(std::collections::HashMap::new()),
+            ttl: std::time::Duration::from_secs(1),
+        }
+    }
+}
+
+impl StatusCache {
+    /// The stored status of `user` (`None` if hpcdesk does not keep that account).
+    pub async fn status(
+        &self,
+        store: &dyn hpcdesk_store::Store,
+        user: &str,
+    ) -> Result<Option<String>, hpcdesk_store::StoreError> {
+        let now = std::time::Instant::now();
+        if let Some((at, status)) = self
+            .entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(user)
+            && now.duration_since(*at) < self.ttl
+        {
+            return Ok(status.clone());
+        }
+        let status = store.user(user).await?.map(|u| u.account_status);
+        let mut map = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() > 100_000 {
+            map.retain(|_, (at, _)| now.duration_since(*at) < self.ttl);
+        }
+        map.insert(user.to_owned(), (now, status.clone()));
+        Ok(status)
+    }
+}
+
 /// How long after expiry a token may still be renewed.
 pub const RENEW_GRACE_MS: i64 = 24 * 3600 * 1000;
 

@@ -269,6 +269,7 @@ pub async fn build_with(
         clock,
         gateway,
         limits,
+        account_status: crate::accounts::StatusCache::default(),
         public_base,
         path_prefix,
     }))

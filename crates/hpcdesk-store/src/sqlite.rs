@@ -22,10 +22,69 @@ use crate::{
     SessionRecord, Started, Store, StoreError, UserRecord,
 };
 
-/// The SQLite store. Cheap to clone (a pool handle).
+/// The SQLite store. Cheap to clone (pool handles).
+///
+/// Reads go through a pool of connections (WAL lets them run beside a writer); every write
+/// goes through a single connection, so writers queue in hpcdesk instead of meeting
+/// SQLite's lock, whose busy handler would put them to sleep for milliseconds at a time.
+///
+/// Grants, written on every launch URL, are group-committed: inserts that arrive while one
+/// transaction commits go together in the next, and each caller returns once its grant is
+/// durable.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    writer: SqlitePool,
+    grants: tokio::sync::mpsc::Sender<(
+        GrantRecord,
+        tokio::sync::oneshot::Sender<Result<(), String>>,
+    )>,
+}
+
+/// Most grants committed in one transaction.
+const GRANT_BATCH: usize = 256;
+
+/// Writes queued grants, as many per transaction as are waiting.
+async fn grant_writer(
+    writer: SqlitePool,
+    mut rx: tokio::sync::mpsc::Receiver<(
+        GrantRecord,
+        tokio::sync::oneshot::Sender<Result<(), String>>,
+    )>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < GRANT_BATCH {
+            match rx.try_recv() {
+                Ok(item) => batch.push(item),
+                Err(_) => break,
+            }
+        }
+        let result: Result<(), sqlx::Error> = async {
+            let mut tx = writer.begin().await?;
+            for (g, _) in &batch {
+                sqlx::query(
+                    "INSERT INTO grants (token_hash, session_key, owner, view_only, created_at, \
+                     expires_at, revoked) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .bind(&g.token_hash)
+                .bind(&g.session_key)
+                .bind(&g.owner)
+                .bind(i64::from(g.view_only))
+                .bind(millis(g.created_at))
+                .bind(millis(g.expires_at))
+                .bind(i64::from(g.revoked))
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await
+        }
+        .await;
+        let result = result.map_err(|e| e.to_string());
+        for (_, reply) in batch {
+            let _ = reply.send(result.clone());
+        }
+    }
 }
 
 const SESSION_COLUMNS: &str = "key, session_id, owner, user_id, invoker, compute_user, node, \
@@ -46,24 +105,41 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
         let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        if in_memory {
+            // One connection holds the whole database: it reads and writes.
+            let pool = SqlitePoolOptions::new()
+                .max_connections(1)
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None)
+                .connect_with(options)
+                .await?;
+            sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+            return Ok(Self::with_pools(pool.clone(), pool));
+        }
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .idle_timeout(Some(Duration::from_secs(600)))
+            .connect_with(options.clone())
+            .await?;
+        sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
         let pool = SqlitePoolOptions::new()
-            // An in-memory database lives in one connection; a file is shared by several.
-            .max_connections(if in_memory { 1 } else { 8 })
-            .min_connections(if in_memory { 1 } else { 0 })
-            .idle_timeout(if in_memory {
-                None
-            } else {
-                Some(Duration::from_secs(600))
-            })
-            .max_lifetime(if in_memory {
-                None
-            } else {
-                Some(Duration::from_secs(3600))
-            })
+            .max_connections(8)
+            .idle_timeout(Some(Duration::from_secs(600)))
+            .max_lifetime(Some(Duration::from_secs(3600)))
             .connect_with(options)
             .await?;
-        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-        Ok(SqliteStore { pool })
+        Ok(Self::with_pools(pool, writer))
+    }
+
+    fn with_pools(pool: SqlitePool, writer: SqlitePool) -> Self {
+        let (tx, rx) = tokio::sync::mpsc::channel(4 * GRANT_BATCH);
+        tokio::spawn(grant_writer(writer.clone(), rx));
+        SqliteStore {
+            pool,
+            writer,
+            grants: tx,
+        }
     }
 
     async fn live_session_of(&self, owner: &str) -> Result<Option<SessionRecord>, StoreError> {
@@ -272,7 +348,7 @@ impl Store for SqliteStore {
         // try again (bounded: each round means another request finished meanwhile).
         for _ in 0..5 {
             let key = uuid::Uuid::new_v4().to_string();
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.writer.begin().await?;
             let now = millis(new.now);
             let inserted = sqlx::query(
                 "INSERT INTO sessions (key, owner, user_id, invoker, compute_user, state, \
@@ -326,7 +402,7 @@ impl Store for SqliteStore {
     ) -> Result<Option<SessionRecord>, StoreError> {
         let id = started.session_id.to_string();
         let now = millis(started.now);
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         supersede(&mut tx, &id, key, now).await?;
         let done = sqlx::query(
             "UPDATE sessions SET session_id = $2, node = $3, display = $4, host = $5, port = $6, \
@@ -365,7 +441,7 @@ impl Store for SqliteStore {
     ) -> Result<Option<SessionRecord>, StoreError> {
         let id = session_id.to_string();
         let now = millis(now);
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         supersede(&mut tx, &id, key, now).await?;
         let done = sqlx::query(
             "UPDATE sessions SET session_id = $2, handle = $3, state = 'pending', \
@@ -408,7 +484,7 @@ impl Store for SqliteStore {
         .bind(state.as_str())
         .bind(reason)
         .bind(millis(now))
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(done.rows_affected() > 0)
     }
@@ -422,7 +498,7 @@ impl Store for SqliteStore {
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         let now = millis(now);
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         if let Some(id) = &at {
             let id_text = id.to_string();
             supersede(&mut tx, &id_text, key, now).await?;
@@ -481,7 +557,7 @@ impl Store for SqliteStore {
         for s in &allowed {
             q = q.bind(s.as_str());
         }
-        Ok(q.execute(&self.pool).await?.rows_affected() > 0)
+        Ok(q.execute(&self.writer).await?.rows_affected() > 0)
     }
 
     async fn dismiss(&self, key: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
@@ -490,7 +566,7 @@ impl Store for SqliteStore {
         )
         .bind(key)
         .bind(millis(now))
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -567,26 +643,24 @@ impl Store for SqliteStore {
         )
         .bind(key)
         .bind(millis(last_input))
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
 
     async fn insert_grant(&self, g: GrantRecord) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO grants (token_hash, session_key, owner, view_only, created_at, \
-             expires_at, revoked) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(&g.token_hash)
-        .bind(&g.session_key)
-        .bind(&g.owner)
-        .bind(i64::from(g.view_only))
-        .bind(millis(g.created_at))
-        .bind(millis(g.expires_at))
-        .bind(i64::from(g.revoked))
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        let (reply, done) = tokio::sync::oneshot::channel();
+        let gone = || StoreError::Corrupt {
+            table: "grants",
+            detail: "the grant writer stopped".into(),
+        };
+        self.grants.send((g, reply)).await.map_err(|_| gone())?;
+        done.await
+            .map_err(|_| gone())?
+            .map_err(|e| StoreError::Corrupt {
+                table: "grants",
+                detail: e,
+            })
     }
 
     async fn grant(&self, token_hash: &[u8]) -> Result<Option<GrantRecord>, StoreError> {
@@ -604,7 +678,7 @@ impl Store for SqliteStore {
         let done =
             sqlx::query("UPDATE grants SET revoked = 1 WHERE session_key = $1 AND revoked = 0")
                 .bind(session_key)
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await?;
         Ok(done.rows_affected())
     }
@@ -612,7 +686,7 @@ impl Store for SqliteStore {
     async fn purge_grants(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
         let done = sqlx::query("DELETE FROM grants WHERE expires_at < $1")
             .bind(millis(before))
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(done.rows_affected())
     }
@@ -632,7 +706,7 @@ impl Store for SqliteStore {
         .bind(&u.home_path)
         .bind(millis(u.created_at))
         .bind(millis(u.updated_at))
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await;
         match done {
             Ok(_) => Ok(()),
@@ -671,7 +745,7 @@ impl Store for SqliteStore {
                 .bind(name)
                 .bind(status)
                 .bind(millis(now))
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await?;
         changed(done, format!("user {name}"))
     }
@@ -687,7 +761,7 @@ impl Store for SqliteStore {
                 .bind(name)
                 .bind(password_hash)
                 .bind(millis(now))
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await?;
         changed(done, format!("user {name}"))
     }
@@ -697,7 +771,7 @@ impl Store for SqliteStore {
             .bind(&org.org_id)
             .bind(&org.name)
             .bind(millis(org.created_at))
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await;
         match done {
             Ok(_) => Ok(()),
@@ -733,7 +807,7 @@ impl Store for SqliteStore {
         .bind(&k.secret_sealed)
         .bind(millis(k.created_at))
         .bind(k.revoked_at.map(millis))
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await;
         match done {
             Ok(_) => Ok(()),
@@ -778,7 +852,7 @@ impl Store for SqliteStore {
         )
         .bind(access_key)
         .bind(millis(now))
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         changed(done, format!("active access key {access_key}"))
     }
@@ -791,7 +865,7 @@ impl Store for SqliteStore {
     ) -> Result<bool, StoreError> {
         sqlx::query("DELETE FROM used_signatures WHERE expires_at < $1")
             .bind(millis(now))
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         let done = sqlx::query(
             "INSERT INTO used_signatures (signature, expires_at) VALUES ($1, $2) \
@@ -799,7 +873,7 @@ impl Store for SqliteStore {
         )
         .bind(signature)
         .bind(millis(expires_at))
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -815,7 +889,7 @@ impl Store for SqliteStore {
         .bind(&e.session_id)
         .bind(&e.peer)
         .bind(&e.detail)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }

@@ -96,14 +96,14 @@ impl FromRequestParts<AppState> for AuthUser {
             .limits
             .check_caller(user.name(), &user.claims.invoker)?;
         // For accounts hpcdesk manages, the stored status wins over the one in the token, so
-        // `hpcdesk user disable` takes effect at once rather than when tokens expire.
-        if let Some(account) = state.store.user(user.name()).await? {
-            let status = AccountStatus::parse(&account.account_status).ok_or_else(|| {
-                ApiError::Permission(format!(
-                    "unknown accountStatus {:?}",
-                    account.account_status
-                ))
-            })?;
+        // `hpcdesk user disable` takes effect within a second, not when tokens expire.
+        if let Some(stored) = state
+            .account_status
+            .status(state.store.as_ref(), user.name())
+            .await?
+        {
+            let status = AccountStatus::parse(&stored)
+                .ok_or_else(|| ApiError::Permission(format!("unknown accountStatus {stored:?}")))?;
             if status == AccountStatus::Disable {
                 return Err(ApiError::Permission("account is disabled".into()));
             }
