@@ -385,7 +385,7 @@ fn try_display(
                 ),
             )));
         }
-        std::thread::sleep(Duration::from_millis(10));
+        std::thread::sleep(Duration::from_millis(2));
     }
 
     let state = DesktopState {
