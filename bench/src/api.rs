@@ -133,17 +133,7 @@ pub async fn api(opts: ApiOptions) -> Result<(), Error> {
     let mut addrs = hpcdesk.ready.split_whitespace();
     let api_addr = addrs.next().ok_or("no API address")?.to_owned();
     let ping_addr = addrs.next().ok_or("no trivial address")?.to_owned();
-    let claims = hpcdesk_server::auth::claims_for(
-        "bench_api",
-        "bench_api",
-        "11112",
-        "1",
-        "Normal",
-        chrono::Utc::now().timestamp_millis(),
-        Duration::from_secs(86400),
-    );
-    let token =
-        hpcdesk_server::auth::mint(&hpcdesk_server::config::Secret::new(procs::SECRET), &claims);
+    let token = procs::token("bench_api");
     let created: serde_json::Value = reqwest::Client::new()
         .put(format!("http://{api_addr}/hpc/openapi/v2/desktop/vnc"))
         .header("token", &token)

@@ -249,19 +249,7 @@ async fn hpcdesk_targets(base: &str) -> Result<[Target; 4], Error> {
     let http = reqwest::Client::new();
     let mut out = Vec::new();
     for user in ["bench_d", "bench_u", "bench_e", "bench_p"] {
-        let claims = hpcdesk_server::auth::claims_for(
-            user,
-            user,
-            "11112",
-            "1",
-            "Normal",
-            chrono::Utc::now().timestamp_millis(),
-            Duration::from_secs(86400),
-        );
-        let token = hpcdesk_server::auth::mint(
-            &hpcdesk_server::config::Secret::new(procs::SECRET),
-            &claims,
-        );
+        let token = procs::token(user);
         let vnc = format!("{base}/hpc/openapi/v2/desktop/vnc");
         let created: serde_json::Value = http
             .put(&vnc)

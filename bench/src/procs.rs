@@ -109,6 +109,20 @@ impl Launcher for FakeLauncher {
 
 pub const SECRET: &str = "hpcdesk-bench-secret";
 
+/// A day-long token for `user` (also its compute user), signed with [`SECRET`].
+pub fn token(user: &str) -> String {
+    let claims = hpcdesk_server::auth::claims_for(
+        user,
+        user,
+        "11112",
+        "1",
+        "Normal",
+        chrono::Utc::now().timestamp_millis(),
+        Duration::from_secs(86400),
+    );
+    hpcdesk_server::auth::mint(&hpcdesk_server::config::Secret::new(SECRET), &claims)
+}
+
 /// `hpcdesk --data DIR --map USER=PORT …`: the real hpcdesk server (store, grants, gateway)
 /// with [`FakeLauncher`].
 pub async fn hpcdesk_main(data: std::path::PathBuf, maps: Vec<String>) -> Result<(), Error> {

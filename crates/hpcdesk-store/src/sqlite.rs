@@ -327,6 +327,22 @@ async fn supersede(
     Ok(())
 }
 
+/// Commits a transaction whose update of the row `key` changed `done` rows, returning the
+/// row as it is now; rolls back and returns `None` if the update changed nothing.
+async fn commit_updated(
+    mut tx: Transaction<'_, Sqlite>,
+    done: sqlx::sqlite::SqliteQueryResult,
+    key: &str,
+) -> Result<Option<SessionRecord>, StoreError> {
+    if done.rows_affected() == 0 {
+        tx.rollback().await?;
+        return Ok(None);
+    }
+    let rec = session_in_tx(&mut tx, key).await?;
+    tx.commit().await?;
+    Ok(rec)
+}
+
 async fn session_in_tx(
     tx: &mut Transaction<'_, Sqlite>,
     key: &str,
@@ -421,13 +437,7 @@ impl Store for SqliteStore {
         .bind(now)
         .execute(&mut *tx)
         .await?;
-        if done.rows_affected() == 0 {
-            tx.rollback().await?;
-            return Ok(None);
-        }
-        let rec = session_in_tx(&mut tx, key).await?;
-        tx.commit().await?;
-        Ok(rec)
+        commit_updated(tx, done, key).await
     }
 
     async fn session_queued(
@@ -456,13 +466,7 @@ impl Store for SqliteStore {
         .bind(vnc_password_sealed)
         .execute(&mut *tx)
         .await?;
-        if done.rows_affected() == 0 {
-            tx.rollback().await?;
-            return Ok(None);
-        }
-        let rec = session_in_tx(&mut tx, key).await?;
-        tx.commit().await?;
-        Ok(rec)
+        commit_updated(tx, done, key).await
     }
 
     async fn session_progress(
