@@ -26,7 +26,14 @@ fn main() {
     let web = manifest.join("../../web");
     let novnc = web.join("node_modules/@novnc/novnc");
     let mut files: Vec<(String, PathBuf)> = Vec::new();
-    for name in ["vnc.html", "viewer.js", "viewer.css"] {
+    for name in [
+        "index.html",
+        "portal.js",
+        "portal.css",
+        "vnc.html",
+        "viewer.js",
+        "viewer.css",
+    ] {
         let p = web.join(name);
         println!("cargo:rerun-if-changed={}", p.display());
         files.push((format!("/{name}"), p));

@@ -1,4 +1,4 @@
-//! The viewer page and noVNC's modules: embedded at build time (see `build.rs`), or taken
+//! The portal page (`/`), the viewer page and noVNC's modules: embedded at build time (see `build.rs`), or taken
 //! from `server.web_dir` first when an operator customises them.
 
 use std::path::{Component, Path};
@@ -77,7 +77,7 @@ pub async fn file_or_404(State(app): State<AppState>, req: Request) -> Response 
     let path = req.uri().path().to_owned();
     if method == Method::GET || method == Method::HEAD {
         let wanted = if path == "/" {
-            "/vnc.html"
+            "/index.html"
         } else {
             path.as_str()
         };

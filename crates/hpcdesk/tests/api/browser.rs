@@ -112,9 +112,42 @@ fn a_command_typed_in_the_browser_runs_in_the_desktop() {
 }
 
 #[test]
+fn the_portal_page_creates_opens_and_deletes_a_desktop() {
+    if !real_parts("portal") || !browser_parts("portal") {
+        return;
+    }
+    let app = TestApp::spawn();
+    let token = app.token("rita");
+    let out = {
+        let _one_at_a_time = browser_lock();
+        Command::new("node")
+            .arg(browser_dir().join("portal.mjs"))
+            .arg(&app.base)
+            .arg(&token)
+            .output()
+            .unwrap()
+    };
+    assert!(
+        out.status.success(),
+        "portal run failed\nstdout: {}\nstderr: {}\nserver log:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        app.log_text()
+    );
+    let result: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    assert_eq!(result["deleted"], true);
+    assert!(app.list(&token).is_empty());
+    assert!(app.xvnc_pids().is_empty());
+}
+
+#[test]
 fn the_viewer_page_and_novnc_are_served_by_hpcdesk() {
     let app = TestApp::spawn();
     let client = reqwest::blocking::Client::new();
+    let portal = client.get(app.url("/")).send().unwrap();
+    assert_eq!(portal.status(), 200);
+    assert!(portal.text().unwrap().contains("portal.js"));
     let page = client.get(app.url("/vnc.html")).send().unwrap();
     assert_eq!(page.status(), 200);
     assert_eq!(page.headers()["content-type"], "text/html; charset=utf-8");
