@@ -77,6 +77,10 @@ pub fn envelope_response<T: serde::Serialize>(status: StatusCode, env: &Envelope
     let mut resp = (status, body).into_response();
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(JSON_UTF8));
+    // For the metrics middleware, which counts answers by code.
+    if let Some(code) = ApiCode::parse(&env.code) {
+        resp.extensions_mut().insert(code);
+    }
     resp
 }
 

@@ -6,6 +6,7 @@
 //! - [`passwords`]: argon2id hashing of account passwords.
 //! - [`throttle`]: request-rate limits and failed-login lock-outs (10011).
 //! - [`audit`]: writing the audit log.
+//! - [`metrics`]: counters and gauges for Prometheus (`GET /metrics`).
 //! - [`error`]: [`ApiError`], the one mapping from failures to SCNet codes.
 //! - [`routes`]: the axum router; handlers only translate HTTP.
 //! - [`grants`]: resolving connection grants for the gateway (`hpcdesk-gateway`).
@@ -22,6 +23,7 @@ pub mod config;
 pub mod error;
 pub mod grants;
 pub mod lifecycle;
+pub mod metrics;
 pub mod passwords;
 pub mod routes;
 pub mod sessions;

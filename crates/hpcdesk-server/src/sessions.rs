@@ -139,6 +139,11 @@ pub async fn create(app: &AppState, user: &AuthUser) -> Result<SessionItem, ApiE
     let caller = user.clone();
     tokio::spawn(async move {
         let result = start(&task_app, rec, caller.compute_user.clone()).await;
+        let counter = match &result {
+            Ok(_) => &task_app.metrics.desktops_started,
+            Err(_) => &task_app.metrics.desktop_start_failures,
+        };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         match &result {
             Ok(item) => {
                 audit::record(

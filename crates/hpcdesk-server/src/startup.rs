@@ -270,6 +270,7 @@ pub async fn build_with(
         gateway,
         limits,
         account_status: crate::accounts::StatusCache::default(),
+        metrics: crate::metrics::Metrics::default(),
         public_base,
         path_prefix,
     }))

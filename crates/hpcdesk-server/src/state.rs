@@ -41,6 +41,7 @@ pub struct Inner {
     pub gateway: Arc<Gateway>,
     pub limits: crate::throttle::Limits,
     pub account_status: crate::accounts::StatusCache,
+    pub metrics: crate::metrics::Metrics,
     /// `public_url` without a trailing slash, when configured.
     pub public_base: Option<String>,
     /// The path part of `public_url` (e.g. `/desktop`), or empty.

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Query, Request, State};
@@ -107,7 +108,19 @@ pub async fn connect(
                     how,
                 )
                 .await;
+                audit_app
+                    .metrics
+                    .viewers_connected
+                    .fetch_add(1, Ordering::Relaxed);
                 let (end, counts) = gateway.serve(tcp, &leftover, grant, peer).await;
+                audit_app
+                    .metrics
+                    .gateway_bytes_down
+                    .fetch_add(counts.down, Ordering::Relaxed);
+                audit_app
+                    .metrics
+                    .gateway_bytes_up
+                    .fetch_add(counts.up, Ordering::Relaxed);
                 audit::record(
                     &audit_app,
                     Kind::ViewerDisconnected,

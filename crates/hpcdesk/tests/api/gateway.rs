@@ -82,6 +82,23 @@ fn a_viewer_gets_a_framebuffer_update_through_the_launch_url() {
         Duration::from_secs(3),
         || app.list(&token)[0]["connections"] == 0
     ));
+    // Metrics tell the same story.
+    let metrics = reqwest::blocking::get(app.url("/metrics"))
+        .unwrap()
+        .text()
+        .unwrap();
+    let value = |line: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(line)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{line} missing in\n{metrics}"))
+    };
+    assert_eq!(value("hpcdesk_desktops_started_total"), 1.0);
+    assert_eq!(value("hpcdesk_viewer_connections_total"), 1.0);
+    assert_eq!(value("hpcdesk_sessions{state=\"running\"}"), 1.0);
+    assert_eq!(value("hpcdesk_viewers_open"), 0.0);
+    assert!(value("hpcdesk_gateway_bytes_down_total") > 1000.0);
+    assert!(value("hpcdesk_api_responses_total{code=\"0\"}") >= 3.0);
     // The VNC password was never in a log, nor the grant.
     let grant = url
         .split("token=")

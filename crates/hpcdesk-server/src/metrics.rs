@@ -1,0 +1,146 @@
+//! `GET /metrics`: Prometheus text exposition of what an operator watches — API answers by
+//! SCNet code, desktop starts, viewer connections and gateway bytes (counters), and sessions by
+//! state and open viewers (gauges, read at scrape time). Counters are plain atomics; nothing
+//! here is on the gateway's per-byte path (bytes are added when a viewer disconnects).
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use hpcdesk_core::ApiCode;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+const CODES: [ApiCode; 12] = [
+    ApiCode::Success,
+    ApiCode::Internal,
+    ApiCode::MissingParameter,
+    ApiCode::InvalidParameter,
+    ApiCode::PermissionDenied,
+    ApiCode::UnsupportedVersion,
+    ApiCode::RoleMapping,
+    ApiCode::TooFrequent,
+    ApiCode::TooLarge,
+    ApiCode::NoNodeAvailable,
+    ApiCode::DesktopService,
+    ApiCode::SessionNotFound,
+];
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    responses: [AtomicU64; 12],
+    pub desktops_started: AtomicU64,
+    pub desktop_start_failures: AtomicU64,
+    pub viewers_connected: AtomicU64,
+    pub gateway_bytes_down: AtomicU64,
+    pub gateway_bytes_up: AtomicU64,
+}
+
+impl Metrics {
+    pub fn count_response(&self, code: ApiCode) {
+        if let Some(i) = CODES.iter().position(|c| *c == code) {
+            self.responses[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Counts every API answer by its code (the envelope puts the code in an extension).
+pub async fn count(State(app): State<AppState>, req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    if let Some(code) = resp.extensions().get::<ApiCode>() {
+        app.metrics.count_response(*code);
+    }
+    resp
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+pub async fn render(State(app): State<AppState>) -> Result<Response, ApiError> {
+    let m = &app.metrics;
+    let mut out = String::new();
+    family(
+        &mut out,
+        "hpcdesk_api_responses_total",
+        "counter",
+        "API answers by SCNet code.",
+    );
+    for (code, n) in CODES.iter().zip(&m.responses) {
+        let _ = writeln!(
+            out,
+            "hpcdesk_api_responses_total{{code=\"{}\"}} {}",
+            code.as_str(),
+            n.load(Ordering::Relaxed)
+        );
+    }
+    for (name, help, v) in [
+        (
+            "hpcdesk_desktops_started_total",
+            "Desktops that became ready.",
+            &m.desktops_started,
+        ),
+        (
+            "hpcdesk_desktop_start_failures_total",
+            "Desktop starts that failed.",
+            &m.desktop_start_failures,
+        ),
+        (
+            "hpcdesk_viewer_connections_total",
+            "Viewer connections accepted by the gateway.",
+            &m.viewers_connected,
+        ),
+        (
+            "hpcdesk_gateway_bytes_down_total",
+            "Bytes relayed desktop to viewer (counted at disconnect).",
+            &m.gateway_bytes_down,
+        ),
+        (
+            "hpcdesk_gateway_bytes_up_total",
+            "Bytes relayed viewer to desktop (counted at disconnect).",
+            &m.gateway_bytes_up,
+        ),
+    ] {
+        family(&mut out, name, "counter", help);
+        let _ = writeln!(out, "{name} {}", v.load(Ordering::Relaxed));
+    }
+    let sessions = app.store.list_sessions(None).await?;
+    family(
+        &mut out,
+        "hpcdesk_sessions",
+        "gauge",
+        "Listed sessions by state.",
+    );
+    for state in ["pending", "starting", "running", "failed", "stopped"] {
+        let n = sessions
+            .iter()
+            .filter(|s| s.state.as_str() == state)
+            .count();
+        let _ = writeln!(out, "hpcdesk_sessions{{state=\"{state}\"}} {n}");
+    }
+    let open: u64 = app
+        .gateway
+        .registry
+        .all()
+        .iter()
+        .map(|(_, a)| u64::from(a.connections))
+        .sum();
+    family(
+        &mut out,
+        "hpcdesk_viewers_open",
+        "gauge",
+        "Open viewer connections.",
+    );
+    let _ = writeln!(out, "hpcdesk_viewers_open {open}");
+    let mut resp = out.into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    Ok(resp)
+}
