@@ -68,6 +68,11 @@ impl ApiCode {
     }
 }
 
+impl ApiCode {
+    /// Every code, for documentation checks and parsing.
+    pub const ALL: [ApiCode; 12] = ALL;
+}
+
 const ALL: [ApiCode; 12] = [
     ApiCode::Success,
     ApiCode::Internal,

@@ -58,6 +58,7 @@ pub fn router(state: AppState) -> Router {
         .route("/ac/openapi/{version}/center", get(tokens::center))
         .route("/healthz", get(health::health))
         .route("/metrics", get(crate::metrics::render))
+        .route("/openapi.json", get(health::openapi))
         .route("/vncws", get(vncws::connect))
         .route("/hpcdesk/v1/sweep", axum::routing::post(admin::sweep))
         .route("/hpcdesk/v1/nodes", get(admin::nodes))

@@ -350,3 +350,33 @@ fn a_node_without_a_free_display_is_815201() {
     assert!(app.list(&token).is_empty());
     assert!(app.xvnc_pids().is_empty());
 }
+
+#[test]
+fn the_served_openapi_document_lists_every_code_the_api_answered_here() {
+    let app = TestApp::spawn();
+    let resp = reqwest::blocking::get(app.url("/openapi.json")).unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers()["content-type"].to_str().unwrap(),
+        "application/json"
+    );
+    let doc: Value = resp.json().unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let documented = doc["components"]["schemas"]["Code"]["enum"].to_string();
+    // Codes this running server really answers with, not a list copied from the document.
+    let token = app.token("mallory");
+    let answers = [
+        app.call("PUT", VNC, None),
+        app.call("PUT", VNC, Some("garbage")),
+        app.call("GET", "/hpc/openapi/v9/desktop/vnc", Some(&token)),
+        app.call("DELETE", &format!("{VNC}/nope--x--SIG--4"), Some(&token)),
+    ];
+    for (_, body) in answers {
+        let code = body["code"].as_str().unwrap();
+        assert_ne!(code, "0", "{body}");
+        assert!(
+            documented.contains(&format!("\"{code}\"")),
+            "{code} is not in the document"
+        );
+    }
+}
