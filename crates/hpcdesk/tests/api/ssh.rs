@@ -45,27 +45,26 @@ fn reachable(addr: &str) -> bool {
     .is_ok()
 }
 
-/// The test nodes are up; skips loudly outside CI, fails in CI.
-fn ssh_parts(test: &str) -> bool {
+/// Tests that take nodes down run one at a time and leave both nodes up, even on panic.
+struct Exclusive(#[allow(dead_code)] MutexGuard<'static, ()>);
+
+/// Waits for any other SSH test (which may have a node down), then checks the test nodes are
+/// up: `None` skips loudly outside CI, and fails in CI.
+fn ssh_parts(test: &str) -> Option<Exclusive> {
+    static LOCK: Mutex<()> = Mutex::new(());
     if !real_parts(test) {
-        return false;
+        return None;
     }
+    let guard = LOCK.lock().unwrap_or_else(|p| p.into_inner());
     let key = nodes_dir().join("ssh/client_ed25519");
     let ok = key.exists() && NODES.iter().all(|(_, a)| reachable(a));
     if !ok {
         let msg = format!("{test}: the sshd test nodes are not up (run `ci/nodes.sh up` as root)");
         assert!(!in_ci(), "{msg} — required in CI");
         eprintln!("SKIPPED {msg}");
+        return None;
     }
-    ok
-}
-
-/// Tests that take nodes down run one at a time and leave both nodes up, even on panic.
-struct Exclusive(#[allow(dead_code)] MutexGuard<'static, ()>);
-
-fn exclusive() -> Exclusive {
-    static LOCK: Mutex<()> = Mutex::new(());
-    Exclusive(LOCK.lock().unwrap_or_else(|p| p.into_inner()))
+    Some(Exclusive(guard))
 }
 
 impl Drop for Exclusive {
@@ -120,10 +119,9 @@ fn node_desktops() -> usize {
 
 #[test]
 fn desktops_spread_over_the_nodes_and_open_through_the_gateway() {
-    if !ssh_parts("ssh spread") {
+    let Some(_x) = ssh_parts("ssh spread") else {
         return;
-    }
-    let _x = exclusive();
+    };
     let app = ssh_app();
     let (ta, tb) = (app.token("ssh-a"), app.token("ssh-b"));
     let a = app.create(&ta);
@@ -203,10 +201,9 @@ fn desktops_spread_over_the_nodes_and_open_through_the_gateway() {
 
 #[test]
 fn a_stopped_node_gets_no_desktops_and_no_node_at_all_is_815201() {
-    if !ssh_parts("ssh node down") {
+    let Some(_x) = ssh_parts("ssh node down") else {
         return;
-    }
-    let _x = exclusive();
+    };
     let app = ssh_app();
     nodes("down", &["vnode1"]);
     let tc = app.token("ssh-c");
