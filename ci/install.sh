@@ -3,14 +3,14 @@
 #   ci/install.sh          what `hpcdesk serve` needs: TigerVNC, fonts, a window manager, xterm,
 #                          and noVNC from npm into web/node_modules (embedded by the build)
 #   ci/install.sh --test   plus what the test suite needs: Chromium, Playwright, python3-requests,
-#                          OpenSSH (test nodes), Slurm with munge
+#                          OpenSSH (test nodes), Slurm with munge, PostgreSQL
 # Idempotent: only missing packages are installed. Uses sudo when not run as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 runtime=(tigervnc-standalone-server tigervnc-tools xfonts-base x11-xserver-utils xterm twm)
 test_only=(python3-requests chromium openssh-server openssh-client iproute2
-           slurmctld slurmd slurm-client munge)
+           slurmctld slurmd slurm-client munge postgresql)
 
 testing=0
 [ "${1:-}" = "--test" ] && testing=1

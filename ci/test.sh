@@ -14,9 +14,11 @@ if [ "$(id -u)" -eq 0 ]; then
     id "$u" >/dev/null 2>&1 || useradd --create-home --shell /bin/bash "$u"
   done
   # Real parts for the ssh and slurm launchers: two sshd nodes in network namespaces and
-  # a single-node Slurm with munge.
+  # a single-node Slurm with munge; and a PostgreSQL for the store and several instances.
   ci/nodes.sh up
   ci/slurm.sh up >/dev/null
+  pg=$(ci/postgres.sh up)
+  export "${pg?}"
 fi
 
 cargo test --workspace --locked "$@"

@@ -15,7 +15,7 @@ use hpcdesk_launcher::{
     Launcher, LocalConfig, LocalLauncher, NodeSpec, SlurmConfig, SlurmLauncher, SshConfig,
     SshLauncher,
 };
-use hpcdesk_store::{SqliteStore, Store};
+use hpcdesk_store::Store;
 
 use crate::auth::TokenVerifier;
 use crate::config::{Config, ConfigError, LauncherKind, Secret};
@@ -226,7 +226,7 @@ pub async fn build_with(
     if url.starts_with("sqlite:") && config.store.url.is_none() {
         ensure_data_dir(&config)?;
     }
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&url).await?);
+    let store: Arc<dyn Store> = hpcdesk_store::open(&url).await?;
     let verifier = TokenVerifier::new(
         &jwt_secrets(&config)?,
         &config.auth.cluster_id,

@@ -9,12 +9,16 @@
 //! until it is stopped, state changes are conditional on the state they leave.
 #![forbid(unsafe_code)]
 
+pub mod postgres;
+pub mod sql;
 pub mod sqlite;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use hpcdesk_core::{ComputeUser, DisplayNumber, NodeName, SessionId, SessionState};
 
+pub use postgres::PostgresStore;
+pub use sql::{Backend, SqlStore};
 pub use sqlite::SqliteStore;
 
 /// Errors of the store. Callers treat all of them as internal (10001) except where a
@@ -27,7 +31,8 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("corrupt row in {table}: {detail}")]
     Corrupt { table: &'static str, detail: String },
-    #[error("unsupported store url {0:?} (expected sqlite://...)")]
+    /// Holds only the URL's scheme: the rest may carry a password.
+    #[error("unsupported store url scheme {0:?} (expected sqlite://… or postgres://…)")]
     UnsupportedUrl(String),
     /// A row with that key exists already (shown to admins as is).
     #[error("{0} already exists")]
@@ -35,6 +40,13 @@ pub enum StoreError {
     /// No row with that key (shown to admins as is).
     #[error("{0} does not exist")]
     Missing(String),
+}
+
+impl StoreError {
+    pub(crate) fn unsupported(url: &str) -> StoreError {
+        let scheme = url.split_once(':').map_or("", |(scheme, _)| scheme);
+        StoreError::UnsupportedUrl(scheme.to_owned())
+    }
 }
 
 /// A session as stored.
@@ -312,4 +324,15 @@ pub trait Store: Send + Sync + 'static {
 
     /// Audit lines matching `filter`, oldest first (the newest `filter.limit` of them).
     async fn audit(&self, filter: AuditFilter) -> Result<Vec<AuditEvent>, StoreError>;
+}
+
+/// Opens the store `url` names: `sqlite://…` (or `sqlite::memory:`) or `postgres://…`.
+pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+    if url.starts_with("sqlite:") {
+        Ok(std::sync::Arc::new(SqliteStore::open(url).await?))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(std::sync::Arc::new(PostgresStore::open(url).await?))
+    } else {
+        Err(StoreError::unsupported(url))
+    }
 }

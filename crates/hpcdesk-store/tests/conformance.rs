@@ -1,4 +1,6 @@
-//! One story of the `Store` contract, run against every backend (SQLite always).
+//! One story of the `Store` contract, run against every backend: SQLite always, PostgreSQL
+//! when `HPCDESK_TEST_POSTGRES_URL` names a server (`ci/postgres.sh up` prints it; each test
+//! gets a database of its own). In CI (`CI=true`) a missing PostgreSQL is a failure.
 
 use std::sync::Arc;
 
@@ -6,7 +8,7 @@ use chrono::{Duration, Utc};
 use hpcdesk_core::{ComputeUser, DisplayNumber, NodeName, SessionId, SessionState};
 use hpcdesk_store::{
     AccessKeyRecord, AuditEvent, AuditFilter, Claim, GrantRecord, NewSession, OrgRecord,
-    SqliteStore, Started, Store, StoreError, UserRecord,
+    PostgresStore, SqliteStore, Started, Store, StoreError, UserRecord,
 };
 
 fn new_session(owner: &str) -> NewSession {
@@ -42,6 +44,54 @@ async fn sqlite() -> (Arc<dyn Store>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}/t.db", dir.path().display());
     (Arc::new(SqliteStore::open(&url).await.unwrap()), dir)
+}
+
+/// A fresh database on the test server, dropped when the value is.
+struct PgDatabase {
+    admin_url: String,
+    name: String,
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
+        // Drop runs inside the test's runtime: use a thread with its own.
+        let _ = std::thread::spawn(move || {
+            tokio::runtime::Runtime::new().unwrap().block_on(async {
+                use sqlx::Connection;
+                if let Ok(mut c) = sqlx::PgConnection::connect(&admin_url).await {
+                    let sql = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut c).await;
+                }
+            })
+        })
+        .join();
+    }
+}
+
+/// `None` (after saying so) when no server is configured outside CI.
+async fn postgres() -> Option<(Arc<dyn Store>, PgDatabase)> {
+    use sqlx::Connection;
+    let Ok(admin_url) = std::env::var("HPCDESK_TEST_POSTGRES_URL") else {
+        let msg = "PostgreSQL conformance: HPCDESK_TEST_POSTGRES_URL is not set \
+                   (run `ci/postgres.sh up` as root)";
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{msg} — required in CI"
+        );
+        eprintln!("SKIPPED {msg}");
+        return None;
+    };
+    let name = format!("hpcdesk_t_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = sqlx::PgConnection::connect(&admin_url).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let (base, _) = admin_url.rsplit_once('/').unwrap();
+    let url = format!("{base}/{name}");
+    let store = PostgresStore::open(&url).await.unwrap();
+    Some((Arc::new(store), PgDatabase { admin_url, name }))
 }
 
 fn claimed(c: Claim) -> hpcdesk_store::SessionRecord {
@@ -559,19 +609,39 @@ macro_rules! on_sqlite {
     )*};
 }
 
-mod sqlite {
-    use super::*;
-    on_sqlite!(
-        a_second_claim_returns_the_live_session,
-        concurrent_claims_yield_one_session,
-        a_started_session_is_visible_and_listed,
-        a_new_claim_clears_old_failures_and_reused_ids,
-        grants_are_found_by_hash_and_revoked,
-        a_failed_start_is_listed_under_its_id_with_the_reason,
-        activity_only_moves_forward,
-        accounts_orgs_and_keys_are_kept,
-        a_signature_can_be_used_once,
-        the_audit_log_filters_by_user_and_time,
-        a_queued_session_is_listed_pending_and_can_start_later,
-    );
+macro_rules! on_postgres {
+    ($($name:ident),* $(,)?) => {$(
+        #[tokio::test]
+        async fn $name() {
+            let Some((store, _db)) = postgres().await else { return };
+            super::$name(store).await;
+        }
+    )*};
 }
+
+macro_rules! on_every_backend {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            use super::*;
+            on_sqlite!($($name),*);
+        }
+        mod postgres {
+            use super::*;
+            on_postgres!($($name),*);
+        }
+    };
+}
+
+on_every_backend!(
+    a_second_claim_returns_the_live_session,
+    concurrent_claims_yield_one_session,
+    a_started_session_is_visible_and_listed,
+    a_new_claim_clears_old_failures_and_reused_ids,
+    grants_are_found_by_hash_and_revoked,
+    a_failed_start_is_listed_under_its_id_with_the_reason,
+    activity_only_moves_forward,
+    accounts_orgs_and_keys_are_kept,
+    a_signature_can_be_used_once,
+    the_audit_log_filters_by_user_and_time,
+    a_queued_session_is_listed_pending_and_can_start_later,
+);

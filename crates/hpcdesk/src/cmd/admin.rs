@@ -11,14 +11,15 @@ use chrono::{DateTime, Local, SecondsFormat, Utc};
 use clap::Subcommand;
 use hpcdesk_server::Config;
 use hpcdesk_server::config::RoleKind;
-use hpcdesk_store::{AccessKeyRecord, AuditFilter, OrgRecord, SqliteStore, Store, UserRecord};
+use hpcdesk_store::{AccessKeyRecord, AuditFilter, OrgRecord, Store, UserRecord};
 
 async fn open(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
-    hpcdesk_server::startup::ensure_data_dir(config)?;
-    let store = SqliteStore::open(&config.store_url())
+    if config.store.url.is_none() {
+        hpcdesk_server::startup::ensure_data_dir(config)?;
+    }
+    hpcdesk_store::open(&config.store_url())
         .await
-        .with_context(|| "cannot open the store")?;
-    Ok(Arc::new(store))
+        .with_context(|| "cannot open the store")
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -1,0 +1,945 @@
+//! The [`Store`] over SQL, written once for every sqlx backend hpcdesk supports: [`SqlStore`]
+//! and the [`Backend`] bound that SQLite ([`crate::sqlite`]) and PostgreSQL
+//! ([`crate::postgres`]) meet. The backend modules only open their pools and run their own
+//! migrations.
+//!
+//! Queries use `$N` placeholders and the SQL both dialects share; the schemas keep to types
+//! both decode the same way (TEXT, BIGINT/INTEGER, BLOB/BYTEA). Timestamps are integer
+//! milliseconds since the epoch; flags are integers 0/1.
+
+use async_trait::async_trait;
+use chrono::{DateTime, TimeZone, Utc};
+use hpcdesk_core::{ComputeUser, DisplayNumber, NodeName, SessionId, SessionState};
+use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Type};
+// Dynamic SQL here only ever splices our own column lists and `$N` placeholders, never values.
+use sqlx::{AssertSqlSafe, Row, Transaction};
+
+use crate::{
+    AccessKeyRecord, AuditEvent, AuditFilter, Claim, GrantRecord, NewSession, OrgRecord,
+    SessionRecord, Started, Store, StoreError, UserRecord,
+};
+
+/// A sqlx database that can hold hpcdesk's state. The rest of what [`SqlStore`] needs from it
+/// (encoding our column types, executing on its connections) is spelled out where the store
+/// is implemented, since Rust does not carry such bounds along with a trait.
+pub trait Backend: Database {
+    /// Rows changed by an `INSERT`, `UPDATE` or `DELETE`.
+    fn rows_affected(done: &Self::QueryResult) -> u64;
+}
+
+impl Backend for sqlx::Sqlite {
+    fn rows_affected(done: &Self::QueryResult) -> u64 {
+        done.rows_affected()
+    }
+}
+
+impl Backend for sqlx::Postgres {
+    fn rows_affected(done: &Self::QueryResult) -> u64 {
+        done.rows_affected()
+    }
+}
+
+type GrantReply = tokio::sync::oneshot::Sender<Result<(), String>>;
+
+/// The store on one SQL database. Cheap to clone (pool handles).
+///
+/// Reads go through `pool`; writes through `writer`, which is the same pool on PostgreSQL and
+/// a single connection on SQLite (so writers queue in hpcdesk instead of meeting SQLite's
+/// lock, whose busy handler would put them to sleep for milliseconds at a time).
+///
+/// Grants, written on every launch URL, are group-committed: inserts that arrive while one
+/// transaction commits go together in the next, and each caller returns once its grant is
+/// durable.
+#[derive(Debug)]
+pub struct SqlStore<DB: Database> {
+    pool: Pool<DB>,
+    writer: Pool<DB>,
+    grants: tokio::sync::mpsc::Sender<(GrantRecord, GrantReply)>,
+}
+
+impl<DB: Database> Clone for SqlStore<DB> {
+    fn clone(&self) -> Self {
+        SqlStore {
+            pool: self.pool.clone(),
+            writer: self.writer.clone(),
+            grants: self.grants.clone(),
+        }
+    }
+}
+
+/// Most grants committed in one transaction.
+const GRANT_BATCH: usize = 256;
+
+const SESSION_COLUMNS: &str = "key, session_id, owner, user_id, invoker, compute_user, node, \
+     display, host, port, state, status_reason, geometry, vnc_password, launcher, handle, \
+     created_at, updated_at, last_input_at";
+
+const USER_COLUMNS: &str = "name, user_id, password_hash, compute_user, role, account_status, \
+     home_path, created_at, updated_at";
+
+fn millis(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+fn from_millis(ms: i64, table: &'static str) -> Result<DateTime<Utc>, StoreError> {
+    Utc.timestamp_millis_opt(ms)
+        .single()
+        .ok_or_else(|| StoreError::Corrupt {
+            table,
+            detail: format!("timestamp {ms} out of range"),
+        })
+}
+
+/// `$start, $start+1, …` for `n` values.
+fn placeholders(start: usize, n: usize) -> String {
+    (start..start + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn corrupt(detail: impl Into<String>) -> StoreError {
+    StoreError::Corrupt {
+        table: "sessions",
+        detail: detail.into(),
+    }
+}
+
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+impl<DB> SqlStore<DB>
+where
+    DB: Backend,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> Option<i64>: Encode<'q, DB>,
+    for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> Vec<u8>: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> &'q [u8]: Encode<'q, DB> + Type<DB>,
+    &'static str: ColumnIndex<DB::Row>,
+{
+    /// A store on `pool` (reads) and `writer` (writes), whose schema is up to date. Starts the
+    /// grant writer, so it must be called inside a Tokio runtime.
+    pub(crate) fn with_pools(pool: Pool<DB>, writer: Pool<DB>) -> Self {
+        let (tx, rx) = tokio::sync::mpsc::channel(4 * GRANT_BATCH);
+        tokio::spawn(Self::grant_writer(writer.clone(), rx));
+        SqlStore {
+            pool,
+            writer,
+            grants: tx,
+        }
+    }
+
+    /// Writes queued grants, as many per transaction as are waiting.
+    async fn grant_writer(
+        writer: Pool<DB>,
+        mut rx: tokio::sync::mpsc::Receiver<(GrantRecord, GrantReply)>,
+    ) {
+        while let Some(first) = rx.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < GRANT_BATCH {
+                match rx.try_recv() {
+                    Ok(item) => batch.push(item),
+                    Err(_) => break,
+                }
+            }
+            let result: Result<(), sqlx::Error> = async {
+                let mut tx = writer.begin().await?;
+                for (g, _) in &batch {
+                    sqlx::query(
+                    "INSERT INTO grants (token_hash, session_key, owner, view_only, created_at, \
+                     expires_at, revoked) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .bind(&g.token_hash)
+                .bind(&g.session_key)
+                .bind(&g.owner)
+                .bind(i64::from(g.view_only))
+                .bind(millis(g.created_at))
+                .bind(millis(g.expires_at))
+                .bind(i64::from(g.revoked))
+                .execute(&mut *tx)
+                .await?;
+                }
+                tx.commit().await
+            }
+            .await;
+            let result = result.map_err(|e| e.to_string());
+            for (_, reply) in batch {
+                let _ = reply.send(result.clone());
+            }
+        }
+    }
+
+    async fn live_session_of(&self, owner: &str) -> Result<Option<SessionRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions WHERE owner = $1 \
+             AND state IN ('pending', 'starting', 'running')"
+        );
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(owner)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(Self::session_from_row).transpose()
+    }
+
+    fn session_from_row(row: &DB::Row) -> Result<SessionRecord, StoreError> {
+        let session_id: Option<String> = row.try_get("session_id")?;
+        let node: Option<String> = row.try_get("node")?;
+        let display: Option<i64> = row.try_get("display")?;
+        let port: Option<i64> = row.try_get("port")?;
+        let state: String = row.try_get("state")?;
+        let compute_user: String = row.try_get("compute_user")?;
+        let last_input: Option<i64> = row.try_get("last_input_at")?;
+        Ok(SessionRecord {
+            key: row.try_get("key")?,
+            session_id: session_id
+                .map(|s| SessionId::parse(&s))
+                .transpose()
+                .map_err(|e| corrupt(format!("session_id: {e}")))?,
+            owner: row.try_get("owner")?,
+            user_id: row.try_get("user_id")?,
+            invoker: row.try_get("invoker")?,
+            compute_user: ComputeUser::parse(&compute_user)
+                .map_err(|e| corrupt(format!("compute_user: {e}")))?,
+            node: node
+                .map(|n| NodeName::parse(&n))
+                .transpose()
+                .map_err(|e| corrupt(format!("node: {e}")))?,
+            display: display
+                .map(|d| {
+                    u32::try_from(d)
+                        .ok()
+                        .and_then(|d| DisplayNumber::new(d).ok())
+                        .ok_or_else(|| corrupt(format!("display {d}")))
+                })
+                .transpose()?,
+            host: row.try_get("host")?,
+            port: port
+                .map(|p| u16::try_from(p).map_err(|_| corrupt(format!("port {p}"))))
+                .transpose()?,
+            state: SessionState::parse(&state)
+                .ok_or_else(|| corrupt(format!("state {state:?}")))?,
+            status_reason: row.try_get("status_reason")?,
+            geometry: row.try_get("geometry")?,
+            vnc_password_sealed: row.try_get("vnc_password")?,
+            launcher: row.try_get("launcher")?,
+            handle: row.try_get("handle")?,
+            created_at: from_millis(row.try_get("created_at")?, "sessions")?,
+            updated_at: from_millis(row.try_get("updated_at")?, "sessions")?,
+            last_input_at: last_input.map(|t| from_millis(t, "sessions")).transpose()?,
+        })
+    }
+
+    fn grant_from_row(row: &DB::Row) -> Result<GrantRecord, StoreError> {
+        Ok(GrantRecord {
+            token_hash: row.try_get("token_hash")?,
+            session_key: row.try_get("session_key")?,
+            owner: row.try_get("owner")?,
+            view_only: row.try_get::<i64, _>("view_only")? != 0,
+            created_at: from_millis(row.try_get("created_at")?, "grants")?,
+            expires_at: from_millis(row.try_get("expires_at")?, "grants")?,
+            revoked: row.try_get::<i64, _>("revoked")? != 0,
+        })
+    }
+
+    fn user_from_row(row: &DB::Row) -> Result<UserRecord, StoreError> {
+        let compute_user: String = row.try_get("compute_user")?;
+        Ok(UserRecord {
+            name: row.try_get("name")?,
+            user_id: row.try_get("user_id")?,
+            password_hash: row.try_get("password_hash")?,
+            compute_user: ComputeUser::parse(&compute_user).map_err(|e| StoreError::Corrupt {
+                table: "users",
+                detail: e.to_string(),
+            })?,
+            role: row.try_get("role")?,
+            account_status: row.try_get("account_status")?,
+            home_path: row.try_get("home_path")?,
+            created_at: from_millis(row.try_get("created_at")?, "users")?,
+            updated_at: from_millis(row.try_get("updated_at")?, "users")?,
+        })
+    }
+
+    fn org_from_row(row: &DB::Row) -> Result<OrgRecord, StoreError> {
+        Ok(OrgRecord {
+            org_id: row.try_get("org_id")?,
+            name: row.try_get("name")?,
+            created_at: from_millis(row.try_get("created_at")?, "orgs")?,
+        })
+    }
+
+    fn key_from_row(row: &DB::Row) -> Result<AccessKeyRecord, StoreError> {
+        let revoked: Option<i64> = row.try_get("revoked_at")?;
+        Ok(AccessKeyRecord {
+            access_key: row.try_get("access_key")?,
+            user_name: row.try_get("user_name")?,
+            secret_sealed: row.try_get("secret_sealed")?,
+            created_at: from_millis(row.try_get("created_at")?, "access_keys")?,
+            revoked_at: revoked.map(|t| from_millis(t, "access_keys")).transpose()?,
+        })
+    }
+
+    fn audit_from_row(row: &DB::Row) -> Result<AuditEvent, StoreError> {
+        Ok(AuditEvent {
+            at: from_millis(row.try_get("at")?, "audit")?,
+            kind: row.try_get("kind")?,
+            user: row.try_get("user_name")?,
+            session_id: row.try_get("session_id")?,
+            peer: row.try_get("peer")?,
+            detail: row.try_get("detail")?,
+        })
+    }
+
+    /// Maps "no row changed" to [`StoreError::Missing`].
+    fn changed(done: DB::QueryResult, what: String) -> Result<(), StoreError> {
+        if DB::rows_affected(&done) == 0 {
+            Err(StoreError::Missing(what))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Dismisses any other visible session that carries `id`: the desktop now holding that
+    /// node's display (or that id) makes the older one certainly gone.
+    async fn supersede(
+        tx: &mut Transaction<'_, DB>,
+        id: &str,
+        key: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE sessions SET state = 'stopped', dismissed = 1, updated_at = $3, \
+             status_reason = 'its id was reused by a newer session' \
+             WHERE session_id = $1 AND key <> $2 AND dismissed = 0",
+        )
+        .bind(id)
+        .bind(key)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Commits a transaction whose update of the row `key` changed `done` rows, returning the
+    /// row as it is now; rolls back and returns `None` if the update changed nothing.
+    async fn commit_updated(
+        mut tx: Transaction<'_, DB>,
+        done: DB::QueryResult,
+        key: &str,
+    ) -> Result<Option<SessionRecord>, StoreError> {
+        if DB::rows_affected(&done) == 0 {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        let rec = Self::session_in_tx(&mut tx, key).await?;
+        tx.commit().await?;
+        Ok(rec)
+    }
+
+    async fn session_in_tx(
+        tx: &mut Transaction<'_, DB>,
+        key: &str,
+    ) -> Result<Option<SessionRecord>, StoreError> {
+        let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE key = $1");
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(key)
+            .fetch_optional(&mut **tx)
+            .await?;
+        row.as_ref().map(Self::session_from_row).transpose()
+    }
+}
+
+#[async_trait]
+impl<DB> Store for SqlStore<DB>
+where
+    DB: Backend,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    DB::Arguments: IntoArguments<DB>,
+    for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> Option<i64>: Encode<'q, DB>,
+    for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> Vec<u8>: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+    for<'q> &'q [u8]: Encode<'q, DB> + Type<DB>,
+    &'static str: ColumnIndex<DB::Row>,
+{
+    #[tracing::instrument(level = "debug", skip_all, fields(owner = %new.owner))]
+    async fn claim_session(&self, new: NewSession) -> Result<Claim, StoreError> {
+        // The unique index on live sessions per owner decides races between concurrent
+        // creates. A loser reads the winner's row; if that row stopped being live in between,
+        // try again (bounded: each round means another request finished meanwhile).
+        for _ in 0..5 {
+            let key = uuid::Uuid::new_v4().to_string();
+            let mut tx = self.writer.begin().await?;
+            let now = millis(new.now);
+            let inserted = sqlx::query(
+                "INSERT INTO sessions (key, owner, user_id, invoker, compute_user, state, \
+                 geometry, launcher, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)",
+            )
+            .bind(&key)
+            .bind(&new.owner)
+            .bind(&new.user_id)
+            .bind(&new.invoker)
+            .bind(new.compute_user.as_str())
+            .bind(new.state.as_str())
+            .bind(&new.geometry)
+            .bind(&new.launcher)
+            .bind(now)
+            .execute(&mut *tx)
+            .await;
+            match inserted {
+                Ok(_) => {
+                    sqlx::query(
+                        "UPDATE sessions SET state = 'stopped', dismissed = 1, updated_at = $2 \
+                         WHERE owner = $1 AND state IN ('failed', 'stopped') AND dismissed = 0",
+                    )
+                    .bind(&new.owner)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                    let rec = Self::session_in_tx(&mut tx, &key)
+                        .await?
+                        .ok_or_else(|| corrupt("claimed row vanished"))?;
+                    tx.commit().await?;
+                    return Ok(Claim::Claimed(rec));
+                }
+                Err(e) if is_unique_violation(&e) => {
+                    tx.rollback().await?;
+                    if let Some(existing) = self.live_session_of(&new.owner).await? {
+                        return Ok(Claim::Existing(existing));
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(corrupt("could not claim a session after 5 attempts"))
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(key, session_id = %started.session_id))]
+    async fn session_started(
+        &self,
+        key: &str,
+        started: Started,
+    ) -> Result<Option<SessionRecord>, StoreError> {
+        let id = started.session_id.to_string();
+        let now = millis(started.now);
+        let mut tx = self.writer.begin().await?;
+        Self::supersede(&mut tx, &id, key, now).await?;
+        let done = sqlx::query(
+            "UPDATE sessions SET session_id = $2, node = $3, display = $4, host = $5, port = $6, \
+             vnc_password = $7, handle = $8, state = $9, status_reason = '', updated_at = $10 \
+             WHERE key = $1 AND state IN ('pending', 'starting')",
+        )
+        .bind(key)
+        .bind(&id)
+        .bind(started.node.as_str())
+        .bind(i64::from(started.display.get()))
+        .bind(&started.host)
+        .bind(i64::from(started.port))
+        .bind(&started.vnc_password_sealed)
+        .bind(&started.handle)
+        .bind(started.state.as_str())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        Self::commit_updated(tx, done, key).await
+    }
+
+    async fn session_queued(
+        &self,
+        key: &str,
+        session_id: &SessionId,
+        handle: &str,
+        vnc_password_sealed: &[u8],
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<SessionRecord>, StoreError> {
+        let id = session_id.to_string();
+        let now = millis(now);
+        let mut tx = self.writer.begin().await?;
+        Self::supersede(&mut tx, &id, key, now).await?;
+        let done = sqlx::query(
+            "UPDATE sessions SET session_id = $2, handle = $3, state = 'pending', \
+             status_reason = $4, updated_at = $5, vnc_password = $6 \
+             WHERE key = $1 AND state IN ('pending', 'starting')",
+        )
+        .bind(key)
+        .bind(&id)
+        .bind(handle)
+        .bind(reason)
+        .bind(now)
+        .bind(vnc_password_sealed)
+        .execute(&mut *tx)
+        .await?;
+        Self::commit_updated(tx, done, key).await
+    }
+
+    async fn session_progress(
+        &self,
+        key: &str,
+        state: SessionState,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        if !matches!(state, SessionState::Pending | SessionState::Starting) {
+            return Ok(false);
+        }
+        let done = sqlx::query(
+            "UPDATE sessions SET state = $2, status_reason = $3, updated_at = $4 \
+             WHERE key = $1 AND state IN ('pending', 'starting') \
+             AND (state <> $2 OR status_reason <> $3)",
+        )
+        .bind(key)
+        .bind(state.as_str())
+        .bind(reason)
+        .bind(millis(now))
+        .execute(&self.writer)
+        .await?;
+        Ok(DB::rows_affected(&done) > 0)
+    }
+
+    #[tracing::instrument(level = "debug", skip(self, reason))]
+    async fn start_failed(
+        &self,
+        key: &str,
+        at: Option<SessionId>,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let now = millis(now);
+        let mut tx = self.writer.begin().await?;
+        if let Some(id) = &at {
+            let id_text = id.to_string();
+            Self::supersede(&mut tx, &id_text, key, now).await?;
+            sqlx::query(
+                "UPDATE sessions SET session_id = $2, node = $3, display = $4, state = 'failed', \
+                 status_reason = $5, updated_at = $6 \
+                 WHERE key = $1 AND state IN ('pending', 'starting')",
+            )
+            .bind(key)
+            .bind(&id_text)
+            .bind(id.node().as_str())
+            .bind(i64::from(id.display().get()))
+            .bind(reason)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        } else {
+            sqlx::query(
+                "UPDATE sessions SET state = 'failed', status_reason = $2, updated_at = $3 \
+                 WHERE key = $1 AND state IN ('pending', 'starting')",
+            )
+            .bind(key)
+            .bind(reason)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    #[tracing::instrument(level = "debug", skip(self, from, reason))]
+    async fn transition(
+        &self,
+        key: &str,
+        from: &[SessionState],
+        to: SessionState,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let allowed: Vec<SessionState> =
+            from.iter().copied().filter(|s| s.can_become(to)).collect();
+        if allowed.is_empty() {
+            return Ok(false);
+        }
+        let sql = format!(
+            "UPDATE sessions SET state = $2, status_reason = $3, updated_at = $4 \
+             WHERE key = $1 AND state IN ({})",
+            placeholders(5, allowed.len())
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql))
+            .bind(key)
+            .bind(to.as_str())
+            .bind(reason)
+            .bind(millis(now));
+        for s in &allowed {
+            q = q.bind(s.as_str());
+        }
+        let done = q.execute(&self.writer).await?;
+        Ok(DB::rows_affected(&done) > 0)
+    }
+
+    async fn dismiss(&self, key: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE sessions SET dismissed = 1, updated_at = $2 WHERE key = $1 AND state = 'stopped'",
+        )
+        .bind(key)
+        .bind(millis(now))
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn session_by_key(&self, key: &str) -> Result<Option<SessionRecord>, StoreError> {
+        let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE key = $1");
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(Self::session_from_row).transpose()
+    }
+
+    async fn visible_session(&self, id: &SessionId) -> Result<Option<SessionRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id = $1 AND dismissed = 0"
+        );
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(Self::session_from_row).transpose()
+    }
+
+    async fn list_sessions(&self, owner: Option<&str>) -> Result<Vec<SessionRecord>, StoreError> {
+        let rows = match owner {
+            Some(owner) => {
+                let sql = format!(
+                    "SELECT {SESSION_COLUMNS} FROM sessions WHERE owner = $1 \
+                     AND dismissed = 0 AND session_id IS NOT NULL ORDER BY created_at, key"
+                );
+                sqlx::query(AssertSqlSafe(sql))
+                    .bind(owner)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+            None => {
+                let sql = format!(
+                    "SELECT {SESSION_COLUMNS} FROM sessions WHERE dismissed = 0 \
+                     AND session_id IS NOT NULL ORDER BY created_at, key"
+                );
+                sqlx::query(AssertSqlSafe(sql))
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+        };
+        rows.iter().map(Self::session_from_row).collect()
+    }
+
+    async fn sessions_in(&self, states: &[SessionState]) -> Result<Vec<SessionRecord>, StoreError> {
+        if states.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions WHERE state IN ({}) ORDER BY created_at, key",
+            placeholders(1, states.len())
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for s in states {
+            q = q.bind(s.as_str());
+        }
+        let rows = q.fetch_all(&self.pool).await?;
+        rows.iter().map(Self::session_from_row).collect()
+    }
+
+    async fn record_activity(
+        &self,
+        key: &str,
+        last_input: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE sessions SET last_input_at = $2 \
+             WHERE key = $1 AND (last_input_at IS NULL OR last_input_at < $2)",
+        )
+        .bind(key)
+        .bind(millis(last_input))
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn insert_grant(&self, g: GrantRecord) -> Result<(), StoreError> {
+        let (reply, done) = tokio::sync::oneshot::channel();
+        let gone = || StoreError::Corrupt {
+            table: "grants",
+            detail: "the grant writer stopped".into(),
+        };
+        self.grants.send((g, reply)).await.map_err(|_| gone())?;
+        done.await
+            .map_err(|_| gone())?
+            .map_err(|e| StoreError::Corrupt {
+                table: "grants",
+                detail: e,
+            })
+    }
+
+    async fn grant(&self, token_hash: &[u8]) -> Result<Option<GrantRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT token_hash, session_key, owner, view_only, created_at, expires_at, revoked \
+             FROM grants WHERE token_hash = $1",
+        )
+        .bind(token_hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(Self::grant_from_row).transpose()
+    }
+
+    async fn revoke_grants(&self, session_key: &str) -> Result<u64, StoreError> {
+        let done =
+            sqlx::query("UPDATE grants SET revoked = 1 WHERE session_key = $1 AND revoked = 0")
+                .bind(session_key)
+                .execute(&self.writer)
+                .await?;
+        Ok(DB::rows_affected(&done))
+    }
+
+    async fn purge_grants(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM grants WHERE expires_at < $1")
+            .bind(millis(before))
+            .execute(&self.writer)
+            .await?;
+        Ok(DB::rows_affected(&done))
+    }
+
+    async fn add_user(&self, u: UserRecord) -> Result<(), StoreError> {
+        let done = sqlx::query(
+            "INSERT INTO users (name, user_id, password_hash, compute_user, role, \
+             account_status, home_path, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(&u.name)
+        .bind(&u.user_id)
+        .bind(&u.password_hash)
+        .bind(u.compute_user.as_str())
+        .bind(&u.role)
+        .bind(&u.account_status)
+        .bind(&u.home_path)
+        .bind(millis(u.created_at))
+        .bind(millis(u.updated_at))
+        .execute(&self.writer)
+        .await;
+        match done {
+            Ok(_) => Ok(()),
+            Err(e) if is_unique_violation(&e) => {
+                Err(StoreError::Exists(format!("user {}", u.name)))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn user(&self, name: &str) -> Result<Option<UserRecord>, StoreError> {
+        let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE name = $1");
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(Self::user_from_row).transpose()
+    }
+
+    async fn list_users(&self) -> Result<Vec<UserRecord>, StoreError> {
+        let sql = format!("SELECT {USER_COLUMNS} FROM users ORDER BY name");
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(Self::user_from_row).collect()
+    }
+
+    async fn set_user_status(
+        &self,
+        name: &str,
+        status: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let done =
+            sqlx::query("UPDATE users SET account_status = $2, updated_at = $3 WHERE name = $1")
+                .bind(name)
+                .bind(status)
+                .bind(millis(now))
+                .execute(&self.writer)
+                .await?;
+        Self::changed(done, format!("user {name}"))
+    }
+
+    async fn set_user_password(
+        &self,
+        name: &str,
+        password_hash: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let done =
+            sqlx::query("UPDATE users SET password_hash = $2, updated_at = $3 WHERE name = $1")
+                .bind(name)
+                .bind(password_hash)
+                .bind(millis(now))
+                .execute(&self.writer)
+                .await?;
+        Self::changed(done, format!("user {name}"))
+    }
+
+    async fn add_org(&self, org: OrgRecord) -> Result<(), StoreError> {
+        let done = sqlx::query("INSERT INTO orgs (org_id, name, created_at) VALUES ($1, $2, $3)")
+            .bind(&org.org_id)
+            .bind(&org.name)
+            .bind(millis(org.created_at))
+            .execute(&self.writer)
+            .await;
+        match done {
+            Ok(_) => Ok(()),
+            Err(e) if is_unique_violation(&e) => {
+                Err(StoreError::Exists(format!("org {}", org.org_id)))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn org(&self, org_id: &str) -> Result<Option<OrgRecord>, StoreError> {
+        let row = sqlx::query("SELECT org_id, name, created_at FROM orgs WHERE org_id = $1")
+            .bind(org_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(Self::org_from_row).transpose()
+    }
+
+    async fn list_orgs(&self) -> Result<Vec<OrgRecord>, StoreError> {
+        let rows = sqlx::query("SELECT org_id, name, created_at FROM orgs ORDER BY org_id")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(Self::org_from_row).collect()
+    }
+
+    async fn add_access_key(&self, k: AccessKeyRecord) -> Result<(), StoreError> {
+        let done = sqlx::query(
+            "INSERT INTO access_keys (access_key, user_name, secret_sealed, created_at, revoked_at) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&k.access_key)
+        .bind(&k.user_name)
+        .bind(&k.secret_sealed)
+        .bind(millis(k.created_at))
+        .bind(k.revoked_at.map(millis))
+        .execute(&self.writer)
+        .await;
+        match done {
+            Ok(_) => Ok(()),
+            Err(e) if is_unique_violation(&e) => {
+                Err(StoreError::Exists(format!("access key {}", k.access_key)))
+            }
+            Err(sqlx::Error::Database(db)) if db.is_foreign_key_violation() => {
+                Err(StoreError::Missing(format!("user {}", k.user_name)))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn access_key(&self, access_key: &str) -> Result<Option<AccessKeyRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT access_key, user_name, secret_sealed, created_at, revoked_at \
+             FROM access_keys WHERE access_key = $1",
+        )
+        .bind(access_key)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(Self::key_from_row).transpose()
+    }
+
+    async fn list_access_keys(&self) -> Result<Vec<AccessKeyRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT access_key, user_name, secret_sealed, created_at, revoked_at \
+             FROM access_keys ORDER BY user_name, created_at",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(Self::key_from_row).collect()
+    }
+
+    async fn revoke_access_key(
+        &self,
+        access_key: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let done = sqlx::query(
+            "UPDATE access_keys SET revoked_at = $2 WHERE access_key = $1 AND revoked_at IS NULL",
+        )
+        .bind(access_key)
+        .bind(millis(now))
+        .execute(&self.writer)
+        .await?;
+        Self::changed(done, format!("active access key {access_key}"))
+    }
+
+    async fn use_signature(
+        &self,
+        signature: &str,
+        expires_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        sqlx::query("DELETE FROM used_signatures WHERE expires_at < $1")
+            .bind(millis(now))
+            .execute(&self.writer)
+            .await?;
+        let done = sqlx::query(
+            "INSERT INTO used_signatures (signature, expires_at) VALUES ($1, $2) \
+             ON CONFLICT (signature) DO NOTHING",
+        )
+        .bind(signature)
+        .bind(millis(expires_at))
+        .execute(&self.writer)
+        .await?;
+        Ok(DB::rows_affected(&done) == 1)
+    }
+
+    async fn record_audit(&self, e: AuditEvent) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO audit (at, kind, user_name, session_id, peer, detail) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(millis(e.at))
+        .bind(&e.kind)
+        .bind(&e.user)
+        .bind(&e.session_id)
+        .bind(&e.peer)
+        .bind(&e.detail)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn audit(&self, f: AuditFilter) -> Result<Vec<AuditEvent>, StoreError> {
+        let limit = if f.limit == 0 { 1000 } else { f.limit } as i64;
+        let since = f.since.map(millis).unwrap_or(i64::MIN);
+        let rows = match &f.user {
+            Some(user) => {
+                sqlx::query(
+                    "SELECT at, kind, user_name, session_id, peer, detail FROM audit \
+                     WHERE user_name = $1 AND at >= $2 ORDER BY id DESC LIMIT $3",
+                )
+                .bind(user)
+                .bind(since)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?
+            }
+            None => {
+                sqlx::query(
+                    "SELECT at, kind, user_name, session_id, peer, detail FROM audit \
+                     WHERE at >= $1 ORDER BY id DESC LIMIT $2",
+                )
+                .bind(since)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?
+            }
+        };
+        let mut out: Vec<AuditEvent> = rows
+            .iter()
+            .map(Self::audit_from_row)
+            .collect::<Result<_, _>>()?;
+        out.reverse();
+        Ok(out)
+    }
+}
