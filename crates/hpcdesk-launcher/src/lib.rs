@@ -200,6 +200,14 @@ pub trait Launcher: Send + Sync + 'static {
     /// Stops a desktop and every process of it. Stopping one that is gone succeeds.
     async fn stop(&self, target: &Target) -> Result<(), LaunchError>;
 
+    /// Whether this launcher can see the target's desktop at all. The `local` launcher sees
+    /// only its own machine: an instance on another machine sharing the store must leave
+    /// that machine's desktops alone.
+    fn watches(&self, target: &Target) -> bool {
+        let _ = target;
+        true
+    }
+
     /// Checks which targets are alive, and reports desktops nobody owns.
     async fn survey(&self, targets: &[Target]) -> Result<Survey, LaunchError>;
 

@@ -129,6 +129,10 @@ impl Launcher for LocalLauncher {
         Ok(())
     }
 
+    fn watches(&self, target: &Target) -> bool {
+        target.node.as_ref() == Some(&self.cfg.node)
+    }
+
     async fn survey(&self, targets: &[Target]) -> Result<Survey, LaunchError> {
         let cmd = self
             .agent_here()

@@ -12,6 +12,7 @@
 //! - [`grants`]: resolving connection grants for the gateway (`hpcdesk-gateway`).
 //! - [`sessions`]: orchestration of create / list / delete / launchurl (no HTTP types).
 //! - [`lifecycle`]: reconcile and the idle sweep, run in the background.
+//! - [`presence`]: viewer counts shared with other instances on the same store.
 //! - [`state`]: [`AppState`] shared by all of the above, and the [`Clock`].
 //! - [`startup`]: building the state from a config and serving on a given listener.
 #![forbid(unsafe_code)]
@@ -25,6 +26,7 @@ pub mod grants;
 pub mod lifecycle;
 pub mod metrics;
 pub mod passwords;
+pub mod presence;
 pub mod routes;
 pub mod sessions;
 pub mod startup;

@@ -75,7 +75,9 @@ pub async fn reconcile(app: &AppState) -> Result<ReconcileReport, ApiError> {
         .iter()
         .filter(|r| r.launcher == app.launcher.kind())
         .map(|r| (r, sessions::target(r)))
+        .filter(|(_, t)| app.launcher.watches(t))
         .unzip();
+
     let survey = app
         .launcher
         .survey(&targets)
@@ -147,8 +149,31 @@ pub async fn reconcile(app: &AppState) -> Result<ReconcileReport, ApiError> {
             }
         }
     }
-    report.orphans = survey.orphans.len();
-    for orphan in &survey.orphans {
+    // Sessions as they are now, after the survey: a desktop whose start finished meanwhile is
+    // owned, and one being started (by this instance or another) is not an orphan yet, as
+    // its session learns its display only when the start finishes.
+    let live_now = app
+        .store
+        .sessions_in(&[
+            SessionState::Pending,
+            SessionState::Starting,
+            SessionState::Running,
+        ])
+        .await?;
+    let orphans: Vec<_> = survey
+        .orphans
+        .iter()
+        .filter(|o| {
+            !live_now.iter().any(|r| {
+                r.compute_user.as_str() == o.user
+                    && (r.state != SessionState::Running
+                        || (r.node.as_ref() == Some(&o.node)
+                            && r.display.map(|d| d.get()) == Some(o.display)))
+            })
+        })
+        .collect();
+    report.orphans = orphans.len();
+    for orphan in orphans {
         if app.config.lifecycle.kill_orphans {
             match app.launcher.stop_orphan(orphan).await {
                 Ok(()) => {
@@ -248,7 +273,7 @@ pub struct SweepReport {
     pub checked: usize,
     /// Ids of the sessions deleted.
     pub swept: Vec<String>,
-    /// Sessions kept because a viewer is connected.
+    /// Sessions kept because a viewer is connected (to any instance).
     pub in_use: usize,
 }
 
@@ -265,7 +290,7 @@ pub async fn sweep(app: &AppState) -> Result<SweepReport, ApiError> {
     {
         report.checked += 1;
         let act = app.gateway.registry.activity(&rec.key);
-        if act.connections > 0 {
+        if act.connections + app.presence.elsewhere(&rec.key) > 0 {
             report.in_use += 1;
             continue;
         }

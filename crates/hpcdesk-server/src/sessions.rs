@@ -58,7 +58,7 @@ fn iso(t: DateTime<Utc>) -> String {
 /// The API view of a stored session, with the gateway's live view of its viewers.
 pub fn view(app: &AppState, rec: &SessionRecord) -> SessionItem {
     let act = app.gateway.registry.activity(&rec.key);
-    let mut it = item(rec, act.connections);
+    let mut it = item(rec, act.connections + app.presence.elsewhere(&rec.key));
     let last_input = [rec.last_input_at, act.last_input]
         .into_iter()
         .flatten()

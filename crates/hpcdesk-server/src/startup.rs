@@ -271,6 +271,7 @@ pub async fn build_with(
         limits,
         account_status: crate::accounts::StatusCache::default(),
         metrics: crate::metrics::Metrics::default(),
+        presence: crate::presence::Presence::default(),
         public_base,
         path_prefix,
     }))
@@ -302,6 +303,10 @@ pub async fn serve(
     let reconcile = tokio::spawn(lifecycle::reconcile_loop(state.clone(), stop_rx.clone()));
     let sweep = tokio::spawn(lifecycle::sweep_loop(state.clone(), stop_rx.clone()));
     let queued = tokio::spawn(lifecycle::queued_loop(state.clone(), stop_rx.clone()));
+    let presence = tokio::spawn(crate::presence::presence_loop(
+        state.clone(),
+        stop_rx.clone(),
+    ));
     let gateway = state.gateway.clone();
     let router = routes::router(state);
 
@@ -360,6 +365,7 @@ pub async fn serve(
     let _ = reconcile.await;
     let _ = sweep.await;
     let _ = queued.await;
+    let _ = presence.await;
     // Viewers get a "going away" close frame and reconnect to the next instance.
     gateway
         .registry

@@ -42,6 +42,8 @@ pub struct Inner {
     pub limits: crate::throttle::Limits,
     pub account_status: crate::accounts::StatusCache,
     pub metrics: crate::metrics::Metrics,
+    /// Viewers on other instances sharing the store.
+    pub presence: crate::presence::Presence,
     /// `public_url` without a trailing slash, when configured.
     pub public_base: Option<String>,
     /// The path part of `public_url` (e.g. `/desktop`), or empty.

@@ -320,6 +320,30 @@ pub trait Store: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError>;
 
+    /// Heartbeat of hpcdesk instance `instance` at `now`, with the sessions whose number of
+    /// open viewers on that instance changed (`0`: none any more). Forgets instances silent
+    /// for a day.
+    async fn publish_viewers(
+        &self,
+        instance: &str,
+        changed: &[(String, u32)],
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+
+    /// Open viewers per session on every instance but `instance` whose heartbeat is newer
+    /// than `fresh_after`.
+    async fn viewers_elsewhere(
+        &self,
+        instance: &str,
+        fresh_after: DateTime<Utc>,
+    ) -> Result<std::collections::HashMap<String, u32>, StoreError>;
+
+    /// Forgets an instance's viewers (it shuts down).
+    async fn withdraw_instance(&self, instance: &str) -> Result<(), StoreError>;
+
+    /// Those of `keys` whose session is not running any more (or does not exist).
+    async fn not_running(&self, keys: &[String]) -> Result<Vec<String>, StoreError>;
+
     async fn record_audit(&self, event: AuditEvent) -> Result<(), StoreError>;
 
     /// Audit lines matching `filter`, oldest first (the newest `filter.limit` of them).

@@ -893,6 +893,118 @@ where
         Ok(DB::rows_affected(&done) == 1)
     }
 
+    async fn publish_viewers(
+        &self,
+        instance: &str,
+        changed: &[(String, u32)],
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let now = millis(now);
+        let mut tx = self.writer.begin().await?;
+        sqlx::query(
+            "INSERT INTO instances (instance, seen_at) VALUES ($1, $2) \
+             ON CONFLICT (instance) DO UPDATE SET seen_at = excluded.seen_at",
+        )
+        .bind(instance)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        for (key, open) in changed {
+            if *open == 0 {
+                sqlx::query("DELETE FROM viewers WHERE instance = $1 AND session_key = $2")
+                    .bind(instance)
+                    .bind(key)
+                    .execute(&mut *tx)
+                    .await?;
+            } else {
+                sqlx::query(
+                    "INSERT INTO viewers (instance, session_key, connections) VALUES ($1, $2, $3) \
+                     ON CONFLICT (instance, session_key) \
+                     DO UPDATE SET connections = excluded.connections",
+                )
+                .bind(instance)
+                .bind(key)
+                .bind(i64::from(*open))
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        let day_ago = now - 86_400_000;
+        sqlx::query(
+            "DELETE FROM viewers WHERE instance IN \
+             (SELECT instance FROM instances WHERE seen_at < $1)",
+        )
+        .bind(day_ago)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM instances WHERE seen_at < $1")
+            .bind(day_ago)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn viewers_elsewhere(
+        &self,
+        instance: &str,
+        fresh_after: DateTime<Utc>,
+    ) -> Result<std::collections::HashMap<String, u32>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT v.session_key, v.connections FROM viewers v \
+             JOIN instances i ON i.instance = v.instance \
+             WHERE v.instance <> $1 AND i.seen_at > $2",
+        )
+        .bind(instance)
+        .bind(millis(fresh_after))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = std::collections::HashMap::new();
+        for row in &rows {
+            let key: String = row.try_get("session_key")?;
+            let open: i64 = row.try_get("connections")?;
+            *out.entry(key).or_insert(0) += u32::try_from(open).unwrap_or(0);
+        }
+        Ok(out)
+    }
+
+    async fn withdraw_instance(&self, instance: &str) -> Result<(), StoreError> {
+        let mut tx = self.writer.begin().await?;
+        sqlx::query("DELETE FROM viewers WHERE instance = $1")
+            .bind(instance)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM instances WHERE instance = $1")
+            .bind(instance)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn not_running(&self, keys: &[String]) -> Result<Vec<String>, StoreError> {
+        let mut running = std::collections::HashSet::new();
+        // Bounded statements: both backends cap the number of parameters.
+        for chunk in keys.chunks(500) {
+            let sql = format!(
+                "SELECT key FROM sessions WHERE state = 'running' AND key IN ({})",
+                placeholders(1, chunk.len())
+            );
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for k in chunk {
+                q = q.bind(k);
+            }
+            for row in q.fetch_all(&self.pool).await? {
+                running.insert(row.try_get::<String, _>("key")?);
+            }
+        }
+        Ok(keys
+            .iter()
+            .filter(|k| !running.contains(*k))
+            .cloned()
+            .collect())
+    }
+
     async fn record_audit(&self, e: AuditEvent) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO audit (at, kind, user_name, session_id, peer, detail) \

@@ -346,6 +346,77 @@ async fn activity_only_moves_forward(store: Arc<dyn Store>) {
     );
 }
 
+async fn viewers_count_per_instance_while_its_heartbeat_is_fresh(store: Arc<dyn Store>) {
+    let t0 = Utc::now();
+    store
+        .publish_viewers("a", &[("s1".into(), 2), ("s2".into(), 1)], t0)
+        .await
+        .unwrap();
+    store
+        .publish_viewers("b", &[("s1".into(), 1)], t0)
+        .await
+        .unwrap();
+    let fresh = t0 - Duration::seconds(30);
+    let seen_by_b = store.viewers_elsewhere("b", fresh).await.unwrap();
+    assert_eq!(seen_by_b.get("s1"), Some(&2));
+    assert_eq!(seen_by_b.get("s2"), Some(&1));
+    let seen_by_c = store.viewers_elsewhere("c", fresh).await.unwrap();
+    assert_eq!(seen_by_c.get("s1"), Some(&3), "summed over instances");
+
+    // A change, then a heartbeat without changes: the counts stay as last published.
+    store
+        .publish_viewers("a", &[("s2".into(), 0)], t0 + Duration::seconds(10))
+        .await
+        .unwrap();
+    store
+        .publish_viewers("a", &[], t0 + Duration::seconds(20))
+        .await
+        .unwrap();
+    let seen_by_b = store.viewers_elsewhere("b", fresh).await.unwrap();
+    assert_eq!(seen_by_b.get("s1"), Some(&2));
+    assert_eq!(seen_by_b.get("s2"), None, "closed viewers are forgotten");
+
+    // b's heartbeat is now stale: its viewers no longer count.
+    let later = t0 + Duration::seconds(15);
+    let seen_by_c = store.viewers_elsewhere("c", later).await.unwrap();
+    assert_eq!(seen_by_c.get("s1"), Some(&2), "only a's viewers are fresh");
+
+    store.withdraw_instance("a").await.unwrap();
+    assert!(
+        store
+            .viewers_elsewhere("c", later)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn not_running_names_sessions_that_ended_or_never_were(store: Arc<dyn Store>) {
+    let live = claimed(store.claim_session(new_session("u1")).await.unwrap());
+    store.session_started(&live.key, started(1)).await.unwrap();
+    let ended = claimed(store.claim_session(new_session("u2")).await.unwrap());
+    store.session_started(&ended.key, started(2)).await.unwrap();
+    assert!(
+        store
+            .transition(
+                &ended.key,
+                &[SessionState::Running],
+                SessionState::Stopped,
+                "deleted",
+                Utc::now()
+            )
+            .await
+            .unwrap()
+    );
+    let mut keys = vec![live.key.clone(), ended.key.clone(), "nope".to_owned()];
+    // More keys than one statement takes.
+    keys.extend((0..1200).map(|i| format!("k{i}")));
+    let gone = store.not_running(&keys).await.unwrap();
+    assert_eq!(gone.len(), keys.len() - 1);
+    assert!(!gone.contains(&live.key));
+    assert!(gone.contains(&ended.key));
+}
+
 async fn a_queued_session_is_listed_pending_and_can_start_later(store: Arc<dyn Store>) {
     let rec = claimed(store.claim_session(new_session("u10")).await.unwrap());
     let id = SessionId::parse("slurm--alice--SIG--123").unwrap();
@@ -644,4 +715,6 @@ on_every_backend!(
     a_signature_can_be_used_once,
     the_audit_log_filters_by_user_and_time,
     a_queued_session_is_listed_pending_and_can_start_later,
+    viewers_count_per_instance_while_its_heartbeat_is_fresh,
+    not_running_names_sessions_that_ended_or_never_were,
 );

@@ -8,6 +8,7 @@ mod desktop;
 mod errors;
 mod gateway;
 mod helpers;
+mod instances;
 mod restart;
 mod seed;
 mod slurm;
