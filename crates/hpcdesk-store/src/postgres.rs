@@ -10,8 +10,8 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::Postgres;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Connection, Postgres};
 
 use crate::StoreError;
 use crate::sql::SqlStore;
@@ -31,6 +31,12 @@ impl SqlStore<Postgres> {
             return Err(StoreError::unsupported(url));
         }
         let options = PgConnectOptions::from_str(url)?.application_name("hpcdesk");
+        // One connection first, so that a refused connection or a wrong password is reported
+        // as such at once rather than as a pool that timed out.
+        sqlx::PgConnection::connect_with(&options)
+            .await?
+            .close()
+            .await?;
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
             .acquire_timeout(Duration::from_secs(10))

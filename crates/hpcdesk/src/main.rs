@@ -78,8 +78,50 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("hpcdesk: error: {e:#}");
+            eprintln!("hpcdesk: error: {}", report(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The error and its causes, `outer: inner: …`, leaving out a cause whose text the message
+/// already holds (many of our errors show their source in their own text).
+fn report(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_report_names_each_cause_once() {
+        let inner = std::io::Error::other("connection refused");
+        let e = anyhow::Error::new(inner).context("cannot open the store");
+        assert_eq!(report(&e), "cannot open the store: connection refused");
+        #[derive(Debug)]
+        struct Db(std::io::Error);
+        impl std::fmt::Display for Db {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "database error: {}", self.0)
+            }
+        }
+        impl std::error::Error for Db {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let e = anyhow::Error::new(Db(std::io::Error::other("refused"))).context("opening");
+        assert_eq!(report(&e), "opening: database error: refused");
     }
 }
