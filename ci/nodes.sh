@@ -37,6 +37,10 @@ up() { # name
   ip netns list | grep -qw "$n" || ip netns add "$n"
   if ! ip link show "vh-$n" >/dev/null 2>&1; then
     ip link add "vh-$n" type veth peer name eth0 netns "$n"
+    # No IPv6 on the host side: its link-local address would arrive a second or two later
+    # (after duplicate address detection), and Chromium, running a browser test meanwhile,
+    # fails its requests with ERR_NETWORK_CHANGED.
+    [ -e "/proc/sys/net/ipv6/conf/vh-$n" ] && sysctl -qw "net.ipv6.conf.vh-$n.disable_ipv6=1"
     ip addr add "10.213.$i.1/24" dev "vh-$n"
     ip -n "$n" addr add "10.213.$i.2/24" dev eth0
   fi

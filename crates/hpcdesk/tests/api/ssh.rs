@@ -82,6 +82,8 @@ impl Drop for Exclusive {
             }
         }
         nodes("up", &[]);
+        // Let the links settle before another test (a browser) runs.
+        std::thread::sleep(std::time::Duration::from_millis(500));
     }
 }
 
