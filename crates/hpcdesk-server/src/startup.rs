@@ -36,6 +36,42 @@ pub enum StartupError {
     Store(#[from] hpcdesk_store::StoreError),
     #[error("launcher: {0}")]
     Launcher(String),
+    #[error(
+        "another hpcdesk serve uses {path} (it holds {path}.lock); several instances need \
+         PostgreSQL (store.url = \"postgres://…\")"
+    )]
+    StoreInUse { path: String },
+}
+
+/// Locks a SQLite store's file for this process (`<file>.lock`), held as long as the state:
+/// the store keeps sessions in memory, which is right only while no other `serve` writes
+/// them. `None` for PostgreSQL and in-memory databases.
+fn lock_sqlite_file(url: &str) -> Result<Option<nix::fcntl::Flock<std::fs::File>>, StartupError> {
+    let Some(rest) = url.strip_prefix("sqlite:") else {
+        return Ok(None);
+    };
+    let path = rest.trim_start_matches("//");
+    let path = path.split('?').next().unwrap_or(path);
+    if path.is_empty() || path.contains(":memory:") || url.contains("mode=memory") {
+        return Ok(None);
+    }
+    let lock_path = PathBuf::from(format!("{path}.lock"));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(data_dir_err(&lock_path))?;
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(Some(lock)),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(StartupError::StoreInUse {
+            path: path.to_owned(),
+        }),
+        Err((_, e)) => Err(StartupError::DataDir {
+            path: lock_path,
+            source: e.into(),
+        }),
+    }
 }
 
 fn data_dir_err(path: &Path) -> impl FnOnce(std::io::Error) -> StartupError + '_ {
@@ -226,6 +262,7 @@ pub async fn build_with(
     if url.starts_with("sqlite:") && config.store.url.is_none() {
         ensure_data_dir(&config)?;
     }
+    let store_lock = lock_sqlite_file(&url)?;
     let store: Arc<dyn Store> = hpcdesk_store::open(&url).await?;
     let verifier = TokenVerifier::new(
         &jwt_secrets(&config)?,
@@ -274,6 +311,7 @@ pub async fn build_with(
         presence: crate::presence::Presence::default(),
         public_base,
         path_prefix,
+        _store_lock: store_lock,
     }))
 }
 

@@ -9,6 +9,7 @@
 //! until it is stopped, state changes are conditional on the state they leave.
 #![forbid(unsafe_code)]
 
+mod cache;
 pub mod postgres;
 pub mod sql;
 pub mod sqlite;

@@ -45,6 +45,6 @@ impl SqlStore<Postgres> {
             .connect_with(options)
             .await?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
-        Ok(Self::with_pools(pool.clone(), pool))
+        Ok(Self::with_pools(pool.clone(), pool, false))
     }
 }

@@ -7,6 +7,8 @@
 //! both decode the same way (TEXT, BIGINT/INTEGER, BLOB/BYTEA). Timestamps are integer
 //! milliseconds since the epoch; flags are integers 0/1.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use chrono::{DateTime, TimeZone, Utc};
 use hpcdesk_core::{ComputeUser, DisplayNumber, NodeName, SessionId, SessionState};
@@ -14,6 +16,7 @@ use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool,
 // Dynamic SQL here only ever splices our own column lists and `$N` placeholders, never values.
 use sqlx::{AssertSqlSafe, Row, Transaction};
 
+use crate::cache::{Bump, SessionCache, Snapshot};
 use crate::{
     AccessKeyRecord, AuditEvent, AuditFilter, Claim, GrantRecord, NewSession, OrgRecord,
     SessionRecord, Started, Store, StoreError, UserRecord,
@@ -22,20 +25,35 @@ use crate::{
 /// A sqlx database that can hold hpcdesk's state. The rest of what [`SqlStore`] needs from it
 /// (encoding our column types, executing on its connections) is spelled out where the store
 /// is implemented, since Rust does not carry such bounds along with a trait.
-pub trait Backend: Database {
+pub trait Backend: Database + sqlx::database::HasStatementCache {
     /// Rows changed by an `INSERT`, `UPDATE` or `DELETE`.
     fn rows_affected(done: &Self::QueryResult) -> u64;
+
+    /// Placeholders for `n` values bound in order, the first being the `start`th of the
+    /// statement, for statements with many of them.
+    fn many_placeholders(start: usize, n: usize) -> String;
 }
 
 impl Backend for sqlx::Sqlite {
     fn rows_affected(done: &Self::QueryResult) -> u64 {
         done.rows_affected()
     }
+
+    /// Anonymous `?`: SQLite finds a named parameter (`$7`) by a linear search, when the
+    /// statement is parsed and again when each value is bound, which makes a statement with
+    /// hundreds of them slow.
+    fn many_placeholders(_start: usize, n: usize) -> String {
+        vec!["?"; n].join(", ")
+    }
 }
 
 impl Backend for sqlx::Postgres {
     fn rows_affected(done: &Self::QueryResult) -> u64 {
         done.rows_affected()
+    }
+
+    fn many_placeholders(start: usize, n: usize) -> String {
+        placeholders(start, n)
     }
 }
 
@@ -55,6 +73,8 @@ pub struct SqlStore<DB: Database> {
     pool: Pool<DB>,
     writer: Pool<DB>,
     grants: tokio::sync::mpsc::Sender<(GrantRecord, GrantReply)>,
+    /// Visible sessions in memory, when this process is the database's only writer.
+    cache: Option<Arc<SessionCache>>,
 }
 
 impl<DB: Database> Clone for SqlStore<DB> {
@@ -63,6 +83,7 @@ impl<DB: Database> Clone for SqlStore<DB> {
             pool: self.pool.clone(),
             writer: self.writer.clone(),
             grants: self.grants.clone(),
+            cache: self.cache.clone(),
         }
     }
 }
@@ -122,16 +143,40 @@ where
     for<'q> &'q [u8]: Encode<'q, DB> + Type<DB>,
     &'static str: ColumnIndex<DB::Row>,
 {
-    /// A store on `pool` (reads) and `writer` (writes), whose schema is up to date. Starts the
-    /// grant writer, so it must be called inside a Tokio runtime.
-    pub(crate) fn with_pools(pool: Pool<DB>, writer: Pool<DB>) -> Self {
+    /// A store on `pool` (reads) and `writer` (writes), whose schema is up to date; with
+    /// `cached`, sessions are read from memory (only for a database no other process writes
+    /// sessions to). Starts the grant writer, so it must be called inside a Tokio runtime.
+    pub(crate) fn with_pools(pool: Pool<DB>, writer: Pool<DB>, cached: bool) -> Self {
         let (tx, rx) = tokio::sync::mpsc::channel(4 * GRANT_BATCH);
         tokio::spawn(Self::grant_writer(writer.clone(), rx));
         SqlStore {
             pool,
             writer,
             grants: tx,
+            cache: cached.then(|| Arc::new(SessionCache::default())),
         }
+    }
+
+    /// Held by every method that writes sessions: the cache moves on when it returns.
+    fn bump(&self) -> Option<Bump<'_>> {
+        self.cache.as_deref().map(SessionCache::bump)
+    }
+
+    /// The cached visible sessions, if this store caches them.
+    async fn snapshot(&self) -> Result<Option<Arc<Snapshot>>, StoreError> {
+        let Some(cache) = &self.cache else {
+            return Ok(None);
+        };
+        let snap = cache
+            .get(|| async {
+                let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE dismissed = 0");
+                let rows = sqlx::query(AssertSqlSafe(sql))
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter().map(Self::session_from_row).collect()
+            })
+            .await?;
+        Ok(Some(snap))
     }
 
     /// Writes queued grants, as many per transaction as are waiting.
@@ -147,31 +192,41 @@ where
                     Err(_) => break,
                 }
             }
-            let result: Result<(), sqlx::Error> = async {
-                let mut tx = writer.begin().await?;
-                for (g, _) in &batch {
-                    sqlx::query(
-                    "INSERT INTO grants (token_hash, session_key, owner, view_only, created_at, \
-                     expires_at, revoked) VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                )
+            let grants: Vec<&GrantRecord> = batch.iter().map(|(g, _)| g).collect();
+            let result = Self::insert_grants(&writer, &grants).await;
+            let result = result.map_err(|e| e.to_string());
+            for (_, reply) in batch {
+                let _ = reply.send(result.clone());
+            }
+        }
+    }
+
+    /// Inserts `grants` (at most [`GRANT_BATCH`]) durably with one multi-row `INSERT`: one
+    /// statement and one commit for the whole batch.
+    async fn insert_grants(writer: &Pool<DB>, grants: &[&GrantRecord]) -> Result<(), sqlx::Error> {
+        let rows: Vec<String> = (0..grants.len())
+            .map(|i| format!("({})", DB::many_placeholders(1 + 7 * i, 7)))
+            .collect();
+        let sql = format!(
+            "INSERT INTO grants (token_hash, session_key, owner, view_only, created_at, \
+             expires_at, revoked) VALUES {}",
+            rows.join(", ")
+        );
+        // Batch sizes vary: keep single-row statements prepared, parse the others afresh
+        // rather than crowd out the statement cache.
+        let mut q = sqlx::query(AssertSqlSafe(sql)).persistent(grants.len() == 1);
+        for g in grants {
+            q = q
                 .bind(&g.token_hash)
                 .bind(&g.session_key)
                 .bind(&g.owner)
                 .bind(i64::from(g.view_only))
                 .bind(millis(g.created_at))
                 .bind(millis(g.expires_at))
-                .bind(i64::from(g.revoked))
-                .execute(&mut *tx)
-                .await?;
-                }
-                tx.commit().await
-            }
-            .await;
-            let result = result.map_err(|e| e.to_string());
-            for (_, reply) in batch {
-                let _ = reply.send(result.clone());
-            }
+                .bind(i64::from(g.revoked));
         }
+        q.execute(writer).await?;
+        Ok(())
     }
 
     async fn live_session_of(&self, owner: &str) -> Result<Option<SessionRecord>, StoreError> {
@@ -369,6 +424,7 @@ where
 {
     #[tracing::instrument(level = "debug", skip_all, fields(owner = %new.owner))]
     async fn claim_session(&self, new: NewSession) -> Result<Claim, StoreError> {
+        let _bump = self.bump();
         // The unique index on live sessions per owner decides races between concurrent
         // creates. A loser reads the winner's row; if that row stopped being live in between,
         // try again (bounded: each round means another request finished meanwhile).
@@ -426,6 +482,7 @@ where
         key: &str,
         started: Started,
     ) -> Result<Option<SessionRecord>, StoreError> {
+        let _bump = self.bump();
         let id = started.session_id.to_string();
         let now = millis(started.now);
         let mut tx = self.writer.begin().await?;
@@ -459,6 +516,7 @@ where
         reason: &str,
         now: DateTime<Utc>,
     ) -> Result<Option<SessionRecord>, StoreError> {
+        let _bump = self.bump();
         let id = session_id.to_string();
         let now = millis(now);
         let mut tx = self.writer.begin().await?;
@@ -486,6 +544,7 @@ where
         reason: &str,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
+        let _bump = self.bump();
         if !matches!(state, SessionState::Pending | SessionState::Starting) {
             return Ok(false);
         }
@@ -511,6 +570,7 @@ where
         reason: &str,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
+        let _bump = self.bump();
         let now = millis(now);
         let mut tx = self.writer.begin().await?;
         if let Some(id) = &at {
@@ -553,6 +613,7 @@ where
         reason: &str,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
+        let _bump = self.bump();
         let allowed: Vec<SessionState> =
             from.iter().copied().filter(|s| s.can_become(to)).collect();
         if allowed.is_empty() {
@@ -576,6 +637,7 @@ where
     }
 
     async fn dismiss(&self, key: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
+        let _bump = self.bump();
         sqlx::query(
             "UPDATE sessions SET dismissed = 1, updated_at = $2 WHERE key = $1 AND state = 'stopped'",
         )
@@ -587,6 +649,12 @@ where
     }
 
     async fn session_by_key(&self, key: &str) -> Result<Option<SessionRecord>, StoreError> {
+        if let Some(snap) = self.snapshot().await?
+            && let Some(rec) = snap.by_key(key)
+        {
+            return Ok(Some(rec.clone()));
+        }
+        // Not visible any more (dismissed), or no cache: ask the database.
         let sql = format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE key = $1");
         let row = sqlx::query(AssertSqlSafe(sql))
             .bind(key)
@@ -596,6 +664,9 @@ where
     }
 
     async fn visible_session(&self, id: &SessionId) -> Result<Option<SessionRecord>, StoreError> {
+        if let Some(snap) = self.snapshot().await? {
+            return Ok(snap.by_id(&id.to_string()).cloned());
+        }
         let sql = format!(
             "SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id = $1 AND dismissed = 0"
         );
@@ -607,6 +678,9 @@ where
     }
 
     async fn list_sessions(&self, owner: Option<&str>) -> Result<Vec<SessionRecord>, StoreError> {
+        if let Some(snap) = self.snapshot().await? {
+            return Ok(snap.listed(owner));
+        }
         let rows = match owner {
             Some(owner) => {
                 let sql = format!(
@@ -652,6 +726,7 @@ where
         key: &str,
         last_input: DateTime<Utc>,
     ) -> Result<(), StoreError> {
+        let _bump = self.bump();
         sqlx::query(
             "UPDATE sessions SET last_input_at = $2 \
              WHERE key = $1 AND (last_input_at IS NULL OR last_input_at < $2)",
@@ -988,7 +1063,7 @@ where
         for chunk in keys.chunks(500) {
             let sql = format!(
                 "SELECT key FROM sessions WHERE state = 'running' AND key IN ({})",
-                placeholders(1, chunk.len())
+                DB::many_placeholders(1, chunk.len())
             );
             let mut q = sqlx::query(AssertSqlSafe(sql));
             for k in chunk {

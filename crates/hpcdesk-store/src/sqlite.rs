@@ -38,7 +38,7 @@ impl SqlStore<Sqlite> {
                 .connect_with(options)
                 .await?;
             sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-            return Ok(Self::with_pools(pool.clone(), pool));
+            return Ok(Self::with_pools(pool.clone(), pool, true));
         }
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
@@ -52,6 +52,6 @@ impl SqlStore<Sqlite> {
             .max_lifetime(Some(Duration::from_secs(3600)))
             .connect_with(options)
             .await?;
-        Ok(Self::with_pools(pool, writer))
+        Ok(Self::with_pools(pool, writer, true))
     }
 }

@@ -333,6 +333,9 @@ async fn a_failed_start_is_listed_under_its_id_with_the_reason(store: Arc<dyn St
 async fn activity_only_moves_forward(store: Arc<dyn Store>) {
     let rec = claimed(store.claim_session(new_session("u9")).await.unwrap());
     assert_eq!(rec.last_input_at, None);
+    // Read first: a store that caches must still show the write that follows.
+    let before = store.session_by_key(&rec.key).await.unwrap().unwrap();
+    assert_eq!(before.last_input_at, None);
     let t = Utc::now();
     store.record_activity(&rec.key, t).await.unwrap();
     store
@@ -417,6 +420,70 @@ async fn not_running_names_sessions_that_ended_or_never_were(store: Arc<dyn Stor
     assert!(gone.contains(&ended.key));
 }
 
+/// Reads between every kind of session write: a store that keeps sessions in memory must
+/// show each write to the next read.
+async fn every_session_write_shows_in_the_next_read(store: Arc<dyn Store>) {
+    let listed = |store: Arc<dyn Store>| async move {
+        store
+            .list_sessions(Some("w1"))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.state, r.status_reason))
+            .collect::<Vec<_>>()
+    };
+    assert!(listed(store.clone()).await.is_empty());
+    let a = claimed(store.claim_session(new_session("w1")).await.unwrap());
+    assert_eq!(
+        store.session_by_key(&a.key).await.unwrap().unwrap().state,
+        SessionState::Starting
+    );
+    let id = started(31).session_id;
+    assert!(store.visible_session(&id).await.unwrap().is_none());
+    store
+        .start_failed(&a.key, Some(id.clone()), "Xvnc said no", Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(
+        listed(store.clone()).await,
+        vec![(SessionState::Failed, "Xvnc said no".to_owned())]
+    );
+    assert_eq!(
+        store.visible_session(&id).await.unwrap().unwrap().state,
+        SessionState::Failed
+    );
+    // A new claim dismisses the failure.
+    let b = claimed(store.claim_session(new_session("w1")).await.unwrap());
+    assert!(listed(store.clone()).await.is_empty());
+    assert!(store.visible_session(&id).await.unwrap().is_none());
+    let queued_id = SessionId::parse("slurm--alice--SIG--77").unwrap();
+    store
+        .session_queued(
+            &b.key,
+            &queued_id,
+            "{}",
+            &[1],
+            "queued: Priority",
+            Utc::now(),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        listed(store.clone()).await,
+        vec![(SessionState::Pending, "queued: Priority".to_owned())]
+    );
+    assert_eq!(
+        store
+            .visible_session(&queued_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .key,
+        b.key
+    );
+}
+
 async fn a_queued_session_is_listed_pending_and_can_start_later(store: Arc<dyn Store>) {
     let rec = claimed(store.claim_session(new_session("u10")).await.unwrap());
     let id = SessionId::parse("slurm--alice--SIG--123").unwrap();
@@ -453,6 +520,11 @@ async fn a_queued_session_is_listed_pending_and_can_start_later(store: Arc<dyn S
             .unwrap(),
         "nothing changed"
     );
+    let listed = store.list_sessions(Some("u10")).await.unwrap();
+    assert_eq!(
+        (listed[0].state, listed[0].status_reason.as_str()),
+        (SessionState::Starting, "runs on n1")
+    );
     // A new claim by the same owner returns the queued session.
     assert!(matches!(
         store.claim_session(new_session("u10")).await.unwrap(),
@@ -475,6 +547,40 @@ async fn a_queued_session_is_listed_pending_and_can_start_later(store: Arc<dyn S
             .unwrap(),
         "a running session is not pending again"
     );
+}
+
+async fn many_grants_at_once_are_all_kept(store: Arc<dyn Store>) {
+    let rec = claimed(store.claim_session(new_session("g1")).await.unwrap());
+    let now = Utc::now();
+    let tasks: Vec<_> = (0..300u16)
+        .map(|i| {
+            let store = store.clone();
+            let key = rec.key.clone();
+            tokio::spawn(async move {
+                let mut hash = vec![0u8; 38];
+                hash[..2].copy_from_slice(&i.to_be_bytes());
+                store
+                    .insert_grant(GrantRecord {
+                        token_hash: hash.clone(),
+                        session_key: key,
+                        owner: "g1".into(),
+                        view_only: i % 2 == 0,
+                        created_at: now,
+                        expires_at: now + Duration::minutes(10),
+                        revoked: false,
+                    })
+                    .await
+                    .unwrap();
+                hash
+            })
+        })
+        .collect();
+    for (i, t) in tasks.into_iter().enumerate() {
+        let hash = t.await.unwrap();
+        let g = store.grant(&hash).await.unwrap().expect("grant kept");
+        assert_eq!(g.view_only, i % 2 == 0);
+    }
+    assert_eq!(store.revoke_grants(&rec.key).await.unwrap(), 300);
 }
 
 async fn grants_are_found_by_hash_and_revoked(store: Arc<dyn Store>) {
@@ -716,5 +822,7 @@ on_every_backend!(
     the_audit_log_filters_by_user_and_time,
     a_queued_session_is_listed_pending_and_can_start_later,
     viewers_count_per_instance_while_its_heartbeat_is_fresh,
+    every_session_write_shows_in_the_next_read,
+    many_grants_at_once_are_all_kept,
     not_running_names_sessions_that_ended_or_never_were,
 );

@@ -64,3 +64,58 @@ fn desktops_survive_a_restart_and_a_killed_xvnc_is_noticed() {
     assert_eq!(app.list(&token).len(), 1);
     assert_eq!(app.delete(&token, &new_id)["code"], "0");
 }
+
+#[test]
+fn a_second_serve_on_the_same_sqlite_file_is_refused_until_the_first_stops() {
+    let mut app = TestApp::spawn();
+    let config = app.config.clone();
+    let second = || {
+        std::process::Command::new(bin())
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env_remove("HPCDESK_CONFIG")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let out = second().wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("another hpcdesk serve uses") && err.contains("PostgreSQL"),
+        "{err}"
+    );
+    // The first one still serves.
+    assert_eq!(app.call("GET", "/healthz", None).0, 200);
+
+    app.stop();
+    let mut again = second();
+    let stderr = again.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let until = Instant::now() + Duration::from_secs(20);
+    let mut seen = Vec::new();
+    let listening = loop {
+        match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
+            Ok(line) if line.contains("listening on") => break true,
+            Ok(line) => seen.push(line),
+            Err(_) => break false,
+        }
+    };
+    let _ = again.kill();
+    let _ = again.wait();
+    assert!(
+        listening,
+        "serve did not start once the first had stopped: {seen:?}"
+    );
+}
