@@ -21,7 +21,7 @@ pub struct ApiOptions {
     /// Seconds per measurement.
     #[arg(long, default_value_t = 3.0)]
     seconds: f64,
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 5)]
     reps: usize,
 }
 
@@ -171,10 +171,11 @@ pub async fn api(opts: ApiOptions) -> Result<(), Error> {
         "hpcdesk API benchmark: {} clients, {} s per run, median of {}",
         opts.clients, opts.seconds, opts.reps
     );
-    let mut rows = Vec::new();
-    for (name, addr, path, tok) in &cases {
-        let (mut rps, mut p50, mut p99, mut errors) = (Vec::new(), Vec::new(), Vec::new(), 0);
-        for _ in 0..opts.reps {
+    // Rounds of every case in turn, so that each ratio compares runs made moments apart on
+    // this noisy machine; the table shows medians, the ratio being the median of the rounds'.
+    let mut runs: Vec<Vec<Load>> = cases.iter().map(|_| Vec::new()).collect();
+    for _ in 0..opts.reps {
+        for (i, (name, addr, path, tok)) in cases.iter().enumerate() {
             let l = load(
                 addr,
                 path,
@@ -187,14 +188,9 @@ pub async fn api(opts: ApiOptions) -> Result<(), Error> {
                 "  {name}: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, {} errors",
                 l.per_second, l.p50_ms, l.p99_ms, l.errors
             );
-            rps.push(l.per_second);
-            p50.push(l.p50_ms);
-            p99.push(l.p99_ms);
-            errors += l.errors;
+            runs[i].push(l);
         }
-        rows.push((*name, median(rps), median(p50), median(p99), errors));
     }
-    let ceiling = rows[0].1;
     println!();
     println!(
         "| {:<32} | {:>8} | {:>8} | {:>8} | {:>6} | {:>10} |",
@@ -209,10 +205,20 @@ pub async fn api(opts: ApiOptions) -> Result<(), Error> {
         "-".repeat(7),
         "-".repeat(11)
     );
-    for (name, rps, p50, p99, errors) in &rows {
+    for (i, (name, ..)) in cases.iter().enumerate() {
+        let r = &runs[i];
+        let ratio = median(
+            r.iter()
+                .zip(&runs[0])
+                .map(|(l, c)| l.per_second / c.per_second)
+                .collect(),
+        );
         println!(
-            "| {name:<32} | {rps:>8.0} | {p50:>8.2} | {p99:>8.2} | {errors:>6} | {:>9.2}× |",
-            rps / ceiling
+            "| {name:<32} | {:>8.0} | {:>8.2} | {:>8.2} | {:>6} | {ratio:>9.2}× |",
+            median(r.iter().map(|l| l.per_second).collect()),
+            median(r.iter().map(|l| l.p50_ms).collect()),
+            median(r.iter().map(|l| l.p99_ms).collect()),
+            r.iter().map(|l| l.errors).sum::<usize>(),
         );
     }
     drop(hpcdesk);

@@ -15,6 +15,10 @@
 //! - [`measure`]: the measurements and the report.
 //! - [`api`]: the API (requests/s) and create → ready benchmarks.
 
+/// The allocator of the `hpcdesk` binary, so that the in-process server measures the same.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod api;
 mod client;
 mod measure;

@@ -56,7 +56,16 @@ pub struct TokenVerifier {
     cluster_id: String,
     roles: std::collections::BTreeMap<String, RoleKind>,
     max_len: usize,
+    /// Claims of tokens whose signature checked out. A portal sends the same token with
+    /// every call, and decoding and authenticating it is most of a launch URL's own work;
+    /// the claims are still checked (expiry, cluster, role, status) on every call. Only
+    /// validly signed tokens get in, so its size is bounded by [`VERIFIED_MAX`] for honest
+    /// reasons only; it is emptied when full. A plain mutex: held for a lookup or an insert.
+    verified: std::sync::Mutex<std::collections::HashMap<String, Claims>>,
 }
+
+/// Most tokens remembered as verified.
+const VERIFIED_MAX: usize = 4096;
 
 impl std::fmt::Debug for TokenVerifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -88,7 +97,32 @@ impl TokenVerifier {
             cluster_id: cluster_id.to_owned(),
             roles,
             max_len,
+            verified: std::sync::Mutex::new(std::collections::HashMap::new()),
         }
+    }
+
+    /// The claims of a validly signed `token`, or `None`.
+    fn signed_claims(&self, token: &str) -> Option<Claims> {
+        let lock = || self.verified.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = lock().get(token) {
+            return Some(c.clone());
+        }
+        for key in &self.keys {
+            match jsonwebtoken::decode::<Claims>(token, key, &self.validation) {
+                Ok(data) => {
+                    let mut verified = lock();
+                    if verified.len() >= VERIFIED_MAX {
+                        verified.clear();
+                    }
+                    verified.insert(token.to_owned(), data.claims.clone());
+                    return Some(data.claims);
+                }
+                Err(e) => {
+                    tracing::debug!(reason = %e.kind_to_string(), "token refused by one key");
+                }
+            }
+        }
+        None
     }
 
     /// Checks a `token` header value at time `now_ms` (milliseconds since the epoch).
@@ -115,19 +149,7 @@ impl TokenVerifier {
             )));
         }
         let refused = || ApiError::Permission("invalid token".into());
-        let mut claims = None;
-        for key in &self.keys {
-            match jsonwebtoken::decode::<Claims>(token, key, &self.validation) {
-                Ok(data) => {
-                    claims = Some(data.claims);
-                    break;
-                }
-                Err(e) => {
-                    tracing::debug!(reason = %e.kind_to_string(), "token refused by one key");
-                }
-            }
-        }
-        let claims = claims.ok_or_else(refused)?;
+        let claims = self.signed_claims(token).ok_or_else(refused)?;
         match claims.expire_millis() {
             Some(exp) if exp > now_ms - grace_ms => {}
             Some(_) if grace_ms > 0 => {
