@@ -16,6 +16,7 @@
 //! - [`api`]: the API (requests/s) and create → ready benchmarks.
 
 /// The allocator of the `hpcdesk` binary, so that the in-process server measures the same.
+/// (The plain relay baseline is `hpcdesk-bench-relay`, with the default allocator.)
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -46,11 +47,6 @@ enum Command {
     Create(api::CreateOptions),
     /// (internal) The benchmark's VNC-like servers.
     Servers,
-    /// (internal) A plain TCP relay: --map LISTEN=TARGET, repeated.
-    Relay {
-        #[arg(long = "map", required = true)]
-        maps: Vec<String>,
-    },
     /// (internal) hpcdesk's server with a launcher that points users at given ports:
     /// --map USER=PORT, repeated.
     Hpcdesk {
@@ -74,7 +70,6 @@ fn main() {
             Command::Api(opts) => api::api(opts).await,
             Command::Create(opts) => api::create(opts).await,
             Command::Servers => servers::main().await,
-            Command::Relay { maps } => procs::relay_main(maps).await,
             Command::Hpcdesk { data, maps } => procs::hpcdesk_main(data, maps).await,
         }
     });

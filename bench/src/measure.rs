@@ -302,15 +302,13 @@ pub async fn run(opts: Options) -> Result<(), Error> {
     let servers =
         Servers::from_line(&servers_proc.ready).ok_or("the servers process said nonsense")?;
 
+    let relay_exe = std::env::current_exe()?.with_file_name("hpcdesk-bench-relay");
     let relay = procs::spawn(
-        &me,
-        &std::iter::once("relay".to_owned())
-            .chain(
-                servers
-                    .plain
-                    .iter()
-                    .flat_map(|a| ["--map".to_owned(), format!("127.0.0.1:0={a}")]),
-            )
+        &relay_exe.to_string_lossy(),
+        &servers
+            .plain
+            .iter()
+            .flat_map(|a| ["--map".to_owned(), format!("127.0.0.1:0={a}")])
             .collect::<Vec<_>>(),
         None,
     )

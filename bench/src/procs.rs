@@ -33,39 +33,6 @@ pub fn raise_open_files_limit() {
     }
 }
 
-/// `relay --map LISTEN=TARGET …`: tokio's `copy_bidirectional_with_sizes` per connection.
-pub async fn relay_main(maps: Vec<String>) -> Result<(), Error> {
-    let mut addrs = Vec::new();
-    for m in maps {
-        let (listen, target) = m.split_once('=').ok_or("--map LISTEN=TARGET")?;
-        let l = TcpListener::bind(listen).await?;
-        addrs.push(l.local_addr()?.to_string());
-        let target: SocketAddr = target.parse()?;
-        tokio::spawn(async move {
-            while let Ok((mut a, _)) = l.accept().await {
-                tokio::spawn(async move {
-                    let _ = a.set_nodelay(true);
-                    if let Ok(mut b) = TcpStream::connect(target).await {
-                        let _ = b.set_nodelay(true);
-                        // 64 KiB buffers both ways, like the gateway's: the strongest
-                        // plain relay tokio offers.
-                        let _ = tokio::io::copy_bidirectional_with_sizes(
-                            &mut a,
-                            &mut b,
-                            64 * 1024,
-                            64 * 1024,
-                        )
-                        .await;
-                    }
-                });
-            }
-        });
-    }
-    println!("ready {}", addrs.join(" "));
-    std::future::pending::<()>().await;
-    Ok(())
-}
-
 /// Points each compute user's desktop at a benchmark server.
 struct FakeLauncher {
     ports: HashMap<String, u16>,

@@ -11,7 +11,7 @@
 //! - closes this instance's viewers of sessions that are no longer running (deleted, swept
 //!   or failed elsewhere): within about a second, like a delete on this instance.
 //!
-//! A single instance (the SQLite default) runs the same loop; it simply finds no one else.
+//! It runs only on a shared store (PostgreSQL): a SQLite file belongs to one instance.
 
 use std::collections::HashMap;
 use std::sync::Mutex;

@@ -341,10 +341,13 @@ pub async fn serve(
     let reconcile = tokio::spawn(lifecycle::reconcile_loop(state.clone(), stop_rx.clone()));
     let sweep = tokio::spawn(lifecycle::sweep_loop(state.clone(), stop_rx.clone()));
     let queued = tokio::spawn(lifecycle::queued_loop(state.clone(), stop_rx.clone()));
-    let presence = tokio::spawn(crate::presence::presence_loop(
-        state.clone(),
-        stop_rx.clone(),
-    ));
+    // Only a shared store can have other instances (a SQLite file is locked to this one).
+    let presence = state.config.store_url().starts_with("postgres").then(|| {
+        tokio::spawn(crate::presence::presence_loop(
+            state.clone(),
+            stop_rx.clone(),
+        ))
+    });
     let gateway = state.gateway.clone();
     let router = routes::router(state);
 
@@ -403,7 +406,9 @@ pub async fn serve(
     let _ = reconcile.await;
     let _ = sweep.await;
     let _ = queued.await;
-    let _ = presence.await;
+    if let Some(presence) = presence {
+        let _ = presence.await;
+    }
     // Viewers get a "going away" close frame and reconnect to the next instance.
     gateway
         .registry
