@@ -126,6 +126,19 @@ fn corrupt(detail: impl Into<String>) -> StoreError {
     }
 }
 
+/// The outcome of an `INSERT` of a row named `what`: [`StoreError::Exists`] if its key is
+/// taken.
+fn inserted<T>(
+    done: Result<T, sqlx::Error>,
+    what: impl FnOnce() -> String,
+) -> Result<(), StoreError> {
+    match done {
+        Ok(_) => Ok(()),
+        Err(e) if is_unique_violation(&e) => Err(StoreError::Exists(what())),
+        Err(e) => Err(e.into()),
+    }
+}
+
 fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
 }
@@ -227,6 +240,24 @@ where
         }
         q.execute(writer).await?;
         Ok(())
+    }
+
+    /// Sets one text column of a user; [`StoreError::Missing`] for an unknown name.
+    async fn set_user_field(
+        &self,
+        name: &str,
+        column: &'static str,
+        value: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let sql = format!("UPDATE users SET {column} = $2, updated_at = $3 WHERE name = $1");
+        let done = sqlx::query(AssertSqlSafe(sql))
+            .bind(name)
+            .bind(value)
+            .bind(millis(now))
+            .execute(&self.writer)
+            .await?;
+        Self::changed(done, format!("user {name}"))
     }
 
     async fn live_session_of(&self, owner: &str) -> Result<Option<SessionRecord>, StoreError> {
@@ -798,13 +829,7 @@ where
         .bind(millis(u.updated_at))
         .execute(&self.writer)
         .await;
-        match done {
-            Ok(_) => Ok(()),
-            Err(e) if is_unique_violation(&e) => {
-                Err(StoreError::Exists(format!("user {}", u.name)))
-            }
-            Err(e) => Err(e.into()),
-        }
+        inserted(done, || format!("user {}", u.name))
     }
 
     async fn user(&self, name: &str) -> Result<Option<UserRecord>, StoreError> {
@@ -830,14 +855,8 @@ where
         status: &str,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        let done =
-            sqlx::query("UPDATE users SET account_status = $2, updated_at = $3 WHERE name = $1")
-                .bind(name)
-                .bind(status)
-                .bind(millis(now))
-                .execute(&self.writer)
-                .await?;
-        Self::changed(done, format!("user {name}"))
+        self.set_user_field(name, "account_status", status, now)
+            .await
     }
 
     async fn set_user_password(
@@ -846,14 +865,8 @@ where
         password_hash: &str,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        let done =
-            sqlx::query("UPDATE users SET password_hash = $2, updated_at = $3 WHERE name = $1")
-                .bind(name)
-                .bind(password_hash)
-                .bind(millis(now))
-                .execute(&self.writer)
-                .await?;
-        Self::changed(done, format!("user {name}"))
+        self.set_user_field(name, "password_hash", password_hash, now)
+            .await
     }
 
     async fn add_org(&self, org: OrgRecord) -> Result<(), StoreError> {
@@ -863,13 +876,7 @@ where
             .bind(millis(org.created_at))
             .execute(&self.writer)
             .await;
-        match done {
-            Ok(_) => Ok(()),
-            Err(e) if is_unique_violation(&e) => {
-                Err(StoreError::Exists(format!("org {}", org.org_id)))
-            }
-            Err(e) => Err(e.into()),
-        }
+        inserted(done, || format!("org {}", org.org_id))
     }
 
     async fn org(&self, org_id: &str) -> Result<Option<OrgRecord>, StoreError> {
@@ -900,14 +907,10 @@ where
         .execute(&self.writer)
         .await;
         match done {
-            Ok(_) => Ok(()),
-            Err(e) if is_unique_violation(&e) => {
-                Err(StoreError::Exists(format!("access key {}", k.access_key)))
-            }
             Err(sqlx::Error::Database(db)) if db.is_foreign_key_violation() => {
                 Err(StoreError::Missing(format!("user {}", k.user_name)))
             }
-            Err(e) => Err(e.into()),
+            done => inserted(done, || format!("access key {}", k.access_key)),
         }
     }
 
