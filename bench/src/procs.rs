@@ -9,8 +9,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use hpcdesk_core::{DisplayNumber, NodeName};
 use hpcdesk_launcher::{
-    Launch, LaunchError, Launched, Launcher, Liveness, NodeReport, Orphan, StartRequest, Survey,
-    Target,
+    Launch, LaunchError, Launched, Launcher, Liveness, NodeReport, Orphan, Recovery, StartRequest,
+    Survey, Target,
 };
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -68,6 +68,11 @@ impl Launcher for FakeLauncher {
     }
     async fn stop_orphan(&self, _: &Orphan) -> Result<(), LaunchError> {
         Ok(())
+    }
+    async fn recover(&self, _: &Target) -> Result<Recovery, LaunchError> {
+        Ok(Recovery::Gone(
+            "benchmark desktops are not recovered".into(),
+        ))
     }
     async fn nodes(&self, _: &hpcdesk_core::ComputeUser) -> Vec<NodeReport> {
         Vec::new()

@@ -19,4 +19,4 @@ pub mod wire;
 pub use api::{ApiCode, Envelope};
 pub use claims::{AccountStatus, Claims};
 pub use ids::{ComputeUser, DisplayNumber, IdError, NodeName, SessionId};
-pub use state::SessionState;
+pub use state::{SessionState, status_reason};

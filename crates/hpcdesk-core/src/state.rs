@@ -65,6 +65,27 @@ impl SessionState {
     }
 }
 
+/// Most characters a `statusReason` keeps: the reasons come from places users control
+/// (their shell's output, their job's output), so they are bounded before they are stored.
+pub const MAX_REASON_CHARS: usize = 500;
+
+/// `text` as a `statusReason`: one line per line of it, control characters dropped, at
+/// most [`MAX_REASON_CHARS`] characters (the end cut and marked with `…`).
+pub fn status_reason(text: &str) -> String {
+    let clean: String = text
+        .trim()
+        .chars()
+        .map(|c| if c == '\n' || c == '\t' { ' ' } else { c })
+        .filter(|c| !c.is_control())
+        .collect();
+    if clean.chars().count() <= MAX_REASON_CHARS {
+        return clean;
+    }
+    let mut out: String = clean.chars().take(MAX_REASON_CHARS - 1).collect();
+    out.push('…');
+    out
+}
+
 impl fmt::Display for SessionState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -96,6 +117,17 @@ mod tests {
         for s in ALL {
             assert!(!s.can_become(Pending));
         }
+    }
+
+    #[test]
+    fn reasons_are_one_bounded_line() {
+        use super::{MAX_REASON_CHARS, status_reason};
+        assert_eq!(status_reason(" Xvnc exited\n"), "Xvnc exited");
+        assert_eq!(status_reason("a\nb\x1b[31m"), "a b[31m");
+        let long = "é".repeat(10_000);
+        let r = status_reason(&long);
+        assert_eq!(r.chars().count(), MAX_REASON_CHARS);
+        assert!(r.ends_with('…'));
     }
 
     #[test]

@@ -8,10 +8,12 @@
 //! - [`agent`]: the node agent itself (`hpcdesk node …`): the one place that starts and stops
 //!   TigerVNC, shared by every launcher.
 //! - [`process`]: the one wrapper through which every external program runs.
+//! - [`capped`]: the one reader for what users control (command output, files in homes).
 //! - [`x11`]: Xauthority cookies and the X11 readiness check.
 #![deny(unsafe_code)]
 
 pub mod agent;
+pub mod capped;
 pub mod local;
 pub mod process;
 pub mod remote;
@@ -54,6 +56,9 @@ pub struct StartRequest {
     /// The session's VNC password (8 characters). Passed to the agent on stdin only.
     pub password: Vec<u8>,
     pub geometry: String,
+    /// The session's marker, already stored with it: the desktop carries it (and a Slurm
+    /// job its name), so that it can be found after a crash ([`Launcher::recover`]).
+    pub marker: String,
 }
 
 impl std::fmt::Debug for StartRequest {
@@ -62,6 +67,7 @@ impl std::fmt::Debug for StartRequest {
             .field("compute_user", &self.compute_user)
             .field("password", &"<redacted>")
             .field("geometry", &self.geometry)
+            .field("marker", &self.marker)
             .finish()
     }
 }
@@ -125,6 +131,8 @@ pub struct Target {
     pub host: Option<String>,
     pub port: Option<u16>,
     pub handle: String,
+    /// The session's marker (empty for sessions from before markers).
+    pub marker: String,
 }
 
 impl Target {
@@ -162,13 +170,31 @@ pub enum Liveness {
     Unknown(String),
 }
 
-/// A desktop process no session owns.
+/// A desktop process (or Slurm job) no running session owns.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Orphan {
     pub node: NodeName,
     pub user: String,
     pub display: u32,
     pub pid: i32,
+    /// The session marker it carries, if it was started by an hpcdesk with markers: then
+    /// the store knows whose it is.
+    pub marker: Option<String>,
+    /// The Slurm job it is, with how long ago it was submitted.
+    pub job: Option<(u64, std::time::Duration)>,
+}
+
+/// What became of a start whose hpcdesk instance died before it recorded the outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recovery {
+    /// The desktop was started completely: its session adopts it.
+    Ready(Launched),
+    /// (Slurm) the job was submitted: its session adopts it as queued.
+    Queued(Queued),
+    /// The start is still at work (its agent runs): look again later.
+    InProgress,
+    /// Nothing of it runs (any part that had started was stopped): why.
+    Gone(String),
 }
 
 /// The result of [`Launcher::survey`].
@@ -200,6 +226,12 @@ pub trait Launcher: Send + Sync + 'static {
     /// Stops a desktop and every process of it. Stopping one that is gone succeeds.
     async fn stop(&self, target: &Target) -> Result<(), LaunchError>;
 
+    /// Where desktops will run, when it is known before a start (`local`: this machine). It
+    /// is stored with the session before the desktop is launched.
+    fn home_node(&self) -> Option<NodeName> {
+        None
+    }
+
     /// Whether this launcher can see the target's desktop at all. The `local` launcher sees
     /// only its own machine: an instance on another machine sharing the store must leave
     /// that machine's desktops alone.
@@ -213,6 +245,12 @@ pub trait Launcher: Send + Sync + 'static {
 
     /// Stops a desktop no session owns.
     async fn stop_orphan(&self, orphan: &Orphan) -> Result<(), LaunchError>;
+
+    /// Finds what an interrupted start (`start`: a session still `starting`, with its
+    /// marker and account, whose instance died) left behind: a complete desktop or a
+    /// submitted job to adopt, a start still at work, or nothing (a partial desktop is
+    /// stopped first). Only ever adopts or stops what runs as `start.compute_user`.
+    async fn recover(&self, start: &Target) -> Result<Recovery, LaunchError>;
 
     /// Every node's probe, probing as `user` where a login is needed.
     async fn nodes(&self, user: &ComputeUser) -> Vec<NodeReport>;

@@ -11,10 +11,12 @@ use async_trait::async_trait;
 use hpcdesk_core::{ComputeUser, DisplayNumber, NodeName};
 use nix::unistd::Uid;
 
-use crate::agent::{LiveDesktop, Probe, StartedDesktop};
+use crate::agent::{Listing, Probe, StartedDesktop};
 use crate::process::{Account, Cmd, ProcessError};
-use crate::remote::{self, DesktopSettings, agent_reply};
-use crate::{Launch, LaunchError, Launcher, NodeReport, Orphan, StartRequest, Survey, Target};
+use crate::remote::{self, DesktopSettings, Found, agent_reply};
+use crate::{
+    Launch, LaunchError, Launcher, NodeReport, Orphan, Recovery, StartRequest, Survey, Target,
+};
 
 /// Settings of the local launcher.
 #[derive(Debug, Clone)]
@@ -61,7 +63,7 @@ pub fn account_for(user: &str, node: &NodeName) -> Result<Account, LaunchError> 
 
 /// A command run as `account` with a clean environment for it.
 pub fn as_user(program: &std::path::Path, account: &Account, path: &str) -> Cmd {
-    Cmd::new(program)
+    let cmd = Cmd::new(program)
         .env_clear()
         .env("PATH", path)
         .env(
@@ -73,7 +75,11 @@ pub fn as_user(program: &std::path::Path, account: &Account, path: &str) -> Cmd 
         .env("LOGNAME", &account.name)
         .env("SHELL", &account.shell)
         .current_dir(&account.home)
-        .run_as(account.clone())
+        .run_as(account.clone());
+    match std::env::var_os(crate::agent::TEST_PAUSE_VAR) {
+        Some(v) => cmd.env(crate::agent::TEST_PAUSE_VAR, v),
+        None => cmd,
+    }
 }
 
 impl LocalLauncher {
@@ -91,6 +97,16 @@ impl LocalLauncher {
         Cmd::new(&self.cfg.agent)
             .env_clear()
             .env("PATH", &self.cfg.path)
+    }
+
+    /// The agent's listing of this machine (as hpcdesk's own account, which sees everyone's
+    /// desktops when it is root).
+    async fn listing(&self) -> Result<Listing, LaunchError> {
+        let cmd = self
+            .agent_here()
+            .args(remote::list_args(&self.cfg.node))
+            .timeout(Duration::from_secs(20));
+        agent_reply(cmd.output().await, &self.cfg.node)
     }
 }
 
@@ -111,6 +127,7 @@ impl Launcher for LocalLauncher {
                 &self.cfg.desktop,
                 &req.geometry,
                 "localhost",
+                &req.marker,
             ))
             .stdin(stdin)
             .timeout(self.cfg.desktop.start_timeout + Duration::from_secs(10));
@@ -129,17 +146,44 @@ impl Launcher for LocalLauncher {
         Ok(())
     }
 
+    fn home_node(&self) -> Option<NodeName> {
+        Some(self.cfg.node.clone())
+    }
+
+    /// This machine's desktops only (and starts with no node recorded, from before nodes
+    /// were recorded at creation).
     fn watches(&self, target: &Target) -> bool {
-        target.node.as_ref() == Some(&self.cfg.node)
+        target.node.as_ref().is_none_or(|n| n == &self.cfg.node)
     }
 
     async fn survey(&self, targets: &[Target]) -> Result<Survey, LaunchError> {
-        let cmd = self
-            .agent_here()
-            .args(remote::list_args(&self.cfg.node))
-            .timeout(Duration::from_secs(20));
-        let live: Vec<LiveDesktop> = agent_reply(cmd.output().await, &self.cfg.node)?;
-        Ok(remote::match_survey(&self.cfg.node, targets, &live))
+        let live = self.listing().await?;
+        Ok(remote::match_survey(
+            &self.cfg.node,
+            targets,
+            &live.desktops,
+        ))
+    }
+
+    async fn recover(&self, start: &Target) -> Result<Recovery, LaunchError> {
+        let listing = self.listing().await?;
+        match remote::find_start(start, &self.cfg.node, "127.0.0.1", &listing) {
+            Found::Ready(l) => Ok(Recovery::Ready(l)),
+            Found::InProgress => Ok(Recovery::InProgress),
+            Found::Nothing => Ok(Recovery::Gone(
+                "the desktop start was interrupted before its desktop ran".into(),
+            )),
+            Found::Partial(display) => {
+                let mut t = start.clone();
+                t.node = Some(self.cfg.node.clone());
+                t.display = Some(display);
+                self.stop(&t).await?;
+                Ok(Recovery::Gone(format!(
+                    "the desktop start was interrupted half-way; what had started on display \
+                     :{display} was stopped"
+                )))
+            }
+        }
     }
 
     async fn stop_orphan(&self, orphan: &Orphan) -> Result<(), LaunchError> {
@@ -155,6 +199,7 @@ impl Launcher for LocalLauncher {
             host: None,
             port: None,
             handle: String::new(),
+            marker: String::new(),
         };
         self.stop(&target).await
     }

@@ -20,6 +20,8 @@ use std::time::Duration;
 use nix::unistd::{Gid, Uid, User};
 use tokio::io::AsyncWriteExt;
 
+use crate::capped::{self, StreamError};
+
 /// At most this much of a failed command's stderr is kept for messages.
 const STDERR_TAIL: usize = 2048;
 
@@ -38,9 +40,19 @@ pub enum ProcessError {
     Failed {
         program: String,
         status: String,
+        /// The exit code, if it exited (rather than being killed by a signal).
+        code: Option<i32>,
+        /// The last [`capped::TAIL`] bytes of what it printed.
         stdout: String,
         stderr_tail: String,
     },
+    /// It printed more than [`capped::STREAM_LIMIT`] (e.g. a shell start-up file that prints
+    /// forever) and was stopped.
+    #[error(
+        "{program} printed more than {}; it was stopped",
+        capped::human_bytes(capped::STREAM_LIMIT)
+    )]
+    TooMuchOutput { program: String },
     #[error("no such account {0:?} on this machine")]
     NoSuchUser(String),
     #[error("cannot look up account {user:?}: {source}")]
@@ -204,6 +216,11 @@ impl Cmd {
 
     /// Runs the program to completion and returns its stdout. A non-zero exit is an error
     /// carrying stdout too (the agent reports structured failures there).
+    ///
+    /// What it prints is the user's to control when it runs as the user (through their shell
+    /// start-up files, over ssh): stdout and stderr are read through [`capped`], keeping
+    /// their last [`capped::TAIL`] bytes, and a program that prints more than
+    /// [`capped::STREAM_LIMIT`] is killed. The timeout covers the whole run.
     pub async fn output(&self) -> Result<String, ProcessError> {
         let program = self.program_name();
         let mut cmd = tokio::process::Command::from(self.std_command(false));
@@ -219,18 +236,39 @@ impl Cmd {
             program: program.clone(),
             source,
         })?;
-        if let (Some(bytes), Some(mut pipe)) = (&self.stdin, child.stdin.take()) {
-            // A program that exits without reading its stdin is not an error here; its exit
-            // status tells what happened.
-            let _ = pipe.write_all(bytes).await;
-            drop(pipe);
-        }
-        let out = match tokio::time::timeout(self.timeout, child.wait_with_output()).await {
-            Ok(r) => r.map_err(|source| ProcessError::Spawn {
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take();
+        let stderr = child.stderr.take();
+        let run = async {
+            let feed = async {
+                if let (Some(bytes), Some(mut pipe)) = (&self.stdin, stdin) {
+                    // A program that exits without reading its stdin is not an error here;
+                    // its exit status tells what happened.
+                    let _ = pipe.write_all(bytes).await;
+                }
+            };
+            let ((), out, err) = tokio::join!(feed, read_pipe(stdout), read_pipe(stderr));
+            (out, err)
+        };
+        let outcome = tokio::time::timeout(self.timeout, async {
+            let (out, err) = run.await;
+            if matches!(out, Err(StreamError::TooLong)) || matches!(err, Err(StreamError::TooLong))
+            {
+                return Err(ProcessError::TooMuchOutput {
+                    program: program.clone(),
+                });
+            }
+            let status = child.wait().await.map_err(|source| ProcessError::Spawn {
                 program: program.clone(),
                 source,
-            })?,
-            // Dropping the future drops the child, and kill_on_drop kills it.
+            })?;
+            Ok((status, out, err))
+        })
+        .await;
+        let (status, out, err) = match outcome {
+            Ok(Ok(done)) => done,
+            // Dropping the child (kill_on_drop) kills it.
+            Ok(Err(e)) => return Err(e),
             Err(_) => {
                 return Err(ProcessError::Timeout {
                     program,
@@ -238,15 +276,17 @@ impl Cmd {
                 });
             }
         };
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        if out.status.success() {
+        let text = |t: Result<capped::Tail, StreamError>| t.map(|t| t.text()).unwrap_or_default();
+        let stdout = text(out);
+        if status.success() {
             Ok(stdout)
         } else {
             Err(ProcessError::Failed {
                 program,
-                status: out.status.to_string(),
+                status: status.to_string(),
+                code: status.code(),
                 stdout,
-                stderr_tail: tail(&String::from_utf8_lossy(&out.stderr)),
+                stderr_tail: tail(&text(err)),
             })
         }
     }
@@ -271,6 +311,16 @@ impl Cmd {
         let mut c = self.std_command(true);
         c.stdin(Stdio::null()).stdout(out).stderr(err);
         c.spawn().map_err(spawn_err)
+    }
+}
+
+/// Reads a child's output pipe through the capped reader.
+async fn read_pipe(
+    pipe: Option<impl tokio::io::AsyncRead + Unpin>,
+) -> Result<capped::Tail, StreamError> {
+    match pipe {
+        Some(p) => capped::read_stream(p, capped::TAIL, capped::STREAM_LIMIT).await,
+        None => Ok(capped::Tail::new(0)),
     }
 }
 
@@ -365,6 +415,35 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn a_program_that_prints_forever_is_stopped_at_the_limit() {
+        let started = std::time::Instant::now();
+        for stream in ["yes", "yes >&2"] {
+            let err = Cmd::new("sh")
+                .args(["-c", stream])
+                .timeout(Duration::from_secs(60))
+                .output()
+                .await
+                .unwrap_err();
+            assert!(matches!(err, ProcessError::TooMuchOutput { .. }), "{err:?}");
+        }
+        assert!(started.elapsed() < Duration::from_secs(30));
+    }
+
+    #[tokio::test]
+    async fn only_the_tail_of_a_long_output_is_kept() {
+        let out = Cmd::new("sh")
+            .args([
+                "-c",
+                "head -c 1000000 /dev/zero | tr '\\0' 'x'; echo; echo '{\"ok\":1}'",
+            ])
+            .output()
+            .await
+            .unwrap();
+        assert!(out.len() <= capped::TAIL, "{}", out.len());
+        assert_eq!(last_line(&out), "{\"ok\":1}");
     }
 
     #[tokio::test]

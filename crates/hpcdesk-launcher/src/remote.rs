@@ -6,7 +6,7 @@ use std::time::Duration;
 use hpcdesk_core::{DisplayNumber, NodeName};
 use serde::{Deserialize, Serialize};
 
-use crate::agent::{AgentError, ErrorKind, LiveDesktop, StartedDesktop};
+use crate::agent::{AgentError, ErrorKind, Listing, LiveDesktop, StartedDesktop};
 use crate::process::ProcessError;
 use crate::{LaunchError, Launched, Liveness, Orphan, Survey, Target};
 
@@ -46,18 +46,21 @@ pub fn desktop_args(s: &DesktopSettings, geometry: &str, listen: &str) -> Vec<St
     a
 }
 
-/// `node start --node N …`.
+/// `node start --node N --marker M …`.
 pub fn start_args(
     node: &NodeName,
     s: &DesktopSettings,
     geometry: &str,
     listen: &str,
+    marker: &str,
 ) -> Vec<String> {
     let mut a = vec![
         "node".into(),
         "start".into(),
         "--node".into(),
         node.to_string(),
+        "--marker".into(),
+        marker.into(),
     ];
     a.extend(desktop_args(s, geometry, listen));
     a
@@ -148,6 +151,11 @@ pub fn agent_reply<T: for<'de> Deserialize<'de>>(
                 crate::process::last_line(&stderr_tail)
             ))),
         },
+        Err(ProcessError::TooMuchOutput { .. }) => Err(LaunchError::Desktop(format!(
+            "the node agent on {node} printed without end and was stopped (more than {}; a \
+             shell start-up file of the account may print)",
+            crate::capped::human_bytes(crate::capped::STREAM_LIMIT)
+        ))),
         Err(e) => Err(LaunchError::Desktop(format!(
             "the node agent on {node} did not run: {e}"
         ))),
@@ -173,15 +181,84 @@ pub fn launched(started: StartedDesktop, node: &NodeName) -> Result<Launched, La
     })
 }
 
-/// Whether `live` (seen by the agent on `node`) is the desktop `t` records.
+/// Whether `live` (seen by the agent on `node`) is the desktop `t` records: same place and
+/// account, and the same marker (or, for desktops from before markers, the same Xvnc pid).
 pub fn owns(t: &Target, node: &NodeName, live: &LiveDesktop) -> bool {
     let pid = serde_json::from_str::<Handle>(&t.handle)
         .ok()
         .map(|h| h.pid);
+    let same = match (&live.marker, t.marker.is_empty()) {
+        (Some(m), false) => *m == t.marker,
+        _ => pid.is_none_or(|p| p == live.pid),
+    };
     t.node.as_ref() == Some(node)
         && t.display.map(|d| d.get()) == Some(live.display)
         && live.user == t.compute_user.as_str()
-        && pid.is_none_or(|p| p == live.pid)
+        && same
+}
+
+/// What the listing of one node shows of an interrupted start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Found {
+    /// Its desktop runs, complete: where the gateway reaches it.
+    Ready(Launched),
+    /// Its agent is still at work.
+    InProgress,
+    /// An Xvnc of it runs, but its agent died before the desktop command started: stop it.
+    Partial(DisplayNumber),
+    Nothing,
+}
+
+/// Looks for the desktop of the interrupted start `t` in `listing` (from `node`, where the
+/// gateway connects to `host`). Only desktops of `t`'s own account count.
+pub fn find_start(t: &Target, node: &NodeName, host: &str, listing: &Listing) -> Found {
+    if t.marker.is_empty() {
+        return Found::Nothing;
+    }
+    let user = t.compute_user.as_str();
+    let in_progress = listing
+        .starting
+        .iter()
+        .any(|s| s.user == user && s.marker == t.marker);
+    let desktop = listing
+        .desktops
+        .iter()
+        .find(|d| d.user == user && d.marker.as_deref() == Some(t.marker.as_str()));
+    let Some(d) = desktop else {
+        return if in_progress {
+            Found::InProgress
+        } else {
+            Found::Nothing
+        };
+    };
+    let Ok(display) = DisplayNumber::new(d.display) else {
+        return Found::Nothing;
+    };
+    if !d.complete {
+        return if in_progress {
+            Found::InProgress
+        } else {
+            Found::Partial(display)
+        };
+    }
+    // The port is the display's; one the listing makes up is not believed.
+    let port = display.default_port();
+    if d.port.is_some_and(|p| p != port) {
+        return Found::Partial(display);
+    }
+    let handle = serde_json::to_string(&Handle {
+        pid: d.pid,
+        marker: format!("{node}-{}-{}", d.display, t.marker),
+    })
+    .expect("handle serialises");
+    Found::Ready(Launched {
+        node: node.clone(),
+        display,
+        host: host.to_owned(),
+        port,
+        handle,
+        warnings: Vec::new(),
+    })
 }
 
 /// Matches what the agent sees alive on `node` against what the store believes.
@@ -208,6 +285,8 @@ pub fn match_survey(node: &NodeName, targets: &[Target], live: &[LiveDesktop]) -
             user: l.user.clone(),
             display: l.display,
             pid: l.pid,
+            marker: l.marker.clone(),
+            job: None,
         })
         .collect();
     Survey {
@@ -230,6 +309,7 @@ mod tests {
             host: None,
             port: None,
             handle: format!("{{\"pid\":{pid},\"marker\":\"m\"}}"),
+            marker: String::new(),
         }
     }
 
@@ -239,7 +319,98 @@ mod tests {
             display,
             port: Some(5900 + display as u16),
             pid,
+            marker: None,
+            complete: true,
         }
+    }
+
+    #[test]
+    fn an_interrupted_start_is_found_by_its_marker_and_account_only() {
+        use crate::agent::StartInProgress;
+        let node = NodeName::parse("n").unwrap();
+        let mut t = target("a", 1, 0);
+        t.node = None;
+        t.display = None;
+        t.marker = "mark0001".into();
+        let mine = LiveDesktop {
+            marker: Some("mark0001".into()),
+            ..live("a", 7, 70)
+        };
+        let l = |desktops: Vec<LiveDesktop>, starting: Vec<(&str, &str)>| Listing {
+            desktops,
+            starting: starting
+                .into_iter()
+                .map(|(u, m)| StartInProgress {
+                    user: u.into(),
+                    marker: m.into(),
+                })
+                .collect(),
+        };
+        match find_start(&t, &node, "127.0.0.1", &l(vec![mine.clone()], vec![])) {
+            Found::Ready(launched) => {
+                assert_eq!(launched.display.get(), 7);
+                assert_eq!(launched.port, 5907);
+                assert_eq!(launched.host, "127.0.0.1");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Another account's desktop with the same marker is never taken.
+        let theirs = LiveDesktop {
+            marker: Some("mark0001".into()),
+            ..live("b", 8, 80)
+        };
+        assert_eq!(
+            find_start(&t, &node, "h", &l(vec![theirs], vec![])),
+            Found::Nothing
+        );
+        // Xvnc without its desktop: still starting, or left half-way.
+        let partial = LiveDesktop {
+            complete: false,
+            ..mine.clone()
+        };
+        assert_eq!(
+            find_start(
+                &t,
+                &node,
+                "h",
+                &l(vec![partial.clone()], vec![("a", "mark0001")])
+            ),
+            Found::InProgress
+        );
+        assert_eq!(
+            find_start(&t, &node, "h", &l(vec![partial], vec![])),
+            Found::Partial(DisplayNumber::new(7).unwrap())
+        );
+        assert_eq!(
+            find_start(&t, &node, "h", &l(vec![], vec![("a", "mark0001")])),
+            Found::InProgress
+        );
+        assert_eq!(
+            find_start(&t, &node, "h", &l(vec![], vec![("b", "mark0001")])),
+            Found::Nothing
+        );
+        // A listing that claims another port is not believed.
+        let odd = LiveDesktop {
+            port: Some(22),
+            ..mine
+        };
+        assert_eq!(
+            find_start(&t, &node, "h", &l(vec![odd], vec![])),
+            Found::Partial(DisplayNumber::new(7).unwrap())
+        );
+    }
+
+    #[test]
+    fn listings_of_older_agents_still_parse() {
+        let old: Listing =
+            serde_json::from_str(r#"[{"user":"a","display":3,"port":5903,"pid":9}]"#).unwrap();
+        assert_eq!(old.desktops.len(), 1);
+        assert!(old.starting.is_empty());
+        let new: Listing = serde_json::from_str(
+            r#"{"desktops":[],"starting":[{"user":"a","marker":"mark0001"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(new.starting.len(), 1);
     }
 
     #[test]
@@ -262,6 +433,7 @@ mod tests {
             Err(ProcessError::Failed {
                 program: "hpcdesk".into(),
                 status: "exit status: 1".into(),
+                code: Some(1),
                 stdout: json.into(),
                 stderr_tail: String::new(),
             })
@@ -304,9 +476,19 @@ mod tests {
             display_max: 9,
             start_timeout: Duration::from_secs(30),
         };
-        let a = start_args(&NodeName::parse("n1").unwrap(), &s, "800x600", "10.0.0.2");
+        let a = start_args(
+            &NodeName::parse("n1").unwrap(),
+            &s,
+            "800x600",
+            "10.0.0.2",
+            "mark0001",
+        );
         let joined = a.join(" ");
-        assert!(joined.starts_with("node start --node n1 --xvnc Xvnc --geometry 800x600"));
+        assert!(
+            joined.starts_with(
+                "node start --node n1 --marker mark0001 --xvnc Xvnc --geometry 800x600"
+            )
+        );
         assert!(joined.contains("--listen 10.0.0.2 --timeout 30s --desktop xterm -T 'a b'"));
     }
 }

@@ -29,7 +29,7 @@ use crate::process::{Cmd, ProcessError, last_line};
 use crate::remote::{self, DesktopSettings, agent_reply};
 use crate::{
     Launch, LaunchError, Launched, Launcher, Liveness, NodeReport, Orphan, Progress, Queued,
-    StartRequest, Survey, Target,
+    Recovery, StartRequest, Survey, Target,
 };
 
 #[derive(Debug, Clone)]
@@ -76,6 +76,15 @@ struct Handle {
 #[derive(Debug)]
 pub struct SlurmLauncher {
     cfg: SlurmConfig,
+    /// hpcdesk's jobs seen without a running session, and when first seen: reconcile
+    /// cancels those whose session ended only after a grace period, measured from here.
+    unowned_since: std::sync::Mutex<std::collections::HashMap<u64, std::time::Instant>>,
+}
+
+/// The name of the job of the session with `marker`: how the job is found again after a
+/// crash between `sbatch` and recording its id.
+fn job_name(marker: &str) -> String {
+    format!("hpcdesk-{marker}")
 }
 
 /// A job's state as Slurm reports it.
@@ -102,7 +111,30 @@ fn handle_of(t: &Target) -> Result<Handle, LaunchError> {
 
 impl SlurmLauncher {
     pub fn new(cfg: SlurmConfig) -> Self {
-        SlurmLauncher { cfg }
+        SlurmLauncher {
+            cfg,
+            unowned_since: Default::default(),
+        }
+    }
+
+    /// hpcdesk's jobs in the queue (any user's): (job, user, marker).
+    async fn hpcdesk_jobs(&self) -> Result<Vec<(u64, String, String)>, LaunchError> {
+        let out = Cmd::new(&self.cfg.squeue)
+            .args(["-h", "-o", "%i|%u|%j"])
+            .timeout(Duration::from_secs(20))
+            .output()
+            .await
+            .map_err(|e| slurm_err("squeue", e))?;
+        Ok(out
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.split('|').map(str::trim);
+                let job = f.next()?.parse().ok()?;
+                let user = f.next()?.to_owned();
+                let marker = f.next()?.strip_prefix("hpcdesk-")?;
+                crate::agent::valid_marker(marker).then(|| (job, user, marker.to_owned()))
+            })
+            .collect())
     }
 
     fn user_cmd(&self, program: &str, user: &str) -> Result<Cmd, LaunchError> {
@@ -126,6 +158,8 @@ impl SlurmLauncher {
             "node".into(),
             "job".into(),
             "--key".into(),
+            key.into(),
+            "--marker".into(),
             key.into(),
         ];
         argv.extend(remote::desktop_args(
@@ -207,6 +241,13 @@ impl SlurmLauncher {
         }
     }
 
+    /// The session id of a job: `{id_prefix}--{user}--SIG--{job mod 10000}`.
+    fn session_id(&self, user: &ComputeUser, job: u64) -> SessionId {
+        let n = DisplayNumber::new((job % u64::from(DisplayNumber::MAX + 1)) as u32)
+            .expect("in range by construction");
+        SessionId::new(self.cfg.id_prefix.clone(), user.clone(), n)
+    }
+
     fn launched(
         &self,
         h: &Handle,
@@ -236,7 +277,9 @@ impl Launcher for SlurmLauncher {
     #[tracing::instrument(level = "debug", skip(self), fields(user = %req.compute_user))]
     async fn start(&self, req: StartRequest) -> Result<Launch, LaunchError> {
         let user = req.compute_user.as_str();
-        let key = format!("{:016x}", rand::random::<u64>());
+        // The job directory and the job's name carry the session's marker, stored before
+        // this call: a crash before the job id is recorded loses nothing.
+        let key = req.marker.clone();
         let mut pw = req.password.clone();
         pw.push(b'\n');
         let prepared: Prepared = agent_reply(
@@ -250,7 +293,7 @@ impl Launcher for SlurmLauncher {
         )?;
         let mut sbatch = self
             .user_cmd(&self.cfg.sbatch, user)?
-            .args(["--parsable", "--job-name", "hpcdesk"])
+            .args(["--parsable", "--job-name", &job_name(&key)])
             .arg("--output")
             .arg(format!("{}/slurm-%j.out", prepared.dir))
             .args(["--time", &self.cfg.time_limit])
@@ -279,11 +322,9 @@ impl Launcher for SlurmLauncher {
             .next()
             .and_then(|j| j.parse().ok())
             .ok_or_else(|| LaunchError::Desktop(format!("sbatch said {:?}", out.trim())))?;
-        let n = DisplayNumber::new((job % u64::from(DisplayNumber::MAX + 1)) as u32)
-            .expect("in range by construction");
         tracing::info!(user, job, "desktop submitted to Slurm");
         Ok(Launch::Queued(Queued {
-            session_id: SessionId::new(self.cfg.id_prefix.clone(), req.compute_user.clone(), n),
+            session_id: self.session_id(&req.compute_user, job),
             handle: serde_json::to_string(&Handle {
                 job,
                 key,
@@ -413,14 +454,90 @@ impl Launcher for SlurmLauncher {
                 },
             });
         }
+        // hpcdesk's jobs that no running session has: the server decides which are orphans
+        // (a queued session owns its job too) from their markers.
+        let owned: Vec<u64> = handles.iter().flatten().map(|h| h.job).collect();
+        let queue = self.hpcdesk_jobs().await?;
+        let mut since = self.unowned_since.lock().unwrap_or_else(|p| p.into_inner());
+        since.retain(|job, _| queue.iter().any(|(j, _, _)| j == job) && !owned.contains(job));
+        let orphans = queue
+            .into_iter()
+            .filter(|(job, _, _)| !owned.contains(job))
+            .map(|(job, user, marker)| {
+                let first = *since.entry(job).or_insert_with(std::time::Instant::now);
+                Orphan {
+                    node: self.cfg.id_prefix.clone(),
+                    user,
+                    display: 0,
+                    pid: 0,
+                    marker: Some(marker),
+                    job: Some((job, first.elapsed())),
+                }
+            })
+            .collect();
         Ok(Survey {
             targets: out,
-            orphans: Vec::new(),
+            orphans,
         })
     }
 
-    async fn stop_orphan(&self, _orphan: &Orphan) -> Result<(), LaunchError> {
-        Ok(())
+    async fn stop_orphan(&self, orphan: &Orphan) -> Result<(), LaunchError> {
+        let Some((job, _)) = orphan.job else {
+            return Ok(());
+        };
+        // Only that user's job: `--user` makes scancel refuse a job id of anyone else.
+        let out = Cmd::new(&self.cfg.scancel)
+            .arg(format!("--user={}", orphan.user))
+            .arg(job.to_string())
+            .timeout(Duration::from_secs(20))
+            .output()
+            .await;
+        match out {
+            Ok(_) => Ok(()),
+            Err(ProcessError::Failed { stderr_tail, .. })
+                if stderr_tail.contains("Invalid job id")
+                    || stderr_tail.contains("already completing or completed") =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(slurm_err("scancel", e)),
+        }
+    }
+
+    async fn recover(&self, start: &Target) -> Result<Recovery, LaunchError> {
+        let user = start.compute_user.as_str();
+        if start.marker.is_empty() {
+            return Ok(Recovery::Gone(
+                "the desktop start was interrupted before its job was submitted".into(),
+            ));
+        }
+        let jobs = self.hpcdesk_jobs().await?;
+        let job = jobs
+            .iter()
+            .find(|(_, u, m)| u == user && *m == start.marker)
+            .map(|(j, _, _)| *j);
+        let Some(job) = job else {
+            let _ = self
+                .local_agent(user)?
+                .args(["node", "job-clean", "--key", &start.marker])
+                .timeout(Duration::from_secs(20))
+                .output()
+                .await;
+            return Ok(Recovery::Gone(
+                "the desktop start was interrupted before its job was submitted".into(),
+            ));
+        };
+        Ok(Recovery::Queued(Queued {
+            session_id: self.session_id(&start.compute_user, job),
+            handle: serde_json::to_string(&Handle {
+                job,
+                key: start.marker.clone(),
+                pid: None,
+                marker: None,
+            })
+            .expect("handle serialises"),
+            reason: format!("submitted as Slurm job {job}"),
+        }))
     }
 
     async fn nodes(&self, _user: &ComputeUser) -> Vec<NodeReport> {
@@ -525,9 +642,11 @@ mod tests {
             path: "/usr/bin:/bin".into(),
             env: Vec::new(),
         });
-        let s = l.script("abc123", "1024x768");
+        let s = l.script("abc12345", "1024x768");
         assert!(
-            s.starts_with("#!/bin/sh\nexec '/opt/hpc desk/hpcdesk' node job --key abc123 "),
+            s.starts_with(
+                "#!/bin/sh\nexec '/opt/hpc desk/hpcdesk' node job --key abc12345 --marker abc12345 "
+            ),
             "{s}"
         );
         assert!(s.contains("--listen hostname"), "{s}");

@@ -22,11 +22,12 @@ use async_trait::async_trait;
 use hpcdesk_core::{ComputeUser, DisplayNumber, NodeName};
 use tokio::sync::Semaphore;
 
-use crate::agent::{LiveDesktop, Probe, StartedDesktop, Stopped};
+use crate::agent::{Listing, Probe, StartedDesktop, Stopped};
 use crate::process::{Cmd, ProcessError, last_line};
-use crate::remote::{self, DesktopSettings, agent_reply};
+use crate::remote::{self, DesktopSettings, Found, agent_reply};
 use crate::{
-    Launch, LaunchError, Launcher, Liveness, NodeReport, Orphan, StartRequest, Survey, Target,
+    Launch, LaunchError, Launcher, Liveness, NodeReport, Orphan, Recovery, StartRequest, Survey,
+    Target,
 };
 
 /// One VNC node of the pool.
@@ -82,6 +83,23 @@ impl std::fmt::Debug for SshLauncher {
     }
 }
 
+/// Why a probe failed.
+#[derive(Debug, Clone)]
+enum ProbeError {
+    /// Something about the node (unreachable, agent missing…): the node is not used.
+    Node(String),
+    /// Something about the account the probe ran as: the create fails for that account.
+    Account(String),
+}
+
+/// The message for an account whose login printed without end.
+fn account_flood(node: &NodeName, e: &ProcessError) -> String {
+    format!(
+        "logging in to {node} as this account printed without end ({e}); check the \
+         account's shell start-up files (~/.bashrc, ~/.profile)"
+    )
+}
+
 /// Why one node was not used.
 fn joined(reasons: &[(String, String)]) -> String {
     reasons
@@ -95,11 +113,11 @@ fn joined(reasons: &[(String, String)]) -> String {
 fn ssh_failure(e: &ProcessError) -> Option<String> {
     match e {
         ProcessError::Failed {
-            status,
+            code: Some(255),
             stdout,
             stderr_tail,
             ..
-        } if status.contains("255") && !stdout.contains('{') => Some(last_line(stderr_tail)),
+        } if !stdout.contains('{') => Some(last_line(stderr_tail)),
         ProcessError::Timeout { .. } | ProcessError::Spawn { .. } => Some(e.to_string()),
         _ => None,
     }
@@ -182,7 +200,8 @@ impl SshLauncher {
                 .arg("-o")
                 .arg(format!("UserKnownHostsFile={}", k.display()));
         }
-        cmd.args(["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes"])
+        cmd = cmd
+            .args(["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes"])
             .arg("-o")
             .arg(format!("ConnectTimeout={secs}"))
             .args(["-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=2"])
@@ -194,8 +213,14 @@ impl SshLauncher {
                 "ControlPersist={}",
                 self.cfg.control_persist.as_secs().max(1)
             ))
-            .args(["-o", "LogLevel=ERROR"])
-            .arg("-p")
+            .args(["-o", "LogLevel=ERROR"]);
+        if let Ok(v) = std::env::var(crate::agent::TEST_PAUSE_VAR) {
+            // Test runs only (the nodes' sshd must AcceptEnv it).
+            cmd = cmd
+                .arg("-o")
+                .arg(format!("SetEnv={}={v}", crate::agent::TEST_PAUSE_VAR));
+        }
+        cmd.arg("-p")
             .arg(node.ssh_port.to_string())
             .arg("-l")
             .arg(user)
@@ -227,8 +252,10 @@ impl SshLauncher {
         cmd.output().await
     }
 
-    /// A node's probe, from the cache if recent (`fresh` skips the cache).
-    async fn probe(&self, node: &NodeSpec, user: &str, fresh: bool) -> Result<Probe, String> {
+    /// A node's probe, from the cache if recent (`fresh` skips the cache). A probe that
+    /// failed because of the account it ran as (its shell printed without end) says so and
+    /// is not kept: it says nothing about the node for anyone else.
+    async fn probe(&self, node: &NodeSpec, user: &str, fresh: bool) -> Result<Probe, ProbeError> {
         if !fresh
             && let Some((at, p)) = self
                 .probes
@@ -237,7 +264,7 @@ impl SshLauncher {
                 .get(node.name.as_str())
             && at.elapsed() < self.cfg.probe_cache
         {
-            return p.clone();
+            return p.clone().map_err(ProbeError::Node);
         }
         let out = self
             .run(
@@ -248,6 +275,9 @@ impl SshLauncher {
                 Duration::from_secs(10),
             )
             .await;
+        if let Err(e @ ProcessError::TooMuchOutput { .. }) = &out {
+            return Err(ProbeError::Account(account_flood(&node.name, e)));
+        }
         let result = match &out {
             Err(e) if ssh_failure(e).is_some() => Err(format!(
                 "ssh unreachable ({})",
@@ -259,7 +289,7 @@ impl SshLauncher {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(node.name.to_string(), (Instant::now(), result.clone()));
-        result
+        result.map_err(ProbeError::Node)
     }
 
     fn forget_probe(&self, node: &NodeSpec) {
@@ -296,9 +326,13 @@ impl Launcher for SshLauncher {
         let mut refused: Vec<(String, String)> = Vec::new();
         let mut ranked: Vec<(f64, &NodeSpec)> = Vec::new();
         for (node, probe) in self.cfg.nodes.iter().zip(probes) {
-            match probe.and_then(|p| assess(node, &p)) {
-                Ok(score) => ranked.push((score, node)),
-                Err(why) => refused.push((node.name.to_string(), why)),
+            match probe {
+                Err(ProbeError::Account(why)) => return Err(LaunchError::Desktop(why)),
+                Err(ProbeError::Node(why)) => refused.push((node.name.to_string(), why)),
+                Ok(p) => match assess(node, &p) {
+                    Ok(score) => ranked.push((score, node)),
+                    Err(why) => refused.push((node.name.to_string(), why)),
+                },
             }
         }
         ranked.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -309,13 +343,22 @@ impl Launcher for SshLauncher {
                 .run(
                     node,
                     user,
-                    remote::start_args(&node.name, &self.cfg.desktop, &req.geometry, &node.address),
+                    remote::start_args(
+                        &node.name,
+                        &self.cfg.desktop,
+                        &req.geometry,
+                        &node.address,
+                        &req.marker,
+                    ),
                     Some(stdin.clone()),
                     self.cfg.desktop.start_timeout + Duration::from_secs(10),
                 )
                 .await;
             // The node's load changed either way.
             self.forget_probe(node);
+            if let Err(e @ ProcessError::TooMuchOutput { .. }) = &out {
+                return Err(LaunchError::Desktop(account_flood(&node.name, e)));
+            }
             if let Err(e) = &out
                 && let Some(why) = ssh_failure(e)
             {
@@ -404,8 +447,8 @@ impl Launcher for SshLauncher {
             }
             (
                 idx,
-                agent_reply::<Vec<LiveDesktop>>(out, &spec.name)
-                    .map(|live| (spec.name.clone(), live))
+                agent_reply::<Listing>(out, &spec.name)
+                    .map(|live| (spec.name.clone(), live.desktops))
                     .map_err(|e| e.to_string()),
             )
         });
@@ -473,6 +516,61 @@ impl Launcher for SshLauncher {
         Ok(())
     }
 
+    async fn recover(&self, start: &Target) -> Result<Recovery, LaunchError> {
+        // Which node the start went to was not recorded before it ran: ask every node, as the
+        // session's account, which sees only its own desktops there.
+        let user = start.compute_user.as_str();
+        let listings = futures_util::future::join_all(self.cfg.nodes.iter().map(|n| async move {
+            let out = self
+                .run(
+                    n,
+                    user,
+                    remote::list_args(&n.name),
+                    None,
+                    Duration::from_secs(20),
+                )
+                .await;
+            (n, agent_reply::<Listing>(out, &n.name))
+        }))
+        .await;
+        let mut unreachable = Vec::new();
+        for (node, listing) in &listings {
+            let listing = match listing {
+                Ok(l) => l,
+                Err(e) => {
+                    unreachable.push(format!("{}: {e}", node.name));
+                    continue;
+                }
+            };
+            match remote::find_start(start, &node.name, &node.address, listing) {
+                Found::Ready(l) => return Ok(Recovery::Ready(l)),
+                Found::InProgress => return Ok(Recovery::InProgress),
+                Found::Partial(display) => {
+                    let mut t = start.clone();
+                    t.node = Some(node.name.clone());
+                    t.display = Some(display);
+                    self.stop(&t).await?;
+                    return Ok(Recovery::Gone(format!(
+                        "the desktop start was interrupted half-way; what had started on \
+                         {} display :{display} was stopped",
+                        node.name
+                    )));
+                }
+                Found::Nothing => {}
+            }
+        }
+        if !unreachable.is_empty() {
+            // It may be on a node that does not answer: decide when it does.
+            return Err(LaunchError::Desktop(format!(
+                "cannot look for an interrupted start on every node: {}",
+                unreachable.join("; ")
+            )));
+        }
+        Ok(Recovery::Gone(
+            "the desktop start was interrupted before its desktop ran".into(),
+        ))
+    }
+
     async fn nodes(&self, user: &ComputeUser) -> Vec<NodeReport> {
         let probes = futures_util::future::join_all(
             self.cfg
@@ -485,14 +583,19 @@ impl Launcher for SshLauncher {
             .nodes
             .iter()
             .zip(probes)
-            .map(|(n, probe)| NodeReport {
-                name: n.name.to_string(),
-                address: n.address.clone(),
-                accepting: match &probe {
-                    Ok(p) => assess(n, p).map(|_| ()),
-                    Err(e) => Err(e.clone()),
-                },
-                probe,
+            .map(|(n, probe)| {
+                let probe = probe.map_err(|e| match e {
+                    ProbeError::Node(why) | ProbeError::Account(why) => why,
+                });
+                NodeReport {
+                    name: n.name.to_string(),
+                    address: n.address.clone(),
+                    accepting: match &probe {
+                        Ok(p) => assess(n, p).map(|_| ()),
+                        Err(e) => Err(e.clone()),
+                    },
+                    probe,
+                }
             })
             .collect()
     }
@@ -578,7 +681,13 @@ mod tests {
         let cmd = l.ssh(
             &spec(),
             "alice",
-            remote::start_args(&spec().name, &l.cfg.desktop, "800x600", "10.0.0.2"),
+            remote::start_args(
+                &spec().name,
+                &l.cfg.desktop,
+                "800x600",
+                "10.0.0.2",
+                "mark0001",
+            ),
         );
         let dbg = format!("{cmd:?}");
         assert!(

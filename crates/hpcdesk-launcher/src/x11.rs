@@ -62,6 +62,39 @@ pub fn lock_path(display: u32) -> PathBuf {
     PathBuf::from(format!("/tmp/.X{display}-lock"))
 }
 
+/// What a display's lock file says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lock {
+    /// No lock file.
+    None,
+    /// The pid of the X server holding it.
+    Held(i32),
+    /// Something else is there. Any account may create files in /tmp: a link, a FIFO or junk
+    /// is read through the capped reader and never trusted.
+    Junk,
+}
+
+impl Lock {
+    pub fn pid(self) -> Option<i32> {
+        match self {
+            Lock::Held(p) => Some(p),
+            _ => None,
+        }
+    }
+}
+
+/// Reads a display's lock file.
+pub fn lock_holder(display: u32) -> Lock {
+    match crate::capped::small_file(&lock_path(display), 64) {
+        Ok(bytes) => match String::from_utf8_lossy(&bytes).trim().parse::<i32>() {
+            Ok(pid) => Lock::Held(pid),
+            Err(_) => Lock::Junk,
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Lock::None,
+        Err(_) => Lock::Junk,
+    }
+}
+
 fn pad4(n: usize) -> usize {
     (4 - n % 4) % 4
 }

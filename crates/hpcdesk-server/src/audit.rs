@@ -14,6 +14,10 @@ pub enum Kind {
     SessionFailed,
     SessionDeleted,
     SessionSwept,
+    /// Ended outside hpcdesk in an orderly way (its Slurm job completed or was cancelled).
+    SessionEnded,
+    /// A desktop whose start was interrupted by a crash, adopted by its session.
+    SessionAdopted,
     ViewerConnected,
     ViewerDisconnected,
 }
@@ -27,6 +31,8 @@ impl Kind {
             Kind::SessionFailed => "session_failed",
             Kind::SessionDeleted => "session_deleted",
             Kind::SessionSwept => "session_swept",
+            Kind::SessionEnded => "session_ended",
+            Kind::SessionAdopted => "session_adopted",
             Kind::ViewerConnected => "viewer_connected",
             Kind::ViewerDisconnected => "viewer_disconnected",
         }

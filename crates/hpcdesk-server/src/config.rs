@@ -286,6 +286,9 @@ pub struct SlurmLauncherConfig {
     pub scancel: String,
     pub scontrol: String,
     pub sinfo: String,
+    /// How long a job hpcdesk submitted may stay in the queue after its session ended (or
+    /// without its id recorded, after a crash) before reconcile cancels it.
+    pub orphan_grace: HumanDuration,
 }
 
 impl Default for SlurmLauncherConfig {
@@ -305,6 +308,7 @@ impl Default for SlurmLauncherConfig {
             scancel: "scancel".into(),
             scontrol: "scontrol".into(),
             sinfo: "sinfo".into(),
+            orphan_grace: HumanDuration(Duration::from_secs(120)),
         }
     }
 }
@@ -349,6 +353,12 @@ pub struct LimitsConfig {
     pub login_failures: u32,
     pub login_window: HumanDuration,
     pub login_lockout: HumanDuration,
+    /// A request's headers, and then its body, must each arrive within this time, or the
+    /// connection is closed (slow clients cannot hold the server).
+    pub request_timeout: HumanDuration,
+    /// Most connections that may be sending a request at one time (all clients together:
+    /// behind nginx they share one address). Connections over it are closed at once.
+    pub max_incomplete_requests: usize,
 }
 
 impl Default for ServerConfig {
@@ -433,6 +443,8 @@ impl Default for LimitsConfig {
             login_failures: 5,
             login_window: HumanDuration(Duration::from_secs(15 * 60)),
             login_lockout: HumanDuration(Duration::from_secs(5 * 60)),
+            request_timeout: HumanDuration(Duration::from_secs(30)),
+            max_incomplete_requests: 1024,
         }
     }
 }
@@ -634,12 +646,27 @@ impl Config {
                 return Err(invalid(key, "must be at least 1"));
             }
         }
+        if l.max_incomplete_requests == 0 {
+            return Err(invalid(
+                "limits.max_incomplete_requests",
+                "must be at least 1",
+            ));
+        }
+        if l.request_timeout.0 < Duration::from_secs(1) {
+            return Err(invalid("limits.request_timeout", "must be at least 1s"));
+        }
         if let Some(SecretList::Many(v)) = &self.auth.jwt_secret
             && v.is_empty()
         {
             return Err(invalid("auth.jwt_secret", "the list must not be empty"));
         }
         Ok(())
+    }
+
+    /// Whether the store may be shared by several instances (PostgreSQL); a SQLite file is
+    /// locked to one.
+    pub fn store_is_shared(&self) -> bool {
+        self.store_url().starts_with("postgres")
     }
 
     pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {

@@ -35,10 +35,18 @@ pub enum ApiError {
     /// An unexpected failure inside hpcdesk. The cause is for the log only.
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The store cannot be used just now (database down, disk full): 815008 with a plain
+    /// message, so a portal can tell its user to retry. The cause is for the log only.
+    #[error("{}", STORE_UNAVAILABLE)]
+    StoreUnavailable(#[source] hpcdesk_store::StoreError),
     /// No such route (HTTP 404 with an envelope).
     #[error("{0}")]
     NoRoute(String),
 }
+
+/// The `msg` while the store cannot be used.
+pub const STORE_UNAVAILABLE: &str =
+    "the desktop service's database is unavailable; please try again in a minute";
 
 impl ApiError {
     pub fn internal(e: impl std::error::Error + Send + Sync + 'static) -> Self {
@@ -55,7 +63,7 @@ impl ApiError {
             ApiError::TooFrequent { .. } => ApiCode::TooFrequent,
             ApiError::TooLarge(_) => ApiCode::TooLarge,
             ApiError::NoCapacity(_) => ApiCode::NoNodeAvailable,
-            ApiError::Desktop(_) => ApiCode::DesktopService,
+            ApiError::Desktop(_) | ApiError::StoreUnavailable(_) => ApiCode::DesktopService,
             ApiError::NotFound(_) => ApiCode::SessionNotFound,
             ApiError::Internal(_) => ApiCode::Internal,
         }
@@ -64,7 +72,11 @@ impl ApiError {
 
 impl From<hpcdesk_store::StoreError> for ApiError {
     fn from(e: hpcdesk_store::StoreError) -> Self {
-        ApiError::internal(e)
+        if e.is_unavailable() {
+            ApiError::StoreUnavailable(e)
+        } else {
+            ApiError::internal(e)
+        }
     }
 }
 
@@ -91,6 +103,10 @@ impl IntoResponse for ApiError {
             ApiError::Internal(cause) => {
                 tracing::error!(error = %cause, source = ?cause.source(), "internal error");
                 code.default_msg().to_owned()
+            }
+            ApiError::StoreUnavailable(cause) => {
+                tracing::warn!(error = %cause, "request refused: the store is unavailable");
+                STORE_UNAVAILABLE.to_owned()
             }
             other => other.to_string(),
         };

@@ -8,6 +8,7 @@
 //! - [`audit`]: writing the audit log.
 //! - [`metrics`]: counters and gauges for Prometheus (`GET /metrics`).
 //! - [`error`]: [`ApiError`], the one mapping from failures to SCNet codes.
+//! - [`conn`]: the accept loop; caps and time limits on incomplete requests.
 //! - [`routes`]: the axum router; handlers only translate HTTP.
 //! - [`grants`]: resolving connection grants for the gateway (`hpcdesk-gateway`).
 //! - [`sessions`]: orchestration of create / list / delete / launchurl (no HTTP types).
@@ -21,6 +22,7 @@ pub mod accounts;
 pub mod audit;
 pub mod auth;
 pub mod config;
+pub mod conn;
 pub mod error;
 pub mod grants;
 pub mod lifecycle;

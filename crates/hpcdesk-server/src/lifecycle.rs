@@ -1,10 +1,16 @@
 //! Background lifecycle work (DESIGN §4).
 //!
-//! **Reconcile** (at start-up and every `lifecycle.reconcile_every`): ask the launcher which
-//! desktops are really alive. A running session whose VNC server is gone becomes `failed`
-//! with the reason and loses its grants; a session stuck in `starting` far beyond the start
-//! timeout (hpcdesk died mid-start) becomes `failed` so its user can create again; a desktop
-//! no session owns is reported, and stopped when `lifecycle.kill_orphans` is set.
+//! **Reconcile** (at start-up and every `lifecycle.reconcile_every`):
+//! - a start whose instance died (a crash mid-start) is settled: the desktop or job it made
+//!   is found by the session's marker and adopted (`running`, or `pending` for a job), or
+//!   stopped and the session ended (`sessions::recover_start`);
+//! - the launcher says which desktops are really alive: a running session whose VNC server
+//!   is gone becomes `failed`, one whose job ended `stopped`, through `sessions::end`;
+//! - a desktop or job no running session owns: if it carries the marker of a session of
+//!   this store, it is hpcdesk's own and is stopped once that session has ended (a job
+//!   after `launcher.slurm.orphan_grace`), whatever `lifecycle.kill_orphans` says; any other
+//!   Xvnc in hpcdesk's desktop directories is reported, and stopped with `kill_orphans`.
+//!
 //! Reconcile never holds up the API: it runs in its own task and a slow launcher only
 //! delays the next round. Each round also saves the gateway's last-input times to the store,
 //! so idleness survives a restart.
@@ -28,7 +34,10 @@ use crate::state::AppState;
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ReconcileReport {
     pub checked: usize,
+    /// Sessions that ended (their desktop died, their job ended, their start was lost).
     pub failed: usize,
+    /// Interrupted starts whose desktop was adopted.
+    pub adopted: usize,
     pub orphans: usize,
     pub orphans_stopped: usize,
 }
@@ -50,23 +59,18 @@ pub async fn reconcile(app: &AppState) -> Result<ReconcileReport, ApiError> {
     let mut report = ReconcileReport::default();
     let now = app.clock.now();
 
-    // Starts interrupted by a crash: no request is waiting for them any more.
-    let stale_after =
-        chrono::Duration::from_std(app.config.launcher.start_timeout.0 + Duration::from_secs(60))
-            .map_err(ApiError::internal)?;
+    // Starts whose instance died: adopt what they made, or stop it.
     for rec in app.store.sessions_in(&[SessionState::Starting]).await? {
-        // Queued desktops (with a handle) are followed by the pending watcher instead.
-        if rec.handle.is_empty() && now - rec.updated_at > stale_after {
-            app.store
-                .transition(
-                    &rec.key,
-                    &[SessionState::Starting],
-                    SessionState::Failed,
-                    "the desktop start was interrupted (hpcdesk restarted while it was starting)",
-                    now,
-                )
-                .await?;
-            report.failed += 1;
+        if rec.launcher != app.launcher.kind()
+            || !app.launcher.watches(&sessions::target(&rec))
+            || !sessions::interrupted(app, &rec).await?
+        {
+            continue;
+        }
+        match sessions::recover_start(app, &rec).await? {
+            sessions::Recovered::Adopted(_) => report.adopted += 1,
+            sessions::Recovered::Ended => report.failed += 1,
+            sessions::Recovered::NotYet => {}
         }
     }
 
@@ -82,110 +86,62 @@ pub async fn reconcile(app: &AppState) -> Result<ReconcileReport, ApiError> {
         .launcher
         .survey(&targets)
         .await
-        .map_err(|e| ApiError::internal(std::io::Error::other(e.to_string())))?;
+        .map_err(|e| ApiError::Desktop(e.to_string()))?;
     report.checked = targets.len();
     for (rec, liveness) in recs.iter().zip(&survey.targets) {
-        match liveness {
-            Liveness::Alive => {}
+        let (how, reason) = match liveness {
+            Liveness::Alive => continue,
             Liveness::Unknown(why) => {
                 tracing::warn!(key = %rec.key, "cannot check desktop: {why}");
+                continue;
             }
-            Liveness::Ended(reason) => {
-                let moved = app
-                    .store
-                    .transition(
-                        &rec.key,
-                        &[SessionState::Running],
-                        SessionState::Stopped,
-                        reason,
-                        app.clock.now(),
-                    )
-                    .await?;
-                if moved {
-                    app.store.revoke_grants(&rec.key).await?;
-                    app.gateway
-                        .registry
-                        .close_session(&rec.key, hpcdesk_gateway::CloseReason::SessionDeleted);
-                    report.failed += 1;
-                    tracing::info!(
-                        session = ?rec.session_id.as_ref().map(ToString::to_string),
-                        reason = %reason,
-                        "desktop ended outside hpcdesk; session stopped"
-                    );
-                }
-            }
-            Liveness::Gone(reason) => {
-                let moved = app
-                    .store
-                    .transition(
-                        &rec.key,
-                        &[SessionState::Running],
-                        SessionState::Failed,
-                        reason,
-                        app.clock.now(),
-                    )
-                    .await?;
-                if moved {
-                    app.store.revoke_grants(&rec.key).await?;
-                    report.failed += 1;
-                    crate::audit::record(
-                        app,
-                        crate::audit::Kind::SessionFailed,
-                        &rec.owner,
-                        &rec.session_id
-                            .as_ref()
-                            .map(ToString::to_string)
-                            .unwrap_or_default(),
-                        "",
-                        reason.clone(),
-                    )
-                    .await;
-                    tracing::warn!(
-                        session = ?rec.session_id.as_ref().map(ToString::to_string),
-                        reason = %reason,
-                        "desktop is gone; session marked failed"
-                    );
-                }
-            }
+            Liveness::Ended(reason) => (sessions::Ending::EndedOutside, reason),
+            Liveness::Gone(reason) => (sessions::Ending::Died, reason),
+        };
+        if sessions::end(app, rec, how, reason).await? {
+            report.failed += 1;
         }
     }
-    // Sessions as they are now, after the survey: a desktop whose start finished meanwhile is
-    // owned, and one being started (by this instance or another) is not an orphan yet, as
-    // its session learns its display only when the start finishes.
-    let live_now = app
-        .store
-        .sessions_in(&[
-            SessionState::Pending,
-            SessionState::Starting,
-            SessionState::Running,
-        ])
-        .await?;
-    let orphans: Vec<_> = survey
-        .orphans
-        .iter()
-        .filter(|o| {
-            !live_now.iter().any(|r| {
-                r.compute_user.as_str() == o.user
-                    && (r.state != SessionState::Running
-                        || (r.node.as_ref() == Some(&o.node)
-                            && r.display.map(|d| d.get()) == Some(o.display)))
-            })
-        })
-        .collect();
-    report.orphans = orphans.len();
-    for orphan in orphans {
-        if app.config.lifecycle.kill_orphans {
-            match app.launcher.stop_orphan(orphan).await {
-                Ok(()) => {
-                    report.orphans_stopped += 1;
-                    tracing::warn!(node = %orphan.node, user = %orphan.user, display = orphan.display, pid = orphan.pid, "stopped a desktop no session owns");
-                }
-                Err(e) => {
-                    tracing::error!(node = %orphan.node, user = %orphan.user, display = orphan.display, error = %e, "could not stop an orphaned desktop");
-                }
+
+    // Desktops (and jobs) no running session owns. One that carries the marker of a session
+    // of this store, run by that session's account, is hpcdesk's: unless its session is
+    // still live (being started, queued), it is stopped whatever `kill_orphans` says. Any
+    // other is reported, and stopped only with `kill_orphans` (never a job).
+    let grace = chrono::Duration::from_std(app.config.launcher.slurm.orphan_grace.0)
+        .map_err(ApiError::internal)?;
+    for orphan in &survey.orphans {
+        let owner = match &orphan.marker {
+            Some(m) => app
+                .store
+                .session_by_marker(m)
+                .await?
+                .filter(|r| r.compute_user.as_str() == orphan.user),
+            None => None,
+        };
+        let ours = match &owner {
+            Some(r) if r.state.is_live() => continue,
+            Some(_) => true,
+            None => false,
+        };
+        if let Some((_, age)) = orphan.job {
+            let young = chrono::Duration::from_std(age).unwrap_or_default() < grace;
+            if !ours || young {
+                continue;
             }
-        } else {
+        }
+        report.orphans += 1;
+        if !ours && !app.config.lifecycle.kill_orphans {
             tracing::warn!(node = %orphan.node, user = %orphan.user, display = orphan.display, pid = orphan.pid, "a desktop no session owns is running (lifecycle.kill_orphans is off)");
+            continue;
+        }
+        match app.launcher.stop_orphan(orphan).await {
+            Ok(()) => {
+                report.orphans_stopped += 1;
+                tracing::warn!(node = %orphan.node, user = %orphan.user, display = orphan.display, pid = orphan.pid, job = ?orphan.job.map(|j| j.0), session = ?owner.as_ref().map(|r| r.key.clone()), "stopped a desktop whose session has ended");
+            }
+            Err(e) => {
+                tracing::error!(node = %orphan.node, user = %orphan.user, display = orphan.display, error = %e, "could not stop an orphaned desktop");
+            }
         }
     }
     for (key, act) in app.gateway.registry.all() {
@@ -213,7 +169,7 @@ pub async fn follow_queued(app: &AppState) -> Result<usize, ApiError> {
     let mut n = 0;
     for rec in recs
         .iter()
-        .filter(|r| !r.handle.is_empty() && r.launcher == app.launcher.kind())
+        .filter(|r| r.queued && r.launcher == app.launcher.kind())
     {
         sessions::advance(app, rec).await?;
         n += 1;
@@ -312,23 +268,14 @@ pub async fn sweep(app: &AppState) -> Result<SweepReport, ApiError> {
             last.with_timezone(&Local)
                 .to_rfc3339_opts(chrono::SecondsFormat::Secs, false)
         );
-        match sessions::stop(app, &rec, &reason).await {
-            Ok(()) => {
+        match sessions::stop_and_end(app, &rec, sessions::Ending::Swept, &reason).await {
+            Ok(_) => {
                 let id = rec
                     .session_id
                     .as_ref()
                     .map(ToString::to_string)
                     .unwrap_or_else(|| rec.key.clone());
                 tracing::info!(session = %id, owner = %rec.owner, %reason, "idle session swept");
-                crate::audit::record(
-                    app,
-                    crate::audit::Kind::SessionSwept,
-                    &rec.owner,
-                    &id,
-                    "",
-                    reason.clone(),
-                )
-                .await;
                 report.swept.push(id);
             }
             Err(e) => {

@@ -38,9 +38,29 @@ pub struct Metrics {
     pub viewers_connected: AtomicU64,
     pub gateway_bytes_down: AtomicU64,
     pub gateway_bytes_up: AtomicU64,
+    /// Connections closed at accept because too many requests were incomplete.
+    pub connections_refused: AtomicU64,
+    ended: [AtomicU64; ENDINGS.len()],
 }
 
+/// How sessions end (`sessions::Ending`), as metric labels.
+const ENDINGS: [&str; 6] = [
+    "deleted",
+    "swept",
+    "died",
+    "ended_outside",
+    "start_failed",
+    "interrupted",
+];
+
 impl Metrics {
+    /// Counts a session that ended, by how.
+    pub fn session_ended(&self, how: &str) {
+        if let Some(i) = ENDINGS.iter().position(|e| *e == how) {
+            self.ended[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     pub fn count_response(&self, code: ApiCode) {
         if let Some(i) = CODES.iter().position(|c| *c == code) {
             self.responses[i].fetch_add(1, Ordering::Relaxed);
@@ -105,9 +125,27 @@ pub async fn render(State(app): State<AppState>) -> Result<Response, ApiError> {
             "Bytes relayed viewer to desktop (counted at disconnect).",
             &m.gateway_bytes_up,
         ),
+        (
+            "hpcdesk_http_connections_refused_total",
+            "Connections closed at once because limits.max_incomplete_requests were in progress.",
+            &m.connections_refused,
+        ),
     ] {
         family(&mut out, name, "counter", help);
         let _ = writeln!(out, "{name} {}", v.load(Ordering::Relaxed));
+    }
+    family(
+        &mut out,
+        "hpcdesk_sessions_ended_total",
+        "counter",
+        "Sessions ended, by how (deleted, swept, died, ended_outside, start_failed, interrupted).",
+    );
+    for (how, n) in ENDINGS.iter().zip(&m.ended) {
+        let _ = writeln!(
+            out,
+            "hpcdesk_sessions_ended_total{{how=\"{how}\"}} {}",
+            n.load(Ordering::Relaxed)
+        );
     }
     let sessions = app.store.list_sessions(None).await?;
     family(

@@ -4,12 +4,20 @@
 //! Rules owned here:
 //! - one live session per user: a create while one exists returns it unchanged; a create
 //!   while another request is still starting it waits for that start to finish;
+//! - **nothing is launched that the store has not recorded**: the session row, with the
+//!   marker its desktop will carry, the instance starting it and its sealed VNC password, is
+//!   written first. After a crash at any moment the desktop is found by that marker and
+//!   adopted, or stopped ([`recover_start`]); a create never answers with an interrupted
+//!   start, and never leaves one user two desktops;
 //! - a start runs in its own task, so a client that hangs up cannot leave a half-started
 //!   desktop behind (the start finishes and is recorded either way);
 //! - a failed start is recorded as `failed` with the reason, under its id when a display was
 //!   already picked, and reported as 815008 (or 815201 when no node had room);
-//! - delete stops the desktop first and only then marks the session stopped and revokes its
-//!   grants, so a failed stop loses nothing.
+//! - delete stops the desktop first and only then ends the session, so a failed stop loses
+//!   nothing;
+//! - **one place ends a session**, [`end`]: whatever the cause (delete, sweep, a dead VNC
+//!   server, an ended job, a failed or interrupted start) it changes the state, revokes the
+//!   grants, closes the viewers (4001), writes the audit line and counts it.
 
 use std::time::Duration;
 
@@ -17,7 +25,9 @@ use chrono::{DateTime, Local, SecondsFormat, Utc};
 use hpcdesk_core::claims::Action;
 use hpcdesk_core::wire::{LaunchUrl, SessionItem};
 use hpcdesk_core::{SessionId, SessionState};
-use hpcdesk_launcher::{Launch, LaunchError, Launched, Progress, Queued, StartRequest, Target};
+use hpcdesk_launcher::{
+    Launch, LaunchError, Launched, Progress, Queued, Recovery, StartRequest, Target,
+};
 use hpcdesk_store::{Claim, GrantRecord, NewSession, SessionRecord, Started};
 use sha2::{Digest, Sha256};
 
@@ -125,6 +135,7 @@ pub fn target(rec: &SessionRecord) -> Target {
         host: rec.host.clone(),
         port: rec.port,
         handle: rec.handle.clone(),
+        marker: rec.marker.clone(),
     }
 }
 
@@ -136,39 +147,267 @@ fn launch_error(e: LaunchError) -> ApiError {
     }
 }
 
+/// A session's marker: 128 random bits as hex (see `SessionRecord::marker`).
+fn new_marker() -> String {
+    let mut b = [0u8; 16];
+    rand::fill(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The starts this instance is running right now (session keys). A session `starting`
+/// under this instance's name but not in here was left by a start that went wrong.
+#[derive(Debug, Default)]
+pub struct InFlight(std::sync::Mutex<std::collections::HashSet<String>>);
+
+impl InFlight {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn contains(&self, key: &str) -> bool {
+        self.lock().contains(key)
+    }
+
+    /// Marks `key` as being started until the guard is dropped.
+    fn enter(&self, key: &str) -> InFlightGuard<'_> {
+        self.lock().insert(key.to_owned());
+        InFlightGuard(self, key.to_owned())
+    }
+}
+
+struct InFlightGuard<'a>(&'a InFlight, String);
+
+impl Drop for InFlightGuard<'_> {
+    fn drop(&mut self) {
+        self.0.lock().remove(&self.1);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Ending sessions: the one place.
+
+/// How a session ends. Each way decides what the session becomes, whether it stays listed,
+/// and what the audit log says.
+#[derive(Debug, Clone)]
+pub enum Ending {
+    /// Deleted through the API (by its owner or an admin, from `peer`): stopped, not listed.
+    Deleted { by: String, peer: String },
+    /// Removed by the idle sweep: stopped, not listed.
+    Swept,
+    /// Its desktop died or its job failed: failed, listed with the reason.
+    Died,
+    /// It ended outside hpcdesk in an orderly way (its Slurm job completed or was
+    /// cancelled): stopped, listed with the reason until deleted or replaced.
+    EndedOutside,
+    /// Its start failed (at this place, when one was picked): failed, listed.
+    StartFailed {
+        at: Option<SessionId>,
+        by: String,
+        peer: String,
+    },
+    /// Its start was interrupted by a crash and nothing of it could be adopted: stopped, not
+    /// listed (no create ever answered with it).
+    Interrupted,
+}
+
+impl Ending {
+    fn label(&self) -> &'static str {
+        match self {
+            Ending::Deleted { .. } => "deleted",
+            Ending::Swept => "swept",
+            Ending::Died => "died",
+            Ending::EndedOutside => "ended_outside",
+            Ending::StartFailed { .. } => "start_failed",
+            Ending::Interrupted => "interrupted",
+        }
+    }
+}
+
+/// Ends a session: its state (from whatever live or failed state it is in), its grants
+/// (revoked), its viewers (closed with 4001), the audit line and the metrics. The desktop
+/// itself must be gone or stopped already (see [`stop_and_end`]). Returns whether this call
+/// ended it (`false`: it had ended already, e.g. through another instance).
+pub async fn end(
+    app: &AppState,
+    rec: &SessionRecord,
+    how: Ending,
+    reason: &str,
+) -> Result<bool, ApiError> {
+    use SessionState::{Failed, Pending, Running, Starting, Stopped};
+    let now = app.clock.now();
+    let live = [Pending, Starting, Running];
+    let moved = match &how {
+        Ending::StartFailed { at, .. } => {
+            app.store
+                .start_failed(&rec.key, at.clone(), reason, now)
+                .await?
+        }
+        Ending::Died => {
+            app.store
+                .transition(&rec.key, &live, Failed, reason, now)
+                .await?
+        }
+        Ending::EndedOutside | Ending::Interrupted => {
+            app.store
+                .transition(&rec.key, &live, Stopped, reason, now)
+                .await?
+        }
+        Ending::Deleted { .. } | Ending::Swept => {
+            app.store
+                .transition(
+                    &rec.key,
+                    &[Pending, Starting, Running, Failed],
+                    Stopped,
+                    reason,
+                    now,
+                )
+                .await?
+        }
+    };
+    let dismissed = matches!(
+        how,
+        Ending::Deleted { .. } | Ending::Swept | Ending::Interrupted
+    );
+    if dismissed {
+        app.store.dismiss(&rec.key, now).await?;
+    }
+    // A delete of a session that had ended already still happened, as far as its caller and
+    // the audit log are concerned.
+    let happened = moved || matches!(how, Ending::Deleted { .. });
+    if !happened {
+        return Ok(false);
+    }
+    app.store.revoke_grants(&rec.key).await?;
+    app.gateway
+        .registry
+        .close_session(&rec.key, hpcdesk_gateway::CloseReason::SessionDeleted);
+    app.metrics.session_ended(how.label());
+    let id = rec
+        .session_id
+        .as_ref()
+        .map(ToString::to_string)
+        .or_else(|| match &how {
+            Ending::StartFailed { at, .. } => at.as_ref().map(ToString::to_string),
+            _ => None,
+        })
+        .unwrap_or_default();
+    let (kind, user, peer, detail) = match &how {
+        Ending::Deleted { by, peer } => {
+            let detail = if *by == rec.owner {
+                String::new()
+            } else {
+                format!("owner {}", rec.owner)
+            };
+            (Kind::SessionDeleted, by.clone(), peer.clone(), detail)
+        }
+        Ending::Swept => (
+            Kind::SessionSwept,
+            rec.owner.clone(),
+            String::new(),
+            reason.to_owned(),
+        ),
+        Ending::EndedOutside => (
+            Kind::SessionEnded,
+            rec.owner.clone(),
+            String::new(),
+            reason.to_owned(),
+        ),
+        Ending::StartFailed { by, peer, .. } => (
+            Kind::SessionFailed,
+            by.clone(),
+            peer.clone(),
+            reason.to_owned(),
+        ),
+        Ending::Died | Ending::Interrupted => (
+            Kind::SessionFailed,
+            rec.owner.clone(),
+            String::new(),
+            reason.to_owned(),
+        ),
+    };
+    audit::record(app, kind, &user, &id, &peer, detail).await;
+    tracing::info!(key = %rec.key, session = %id, how = how.label(), reason, "session ended");
+    Ok(true)
+}
+
+/// Stops a session's desktop, then ends the session. A desktop that cannot be stopped leaves
+/// the session as it is (815008): nothing is lost.
+pub async fn stop_and_end(
+    app: &AppState,
+    rec: &SessionRecord,
+    how: Ending,
+    reason: &str,
+) -> Result<bool, ApiError> {
+    // Viewers learn first that the session is going (close code 4001: do not reconnect),
+    // before its desktop disappears under them.
+    app.gateway
+        .registry
+        .close_session(&rec.key, hpcdesk_gateway::CloseReason::SessionDeleted);
+    let has_desktop = rec.node.is_some() && rec.display.is_some() || !rec.handle.is_empty();
+    if has_desktop {
+        match app.launcher.stop(&target(rec)).await {
+            Ok(()) => {}
+            // A failed or ended session's desktop is already gone; leftovers are best effort.
+            Err(e) if matches!(rec.state, SessionState::Failed | SessionState::Stopped) => {
+                tracing::warn!(key = %rec.key, error = %e, "cleanup of an ended desktop failed");
+            }
+            Err(e) => return Err(launch_error(e)),
+        }
+    }
+    end(app, rec, how, reason).await
+}
+
+// ---------------------------------------------------------------------------------------
+// Creating sessions.
+
+/// How many times a create claims again after finding an interrupted start in its way.
+const CLAIM_ROUNDS: usize = 3;
+
 /// `PUT …/desktop/vnc`: the caller's session, started if they have none.
 pub async fn create(app: &AppState, user: &AuthUser) -> Result<SessionItem, ApiError> {
     user.require(Action::CreateDesktop)?;
-    let claim = app
-        .store
-        .claim_session(NewSession {
-            owner: user.name().to_owned(),
-            user_id: user.claims.user_id.clone(),
-            invoker: user.claims.invoker.clone(),
-            compute_user: user.compute_user.clone(),
-            geometry: app.config.launcher.geometry.clone(),
-            launcher: app.launcher.kind().to_owned(),
-            state: SessionState::Starting,
-            now: app.clock.now(),
-        })
-        .await?;
-    let rec = match claim {
-        Claim::Existing(rec) => return existing(app, rec).await,
-        Claim::Claimed(rec) => rec,
-    };
-    // Detached from the request: finishing the start and recording its outcome must not
-    // depend on the client staying connected.
-    let task_app = app.clone();
-    let caller = user.clone();
-    tokio::spawn(async move {
-        let result = start(&task_app, rec, caller.compute_user.clone()).await;
-        let counter = match &result {
-            Ok(_) => &task_app.metrics.desktops_started,
-            Err(_) => &task_app.metrics.desktop_start_failures,
+    for _ in 0..CLAIM_ROUNDS {
+        let password = new_vnc_password();
+        let claim = app
+            .store
+            .claim_session(NewSession {
+                owner: user.name().to_owned(),
+                user_id: user.claims.user_id.clone(),
+                invoker: user.claims.invoker.clone(),
+                compute_user: user.compute_user.clone(),
+                geometry: app.config.launcher.geometry.clone(),
+                launcher: app.launcher.kind().to_owned(),
+                state: SessionState::Starting,
+                node: app.launcher.home_node(),
+                marker: new_marker(),
+                starter: app.presence.instance().to_owned(),
+                vnc_password_sealed: app.server_key.seal_at_rest(&password),
+                now: app.clock.now(),
+            })
+            .await?;
+        let rec = match claim {
+            Claim::Existing(rec) => match existing(app, rec).await? {
+                Some(item) => return Ok(item),
+                // It was an interrupted start, now ended: claim again.
+                None => continue,
+            },
+            Claim::Claimed(rec) => rec,
         };
-        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        match &result {
-            Ok(item) => {
+        // Detached from the request: finishing the start and recording its outcome must not
+        // depend on the client staying connected.
+        let task_app = app.clone();
+        let caller = user.clone();
+        return tokio::spawn(async move {
+            let result = {
+                let _in_flight = task_app.in_flight.enter(&rec.key);
+                start(&task_app, rec, password, &caller).await
+            };
+            let counter = match &result {
+                Ok(_) => &task_app.metrics.desktops_started,
+                Err(_) => &task_app.metrics.desktop_start_failures,
+            };
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if let Ok(item) = &result {
                 audit::record(
                     &task_app,
                     Kind::SessionCreated,
@@ -179,41 +418,37 @@ pub async fn create(app: &AppState, user: &AuthUser) -> Result<SessionItem, ApiE
                 )
                 .await;
             }
-            Err(e) => {
-                audit::record(
-                    &task_app,
-                    Kind::SessionFailed,
-                    caller.name(),
-                    "",
-                    &caller.peer,
-                    e.to_string(),
-                )
-                .await;
-            }
-        }
-        result
-    })
-    .await
-    .map_err(ApiError::internal)?
+            result
+        })
+        .await
+        .map_err(ApiError::internal)?;
+    }
+    Err(ApiError::Desktop(
+        "your desktop is being recovered after a restart of the desktop service; try again \
+         shortly"
+            .into(),
+    ))
 }
 
 async fn start(
     app: &AppState,
     rec: SessionRecord,
-    compute_user: hpcdesk_core::ComputeUser,
+    password: Vec<u8>,
+    caller: &AuthUser,
 ) -> Result<SessionItem, ApiError> {
-    let password = new_vnc_password();
+    let compute_user = rec.compute_user.clone();
     let launched = app
         .launcher
         .start(StartRequest {
             compute_user: compute_user.clone(),
-            password: password.clone(),
+            password,
             geometry: rec.geometry.clone(),
+            marker: rec.marker.clone(),
         })
         .await;
     let launched = match launched {
         Ok(Launch::Ready(l)) => l,
-        Ok(Launch::Queued(q)) => return queued(app, rec, q, &password).await,
+        Ok(Launch::Queued(q)) => return queued(app, rec, q).await,
         Err(e) => {
             let at = match &e {
                 LaunchError::FailedAt { node, display, .. } => {
@@ -222,9 +457,12 @@ async fn start(
                 _ => None,
             };
             tracing::warn!(user = %compute_user, error = %e, "desktop start failed");
-            app.store
-                .start_failed(&rec.key, at, &e.to_string(), app.clock.now())
-                .await?;
+            let how = Ending::StartFailed {
+                at,
+                by: caller.name().to_owned(),
+                peer: caller.peer.clone(),
+            };
+            end(app, &rec, how, &e.to_string()).await?;
             return Err(launch_error(e));
         }
     };
@@ -232,20 +470,22 @@ async fn start(
         tracing::warn!(user = %compute_user, "desktop started with a warning: {w}");
     }
     let id = SessionId::new(launched.node.clone(), compute_user, launched.display);
-    let sealed = app.server_key.seal_at_rest(&password);
-    let rec = ready(app, &rec, id, launched, sealed).await?;
+    let rec = ready(app, &rec, id, launched).await?;
     Ok(item(&rec, 0))
 }
 
-/// Records a desktop that is ready. If its row was stopped meanwhile (or the store fails),
-/// the desktop is stopped: it must not outlive the record that lets anyone find it.
+/// Records a desktop that is ready (under the password stored when its session was
+/// claimed). If its row was ended meanwhile (or the store fails), the desktop is stopped: it
+/// must not outlive the record that lets anyone find it.
 async fn ready(
     app: &AppState,
     rec: &SessionRecord,
     id: SessionId,
     launched: Launched,
-    vnc_password_sealed: Vec<u8>,
 ) -> Result<SessionRecord, ApiError> {
+    let sealed = rec.vnc_password_sealed.clone().ok_or_else(|| {
+        ApiError::internal(std::io::Error::other("a session without its VNC password"))
+    })?;
     let stored = app
         .store
         .session_started(
@@ -256,7 +496,7 @@ async fn ready(
                 display: launched.display,
                 host: launched.host.clone(),
                 port: launched.port,
-                vnc_password_sealed,
+                vnc_password_sealed: sealed,
                 handle: launched.handle.clone(),
                 state: SessionState::Running,
                 now: app.clock.now(),
@@ -290,6 +530,7 @@ async fn ready(
             t.port = Some(launched.port);
             t.handle = launched.handle;
             if let Err(e) = app.launcher.stop(&t).await {
+                // Its marker is stored: reconcile stops it once the store answers again.
                 tracing::error!(session = %id, error = %e, "could not stop an unrecorded desktop");
             }
             match other {
@@ -305,31 +546,12 @@ async fn ready(
 /// A queued desktop (Slurm): recorded `pending` under its id, then followed for up to
 /// `launcher.start_timeout`; if it is not ready by then the create answers `pending` and the
 /// background watcher carries on.
-async fn queued(
-    app: &AppState,
-    rec: SessionRecord,
-    q: Queued,
-    password: &[u8],
-) -> Result<SessionItem, ApiError> {
-    let sealed = app.server_key.seal_at_rest(password);
-    let Some(mut rec) = app
-        .store
-        .session_queued(
-            &rec.key,
-            &q.session_id,
-            &q.handle,
-            &sealed,
-            &q.reason,
-            app.clock.now(),
-        )
-        .await?
-    else {
-        let _ = app.launcher.stop(&target(&rec)).await;
+async fn queued(app: &AppState, rec: SessionRecord, q: Queued) -> Result<SessionItem, ApiError> {
+    let Some(mut rec) = record_queued(app, &rec, &q).await? else {
         return Err(ApiError::Desktop(
             "the session was stopped while its desktop was being queued".into(),
         ));
     };
-    tracing::info!(session = %q.session_id, reason = %q.reason, "desktop queued");
     let deadline = tokio::time::Instant::now() + app.config.launcher.start_timeout.0;
     loop {
         match rec.state {
@@ -343,6 +565,35 @@ async fn queued(
         tokio::time::sleep(Duration::from_millis(500)).await;
         rec = advance(app, &rec).await?;
     }
+}
+
+/// Records that `rec`'s desktop was queued; if the row was ended meanwhile, the job is
+/// stopped and `None` returned.
+async fn record_queued(
+    app: &AppState,
+    rec: &SessionRecord,
+    q: &Queued,
+) -> Result<Option<SessionRecord>, ApiError> {
+    let sealed = rec.vnc_password_sealed.clone().unwrap_or_default();
+    let stored = app
+        .store
+        .session_queued(
+            &rec.key,
+            &q.session_id,
+            &q.handle,
+            &sealed,
+            &q.reason,
+            app.clock.now(),
+        )
+        .await?;
+    if stored.is_none() {
+        let mut t = target(rec);
+        t.handle = q.handle.clone();
+        let _ = app.launcher.stop(&t).await;
+    } else {
+        tracing::info!(session = %q.session_id, reason = %q.reason, "desktop queued");
+    }
+    Ok(stored)
 }
 
 /// One step of a queued desktop: asks the launcher where it is and records the answer.
@@ -362,54 +613,21 @@ pub async fn advance(app: &AppState, rec: &SessionRecord) -> Result<SessionRecor
                 .await?;
         }
         Ok(Progress::Ready(launched)) => {
-            let (Some(id), Some(sealed)) =
-                (rec.session_id.clone(), rec.vnc_password_sealed.clone())
-            else {
+            let Some(id) = rec.session_id.clone() else {
                 return Err(ApiError::internal(std::io::Error::other(
-                    "a queued session without id or password",
+                    "a queued session without id",
                 )));
             };
-            ready(app, rec, id, launched, sealed).await?;
+            ready(app, rec, id, launched).await?;
         }
         Ok(Progress::Failed(reason)) => {
-            let moved = app
-                .store
-                .transition(
-                    &rec.key,
-                    &[SessionState::Pending, SessionState::Starting],
-                    SessionState::Failed,
-                    &reason,
-                    now,
-                )
-                .await?;
-            if moved {
+            if end(app, rec, Ending::Died, &reason).await? {
                 tracing::warn!(key = %rec.key, %reason, "queued desktop failed");
-                audit::record(
-                    app,
-                    Kind::SessionFailed,
-                    &rec.owner,
-                    &id_text(rec),
-                    "",
-                    reason,
-                )
-                .await;
                 let _ = app.launcher.stop(&t).await;
             }
         }
         Ok(Progress::Ended(reason)) => {
-            if app
-                .store
-                .transition(
-                    &rec.key,
-                    &[SessionState::Pending, SessionState::Starting],
-                    SessionState::Stopped,
-                    &reason,
-                    now,
-                )
-                .await?
-            {
-                app.store.revoke_grants(&rec.key).await?;
-            }
+            end(app, rec, Ending::EndedOutside, &reason).await?;
         }
         Err(e) => tracing::warn!(key = %rec.key, error = %e, "cannot follow a queued desktop"),
     }
@@ -419,23 +637,24 @@ pub async fn advance(app: &AppState, rec: &SessionRecord) -> Result<SessionRecor
         .ok_or_else(|| ApiError::internal(std::io::Error::other("session vanished")))
 }
 
-fn id_text(rec: &SessionRecord) -> String {
-    rec.session_id
-        .as_ref()
-        .map(ToString::to_string)
-        .unwrap_or_default()
-}
-
-/// The answer to a create when the user already has a live session.
-async fn existing(app: &AppState, mut rec: SessionRecord) -> Result<SessionItem, ApiError> {
-    // Another request is starting it here and now (not a queued desktop, which has a
-    // handle): wait for that start to finish (it is bounded by the launcher's own timeout).
+/// The answer to a create when the user already has a live session: that session, once any
+/// start of it in progress has finished (`None`: it was an interrupted start, which is now
+/// over, and the caller claims again).
+async fn existing(app: &AppState, mut rec: SessionRecord) -> Result<Option<SessionItem>, ApiError> {
+    // Bounded by the start's own timeout, plus the time to find out about an interrupted one.
     let give_up = app.config.launcher.start_timeout.0 + Duration::from_secs(15);
     let deadline = tokio::time::Instant::now() + give_up;
     while rec.state == SessionState::Starting
-        && rec.handle.is_empty()
+        && !rec.queued
         && tokio::time::Instant::now() < deadline
     {
+        if interrupted(app, &rec).await? {
+            match recover_start(app, &rec).await? {
+                Recovered::Adopted(r) => return Ok(Some(view(app, &r))),
+                Recovered::Ended => return Ok(None),
+                Recovered::NotYet => {}
+            }
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
         rec = match app.store.session_by_key(&rec.key).await? {
             Some(r) => r,
@@ -447,8 +666,8 @@ async fn existing(app: &AppState, mut rec: SessionRecord) -> Result<SessionItem,
         };
     }
     match rec.state {
-        SessionState::Running | SessionState::Pending => Ok(view(app, &rec)),
-        SessionState::Starting if !rec.handle.is_empty() => Ok(view(app, &rec)),
+        SessionState::Running | SessionState::Pending => Ok(Some(view(app, &rec))),
+        SessionState::Starting if rec.queued => Ok(Some(view(app, &rec))),
         SessionState::Starting => Err(ApiError::Desktop(
             "your desktop is still starting; try again shortly".into(),
         )),
@@ -456,6 +675,137 @@ async fn existing(app: &AppState, mut rec: SessionRecord) -> Result<SessionItem,
         SessionState::Stopped => Err(ApiError::Desktop(
             "your desktop was stopped while it was starting".into(),
         )),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Recovering starts interrupted by a crash.
+
+/// A start older than this (since its last update) is over, whatever its instance says.
+fn start_lifetime(app: &AppState) -> chrono::Duration {
+    chrono::Duration::from_std(app.config.launcher.start_timeout.0 + Duration::from_secs(60))
+        .unwrap_or_else(|_| chrono::Duration::hours(1))
+}
+
+/// Whether `rec` is a start that nobody is carrying out any more: it is `starting` (not a
+/// queued job) and the instance that began it has died (or is this one in an earlier life).
+/// On a store shared by several instances, another instance's start counts as interrupted
+/// once its heartbeat is stale; on SQLite this instance is the only one.
+pub async fn interrupted(app: &AppState, rec: &SessionRecord) -> Result<bool, ApiError> {
+    if rec.state != SessionState::Starting || rec.queued {
+        return Ok(false);
+    }
+    if rec.starter == app.presence.instance() {
+        return Ok(!app.in_flight.contains(&rec.key));
+    }
+    let now = app.clock.now();
+    if now - rec.updated_at > start_lifetime(app) {
+        return Ok(true);
+    }
+    if !app.config.store_is_shared() {
+        return Ok(true);
+    }
+    // A live instance beats every ten seconds; give a young start the benefit of the doubt
+    // until its instance has been silent for the presence window.
+    let window = chrono::Duration::seconds(30);
+    if now - rec.updated_at < window {
+        return Ok(false);
+    }
+    let fresh = app.store.fresh_instances(now - window).await?;
+    Ok(!fresh.contains(&rec.starter))
+}
+
+/// What [`recover_start`] did.
+#[derive(Debug)]
+pub enum Recovered {
+    /// The session adopted the desktop (or job) the interrupted start had made.
+    Adopted(Box<SessionRecord>),
+    /// Nothing of the start was left running (or it was stopped): the session ended.
+    Ended,
+    /// Its agent is still at work, or the launcher could not look: try again later.
+    NotYet,
+}
+
+/// Settles an interrupted start (see [`interrupted`]): adopts what it made, or stops it and
+/// ends the session.
+pub async fn recover_start(app: &AppState, rec: &SessionRecord) -> Result<Recovered, ApiError> {
+    let t = target(rec);
+    let found = match app.launcher.recover(&t).await {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!(key = %rec.key, error = %e, "cannot look for an interrupted start yet");
+            return Ok(Recovered::NotYet);
+        }
+    };
+    let too_old = app.clock.now() - rec.updated_at > start_lifetime(app);
+    match found {
+        Recovery::Ready(launched) if rec.vnc_password_sealed.is_some() => {
+            let id = SessionId::new(
+                launched.node.clone(),
+                rec.compute_user.clone(),
+                launched.display,
+            );
+            let adopted = ready(app, rec, id.clone(), launched).await?;
+            app.metrics
+                .desktops_started
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            audit::record(
+                app,
+                Kind::SessionAdopted,
+                &rec.owner,
+                &id.to_string(),
+                "",
+                "its start was interrupted by a restart of hpcdesk",
+            )
+            .await;
+            tracing::info!(session = %id, "adopted the desktop of an interrupted start");
+            Ok(Recovered::Adopted(Box::new(adopted)))
+        }
+        Recovery::Ready(launched) => {
+            // From before passwords were stored at creation: it cannot be reached. Stop it.
+            let mut t = t;
+            t.node = Some(launched.node);
+            t.display = Some(launched.display);
+            app.launcher.stop(&t).await.map_err(launch_error)?;
+            end(
+                app,
+                rec,
+                Ending::Interrupted,
+                "the desktop start was interrupted",
+            )
+            .await?;
+            Ok(Recovered::Ended)
+        }
+        Recovery::Queued(q) => match record_queued(app, rec, &q).await? {
+            Some(adopted) => {
+                audit::record(
+                    app,
+                    Kind::SessionAdopted,
+                    &rec.owner,
+                    &q.session_id.to_string(),
+                    "",
+                    "its submission was interrupted by a restart of hpcdesk",
+                )
+                .await;
+                Ok(Recovered::Adopted(Box::new(adopted)))
+            }
+            None => Ok(Recovered::Ended),
+        },
+        Recovery::InProgress if !too_old => Ok(Recovered::NotYet),
+        Recovery::InProgress => {
+            end(
+                app,
+                rec,
+                Ending::Interrupted,
+                "the desktop start was interrupted and did not finish in time",
+            )
+            .await?;
+            Ok(Recovered::Ended)
+        }
+        Recovery::Gone(reason) => {
+            end(app, rec, Ending::Interrupted, &reason).await?;
+            Ok(Recovered::Ended)
+        }
     }
 }
 
@@ -486,68 +836,25 @@ async fn owned_session(
     Ok(rec)
 }
 
-/// `DELETE …/desktop/vnc/{id}`: stops the desktop and revokes its grants.
+/// `DELETE …/desktop/vnc/{id}`: stops the desktop and ends the session.
 pub async fn delete(app: &AppState, user: &AuthUser, id: &SessionId) -> Result<(), ApiError> {
     user.require(Action::UseDesktop)?;
     let rec = owned_session(app, user, id).await?;
     let task_app = app.clone();
     let caller = user.clone();
-    let id = id.to_string();
+    // Detached, like a start: a client that hangs up does not leave it half done.
     tokio::spawn(async move {
-        stop(&task_app, &rec, &format!("deleted by {}", caller.name())).await?;
-        let detail = if rec.owner == caller.name() {
-            String::new()
-        } else {
-            format!("owner {}", rec.owner)
+        let how = Ending::Deleted {
+            by: caller.name().to_owned(),
+            peer: caller.peer.clone(),
         };
-        audit::record(
-            &task_app,
-            Kind::SessionDeleted,
-            caller.name(),
-            &id,
-            &caller.peer,
-            detail,
-        )
-        .await;
-        Ok(())
+        let reason = format!("deleted by {}", caller.name());
+        stop_and_end(&task_app, &rec, how, &reason)
+            .await
+            .map(|_| ())
     })
     .await
     .map_err(ApiError::internal)?
-}
-
-/// Stops a session's desktop, then records it stopped and revokes its grants.
-pub async fn stop(app: &AppState, rec: &SessionRecord, reason: &str) -> Result<(), ApiError> {
-    // Viewers learn first that the session is going (close code 4001: do not reconnect),
-    // before its desktop disappears under them.
-    app.gateway
-        .registry
-        .close_session(&rec.key, hpcdesk_gateway::CloseReason::SessionDeleted);
-    match app.launcher.stop(&target(rec)).await {
-        Ok(()) => {}
-        // A failed or ended session's desktop is already gone; leftovers are best effort.
-        Err(e) if matches!(rec.state, SessionState::Failed | SessionState::Stopped) => {
-            tracing::warn!(key = %rec.key, error = %e, "cleanup of an ended desktop failed");
-        }
-        Err(e) => return Err(launch_error(e)),
-    }
-    app.store
-        .transition(
-            &rec.key,
-            &[
-                SessionState::Pending,
-                SessionState::Starting,
-                SessionState::Running,
-                SessionState::Failed,
-            ],
-            SessionState::Stopped,
-            reason,
-            app.clock.now(),
-        )
-        .await?;
-    app.store.dismiss(&rec.key, app.clock.now()).await?;
-    app.store.revoke_grants(&rec.key).await?;
-    tracing::info!(key = %rec.key, session = ?rec.session_id.as_ref().map(ToString::to_string), reason, "desktop stopped");
-    Ok(())
 }
 
 /// `GET …/desktop/vnc/{id}/launchurl`: a fresh connection grant for the viewer. A

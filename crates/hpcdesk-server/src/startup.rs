@@ -311,6 +311,7 @@ pub async fn build_with(
         presence: crate::presence::Presence::default(),
         public_base,
         path_prefix,
+        in_flight: Default::default(),
         _store_lock: store_lock,
     }))
 }
@@ -318,9 +319,7 @@ pub async fn build_with(
 /// Serves the API on `listener` until `shutdown` completes. Reconciles once before taking
 /// requests, then keeps reconciling (and sweeping) in the background.
 ///
-/// The accept loop drives hyper's HTTP/1 connections itself (rather than `axum::serve`) so
-/// that an upgraded WebSocket is handed to the gateway as the plain `TcpStream` it is: the
-/// relay then waits for readability without holding buffers.
+/// Connections are accepted and limited by [`crate::conn`].
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
@@ -342,67 +341,15 @@ pub async fn serve(
     let sweep = tokio::spawn(lifecycle::sweep_loop(state.clone(), stop_rx.clone()));
     let queued = tokio::spawn(lifecycle::queued_loop(state.clone(), stop_rx.clone()));
     // Only a shared store can have other instances (a SQLite file is locked to this one).
-    let presence = state.config.store_url().starts_with("postgres").then(|| {
+    let presence = state.config.store_is_shared().then(|| {
         tokio::spawn(crate::presence::presence_loop(
             state.clone(),
             stop_rx.clone(),
         ))
     });
     let gateway = state.gateway.clone();
-    let router = routes::router(state);
-
-    let mut connections = tokio::task::JoinSet::new();
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::error!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = &mut shutdown => break,
-        };
-        while connections.try_join_next().is_some() {}
-        let _ = tcp.set_nodelay(true);
-        let router = router.clone();
-        let service =
-            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                req.extensions_mut()
-                    .insert(axum::extract::ConnectInfo(peer));
-                tower::ServiceExt::oneshot(router.clone(), req.map(axum::body::Body::new))
-            });
-        let mut stop = stop_rx.clone();
-        connections.spawn(async move {
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(std::time::Duration::from_secs(30))
-                .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
-                .with_upgrades();
-            let mut conn = std::pin::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => {
-                    if let Err(e) = r {
-                        tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
-                    }
-                }
-                _ = stop.changed() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
-            }
-        });
-    }
-    drop(listener);
-    let _ = stop_tx.send(true);
-    // In-flight requests (a create waiting for its desktop) get time to finish.
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(30), async {
-        while connections.join_next().await.is_some() {}
-    })
-    .await;
+    let router = routes::router(state.clone());
+    crate::conn::accept_loop(listener, &state, router, shutdown, &stop_tx).await;
     let _ = reconcile.await;
     let _ = sweep.await;
     let _ = queued.await;

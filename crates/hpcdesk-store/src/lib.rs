@@ -26,10 +26,18 @@ pub use sqlite::SqliteStore;
 /// method documents otherwise; the cause goes to the log, never to the client.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The database cannot be reached or cannot write just now (PostgreSQL down, a pool
+    /// that timed out, SQLite's disk full or file read-only). Nothing was written; the call
+    /// may be retried once the database is back. Callers tell their clients so plainly.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
     #[error("database error: {0}")]
-    Database(#[from] sqlx::Error),
+    Database(sqlx::Error),
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A batch of grants could not be written (the database's own words).
+    #[error("cannot write connection grants: {0}")]
+    Grant(String),
     #[error("corrupt row in {table}: {detail}")]
     Corrupt { table: &'static str, detail: String },
     /// Holds only the URL's scheme: the rest may carry a password.
@@ -43,7 +51,52 @@ pub enum StoreError {
     Missing(String),
 }
 
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        if unavailable(&e) {
+            StoreError::Unavailable(e.to_string())
+        } else {
+            StoreError::Database(e)
+        }
+    }
+}
+
+/// Whether `e` says the database cannot be used at the moment (as opposed to a query that is
+/// wrong): no connection, a connection lost, or storage that refuses writes.
+fn unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            match code.parse::<i64>() {
+                // SQLite result codes (extended codes keep the primary one in the low byte):
+                // BUSY, LOCKED, READONLY, IOERR, FULL, CANTOPEN.
+                Ok(n) => matches!(n & 0xff, 5 | 6 | 8 | 10 | 13 | 14),
+                // PostgreSQL SQLSTATE classes: 08 connection exception, 53 insufficient
+                // resources (disk full, too many connections), 57P01-57P03 the server shuts
+                // down or is starting, 25006 read-only transaction (a standby).
+                Err(_) => {
+                    code.starts_with("08")
+                        || code.starts_with("53")
+                        || matches!(&*code, "57P01" | "57P02" | "57P03" | "25006")
+                }
+            }
+        }
+        _ => false,
+    }
+}
+
 impl StoreError {
+    /// Whether the database could not be used at all (see [`StoreError::Unavailable`]).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+
     pub(crate) fn unsupported(url: &str) -> StoreError {
         let scheme = url.split_once(':').map_or("", |(scheme, _)| scheme);
         StoreError::UnsupportedUrl(scheme.to_owned())
@@ -76,6 +129,14 @@ pub struct SessionRecord {
     pub launcher: String,
     /// Launcher-specific handle (JSON), e.g. the Xvnc pid or the Slurm job id.
     pub handle: String,
+    /// The token on every process of the desktop (and in a Slurm job's name), chosen before
+    /// the desktop is launched: what finds it after a crash. Empty for sessions older than it.
+    pub marker: String,
+    /// The hpcdesk instance that started (or is starting) the desktop.
+    pub starter: String,
+    /// A queued desktop (a Slurm job): followed in the background until it runs, rather than
+    /// waited for by the request that created it.
+    pub queued: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub last_input_at: Option<DateTime<Utc>>,
@@ -92,6 +153,14 @@ pub struct NewSession {
     pub launcher: String,
     /// `starting`, or `pending` for launchers that queue.
     pub state: SessionState,
+    /// Where the desktop will run, when the launcher knows before it starts (`local`).
+    pub node: Option<NodeName>,
+    /// See [`SessionRecord::marker`]; written before anything is launched.
+    pub marker: String,
+    /// This instance (see [`SessionRecord::starter`]).
+    pub starter: String,
+    /// The desktop's VNC password, sealed, chosen before it is launched.
+    pub vnc_password_sealed: Vec<u8>,
     pub now: DateTime<Utc>,
 }
 
@@ -221,14 +290,14 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<bool, StoreError>;
 
     /// Records that starting a reserved session failed, and where (so the failure is listed
-    /// under its id with `reason`), if the row is still being started.
+    /// under its id with `reason`), if the row is still being started; returns whether it was.
     async fn start_failed(
         &self,
         key: &str,
         at: Option<SessionId>,
         reason: &str,
         now: DateTime<Utc>,
-    ) -> Result<(), StoreError>;
+    ) -> Result<bool, StoreError>;
 
     /// Moves a session to `to` if it is currently in one of `from`; returns whether it moved.
     async fn transition(
@@ -255,6 +324,15 @@ pub trait Store: Send + Sync + 'static {
 
     /// Sessions in any of `states` (for reconcile and sweep).
     async fn sessions_in(&self, states: &[SessionState]) -> Result<Vec<SessionRecord>, StoreError>;
+
+    /// The session (in any state, dismissed or not) whose desktop carries `marker`.
+    async fn session_by_marker(&self, marker: &str) -> Result<Option<SessionRecord>, StoreError>;
+
+    /// Instances whose heartbeat ([`Store::publish_viewers`]) is newer than `fresh_after`.
+    async fn fresh_instances(&self, fresh_after: DateTime<Utc>) -> Result<Vec<String>, StoreError>;
+
+    /// Whether the database answers (readiness).
+    async fn ping(&self) -> Result<(), StoreError>;
 
     /// Records the last client input seen for a session (kept if an earlier time is given).
     async fn record_activity(&self, key: &str, last_input: DateTime<Utc>)

@@ -19,6 +19,11 @@ use crate::sql::SqlStore;
 /// The store on a PostgreSQL database.
 pub type PostgresStore = SqlStore<Postgres>;
 
+/// How long a call waits for a connection. While PostgreSQL is down every call fails after
+/// this long (as [`StoreError::Unavailable`](crate::StoreError::Unavailable)), so the API
+/// answers within a couple of seconds instead of hanging.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_millis(1500);
+
 /// Connections per hpcdesk instance: enough for the API's concurrent requests, few enough
 /// that a handful of instances stay well under PostgreSQL's default `max_connections` (100).
 const MAX_CONNECTIONS: u32 = 16;
@@ -39,7 +44,7 @@ impl SqlStore<Postgres> {
             .await?;
         let pool = PgPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
-            .acquire_timeout(Duration::from_secs(10))
+            .acquire_timeout(ACQUIRE_TIMEOUT)
             .idle_timeout(Some(Duration::from_secs(600)))
             .max_lifetime(Some(Duration::from_secs(3600)))
             .connect_with(options)

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, TimeZone, Utc};
-use hpcdesk_core::{ComputeUser, DisplayNumber, NodeName, SessionId, SessionState};
+use hpcdesk_core::{ComputeUser, DisplayNumber, NodeName, SessionId, SessionState, status_reason};
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Type};
 // Dynamic SQL here only ever splices our own column lists and `$N` placeholders, never values.
 use sqlx::{AssertSqlSafe, Row, Transaction};
@@ -57,7 +57,8 @@ impl Backend for sqlx::Postgres {
     }
 }
 
-type GrantReply = tokio::sync::oneshot::Sender<Result<(), String>>;
+/// How a batch of grants fared: `Err((unavailable, what))` if it was not written.
+type GrantReply = tokio::sync::oneshot::Sender<Result<(), (bool, String)>>;
 
 /// The store on one SQL database. Cheap to clone (pool handles).
 ///
@@ -93,7 +94,7 @@ const GRANT_BATCH: usize = 256;
 
 const SESSION_COLUMNS: &str = "key, session_id, owner, user_id, invoker, compute_user, node, \
      display, host, port, state, status_reason, geometry, vnc_password, launcher, handle, \
-     created_at, updated_at, last_input_at";
+     marker, starter, queued, created_at, updated_at, last_input_at";
 
 const USER_COLUMNS: &str = "name, user_id, password_hash, compute_user, role, account_status, \
      home_path, created_at, updated_at";
@@ -150,6 +151,7 @@ where
     DB::Arguments: IntoArguments<DB>,
     for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     for<'q> Option<i64>: Encode<'q, DB>,
+    for<'q> Option<String>: Encode<'q, DB>,
     for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     for<'q> &'q str: Encode<'q, DB> + Type<DB>,
     for<'q> Vec<u8>: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
@@ -207,7 +209,10 @@ where
             }
             let grants: Vec<&GrantRecord> = batch.iter().map(|(g, _)| g).collect();
             let result = Self::insert_grants(&writer, &grants).await;
-            let result = result.map_err(|e| e.to_string());
+            let result = result.map_err(|e| {
+                let e = StoreError::from(e);
+                (e.is_unavailable(), e.to_string())
+            });
             for (_, reply) in batch {
                 let _ = reply.send(result.clone());
             }
@@ -314,6 +319,9 @@ where
             vnc_password_sealed: row.try_get("vnc_password")?,
             launcher: row.try_get("launcher")?,
             handle: row.try_get("handle")?,
+            marker: row.try_get("marker")?,
+            starter: row.try_get("starter")?,
+            queued: row.try_get::<i64, _>("queued")? != 0,
             created_at: from_millis(row.try_get("created_at")?, "sessions")?,
             updated_at: from_millis(row.try_get("updated_at")?, "sessions")?,
             last_input_at: last_input.map(|t| from_millis(t, "sessions")).transpose()?,
@@ -447,6 +455,7 @@ where
     DB::Arguments: IntoArguments<DB>,
     for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     for<'q> Option<i64>: Encode<'q, DB>,
+    for<'q> Option<String>: Encode<'q, DB>,
     for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
     for<'q> &'q str: Encode<'q, DB> + Type<DB>,
     for<'q> Vec<u8>: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
@@ -465,8 +474,8 @@ where
             let now = millis(new.now);
             let inserted = sqlx::query(
                 "INSERT INTO sessions (key, owner, user_id, invoker, compute_user, state, \
-                 geometry, launcher, created_at, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)",
+                 geometry, launcher, created_at, updated_at, marker, starter, vnc_password, node) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10, $11, $12, $13)",
             )
             .bind(&key)
             .bind(&new.owner)
@@ -477,6 +486,10 @@ where
             .bind(&new.geometry)
             .bind(&new.launcher)
             .bind(now)
+            .bind(&new.marker)
+            .bind(&new.starter)
+            .bind(&new.vnc_password_sealed)
+            .bind(new.node.as_ref().map(ToString::to_string))
             .execute(&mut *tx)
             .await;
             match inserted {
@@ -554,13 +567,13 @@ where
         Self::supersede(&mut tx, &id, key, now).await?;
         let done = sqlx::query(
             "UPDATE sessions SET session_id = $2, handle = $3, state = 'pending', \
-             status_reason = $4, updated_at = $5, vnc_password = $6 \
+             status_reason = $4, updated_at = $5, vnc_password = $6, queued = 1 \
              WHERE key = $1 AND state IN ('pending', 'starting')",
         )
         .bind(key)
         .bind(&id)
         .bind(handle)
-        .bind(reason)
+        .bind(status_reason(reason))
         .bind(now)
         .bind(vnc_password_sealed)
         .execute(&mut *tx)
@@ -586,7 +599,7 @@ where
         )
         .bind(key)
         .bind(state.as_str())
-        .bind(reason)
+        .bind(status_reason(reason))
         .bind(millis(now))
         .execute(&self.writer)
         .await?;
@@ -600,14 +613,16 @@ where
         at: Option<SessionId>,
         reason: &str,
         now: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let _bump = self.bump();
         let now = millis(now);
+        let reason = status_reason(reason);
+        let reason = reason.as_str();
         let mut tx = self.writer.begin().await?;
-        if let Some(id) = &at {
+        let moved = if let Some(id) = &at {
             let id_text = id.to_string();
             Self::supersede(&mut tx, &id_text, key, now).await?;
-            sqlx::query(
+            let done = sqlx::query(
                 "UPDATE sessions SET session_id = $2, node = $3, display = $4, state = 'failed', \
                  status_reason = $5, updated_at = $6 \
                  WHERE key = $1 AND state IN ('pending', 'starting')",
@@ -620,8 +635,9 @@ where
             .bind(now)
             .execute(&mut *tx)
             .await?;
+            DB::rows_affected(&done)
         } else {
-            sqlx::query(
+            let done = sqlx::query(
                 "UPDATE sessions SET state = 'failed', status_reason = $2, updated_at = $3 \
                  WHERE key = $1 AND state IN ('pending', 'starting')",
             )
@@ -630,9 +646,10 @@ where
             .bind(now)
             .execute(&mut *tx)
             .await?;
-        }
+            DB::rows_affected(&done)
+        };
         tx.commit().await?;
-        Ok(())
+        Ok(moved > 0)
     }
 
     #[tracing::instrument(level = "debug", skip(self, from, reason))]
@@ -658,7 +675,7 @@ where
         let mut q = sqlx::query(AssertSqlSafe(sql))
             .bind(key)
             .bind(to.as_str())
-            .bind(reason)
+            .bind(status_reason(reason))
             .bind(millis(now));
         for s in &allowed {
             q = q.bind(s.as_str());
@@ -752,6 +769,35 @@ where
         rows.iter().map(Self::session_from_row).collect()
     }
 
+    async fn session_by_marker(&self, marker: &str) -> Result<Option<SessionRecord>, StoreError> {
+        if marker.is_empty() {
+            return Ok(None);
+        }
+        let sql = format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions WHERE marker = $1 ORDER BY created_at DESC"
+        );
+        let row = sqlx::query(AssertSqlSafe(sql))
+            .bind(marker)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(Self::session_from_row).transpose()
+    }
+
+    async fn fresh_instances(&self, fresh_after: DateTime<Utc>) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query("SELECT instance FROM instances WHERE seen_at > $1")
+            .bind(millis(fresh_after))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| r.try_get("instance").map_err(StoreError::from))
+            .collect()
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
     async fn record_activity(
         &self,
         key: &str,
@@ -771,16 +817,16 @@ where
 
     async fn insert_grant(&self, g: GrantRecord) -> Result<(), StoreError> {
         let (reply, done) = tokio::sync::oneshot::channel();
-        let gone = || StoreError::Corrupt {
-            table: "grants",
-            detail: "the grant writer stopped".into(),
-        };
+        let gone = || StoreError::Unavailable("the grant writer stopped".into());
         self.grants.send((g, reply)).await.map_err(|_| gone())?;
         done.await
             .map_err(|_| gone())?
-            .map_err(|e| StoreError::Corrupt {
-                table: "grants",
-                detail: e,
+            .map_err(|(unavailable, what)| {
+                if unavailable {
+                    StoreError::Unavailable(what)
+                } else {
+                    StoreError::Grant(what)
+                }
             })
     }
 

@@ -11,6 +11,9 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use crate::StoreError;
 use crate::sql::SqlStore;
 
+/// How long a call waits for a connection (writers queue for the one writer connection).
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The store on a SQLite file (or in memory, for tests).
 pub type SqliteStore = SqlStore<Sqlite>;
 
@@ -47,6 +50,7 @@ impl SqlStore<Sqlite> {
         // After a checkpoint the WAL file is cut back to that size.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
             .idle_timeout(Some(Duration::from_secs(600)))
             .connect_with(
                 options
@@ -58,6 +62,7 @@ impl SqlStore<Sqlite> {
         sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
             .idle_timeout(Some(Duration::from_secs(600)))
             .max_lifetime(Some(Duration::from_secs(3600)))
             .connect_with(options)

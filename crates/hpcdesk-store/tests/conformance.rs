@@ -20,8 +20,22 @@ fn new_session(owner: &str) -> NewSession {
         geometry: "1024x768".into(),
         launcher: "local".into(),
         state: SessionState::Starting,
+        node: None,
+        marker: format!("m{}", uuid_like()),
+        starter: "instance-a".into(),
+        vnc_password_sealed: vec![9, 9],
         now: Utc::now(),
     }
+}
+
+fn uuid_like() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{:x}{:x}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    )
 }
 
 fn started(display: u32) -> Started {
@@ -500,6 +514,8 @@ async fn a_queued_session_is_listed_pending_and_can_start_later(store: Arc<dyn S
         .unwrap()
         .unwrap();
     assert_eq!(q.state, SessionState::Pending);
+    assert!(q.queued, "a queued desktop says so");
+    assert!(!rec.queued, "a claimed one is not queued yet");
     assert_eq!(q.vnc_password_sealed.as_deref(), Some(&[7u8, 7][..]));
     assert_eq!(q.session_id.as_ref(), Some(&id));
     let listed = store.list_sessions(Some("u10")).await.unwrap();
@@ -547,6 +563,79 @@ async fn a_queued_session_is_listed_pending_and_can_start_later(store: Arc<dyn S
             .unwrap(),
         "a running session is not pending again"
     );
+}
+
+/// What a start writes before its desktop exists is enough to find the desktop afterwards.
+async fn a_session_is_found_by_the_marker_written_before_its_launch(store: Arc<dyn Store>) {
+    let new = new_session("mk1");
+    let marker = new.marker.clone();
+    let rec = claimed(store.claim_session(new).await.unwrap());
+    assert_eq!(
+        (rec.marker.as_str(), rec.starter.as_str()),
+        (marker.as_str(), "instance-a")
+    );
+    assert_eq!(rec.vnc_password_sealed.as_deref(), Some(&[9u8, 9][..]));
+    let found = store.session_by_marker(&marker).await.unwrap().unwrap();
+    assert_eq!(found.key, rec.key);
+    assert!(store.session_by_marker("").await.unwrap().is_none());
+    assert!(store.session_by_marker("nope").await.unwrap().is_none());
+    // Ended and dismissed sessions are still found: their desktop, if any, is hpcdesk's.
+    store
+        .transition(
+            &rec.key,
+            &[SessionState::Starting],
+            SessionState::Stopped,
+            "x",
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+    store.dismiss(&rec.key, Utc::now()).await.unwrap();
+    let found = store.session_by_marker(&marker).await.unwrap().unwrap();
+    assert_eq!(found.state, SessionState::Stopped);
+}
+
+async fn status_reasons_are_stored_bounded(store: Arc<dyn Store>) {
+    let rec = claimed(store.claim_session(new_session("rs1")).await.unwrap());
+    let flood = "x".repeat(100_000);
+    store
+        .start_failed(&rec.key, None, &flood, Utc::now())
+        .await
+        .unwrap();
+    let r = store.session_by_key(&rec.key).await.unwrap().unwrap();
+    assert_eq!(r.state, SessionState::Failed);
+    assert_eq!(
+        r.status_reason.chars().count(),
+        hpcdesk_core::state::MAX_REASON_CHARS
+    );
+    let rec = claimed(store.claim_session(new_session("rs1")).await.unwrap());
+    store
+        .transition(
+            &rec.key,
+            &[SessionState::Starting],
+            SessionState::Failed,
+            &flood,
+            Utc::now(),
+        )
+        .await
+        .unwrap();
+    let r = store.session_by_key(&rec.key).await.unwrap().unwrap();
+    assert!(r.status_reason.chars().count() <= hpcdesk_core::state::MAX_REASON_CHARS);
+}
+
+async fn instances_are_fresh_while_they_beat(store: Arc<dyn Store>) {
+    let now = Utc::now();
+    store.publish_viewers("i1", &[], now).await.unwrap();
+    store
+        .publish_viewers("i2", &[], now - Duration::seconds(60))
+        .await
+        .unwrap();
+    let fresh = store
+        .fresh_instances(now - Duration::seconds(30))
+        .await
+        .unwrap();
+    assert_eq!(fresh, vec!["i1".to_owned()]);
+    store.ping().await.unwrap();
 }
 
 async fn many_grants_at_once_are_all_kept(store: Arc<dyn Store>) {
@@ -825,4 +914,38 @@ on_every_backend!(
     every_session_write_shows_in_the_next_read,
     many_grants_at_once_are_all_kept,
     not_running_names_sessions_that_ended_or_never_were,
+    a_session_is_found_by_the_marker_written_before_its_launch,
+    status_reasons_are_stored_bounded,
+    instances_are_fresh_while_they_beat,
 );
+
+/// A SQLite file that refuses writes (read-only here; a full disk is the same to hpcdesk) is
+/// "unavailable", with nothing written, and not an internal error.
+#[tokio::test]
+async fn a_sqlite_file_that_refuses_writes_is_unavailable_and_nothing_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    let rw = SqliteStore::open(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    let before = rw.claim_session(new_session("ro0")).await.unwrap();
+    drop(rw);
+    let ro = SqliteStore::open(&format!("sqlite://{}?mode=ro", path.display()))
+        .await
+        .unwrap();
+    let err = ro.claim_session(new_session("ro1")).await.unwrap_err();
+    assert!(err.is_unavailable(), "{err:?}");
+    let sessions = ro.sessions_in(&SessionState::LIVE).await.unwrap();
+    assert_eq!(sessions.len(), 1, "only the session written before");
+    assert_eq!(sessions[0].key, claimed(before).key);
+    let grant = GrantRecord {
+        token_hash: vec![1; 38],
+        session_key: sessions[0].key.clone(),
+        owner: "ro0".into(),
+        view_only: false,
+        created_at: Utc::now(),
+        expires_at: Utc::now() + Duration::seconds(60),
+        revoked: false,
+    };
+    assert!(ro.insert_grant(grant).await.unwrap_err().is_unavailable());
+}

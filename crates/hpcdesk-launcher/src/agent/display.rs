@@ -16,17 +16,16 @@ use crate::x11;
 /// Whether `display` (with RFB port `port`) looks free; removes stale leftovers.
 pub fn is_free(display: u32, port: u16, listen: Option<IpAddr>) -> bool {
     let lock = x11::lock_path(display);
-    if let Ok(text) = fs::read_to_string(&lock) {
-        let pid: i32 = text.trim().parse().unwrap_or(0);
-        if procs::alive(pid) {
-            return false;
+    match x11::lock_holder(display) {
+        x11::Lock::None => {}
+        x11::Lock::Held(pid) if procs::alive(pid) => return false,
+        // Stale (its server is gone) or junk: Xvnc would refuse it too. If we cannot remove
+        // it, Xvnc could not either.
+        _ => {
+            if fs::remove_file(&lock).is_err() {
+                return false;
+            }
         }
-        // Stale: its server is gone. If we cannot remove it, Xvnc could not either.
-        if fs::remove_file(&lock).is_err() {
-            return false;
-        }
-    } else if lock.exists() {
-        return false;
     }
     let socket = x11::socket_path(display);
     if socket.exists() {

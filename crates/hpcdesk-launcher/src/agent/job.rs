@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use super::protocol::{AgentError, ErrorKind, StartedDesktop};
 use super::{StartArgs, make_private_dir, procs, write_private};
+use crate::capped;
 use crate::process::Account;
 
 fn err(msg: impl Into<String>) -> AgentError {
@@ -72,14 +73,19 @@ pub fn prepare(key: &str, password: &[u8]) -> Result<Prepared, AgentError> {
     })
 }
 
+/// The last lines of the job's output. The file is the user's: it is read through the
+/// capped reader (its last 64 KiB, never through a link, only a regular file).
 fn log_tail(dir: &Path) -> String {
     let Ok(entries) = fs::read_dir(dir) else {
         return String::new();
     };
     let mut text = String::new();
-    for e in entries.flatten() {
+    for e in entries.flatten().take(64) {
         if e.file_name().to_string_lossy().starts_with("slurm-") {
-            text = fs::read_to_string(e.path()).unwrap_or_default();
+            text = match capped::file_tail(&e.path(), capped::TAIL) {
+                Ok(t) => t,
+                Err(why) => format!("(the job output cannot be read: {why})"),
+            };
         }
     }
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
@@ -88,7 +94,7 @@ fn log_tail(dir: &Path) -> String {
 
 pub fn report(key: &str) -> Result<JobReport, AgentError> {
     let dir = job_dir(key)?;
-    let desktop = fs::read(dir.join("report.json"))
+    let desktop = capped::small_file(&dir.join("report.json"), 64 * 1024)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok());
     Ok(JobReport {
@@ -108,7 +114,7 @@ pub fn clean(key: &str) -> Result<(), AgentError> {
 pub fn run(key: &str, args: &StartArgs) -> Result<String, AgentError> {
     let dir = job_dir(key)?;
     let pw_file = dir.join("passwd.in");
-    let password = fs::read(&pw_file).map_err(|e| {
+    let password = capped::small_file(&pw_file, 256).map_err(|e| {
         err(format!(
             "cannot read {} (is the home directory shared with this node?): {e}",
             pw_file.display()

@@ -27,9 +27,12 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
+use crate::capped;
 use crate::process::{Account, Cmd, last_line};
 use crate::x11::{self, Cookie, SetupOutcome};
-pub use protocol::{AgentError, ErrorKind, LiveDesktop, Probe, StartedDesktop, Stopped};
+pub use protocol::{
+    AgentError, ErrorKind, Listing, LiveDesktop, Probe, StartInProgress, StartedDesktop, Stopped,
+};
 
 /// Every desktop directory path contains this, which is how `list` tells hpcdesk's Xvnc
 /// servers from others.
@@ -113,6 +116,40 @@ pub struct StartArgs {
     pub display_max: u32,
     pub listen: Listen,
     pub timeout: Duration,
+    /// The session's marker, chosen by hpcdesk and stored before this start: every process
+    /// of the desktop carries it (`HPCDESK_DESKTOP={node}-{display}-{marker}`), so the desktop
+    /// is found again after a crash. `None` (a hand-run start) draws a random one.
+    pub marker: Option<String>,
+}
+
+/// Whether `m` can be a session marker: 8 to 64 letters and digits.
+pub fn valid_marker(m: &str) -> bool {
+    (8..=64).contains(&m.len()) && m.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
+/// The session marker in a value of `HPCDESK_DESKTOP` (`{node}-{display}-{marker}`).
+pub fn marker_token(value: &str) -> Option<&str> {
+    value
+        .rsplit_once('-')
+        .map(|(_, m)| m)
+        .filter(|m| valid_marker(m))
+}
+
+/// A pause at one point of `start`, for the tests that kill hpcdesk in the middle of a start
+/// (`HPCDESK_TEST_START_PAUSE=<point>:<milliseconds>`, point `xvnc`, `desktop` or `reply`).
+/// Unset in production.
+pub const TEST_PAUSE_VAR: &str = "HPCDESK_TEST_START_PAUSE";
+
+fn test_pause(point: &str) {
+    let Ok(v) = std::env::var(TEST_PAUSE_VAR) else {
+        return;
+    };
+    if let Some((p, ms)) = v.split_once(':')
+        && p == point
+        && let Ok(ms) = ms.parse::<u64>()
+    {
+        std::thread::sleep(Duration::from_millis(ms.min(60_000)));
+    }
 }
 
 fn err(kind: ErrorKind, msg: impl Into<String>) -> AgentError {
@@ -211,6 +248,14 @@ pub fn start(args: &StartArgs, password: &[u8]) -> Result<StartedDesktop, AgentE
     if args.display_min > args.display_max || args.display_max > hpcdesk_core::DisplayNumber::MAX {
         return Err(err(ErrorKind::Usage, "invalid display range"));
     }
+    if let Some(m) = &args.marker
+        && !valid_marker(m)
+    {
+        return Err(err(
+            ErrorKind::Usage,
+            "--marker must be 8 to 64 letters and digits",
+        ));
+    }
     let desktop = desktop_argvs(args.desktop.as_deref())?;
     let me = Account::current().map_err(|e| err(ErrorKind::Failed, e.to_string()))?;
     let root = desktops_root(&me.home);
@@ -299,8 +344,13 @@ fn try_display(
     let cookie = Cookie::generate();
     let xauth = dir.join("Xauthority");
     write_private(&xauth, &x11::xauthority(&hostname, d, &cookie)).map_err(fail)?;
-    let marker = format!("{}-{d}-{:016x}", args.node, rand::random::<u64>());
+    let token = match &args.marker {
+        Some(m) => m.clone(),
+        None => format!("{:016x}", rand::random::<u64>()),
+    };
+    let marker = format!("{}-{d}-{token}", args.node);
     let log = dir.join("xvnc.log");
+    test_pause("xvnc");
     let mut xvnc = xvnc_cmd(args, me, &dir, d, port, &marker)
         .spawn_detached(&log)
         .map_err(|e| fail(err(ErrorKind::Failed, e.to_string())))?;
@@ -322,7 +372,7 @@ fn try_display(
     let (mut owned, mut rfb_ok, mut x_ok) = (false, false, false);
     loop {
         if let Ok(Some(status)) = xvnc.try_wait() {
-            let text = fs::read_to_string(&log).unwrap_or_default();
+            let text = capped::file_tail(&log, capped::TAIL).unwrap_or_default();
             let _ = fs::remove_dir_all(&dir);
             if display::taken_by_someone_else(&text) {
                 return Err(Attempt::Taken);
@@ -336,10 +386,7 @@ fn try_display(
         // Until our Xvnc holds the display's lock, whatever answers on its port and socket
         // may be another server that won a race for the same display.
         if !owned {
-            match fs::read_to_string(x11::lock_path(d))
-                .ok()
-                .and_then(|t| t.trim().parse::<i32>().ok())
-            {
+            match x11::lock_holder(d).pid() {
                 Some(pid) if pid == xvnc_pid => owned = true,
                 Some(pid) if procs::alive(pid) => {
                     kill_desktop(
@@ -399,6 +446,7 @@ fn try_display(
         return Err(cleanup(e));
     }
 
+    test_pause("desktop");
     let desktop_log = dir.join("desktop.log");
     let mut warnings = Vec::new();
     for argv in desktop {
@@ -423,6 +471,7 @@ fn try_display(
     if desktop.is_empty() {
         warnings.push("no window manager or xterm found; the desktop is empty".to_owned());
     }
+    test_pause("reply");
     Ok(StartedDesktop {
         node: args.node.clone(),
         display: d,
@@ -538,7 +587,7 @@ pub(crate) fn kill_desktop(uid: u32, marker: &str, extra: &[i32], grace: Duratio
 pub fn stop(node: &str, display: u32) -> Result<Stopped, AgentError> {
     let me = Account::current().map_err(|e| err(ErrorKind::Failed, e.to_string()))?;
     let dir = desktop_dir(&me.home, node, display);
-    let state: Option<DesktopState> = fs::read(dir.join("state.json"))
+    let state: Option<DesktopState> = capped::small_file(&dir.join("state.json"), 4096)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok());
     let mut extra = Vec::new();
@@ -563,9 +612,8 @@ pub fn stop(node: &str, display: u32) -> Result<Stopped, AgentError> {
     };
     // A SIGKILLed X server leaves its lock and socket behind; remove them if they are ours.
     for path in [x11::lock_path(display), x11::socket_path(display)] {
-        let stale = fs::read_to_string(x11::lock_path(display))
-            .ok()
-            .and_then(|t| t.trim().parse::<i32>().ok())
+        let stale = x11::lock_holder(display)
+            .pid()
             .is_none_or(|pid| !procs::alive(pid));
         if stale {
             let _ = fs::remove_file(&path);
@@ -578,22 +626,51 @@ pub fn stop(node: &str, display: u32) -> Result<Stopped, AgentError> {
     })
 }
 
-/// The hpcdesk desktops alive on this node.
-pub fn list(node: &str) -> Vec<LiveDesktop> {
-    procs::hpcdesk_xvnc()
+/// The hpcdesk desktops alive on this node, and the starts in progress (of every account
+/// whose processes this agent may see: all of them as root, its own otherwise).
+pub fn list(node: &str) -> Listing {
+    let marked = procs::all_marked();
+    let user_name = |uid: u32| {
+        nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+            .ok()
+            .flatten()
+            .map(|u| u.name)
+            .unwrap_or_else(|| uid.to_string())
+    };
+    let desktops = procs::hpcdesk_xvnc()
         .into_iter()
         .filter(|x| x.password_file.contains(&format!("/{node}-{}/", x.display)))
-        .map(|x| LiveDesktop {
-            user: nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(x.uid))
-                .ok()
-                .flatten()
-                .map(|u| u.name)
-                .unwrap_or_else(|| x.uid.to_string()),
-            display: x.display,
-            port: x.port,
-            pid: x.pid,
+        .map(|x| {
+            let value = marked
+                .iter()
+                .find(|(pid, _, _)| *pid == x.pid)
+                .map(|(_, _, m)| m.clone());
+            // Its desktop command runs when another process of the same owner carries the
+            // same marker.
+            let complete = value.as_ref().is_some_and(|v| {
+                marked
+                    .iter()
+                    .any(|(pid, uid, m)| *pid != x.pid && *uid == x.uid && m == v)
+            });
+            LiveDesktop {
+                user: user_name(x.uid),
+                display: x.display,
+                port: x.port,
+                pid: x.pid,
+                marker: value.as_deref().and_then(marker_token).map(str::to_owned),
+                complete,
+            }
         })
-        .collect()
+        .collect();
+    let starting = procs::starting_agents()
+        .into_iter()
+        .filter(|(_, m)| valid_marker(m))
+        .map(|(uid, marker)| StartInProgress {
+            user: user_name(uid),
+            marker,
+        })
+        .collect();
+    Listing { desktops, starting }
 }
 
 /// Load and capacity of this node.
@@ -624,7 +701,7 @@ pub fn probe(node: &str) -> Probe {
         load1,
         mem_total_kib: field("MemTotal:"),
         mem_available_kib: field("MemAvailable:"),
-        desktops: list(node).len() as u32,
+        desktops: list(node).desktops.len() as u32,
     }
 }
 
@@ -667,6 +744,16 @@ mod tests {
             vec![vec!["/usr/bin/xterm", "-T", "my term", "-e", "sleep 1; x"]]
         );
         assert!(desktop_argvs(Some("xterm 'unclosed")).is_err());
+    }
+
+    #[test]
+    fn markers_are_letters_and_digits_at_the_end_of_the_value() {
+        assert!(valid_marker("0123abcdEF"));
+        assert!(!valid_marker("short"));
+        assert!(!valid_marker("with-dash-0123"));
+        assert_eq!(marker_token("gv101-4-0123abcdef"), Some("0123abcdef"));
+        assert_eq!(marker_token("gv-1-01-4-0123abcdef"), Some("0123abcdef"));
+        assert_eq!(marker_token("n-4-x"), None);
     }
 
     #[test]

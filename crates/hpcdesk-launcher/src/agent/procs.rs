@@ -60,12 +60,56 @@ pub fn cmdline(pid: i32) -> Option<Vec<String>> {
     )
 }
 
+/// The value of [`MARKER_VAR`] in `pid`'s environment, if readable.
+pub fn marker_of(pid: i32) -> Option<String> {
+    use std::io::Read;
+    // A process's environment is bounded by the kernel's argument limit; read no more.
+    let mut env = Vec::new();
+    fs::File::open(format!("/proc/{pid}/environ"))
+        .ok()?
+        .take(4 << 20)
+        .read_to_end(&mut env)
+        .ok()?;
+    let prefix = format!("{MARKER_VAR}=");
+    env.split(|b| *b == 0)
+        .find_map(|kv| kv.strip_prefix(prefix.as_bytes()))
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
 fn has_marker(pid: i32, marker: &str) -> bool {
-    let Ok(env) = fs::read(format!("/proc/{pid}/environ")) else {
-        return false;
-    };
-    let wanted = format!("{MARKER_VAR}={marker}");
-    env.split(|b| *b == 0).any(|kv| kv == wanted.as_bytes())
+    marker_of(pid).is_some_and(|m| m == marker)
+}
+
+/// Every live process that carries a desktop marker: (pid, uid, marker).
+pub fn all_marked() -> Vec<(i32, u32, String)> {
+    pids()
+        .into_iter()
+        .filter_map(|p| Some((p, owner(p)?, marker_of(p)?)))
+        .filter(|(p, _, _)| alive(*p))
+        .collect()
+}
+
+/// The marker an agent's argv names if it is a start in progress (`… node start …
+/// --marker M`).
+pub fn start_marker(argv: &[String]) -> Option<String> {
+    let start = argv.windows(2).any(|w| w[0] == "node" && w[1] == "start");
+    let marker = argv
+        .iter()
+        .position(|a| a == "--marker")
+        .and_then(|i| argv.get(i + 1))?;
+    start.then(|| marker.clone())
+}
+
+/// Starts in progress on this machine: (uid, marker) of each running `node start`.
+pub fn starting_agents() -> Vec<(u32, String)> {
+    pids()
+        .into_iter()
+        .filter_map(|p| {
+            let marker = start_marker(&cmdline(p)?)?;
+            alive(p).then_some(())?;
+            Some((owner(p)?, marker))
+        })
+        .collect()
 }
 
 /// Live processes owned by `uid` that carry the desktop's marker.
@@ -168,6 +212,21 @@ mod tests {
             parse_xvnc_argv(&argv("Xorg :0 -PasswordFile /x/.hpcdesk/desktops/p")),
             None
         );
+    }
+
+    #[test]
+    fn a_start_in_progress_is_told_by_its_argv() {
+        assert_eq!(
+            start_marker(&argv(
+                "/usr/bin/hpcdesk node start --node n --marker abc12 --xvnc X"
+            )),
+            Some("abc12".to_owned())
+        );
+        assert_eq!(
+            start_marker(&argv("/usr/bin/hpcdesk node stop --marker abc")),
+            None
+        );
+        assert_eq!(start_marker(&argv("hpcdesk node start --node n")), None);
     }
 
     #[test]

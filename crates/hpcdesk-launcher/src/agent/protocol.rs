@@ -48,13 +48,63 @@ pub struct Stopped {
     pub processes: usize,
 }
 
-/// One element of the reply of `node list`.
+/// One desktop in the reply of `node list`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LiveDesktop {
     pub user: String,
     pub display: u32,
     pub port: Option<u16>,
     pub pid: i32,
+    /// The session's marker the desktop carries (the token hpcdesk chose before launching
+    /// it), when its `HPCDESK_DESKTOP` could be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub marker: Option<String>,
+    /// Whether processes of the desktop other than its Xvnc run (its session was started):
+    /// a desktop whose agent died between Xvnc and the desktop command is not.
+    #[serde(default)]
+    pub complete: bool,
+}
+
+/// A start in progress on the node: an agent (`node start --marker …`) still running.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StartInProgress {
+    pub user: String,
+    pub marker: String,
+}
+
+/// Reply of `node list`: hpcdesk's desktops alive on the node, and starts in progress.
+/// (Agents before markers replied with the bare array of desktops; it still parses.)
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Listing {
+    pub desktops: Vec<LiveDesktop>,
+    pub starting: Vec<StartInProgress>,
+}
+
+impl<'de> Deserialize<'de> for Listing {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Full {
+            desktops: Vec<LiveDesktop>,
+            #[serde(default)]
+            starting: Vec<StartInProgress>,
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            Full(Full),
+            Bare(Vec<LiveDesktop>),
+        }
+        Ok(match Either::deserialize(d)? {
+            Either::Full(f) => Listing {
+                desktops: f.desktops,
+                starting: f.starting,
+            },
+            Either::Bare(desktops) => Listing {
+                desktops,
+                starting: Vec::new(),
+            },
+        })
+    }
 }
 
 /// Reply of `node probe`.

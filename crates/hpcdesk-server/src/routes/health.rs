@@ -1,5 +1,7 @@
-//! `GET /healthz`: liveness for load balancers and operators; `GET /openapi.json`: the API
-//! described (OpenAPI 3.1, `openapi.json` in this crate).
+//! `GET /healthz`: liveness for operators (always 200 while the process serves; says whether
+//! the store answers); `GET /readyz`: readiness for load balancers (503 with the reason
+//! while the store cannot be used, so traffic goes to an instance that can); `GET
+//! /openapi.json`: the API described (OpenAPI 3.1, `openapi.json` in this crate).
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -9,16 +11,62 @@ use hpcdesk_core::Envelope;
 use crate::error::envelope_response;
 use crate::state::AppState;
 
+/// How long a readiness check waits for the store.
+const STORE_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// `Ok` if the store answers within [`STORE_CHECK`], else why not (no secrets: the URL is
+/// never part of it).
+async fn store_status(app: &AppState) -> Result<(), String> {
+    match tokio::time::timeout(STORE_CHECK, app.store.ping()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "store check failed");
+            Err(if e.is_unavailable() {
+                "the database is unavailable".to_owned()
+            } else {
+                "the database answered with an error".to_owned()
+            })
+        }
+        Err(_) => Err(format!(
+            "the database did not answer within {}",
+            humantime::format_duration(STORE_CHECK)
+        )),
+    }
+}
+
 pub async fn health(State(app): State<AppState>) -> Response {
+    let store = store_status(&app).await;
     envelope_response(
         StatusCode::OK,
         &Envelope::success(serde_json::json!({
-            "status": "ok",
+            "status": if store.is_ok() { "ok" } else { "degraded" },
+            "store": store.err().unwrap_or_else(|| "ok".to_owned()),
             "version": env!("CARGO_PKG_VERSION"),
             "launcher": app.launcher.kind(),
             "clusterId": app.config.auth.cluster_id,
         })),
     )
+}
+
+/// `GET /readyz`: 200 when this instance can serve the API, 503 with the reason otherwise.
+pub async fn ready(State(app): State<AppState>) -> Response {
+    match store_status(&app).await {
+        Ok(()) => envelope_response(
+            StatusCode::OK,
+            &Envelope::success(serde_json::json!({"ready": true})),
+        ),
+        Err(why) => {
+            let mut r = envelope_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &Envelope::failure(hpcdesk_core::ApiCode::DesktopService, why),
+            );
+            r.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("5"),
+            );
+            r
+        }
+    }
 }
 
 /// The OpenAPI document of every endpoint.
@@ -54,6 +102,7 @@ mod tests {
             "/hpcdesk/v1/sweep",
             "/hpcdesk/v1/nodes",
             "/healthz",
+            "/readyz",
             "/metrics",
             "/openapi.json",
         ] {

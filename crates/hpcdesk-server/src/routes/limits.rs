@@ -1,61 +1,82 @@
-//! Size limits (10012): the total size of the request headers and of the body.
+//! Size and time limits on requests: the total size of the headers and of the body (10012),
+//! and the time the body may take to arrive (`limits.request_timeout`).
 //!
-//! A body is buffered only up to the limit. Past it, hpcdesk keeps reading and discarding up
-//! to [`DRAIN_CAP`] bytes (for at most [`DRAIN_TIME`]) before answering, so an ordinary client
-//! that is still sending gets to read the 10012 envelope instead of a reset connection;
-//! anything bigger is cut off. The connection is closed after a 10012.
+//! A body is buffered only up to the limit. Past it, hpcdesk keeps reading and throwing away
+//! what the client sends, up to [`DRAIN_CAP`] bytes and within the request's time limit,
+//! before it answers: a client that sends its whole body before it reads (Python's urllib,
+//! curl without `Expect`) then reads the 10012 envelope instead of a broken pipe. The
+//! connection is closed after the answer. A body that does not arrive in time is answered
+//! (HTTP 408, 10004) and its connection closed.
 
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
 
+use crate::conn::RequestSlot;
 use crate::error::ApiError;
 use crate::state::AppState;
 
-/// Most bytes read and thrown away after a body went over the limit.
-const DRAIN_CAP: usize = 1 << 20;
-/// Longest time spent throwing them away.
-const DRAIN_TIME: Duration = Duration::from_secs(2);
+/// Most bytes read and thrown away after a body went over the limit; a client sending more
+/// is cut off.
+const DRAIN_CAP: usize = 64 << 20;
 
-fn too_large(what: &str, limit: usize) -> Response {
-    let mut r =
-        ApiError::TooLarge(format!("request {what} is larger than {limit} bytes")).into_response();
+fn closing(mut r: Response) -> Response {
     r.headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
     r
 }
 
-/// Reads the body up to `limit` bytes; `None` if it is longer (the excess is drained).
-async fn read_limited(body: Body, limit: usize) -> Result<Option<Vec<u8>>, axum::Error> {
+fn too_large(what: &str, limit: usize) -> Response {
+    closing(ApiError::TooLarge(format!("request {what} larger than {limit} bytes")).into_response())
+}
+
+/// How reading a body ended.
+enum BodyRead {
+    Whole(Vec<u8>),
+    /// Over the limit (the rest was drained as far as allowed).
+    TooLarge,
+    /// Not complete within the time limit.
+    TooSlow,
+    Broken,
+}
+
+/// Reads the body up to `limit` bytes within `within`, draining any excess.
+async fn read_limited(body: Body, limit: usize, within: Duration) -> BodyRead {
     let mut body = body;
     let mut buf = Vec::new();
-    let mut seen = 0usize;
-    while let Some(frame) = body.frame().await {
-        let frame = frame?;
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        seen += data.len();
-        if seen > limit {
-            let _ = tokio::time::timeout(DRAIN_TIME, async {
+    let read = async {
+        let mut seen = 0usize;
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else {
+                return BodyRead::Broken;
+            };
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            seen += data.len();
+            if seen > limit {
                 while seen <= DRAIN_CAP {
                     match body.frame().await {
                         Some(Ok(f)) => seen += f.data_ref().map_or(0, |d| d.len()),
                         _ => break,
                     }
                 }
-            })
-            .await;
-            return Ok(None);
+                return BodyRead::TooLarge;
+            }
+            buf.extend_from_slice(&data);
         }
-        buf.extend_from_slice(&data);
+        BodyRead::Whole(Vec::new())
+    };
+    match tokio::time::timeout(within, read).await {
+        Ok(BodyRead::Whole(_)) => BodyRead::Whole(buf),
+        Ok(other) => other,
+        Err(_) => BodyRead::TooSlow,
     }
-    Ok(Some(buf))
 }
 
 pub async fn enforce(State(app): State<AppState>, req: Request, next: Next) -> Response {
@@ -65,18 +86,40 @@ pub async fn enforce(State(app): State<AppState>, req: Request, next: Next) -> R
         .iter()
         .map(|(k, v)| k.as_str().len() + v.len() + 4)
         .sum();
+    let slot = req.extensions().get::<RequestSlot>().cloned();
+    let done = || {
+        if let Some(s) = &slot {
+            s.done();
+        }
+    };
     if header_bytes > limits.max_header_bytes {
+        done();
         return too_large("headers are", limits.max_header_bytes);
     }
     let (parts, body) = req.into_parts();
-    match read_limited(body, limits.max_body_bytes).await {
-        Ok(Some(bytes)) => {
+    let within = limits.request_timeout.0;
+    let read = read_limited(body, limits.max_body_bytes, within).await;
+    done();
+    match read {
+        BodyRead::Whole(bytes) => {
             next.run(Request::from_parts(parts, Body::from(bytes)))
                 .await
         }
-        Ok(None) => too_large("body is", limits.max_body_bytes),
-        Err(_) => {
-            ApiError::InvalidParameter("the request body could not be read".into()).into_response()
+        BodyRead::TooLarge => too_large("body is", limits.max_body_bytes),
+        BodyRead::TooSlow => {
+            tracing::info!(path = %parts.uri.path(), "request body not received in time; closing");
+            let mut r = closing(
+                ApiError::InvalidParameter(format!(
+                    "the request body did not arrive within {}",
+                    humantime::format_duration(within)
+                ))
+                .into_response(),
+            );
+            *r.status_mut() = StatusCode::REQUEST_TIMEOUT;
+            r
         }
+        BodyRead::Broken => closing(
+            ApiError::InvalidParameter("the request body could not be read".into()).into_response(),
+        ),
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! - [`desktop`]: the four SCNet desktop endpoints under `/hpc/openapi/v2/desktop/vnc`.
 //! - [`tokens`]: the AC token and region endpoints (`/ac/openapi/v2/…`, `/api/user/v3/tokens`).
-//! - [`health`]: `GET /healthz`; `GET /metrics` is served by [`crate::metrics`].
+//! - [`health`]: `GET /healthz`, `GET /readyz`; `GET /metrics` is served by [`crate::metrics`].
 //! - [`extract`]: the API-version check, the authenticated caller, the session id path part.
 //! - [`limits`]: header and body size limits (10012).
 //! - [`vncws`]: the viewer's WebSocket (`/vncws`), handed to the gateway.
@@ -57,6 +57,7 @@ pub fn router(state: AppState) -> Router {
         .route("/ac/openapi/{version}/tokens/state", get(tokens::state))
         .route("/ac/openapi/{version}/center", get(tokens::center))
         .route("/healthz", get(health::health))
+        .route("/readyz", get(health::ready))
         .route("/metrics", get(crate::metrics::render))
         .route("/openapi.json", get(health::openapi))
         .route("/vncws", get(vncws::connect))

@@ -36,6 +36,10 @@ pub struct DesktopOpts {
     /// How long the desktop may take to become ready.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     timeout: Duration,
+    /// The session's marker (8-64 letters and digits), put on every process of the desktop
+    /// so that hpcdesk finds it again after a crash; random when not given.
+    #[arg(long)]
+    marker: Option<String>,
 }
 
 impl DesktopOpts {
@@ -55,6 +59,7 @@ impl DesktopOpts {
             display_max: self.display_max,
             listen,
             timeout: self.timeout,
+            marker: self.marker,
         })
     }
 }
