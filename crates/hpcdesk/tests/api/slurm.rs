@@ -73,11 +73,19 @@ fn slurm_app() -> TestApp {
 }
 
 /// hpcdesk jobs in the queue: (id, state).
+/// hpcdesk's jobs in the queue (named `hpcdesk-<session marker>`): (id, state).
 fn hpcdesk_jobs() -> Vec<(String, String)> {
-    let (_, out) = slurm("squeue", &["-h", "-n", "hpcdesk", "-o", "%i|%T"]);
+    let (_, out) = slurm("squeue", &["-h", "-o", "%i|%T|%j"]);
     out.lines()
-        .filter_map(|l| l.split_once('|'))
-        .map(|(a, b)| (a.trim().to_owned(), b.trim().to_owned()))
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split('|').map(str::trim).collect();
+            match f.as_slice() {
+                [id, state, name] if name.starts_with("hpcdesk-") => {
+                    Some(((*id).to_owned(), (*state).to_owned()))
+                }
+                _ => None,
+            }
+        })
         .collect()
 }
 
