@@ -118,6 +118,9 @@ impl Launcher for LocalLauncher {
 
     #[tracing::instrument(level = "debug", skip(self), fields(user = %req.compute_user))]
     async fn start(&self, req: StartRequest) -> Result<Launch, LaunchError> {
+        if let Some(d) = crate::agent::test_pause_at("launch") {
+            tokio::time::sleep(d).await;
+        }
         let mut stdin = req.password.clone();
         stdin.push(b'\n');
         let cmd = self

@@ -318,6 +318,9 @@ impl Launcher for SshLauncher {
 
     #[tracing::instrument(level = "debug", skip(self), fields(user = %req.compute_user))]
     async fn start(&self, req: StartRequest) -> Result<Launch, LaunchError> {
+        if let Some(d) = crate::agent::test_pause_at("launch") {
+            tokio::time::sleep(d).await;
+        }
         let user = req.compute_user.as_str();
         let probes = futures_util::future::join_all(
             self.cfg.nodes.iter().map(|n| self.probe(n, user, false)),

@@ -140,15 +140,17 @@ pub fn marker_token(value: &str) -> Option<&str> {
 /// Unset in production.
 pub const TEST_PAUSE_VAR: &str = "HPCDESK_TEST_START_PAUSE";
 
+/// How long to pause at `point`, if [`TEST_PAUSE_VAR`] asks for it.
+pub fn test_pause_at(point: &str) -> Option<Duration> {
+    let v = std::env::var(TEST_PAUSE_VAR).ok()?;
+    let (p, ms) = v.split_once(':')?;
+    let ms = ms.parse::<u64>().ok()?;
+    (p == point).then(|| Duration::from_millis(ms.min(60_000)))
+}
+
 fn test_pause(point: &str) {
-    let Ok(v) = std::env::var(TEST_PAUSE_VAR) else {
-        return;
-    };
-    if let Some((p, ms)) = v.split_once(':')
-        && p == point
-        && let Ok(ms) = ms.parse::<u64>()
-    {
-        std::thread::sleep(Duration::from_millis(ms.min(60_000)));
+    if let Some(d) = test_pause_at(point) {
+        std::thread::sleep(d);
     }
 }
 
@@ -270,6 +272,12 @@ pub fn start(args: &StartArgs, password: &[u8]) -> Result<StartedDesktop, AgentE
         if !display::is_free(d, port, listen_ip) {
             continue;
         }
+        // Another start of this account may be trying the same display right now: only the
+        // one holding its lock may touch its directory. Held until this agent exits (the X
+        // server's own lock guards the display from then on).
+        let Some(_claim) = claim_display(&root, &args.node, d) else {
+            continue;
+        };
         match try_display(args, &me, d, port, password, &desktop, deadline) {
             Ok(started) => return Ok(started),
             Err(Attempt::Taken) => continue,
@@ -286,6 +294,21 @@ pub fn start(args: &StartArgs, password: &[u8]) -> Result<StartedDesktop, AgentE
             args.display_min, args.display_max, args.node
         ),
     ))
+}
+
+/// Takes this account's lock on `display` of `node` (`<root>/.{node}-{display}.lock`), or
+/// `None` if another of its starts holds it.
+fn claim_display(root: &Path, node: &str, display: u32) -> Option<nix::fcntl::Flock<fs::File>> {
+    let path = root.join(format!(".{node}-{display}.lock"));
+    let file = fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .ok()?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock).ok()
 }
 
 enum Attempt {

@@ -280,6 +280,42 @@ reconcile_every = "{reconcile}"
         }
     }
 
+    /// Kills the server with SIGKILL, as a crash would: nothing of it runs its shutdown, and
+    /// what it started (agents, desktops) stays.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// The server's pid, while it runs.
+    #[allow(dead_code)]
+    pub fn pid(&self) -> Option<i32> {
+        self.child.as_ref().map(|c| c.id() as i32)
+    }
+
+    /// Sets (or with `None` removes) an environment variable of the server from its next
+    /// start on.
+    pub fn set_env(&mut self, key: &str, value: Option<&str>) {
+        self.env.retain(|(k, _)| k != key);
+        if let Some(v) = value {
+            self.env.push((key.to_owned(), v.to_owned()));
+        }
+    }
+
+    /// The display of every live Xvnc of this app's node.
+    pub fn xvnc_displays(&self) -> Vec<u64> {
+        self.xvnc_pids()
+            .into_iter()
+            .filter_map(|p| {
+                cmdline(p)
+                    .iter()
+                    .find_map(|a| a.strip_prefix(':')?.parse::<u64>().ok())
+            })
+            .collect()
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -370,6 +406,19 @@ reconcile_every = "{reconcile}"
                     && !zombie(*p)
             })
             .collect()
+    }
+
+    /// Live processes of this node's desktops other than their Xvnc (their desktop command).
+    pub fn desktop_processes(&self) -> usize {
+        let prefix = format!("HPCDESK_DESKTOP={}-", self.node);
+        procs()
+            .into_iter()
+            .filter(|p| {
+                !zombie(*p)
+                    && !cmdline(*p).first().is_some_and(|a| a.contains("Xvnc"))
+                    && environ(*p).iter().any(|kv| kv.starts_with(&prefix))
+            })
+            .count()
     }
 
     /// Live processes of one desktop of this node (by its marker variable).

@@ -4,6 +4,7 @@
 mod accounts;
 mod browser;
 mod cli;
+mod crash;
 mod desktop;
 mod errors;
 mod gateway;
