@@ -10,6 +10,8 @@ set -euo pipefail
 
 DIR=${HPCDESK_NODES_DIR:-/var/tmp/hpcdesk-nodes}
 TUSER=${HPCDESK_TEST_USER:-hdtest}
+# hdflood: an account whose shell start-up files the tests make misbehave.
+TUSERS="$TUSER hdflood"
 action=${1:-up}
 shift || true
 nodes=("$@")
@@ -22,8 +24,10 @@ keys() {
   chmod 755 "$DIR" "$DIR/ssh" "$DIR/ssh/keys"
   [ -f "$DIR/ssh/host_ed25519" ] || ssh-keygen -q -t ed25519 -N '' -f "$DIR/ssh/host_ed25519"
   [ -f "$DIR/ssh/client_ed25519" ] || ssh-keygen -q -t ed25519 -N '' -f "$DIR/ssh/client_ed25519"
-  cp "$DIR/ssh/client_ed25519.pub" "$DIR/ssh/keys/$TUSER"
-  chmod 644 "$DIR/ssh/keys/$TUSER"
+  for u in $TUSERS; do
+    cp "$DIR/ssh/client_ed25519.pub" "$DIR/ssh/keys/$u"
+    chmod 644 "$DIR/ssh/keys/$u"
+  done
   : >"$DIR/ssh/known_hosts"
   for n in vnode1 vnode2; do
     echo "10.213.$(index "$n").2 $(cut -d' ' -f1,2 "$DIR/ssh/host_ed25519.pub")" >>"$DIR/ssh/known_hosts"
@@ -60,7 +64,7 @@ PasswordAuthentication no
 KbdInteractiveAuthentication no
 UsePAM yes
 PermitRootLogin no
-AllowUsers $TUSER
+AllowUsers $TUSERS
 X11Forwarding no
 MaxSessions 32
 LogLevel VERBOSE

@@ -186,7 +186,18 @@ impl SshLauncher {
 
     /// `ssh … user@node -- '<agent>' <args…>`, each word shell-quoted.
     fn ssh(&self, node: &NodeSpec, user: &str, agent_args: Vec<String>) -> Cmd {
-        let remote = shell_words::join(std::iter::once(self.cfg.agent.clone()).chain(agent_args));
+        // Test runs only: the pause inside a start reaches the agent through `env`
+        // (multiplexed ssh sessions do not pass SetEnv on).
+        let pause = std::env::var(crate::agent::TEST_PAUSE_VAR)
+            .ok()
+            .map(|v| vec!["env".to_owned(), format!("{}={v}", crate::agent::TEST_PAUSE_VAR)])
+            .unwrap_or_default();
+        let remote = shell_words::join(
+            pause
+                .into_iter()
+                .chain(std::iter::once(self.cfg.agent.clone()))
+                .chain(agent_args),
+        );
         let secs = self.cfg.connect_timeout.as_secs().max(1);
         let mut cmd = Cmd::new(&self.cfg.ssh);
         if let Some(f) = &self.cfg.config_file {
@@ -200,8 +211,7 @@ impl SshLauncher {
                 .arg("-o")
                 .arg(format!("UserKnownHostsFile={}", k.display()));
         }
-        cmd = cmd
-            .args(["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes"])
+        cmd.args(["-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes"])
             .arg("-o")
             .arg(format!("ConnectTimeout={secs}"))
             .args(["-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=2"])
@@ -213,14 +223,8 @@ impl SshLauncher {
                 "ControlPersist={}",
                 self.cfg.control_persist.as_secs().max(1)
             ))
-            .args(["-o", "LogLevel=ERROR"]);
-        if let Ok(v) = std::env::var(crate::agent::TEST_PAUSE_VAR) {
-            // Test runs only (the nodes' sshd must AcceptEnv it).
-            cmd = cmd
-                .arg("-o")
-                .arg(format!("SetEnv={}={v}", crate::agent::TEST_PAUSE_VAR));
-        }
-        cmd.arg("-p")
+            .args(["-o", "LogLevel=ERROR"])
+            .arg("-p")
             .arg(node.ssh_port.to_string())
             .arg("-l")
             .arg(user)

@@ -23,6 +23,40 @@ const IN_FLIGHT: usize = 20;
 const ANSWERED: usize = 2;
 const RECONCILE: Duration = Duration::from_secs(2);
 
+/// Where a crash round runs: how to start the server, and the nodes its desktops run on.
+pub struct Rig<'a> {
+    pub spawn: &'a dyn Fn() -> TestApp,
+    /// Node names (as in desktop directories and the agent's `--node`); `None`: the app's.
+    pub nodes: Option<Vec<String>>,
+    pub in_flight: usize,
+}
+
+impl Rig<'_> {
+    fn nodes(&self, app: &TestApp) -> Vec<String> {
+        self.nodes.clone().unwrap_or_else(|| vec![app.node.clone()])
+    }
+}
+
+/// (node, display) of every live hpcdesk Xvnc of `nodes`.
+pub fn desktops_on(nodes: &[String]) -> Vec<(String, u64)> {
+    procs()
+        .into_iter()
+        .filter(|p| !zombie(*p))
+        .filter_map(|p| {
+            let argv = cmdline(p);
+            if !argv.first().is_some_and(|a| a.contains("Xvnc")) {
+                return None;
+            }
+            argv.iter().find_map(|a| {
+                let dir = a.split("/.hpcdesk/desktops/").nth(1)?.split('/').next()?;
+                let (node, d) = dir.rsplit_once('-')?;
+                let d: u64 = d.parse().ok()?;
+                nodes.iter().any(|n| n == node).then(|| (node.to_owned(), d))
+            })
+        })
+        .collect()
+}
+
 fn admin_token() -> String {
     token_with("crash-admin", &compute_user(), |c| c.role = "9".into())
 }
@@ -41,8 +75,8 @@ fn try_create(base: &str, token: &str) -> Option<Value> {
     resp.json().ok()
 }
 
-/// Live `hpcdesk node start` agents of this app's node.
-fn agents(app: &TestApp) -> usize {
+/// Live `hpcdesk node start` agents for `nodes`.
+pub fn agents(nodes: &[String]) -> usize {
     procs()
         .into_iter()
         .filter(|p| {
@@ -51,25 +85,28 @@ fn agents(app: &TestApp) -> usize {
                 && argv.windows(2).any(|w| w[0] == "node" && w[1] == "start")
                 && argv
                     .windows(2)
-                    .any(|w| w[0] == "--node" && w[1] == app.node)
+                    .any(|w| w[0] == "--node" && nodes.contains(&w[1]))
         })
         .count()
 }
 
 /// Whether the node is settled: every listed session is running with exactly one Xvnc on
 /// its display, and no other Xvnc runs; or what is not settled yet.
-fn settled(app: &TestApp) -> Result<(), String> {
+fn settled(app: &TestApp, nodes: &[String]) -> Result<(), String> {
     let (_, v) = app.call("GET", "/hpc/openapi/v2/desktop/vnc", Some(&admin_token()));
     let sessions = v["data"].as_array().cloned().unwrap_or_default();
-    let displays = app.xvnc_displays();
+    let displays = desktops_on(nodes);
     for s in &sessions {
         if s["status"] != "running" {
             return Err(format!("not running: {s}"));
         }
-        let d = s["displayNumber"].as_u64().unwrap();
-        let n = displays.iter().filter(|x| **x == d).count();
+        let at = (
+            s["hostName"].as_str().unwrap().to_owned(),
+            s["displayNumber"].as_u64().unwrap(),
+        );
+        let n = displays.iter().filter(|x| **x == at).count();
         if n != 1 {
-            return Err(format!("{n} Xvnc on display :{d} of {s}"));
+            return Err(format!("{n} Xvnc on {at:?} of {s}"));
         }
     }
     if displays.len() != sessions.len() {
@@ -106,13 +143,20 @@ fn creates_in_threads(app: &TestApp, users: &[String]) -> mpsc::Receiver<(String
     rx
 }
 
+/// What the crash sees of the node(s) when `kill_when` is asked.
+pub struct Seen {
+    pub after: Duration,
+    pub agents: usize,
+    pub xvnc: usize,
+    pub desktops: usize,
+}
+
 /// One crash: `pause` holds every start at one point (`point:ms`), `kill_when` says when the
 /// starts have got there.
-fn crash_round(name: &str, pause: Option<&str>, kill_when: impl Fn(&TestApp, Duration) -> bool) {
-    let mut app = TestApp::spawn_with(Options {
-        reconcile_every: "2s",
-        ..Options::default()
-    });
+pub fn crash_round(rig: &Rig, name: &str, pause: Option<&str>, kill_when: impl Fn(&Seen) -> bool) {
+    let mut app = (rig.spawn)();
+    let nodes = rig.nodes(&app);
+    let in_flight = rig.in_flight;
     let answered: Vec<String> = (0..ANSWERED).map(|i| format!("{name}-a{i}")).collect();
     let rx = creates_in_threads(&app, &answered);
     let mut before = HashMap::new();
@@ -127,18 +171,23 @@ fn crash_round(name: &str, pause: Option<&str>, kill_when: impl Fn(&TestApp, Dur
     app.stop();
     app.set_env("HPCDESK_TEST_START_PAUSE", pause);
     app.start();
-    let users: Vec<String> = (0..IN_FLIGHT).map(|i| format!("{name}-u{i}")).collect();
+    let users: Vec<String> = (0..in_flight).map(|i| format!("{name}-u{i}")).collect();
     let rx = creates_in_threads(&app, &users);
     let sent = Instant::now();
-    while !kill_when(&app, sent.elapsed()) && sent.elapsed() < Duration::from_secs(20) {
+    let seen = || Seen {
+        after: sent.elapsed(),
+        agents: agents(&nodes),
+        xvnc: desktops_on(&nodes).len(),
+        desktops: desktop_processes(&nodes),
+    };
+    while !kill_when(&seen()) && sent.elapsed() < Duration::from_secs(20) {
         std::thread::sleep(Duration::from_millis(10));
     }
     app.kill9();
+    let at_kill = seen();
     eprintln!(
         "{name}: killed {:?} after the creates, {} agents running, {} Xvnc",
-        sent.elapsed(),
-        agents(&app),
-        app.xvnc_pids().len()
+        at_kill.after, at_kill.agents, at_kill.xvnc
     );
     let mut answered_in_burst = HashMap::new();
     for _ in &users {
@@ -158,11 +207,11 @@ fn crash_round(name: &str, pause: Option<&str>, kill_when: impl Fn(&TestApp, Dur
     let mut done = restarted;
     let mut last = Err(String::new());
     while Instant::now() < done + 2 * RECONCILE + Duration::from_millis(300) {
-        if agents(&app) > 0 {
+        if agents(&nodes) > 0 {
             done = Instant::now();
         }
-        last = settled(&app);
-        if last.is_ok() && agents(&app) == 0 {
+        last = settled(&app, &nodes);
+        if last.is_ok() && agents(&nodes) == 0 {
             break;
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -195,7 +244,7 @@ fn crash_round(name: &str, pause: Option<&str>, kill_when: impl Fn(&TestApp, Dur
         .filter(|u| session_of(&app, u).is_some())
         .count();
     eprintln!(
-        "{name}: {} answered before the kill, {adopted} of {IN_FLIGHT} interrupted users have a \
+        "{name}: {} answered before the kill, {adopted} of {in_flight} interrupted users have a \
          desktop after the restart",
         answered_in_burst.len()
     );
@@ -209,8 +258,8 @@ fn crash_round(name: &str, pause: Option<&str>, kill_when: impl Fn(&TestApp, Dur
         assert_eq!(v["code"], "0", "{name}: {u}'s next create: {v}");
         assert_eq!(v["data"]["status"], "running", "{v}");
     }
-    settled(&app).unwrap_or_else(|e| panic!("{name}: after the next creates: {e}"));
-    assert_eq!(app.xvnc_pids().len(), everyone.len(), "one Xvnc per user");
+    settled(&app, &nodes).unwrap_or_else(|e| panic!("{name}: after the next creates: {e}"));
+    assert_eq!(desktops_on(&nodes).len(), everyone.len(), "one Xvnc per user");
     let mut ids = Vec::new();
     for u in &everyone {
         let (id, _) = session_of(&app, u).expect("a session");
@@ -220,9 +269,25 @@ fn crash_round(name: &str, pause: Option<&str>, kill_when: impl Fn(&TestApp, Dur
         assert_eq!(app.delete(&app.token(&u), &id)["code"], "0");
     }
     assert!(
-        eventually(Duration::from_secs(10), || app.xvnc_pids().is_empty()),
+        eventually(Duration::from_secs(10), || desktops_on(&nodes).is_empty()),
         "{name}: desktops left after deleting them all"
     );
+}
+
+/// Live processes of desktops on `nodes` other than their Xvnc (their desktop command).
+fn desktop_processes(nodes: &[String]) -> usize {
+    procs()
+        .into_iter()
+        .filter(|p| {
+            !zombie(*p)
+                && !cmdline(*p).first().is_some_and(|a| a.contains("Xvnc"))
+                && environ(*p).iter().any(|kv| {
+                    kv.strip_prefix("HPCDESK_DESKTOP=").is_some_and(|v| {
+                        nodes.iter().any(|n| v.starts_with(&format!("{n}-")))
+                    })
+                })
+        })
+        .count()
 }
 
 /// The crash rounds run one after another: each starts twenty desktops at once, and two
@@ -232,18 +297,31 @@ fn a_crash_during_many_creates_loses_and_leaks_nothing() {
     if !real_parts("crash") {
         return;
     }
-    let total = IN_FLIGHT + ANSWERED;
-    crash_round("anywhere", None, |app, _| {
-        app.xvnc_pids().len() > ANSWERED + 5
+    let spawn = || {
+        TestApp::spawn_with(Options {
+            reconcile_every: "2s",
+            ..Options::default()
+        })
+    };
+    let rig = Rig {
+        spawn: &spawn,
+        nodes: None,
+        in_flight: IN_FLIGHT,
+    };
+    every_point(&rig);
+}
+
+/// Crash rounds at every point of a start.
+pub fn every_point(rig: &Rig) {
+    let total = rig.in_flight + ANSWERED;
+    let n = rig.in_flight;
+    crash_round(rig, "anywhere", None, |s| s.xvnc > ANSWERED + n / 4);
+    crash_round(rig, "launch", Some("launch:3000"), |s| {
+        s.after > Duration::from_millis(700)
     });
-    crash_round("launch", Some("launch:3000"), |_, t| {
-        t > Duration::from_millis(700)
-    });
-    crash_round("xvnc", Some("xvnc:3000"), |app, _| agents(app) >= IN_FLIGHT);
-    crash_round("desktop", Some("desktop:3000"), |app, _| {
-        app.xvnc_pids().len() >= total
-    });
-    crash_round("reply", Some("reply:3000"), |app, _| {
-        app.xvnc_pids().len() >= total && app.desktop_processes() >= total
+    crash_round(rig, "xvnc", Some("xvnc:3000"), |s| s.agents >= n);
+    crash_round(rig, "desktop", Some("desktop:3000"), |s| s.xvnc >= total);
+    crash_round(rig, "reply", Some("reply:3000"), |s| {
+        s.xvnc >= total && s.desktops >= total
     });
 }

@@ -304,18 +304,6 @@ reconcile_every = "{reconcile}"
         }
     }
 
-    /// The display of every live Xvnc of this app's node.
-    pub fn xvnc_displays(&self) -> Vec<u64> {
-        self.xvnc_pids()
-            .into_iter()
-            .filter_map(|p| {
-                cmdline(p)
-                    .iter()
-                    .find_map(|a| a.strip_prefix(':')?.parse::<u64>().ok())
-            })
-            .collect()
-    }
-
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -408,19 +396,6 @@ reconcile_every = "{reconcile}"
             .collect()
     }
 
-    /// Live processes of this node's desktops other than their Xvnc (their desktop command).
-    pub fn desktop_processes(&self) -> usize {
-        let prefix = format!("HPCDESK_DESKTOP={}-", self.node);
-        procs()
-            .into_iter()
-            .filter(|p| {
-                !zombie(*p)
-                    && !cmdline(*p).first().is_some_and(|a| a.contains("Xvnc"))
-                    && environ(*p).iter().any(|kv| kv.starts_with(&prefix))
-            })
-            .count()
-    }
-
     /// Live processes of one desktop of this node (by its marker variable).
     pub fn desktop_pids(&self, display: u64) -> Vec<i32> {
         let prefix = format!("HPCDESK_DESKTOP={}-{display}-", self.node);
@@ -484,7 +459,7 @@ pub fn cmdline(pid: i32) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn environ(pid: i32) -> Vec<String> {
+pub fn environ(pid: i32) -> Vec<String> {
     std::fs::read(format!("/proc/{pid}/environ"))
         .map(|b| {
             b.split(|c| *c == 0)

@@ -88,6 +88,10 @@ impl Drop for Exclusive {
 }
 
 fn ssh_app() -> TestApp {
+    ssh_app_with(Options::default())
+}
+
+fn ssh_app_with(opts: Options) -> TestApp {
     let dir = nodes_dir();
     let mut extra = format!(
         "[launcher.ssh]\nagent = \"{}\"\nidentity = \"{}\"\nknown_hosts = \"{}\"\nconnect_timeout = \"3s\"\nprobe_cache = \"1s\"\n",
@@ -103,7 +107,7 @@ fn ssh_app() -> TestApp {
     TestApp::spawn_with(Options {
         launcher_toml: "kind = \"ssh\"".into(),
         extra_toml: extra,
-        ..Options::default()
+        ..opts
     })
 }
 
@@ -245,4 +249,26 @@ fn a_stopped_node_gets_no_desktops_and_no_node_at_all_is_815201() {
     assert!(reason.contains("unreachable"), "{reason}");
     // It can still be deleted.
     assert_eq!(app.delete(&tc, &id_c)["code"], "0");
+}
+
+/// `kill -9` of hpcdesk while desktops are being started on the nodes, at each point of a
+/// start: afterwards every user has one desktop on a node or none, and no Xvnc is left on a
+/// node that no session owns.
+#[test]
+fn a_crash_during_creates_leaves_no_orphan_desktop_on_the_nodes() {
+    let Some(_x) = ssh_parts("ssh crash") else {
+        return;
+    };
+    let spawn = || {
+        ssh_app_with(Options {
+            reconcile_every: "2s",
+            ..Options::default()
+        })
+    };
+    let rig = crate::crash::Rig {
+        spawn: &spawn,
+        nodes: Some(NODES.iter().map(|(n, _)| (*n).to_owned()).collect()),
+        in_flight: 8,
+    };
+    crate::crash::every_point(&rig);
 }
