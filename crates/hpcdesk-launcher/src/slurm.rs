@@ -276,6 +276,9 @@ impl Launcher for SlurmLauncher {
 
     #[tracing::instrument(level = "debug", skip(self), fields(user = %req.compute_user))]
     async fn start(&self, req: StartRequest) -> Result<Launch, LaunchError> {
+        if let Some(d) = crate::agent::test_pause_at("launch") {
+            tokio::time::sleep(d).await;
+        }
         let user = req.compute_user.as_str();
         // The job directory and the job's name carry the session's marker, stored before
         // this call: a crash before the job id is recorded loses nothing.
@@ -323,6 +326,9 @@ impl Launcher for SlurmLauncher {
             .and_then(|j| j.parse().ok())
             .ok_or_else(|| LaunchError::Desktop(format!("sbatch said {:?}", out.trim())))?;
         tracing::info!(user, job, "desktop submitted to Slurm");
+        if let Some(d) = crate::agent::test_pause_at("submitted") {
+            tokio::time::sleep(d).await;
+        }
         Ok(Launch::Queued(Queued {
             session_id: self.session_id(&req.compute_user, job),
             handle: serde_json::to_string(&Handle {

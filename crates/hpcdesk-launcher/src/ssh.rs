@@ -190,7 +190,12 @@ impl SshLauncher {
         // (multiplexed ssh sessions do not pass SetEnv on).
         let pause = std::env::var(crate::agent::TEST_PAUSE_VAR)
             .ok()
-            .map(|v| vec!["env".to_owned(), format!("{}={v}", crate::agent::TEST_PAUSE_VAR)])
+            .map(|v| {
+                vec![
+                    "env".to_owned(),
+                    format!("{}={v}", crate::agent::TEST_PAUSE_VAR),
+                ]
+            })
             .unwrap_or_default();
         let remote = shell_words::join(
             pause

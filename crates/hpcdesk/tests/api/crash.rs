@@ -51,7 +51,10 @@ pub fn desktops_on(nodes: &[String]) -> Vec<(String, u64)> {
                 let dir = a.split("/.hpcdesk/desktops/").nth(1)?.split('/').next()?;
                 let (node, d) = dir.rsplit_once('-')?;
                 let d: u64 = d.parse().ok()?;
-                nodes.iter().any(|n| n == node).then(|| (node.to_owned(), d))
+                nodes
+                    .iter()
+                    .any(|n| n == node)
+                    .then(|| (node.to_owned(), d))
             })
         })
         .collect()
@@ -259,7 +262,11 @@ pub fn crash_round(rig: &Rig, name: &str, pause: Option<&str>, kill_when: impl F
         assert_eq!(v["data"]["status"], "running", "{v}");
     }
     settled(&app, &nodes).unwrap_or_else(|e| panic!("{name}: after the next creates: {e}"));
-    assert_eq!(desktops_on(&nodes).len(), everyone.len(), "one Xvnc per user");
+    assert_eq!(
+        desktops_on(&nodes).len(),
+        everyone.len(),
+        "one Xvnc per user"
+    );
     let mut ids = Vec::new();
     for u in &everyone {
         let (id, _) = session_of(&app, u).expect("a session");
@@ -282,9 +289,8 @@ fn desktop_processes(nodes: &[String]) -> usize {
             !zombie(*p)
                 && !cmdline(*p).first().is_some_and(|a| a.contains("Xvnc"))
                 && environ(*p).iter().any(|kv| {
-                    kv.strip_prefix("HPCDESK_DESKTOP=").is_some_and(|v| {
-                        nodes.iter().any(|n| v.starts_with(&format!("{n}-")))
-                    })
+                    kv.strip_prefix("HPCDESK_DESKTOP=")
+                        .is_some_and(|v| nodes.iter().any(|n| v.starts_with(&format!("{n}-"))))
                 })
         })
         .count()

@@ -61,10 +61,15 @@ fn exclusive() -> std::sync::MutexGuard<'static, ()> {
 }
 
 fn slurm_app() -> TestApp {
+    slurm_app_with("")
+}
+
+/// A slurm app with more `[launcher.slurm]` keys.
+fn slurm_app_with(slurm_toml: &str) -> TestApp {
     TestApp::spawn_with(Options {
         launcher_toml: "kind = \"slurm\"".into(),
         extra_toml: format!(
-            "[launcher.slurm]\nagent = \"{}\"\nlisten = \"localhost\"\ntime_limit = \"10:00\"\n",
+            "[launcher.slurm]\nagent = \"{}\"\nlisten = \"localhost\"\ntime_limit = \"10:00\"\n{slurm_toml}\n",
             agent_binary().display()
         ),
         env: vec![("SLURM_CONF".into(), slurm_conf().display().to_string())],
@@ -240,4 +245,242 @@ fn a_job_cancelled_outside_hpcdesk_leaves_its_session_stopped_with_the_reason() 
     // The ended session goes away when deleted.
     assert_eq!(app.delete(&token, &id)["code"], "0");
     assert!(app.list(&token).is_empty());
+}
+
+/// `sbatch` that takes its time, as on a busy controller: hpcdesk dies while it runs, and the
+/// job is submitted after the restart found nothing.
+fn slow_sbatch() -> PathBuf {
+    let dir = agent_binary().parent().unwrap().to_owned();
+    let path = dir.join("slow-sbatch");
+    let sbatch = ["/usr/bin/sbatch", "/usr/local/bin/sbatch"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .unwrap_or("sbatch");
+    std::fs::write(&path, format!("#!/bin/sh\nsleep 3\nexec {sbatch} \"$@\"\n")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// One crash of hpcdesk while two users' desktops are being submitted. Afterwards each user
+/// has a live session with its one job (and once it runs, its one Xvnc) or no session and
+/// no job; their next create works; deleting everything leaves no job and no Xvnc.
+fn slurm_crash(name: &str, slurm_toml: &str, pause: Option<&str>, kill_after: Duration) {
+    let mut app = slurm_app_with(slurm_toml);
+    app.stop();
+    app.set_env("HPCDESK_TEST_START_PAUSE", pause);
+    app.start();
+    let users = [format!("{name}-1"), format!("{name}-2")];
+    let threads: Vec<_> = users
+        .iter()
+        .map(|u| {
+            let (base, token) = (app.base.clone(), app.token(u));
+            std::thread::spawn(move || {
+                reqwest::blocking::Client::new()
+                    .put(format!("{base}/hpc/openapi/v2/desktop/vnc"))
+                    .header("token", token)
+                    .send()
+                    .ok()
+                    .and_then(|r| r.json::<serde_json::Value>().ok())
+            })
+        })
+        .collect();
+    std::thread::sleep(kill_after);
+    app.kill9();
+    let answers: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    eprintln!(
+        "{name}: killed; answers {answers:?}; jobs {:?}",
+        hpcdesk_jobs()
+    );
+    app.set_env("HPCDESK_TEST_START_PAUSE", None);
+    app.start();
+    // An sbatch still running submits its job after the restart looked: wait until it has,
+    // and see the jobs arrive.
+    let mut seen = hpcdesk_jobs().len();
+    let mut waited = false;
+    while procs()
+        .into_iter()
+        .any(|p| !zombie(p) && cmdline(p).iter().any(|a| a.ends_with("slow-sbatch")))
+    {
+        waited = true;
+        seen = seen.max(hpcdesk_jobs().len());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if waited {
+        for _ in 0..50 {
+            seen = seen.max(hpcdesk_jobs().len());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(seen > 0, "{name}: the late sbatch submitted no job");
+        eprintln!("{name}: {seen} jobs submitted after the restart");
+    }
+
+    // Settled: one job per live session, none otherwise (a late job is cancelled after the
+    // grace period), and the sessions whose job runs have their desktop.
+    let admin = token_with("slurm-admin", &compute_user(), |c| c.role = "9".into());
+    let mut last = String::new();
+    let ok = eventually(Duration::from_secs(30), || {
+        let listed = app.list(&admin);
+        let jobs = hpcdesk_jobs();
+        let live: Vec<_> = listed
+            .iter()
+            .filter(|s| ["pending", "starting", "running"].contains(&s["status"].as_str().unwrap()))
+            .collect();
+        let running = live.iter().filter(|s| s["status"] == "running").count();
+        last = format!("sessions {listed:?}, jobs {jobs:?}, Xvnc {}", job_xvnc());
+        listed.len() == live.len()
+            && jobs.len() == live.len()
+            && jobs.iter().all(|(_, st)| st == "RUNNING")
+            && running == live.len()
+            && job_xvnc() == running
+    });
+    assert!(ok, "{name}: not settled: {last}\n{}", app.log_text());
+    eprintln!("{name}: settled: {last}");
+
+    let mut ids = Vec::new();
+    for u in &users {
+        let token = app.token(u);
+        let v = app.create(&token);
+        assert_eq!(v["code"], "0", "{name}: {u}'s next create: {v}");
+        ids.push((
+            token.clone(),
+            running(&app, &token)["sessionId"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        ));
+    }
+    assert_eq!(hpcdesk_jobs().len(), users.len(), "one job per user");
+    for (token, id) in ids {
+        assert_eq!(app.delete(&token, &id)["code"], "0");
+    }
+    assert!(
+        eventually(Duration::from_secs(15), || hpcdesk_jobs().is_empty()
+            && job_xvnc() == 0),
+        "{name}: jobs or desktops left: {:?}, {}",
+        hpcdesk_jobs(),
+        job_xvnc()
+    );
+}
+
+#[test]
+fn a_crash_while_desktops_are_submitted_leaves_no_orphan_job_or_desktop() {
+    if !slurm_parts("slurm crash") {
+        return;
+    }
+    let _x = exclusive();
+    // Before anything was submitted: nothing to adopt, nothing left.
+    slurm_crash(
+        "sl-launch",
+        "orphan_grace = \"1s\"",
+        Some("launch:3000"),
+        Duration::from_millis(700),
+    );
+    // Submitted, the job id not recorded yet: the job is found by its name and adopted.
+    slurm_crash(
+        "sl-sub",
+        "orphan_grace = \"1s\"",
+        Some("submitted:3000"),
+        Duration::from_millis(1500),
+    );
+    // Killed while sbatch runs: the restart finds no job and ends the session (and removes
+    // its job directory); the job that appears later finds no password and fails, or, if it
+    // runs, carries the marker of an ended session and is cancelled after the grace period.
+    let slow = format!(
+        "orphan_grace = \"1s\"\nsbatch = \"{}\"",
+        slow_sbatch().display()
+    );
+    slurm_crash("sl-late", &slow, None, Duration::from_millis(1500));
+}
+
+/// The marker of a running desktop of `display`, from its Xvnc's environment.
+fn marker_of_display(display: u64) -> String {
+    for p in procs() {
+        let argv = cmdline(p);
+        if !zombie(p)
+            && argv.first().is_some_and(|a| a.contains("Xvnc"))
+            && argv.iter().any(|a| a == &format!(":{display}"))
+            && let Some(v) = environ(p)
+                .iter()
+                .find_map(|kv| kv.strip_prefix("HPCDESK_DESKTOP=").map(str::to_owned))
+        {
+            return v.rsplit_once('-').unwrap().1.to_owned();
+        }
+    }
+    panic!("no Xvnc on :{display}");
+}
+
+fn sbatch_as(user: &str, name: &str) -> String {
+    let out = Command::new("runuser")
+        .args(["-u", user, "--", "sbatch", "--parsable", "--job-name", name])
+        .args(["--output", "/dev/null", "--wrap", "sleep 600"])
+        .env("SLURM_CONF", slurm_conf())
+        .current_dir("/")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn job_state(job: &str) -> Option<String> {
+    let (_, out) = slurm("squeue", &["-h", "-j", job, "-o", "%T"]);
+    let s = out.trim();
+    (!s.is_empty() && !s.contains("Invalid")).then(|| s.to_owned())
+}
+
+/// A job named after the marker of a session that has ended, run by that session's account,
+/// is hpcdesk's (a crash between sbatch and recording it): reconcile cancels it once it has
+/// been in the queue for `orphan_grace`. Jobs that only look like hpcdesk's are left alone:
+/// one whose marker no session has, and one run by another account with a real marker.
+#[test]
+fn a_job_of_an_ended_session_is_cancelled_after_the_grace_period_and_no_other() {
+    if !slurm_parts("slurm orphan job") {
+        return;
+    }
+    let _x = exclusive();
+    let app = slurm_app_with("orphan_grace = \"3s\"");
+    let token = app.token("slurm-orphan");
+    assert_eq!(app.create(&token)["code"], "0");
+    let s = running(&app, &token);
+    let marker = marker_of_display(s["displayNumber"].as_u64().unwrap());
+    let id = s["sessionId"].as_str().unwrap().to_owned();
+    assert_eq!(app.delete(&token, &id)["code"], "0");
+    assert!(eventually(Duration::from_secs(15), || hpcdesk_jobs().is_empty()));
+
+    let ours = sbatch_as(&compute_user(), &format!("hpcdesk-{marker}"));
+    let unknown = sbatch_as(&compute_user(), "hpcdesk-0123456789abcdef0123456789abcdef");
+    let other_user = sbatch_as("test_1215", &format!("hpcdesk-{marker}"));
+    let submitted = std::time::Instant::now();
+    // Not before the grace period…
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        job_state(&ours).is_some(),
+        "cancelled before the grace period"
+    );
+    // …but soon after it.
+    assert!(
+        eventually(Duration::from_secs(10), || job_state(&ours).is_none()),
+        "the orphan job {ours} was not cancelled\n{}",
+        app.log_text()
+    );
+    eprintln!(
+        "orphan job cancelled {:?} after it was submitted",
+        submitted.elapsed()
+    );
+    assert!(submitted.elapsed() >= Duration::from_secs(3));
+    // The look-alikes are untouched.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        job_state(&unknown).is_some(),
+        "a job no session owns was cancelled"
+    );
+    assert!(
+        job_state(&other_user).is_some(),
+        "another account's job was cancelled"
+    );
+    let _ = slurm("scancel", &[&unknown, &other_user]);
 }
