@@ -22,7 +22,7 @@ pub type PostgresStore = SqlStore<Postgres>;
 /// How long a call waits for a connection. While PostgreSQL is down every call fails after
 /// this long (as [`StoreError::Unavailable`](crate::StoreError::Unavailable)), so the API
 /// answers within a couple of seconds instead of hanging.
-const ACQUIRE_TIMEOUT: Duration = Duration::from_millis(1500);
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Connections per hpcdesk instance: enough for the API's concurrent requests, few enough
 /// that a handful of instances stay well under PostgreSQL's default `max_connections` (100).

@@ -10,6 +10,7 @@ mod errors;
 mod gateway;
 mod helpers;
 mod instances;
+mod outage;
 mod restart;
 mod seed;
 mod slurm;

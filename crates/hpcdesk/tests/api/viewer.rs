@@ -155,6 +155,29 @@ impl Viewer {
         (rects, w, h)
     }
 
+    /// Asks for the whole screen in Raw encoding and reads the whole update, pixels and all
+    /// (32 bits per pixel, the server's default here); returns its rectangle count.
+    pub async fn full_update(&mut self, width: u16, height: u16) -> u16 {
+        self.send(&[2, 0, 0, 1, 0, 0, 0, 0]).await; // SetEncodings [Raw]
+        let mut req = vec![3, 0, 0, 0, 0, 0];
+        req.extend_from_slice(&width.to_be_bytes());
+        req.extend_from_slice(&height.to_be_bytes());
+        self.send(&req).await;
+        let head = self.recv_exact(4).await.unwrap();
+        assert_eq!(head[0], 0, "FramebufferUpdate");
+        let rects = u16::from_be_bytes([head[2], head[3]]);
+        for _ in 0..rects {
+            let r = self.recv_exact(12).await.unwrap();
+            let (w, h) = (
+                usize::from(u16::from_be_bytes([r[4], r[5]])),
+                usize::from(u16::from_be_bytes([r[6], r[7]])),
+            );
+            assert_eq!(&r[8..12], &[0, 0, 0, 0], "Raw");
+            self.recv_exact(w * h * 4).await.unwrap();
+        }
+        rects
+    }
+
     /// A key press and release.
     pub async fn type_key(&mut self, keysym: u32) {
         for down in [1u8, 0] {

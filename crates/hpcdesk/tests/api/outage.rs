@@ -1,0 +1,193 @@
+//! The database goes away: PostgreSQL stopped under a running hpcdesk with a viewer open.
+//! The viewer keeps receiving its desktop; every API call answers within 2 s with 815008
+//! and a plain message (never a hang, never a bare "internal error"); nothing is started;
+//! `/readyz` says 503. Once PostgreSQL is back, the API works again by itself.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::helpers::*;
+use crate::viewer::{Connect, connect, ws_url};
+
+/// The message of 815008 while the store cannot be used.
+const UNAVAILABLE: &str =
+    "the desktop service's database is unavailable; please try again in a minute";
+
+/// A PostgreSQL server of this test's own (`ci/postgres.sh` with its own directory and
+/// port), so that stopping it disturbs no other test. Stopped and removed when dropped.
+struct OwnPostgres {
+    dir: PathBuf,
+    port: u16,
+    url: String,
+}
+
+fn script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../ci/postgres.sh")
+}
+
+impl OwnPostgres {
+    /// `None` outside CI when PostgreSQL or root is missing; a failure in CI.
+    fn start(test: &str) -> Option<OwnPostgres> {
+        let installed = std::path::Path::new("/usr/lib/postgresql").exists();
+        if !installed || !nix::unistd::Uid::effective().is_root() {
+            let msg = format!("{test}: needs root and PostgreSQL (apt-get install postgresql)");
+            assert!(!in_ci(), "{msg} — required in CI");
+            eprintln!("SKIPPED {msg}");
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = PathBuf::from(format!("/var/tmp/hpcdesk-pg-outage-{}", std::process::id()));
+        let mut pg = OwnPostgres {
+            dir,
+            port,
+            url: String::new(),
+        };
+        let out = pg.ctl("up");
+        pg.url = out
+            .lines()
+            .find_map(|l| l.strip_prefix("HPCDESK_TEST_POSTGRES_URL="))
+            .expect("ci/postgres.sh prints the URL")
+            .to_owned();
+        Some(pg)
+    }
+
+    fn ctl(&self, action: &str) -> String {
+        let out = Command::new(script())
+            .arg(action)
+            .env("HPCDESK_PG_DIR", &self.dir)
+            .env("HPCDESK_PG_PORT", self.port.to_string())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ci/postgres.sh {action}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for OwnPostgres {
+    fn drop(&mut self) {
+        let _ = self.ctl("down");
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Calls the API and says how long it took.
+fn timed(
+    app: &TestApp,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> (serde_json::Value, Duration) {
+    let t = Instant::now();
+    let (_, v) = app.call(method, path, token);
+    (v, t.elapsed())
+}
+
+#[test]
+fn with_postgresql_stopped_calls_answer_815008_at_once_viewers_go_on_and_recovery_is_automatic() {
+    if !real_parts("outage") {
+        return;
+    }
+    let Some(pg) = OwnPostgres::start("outage") else {
+        return;
+    };
+    let app = TestApp::spawn_with(Options {
+        extra_toml: format!("[store]\nurl = \"{}\"\n", pg.url),
+        ..Options::default()
+    });
+    let token = app.token("out-a");
+    let created = app.create(&token);
+    assert_eq!(created["code"], "0", "{created}\n{}", app.log_text());
+    let id = created["data"]["sessionId"].as_str().unwrap().to_owned();
+    let url = app.launch_url(&token, &id)["data"]["novncUrl"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let Connect::Open(mut viewer) = rt.block_on(connect(&ws_url(&app.base, &url))) else {
+        panic!("refused");
+    };
+    let init = rt.block_on(viewer.handshake());
+    assert!(rt.block_on(viewer.full_update(init.width, init.height)) >= 1);
+    let xvnc = app.xvnc_pids();
+
+    pg.ctl("down");
+    let stopped = Instant::now();
+
+    // The desktop is still there for its viewer.
+    assert!(rt.block_on(viewer.full_update(init.width, init.height)) >= 1);
+
+    // Every call answers quickly and plainly.
+    let other = app.token("out-b");
+    let launch = format!("/hpc/openapi/v2/desktop/vnc/{id}/launchurl");
+    for (method, path, who) in [
+        ("GET", "/hpc/openapi/v2/desktop/vnc", &token),
+        ("PUT", "/hpc/openapi/v2/desktop/vnc", &other),
+        ("GET", launch.as_str(), &token),
+    ] {
+        let (v, took) = timed(&app, method, path, Some(who));
+        eprintln!("{method} {path} with PostgreSQL down: {took:?} {v}");
+        assert_eq!(v["code"], "815008", "{method} {path}: {v}");
+        assert_eq!(v["msg"], UNAVAILABLE, "{method} {path}: {v}");
+        assert!(
+            took < Duration::from_secs(2),
+            "{method} {path} took {took:?}"
+        );
+    }
+    assert_eq!(app.xvnc_pids(), xvnc, "nothing was started");
+    let (status, ready) = app.call("GET", "/readyz", None);
+    assert_eq!(status, 503, "{ready}");
+    assert_eq!(ready["code"], "815008");
+    assert!(
+        ready["msg"].as_str().unwrap().contains("database"),
+        "{ready}"
+    );
+    let (status, health) = app.call("GET", "/healthz", None);
+    assert_eq!(
+        (status, health["data"]["status"].as_str()),
+        (200, Some("degraded"))
+    );
+
+    // The viewer is still served after a while of outage (reconcile and presence rounds
+    // fail meanwhile and must not take it down).
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(rt.block_on(viewer.full_update(init.width, init.height)) >= 1);
+    eprintln!("viewer served through {:?} of outage", stopped.elapsed());
+
+    pg.ctl("up");
+    let back = Instant::now();
+    let recovered = eventually(Duration::from_secs(10), || {
+        app.call("GET", "/hpc/openapi/v2/desktop/vnc", Some(&token))
+            .1["code"]
+            == "0"
+    });
+    assert!(recovered, "the API did not recover\n{}", app.log_text());
+    eprintln!("API back {:?} after PostgreSQL", back.elapsed());
+    assert_eq!(app.call("GET", "/readyz", None).0, 200);
+    assert_eq!(
+        app.list(&token)[0]["status"],
+        "running",
+        "the desktop survived"
+    );
+    let b = app.create(&other);
+    assert_eq!(b["code"], "0", "{b}");
+    for (t, v) in [(&token, &created), (&other, &b)] {
+        let sid = v["data"]["sessionId"].as_str().unwrap();
+        assert_eq!(app.delete(t, sid)["code"], "0");
+    }
+    assert!(
+        !app.log_text().contains("hpcdesk-ci@"),
+        "the password is never logged"
+    );
+}
