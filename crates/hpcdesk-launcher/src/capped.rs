@@ -121,7 +121,17 @@ fn open_regular(path: &Path) -> std::io::Result<File> {
     let f = File::options()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)?;
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "{} is a symbolic link, which hpcdesk does not follow",
+                    path.display()
+                ),
+            ),
+            _ => e,
+        })?;
     if !f.metadata()?.is_file() {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,

@@ -570,3 +570,69 @@ pub fn run_cli_stdin(args: &[&str], stdin: &str) -> (bool, String, String) {
 pub fn path_of(p: &Path) -> String {
     p.display().to_string()
 }
+
+/// Resident memory of process `pid`, in KiB.
+pub fn rss_kib(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("VmRSS:")?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+/// The account whose shell start-up files and job output the tests make misbehave
+/// (`ci/test.sh` creates it; the sshd test nodes let it in).
+pub const FLOOD_USER: &str = "hdflood";
+
+/// A file of [`FLOOD_USER`]'s home replaced for a test, put back when dropped.
+pub struct HomeFile {
+    path: PathBuf,
+    before: Option<Vec<u8>>,
+}
+
+impl HomeFile {
+    /// Replaces `~FLOOD_USER/<rel>` with `content` (owned by that account).
+    pub fn replace(rel: &str, content: &[u8]) -> HomeFile {
+        let user = nix::unistd::User::from_name(FLOOD_USER).unwrap().unwrap();
+        let path = user.dir.join(rel);
+        let before = std::fs::read(&path).ok();
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).unwrap();
+            let _ = nix::unistd::chown(parent, Some(user.uid), Some(user.gid));
+        }
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::write(&path, content).unwrap();
+        nix::unistd::chown(&path, Some(user.uid), Some(user.gid)).unwrap();
+        HomeFile { path, before }
+    }
+}
+
+impl Drop for HomeFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+        if let Some(b) = &self.before {
+            let _ = std::fs::write(&self.path, b);
+        }
+    }
+}
+
+/// Whether [`FLOOD_USER`] exists; skips loudly outside CI, fails in CI.
+pub fn flood_user(test: &str) -> bool {
+    if nix::unistd::User::from_name(FLOOD_USER)
+        .ok()
+        .flatten()
+        .is_some()
+    {
+        return true;
+    }
+    let msg = format!("{test}: no account {FLOOD_USER} (ci/test.sh creates it as root)");
+    assert!(!in_ci(), "{msg} — required in CI");
+    eprintln!("SKIPPED {msg}");
+    false
+}

@@ -10,6 +10,7 @@ mod errors;
 mod gateway;
 mod helpers;
 mod instances;
+mod limits;
 mod outage;
 mod restart;
 mod seed;

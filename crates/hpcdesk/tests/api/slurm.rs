@@ -484,3 +484,89 @@ fn a_job_of_an_ended_session_is_cancelled_after_the_grace_period_and_no_other() 
     );
     let _ = slurm("scancel", &[&unknown, &other_user]);
 }
+
+/// A user whose Slurm job output is a link to `/dev/zero` (and whose desktop cannot start):
+/// hpcdesk reads the job's output only through its capped reader, which refuses the link.
+/// The create answers 815008 within the start timeout, hpcdesk's memory stays bounded, and
+/// another user's create at the same time succeeds.
+#[test]
+fn a_job_output_linked_to_dev_zero_is_refused_and_slows_no_one_else() {
+    if !slurm_parts("slurm flood") || !flood_user("slurm flood") {
+        return;
+    }
+    let _x = exclusive();
+    // The desktop cannot start: where its directory goes is a file.
+    let _blocked = HomeFile::replace(".hpcdesk/desktops", b"not a directory\n");
+    let app = slurm_app();
+    // The next job ids, learnt from a job of the user's own; the user links the output of
+    // each to /dev/zero as soon as hpcdesk makes the job's directory.
+    let probe = sbatch_as(FLOOD_USER, "probe");
+    let _ = slurm("scancel", &[&probe]);
+    let next: u64 = probe.parse::<u64>().unwrap() + 1;
+    let user = nix::unistd::User::from_name(FLOOD_USER).unwrap().unwrap();
+    let jobs_dir = user.dir.join(".hpcdesk/jobs");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let linker = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut linked = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for e in std::fs::read_dir(&jobs_dir).into_iter().flatten().flatten() {
+                    for j in next..next + 10 {
+                        let link = e.path().join(format!("slurm-{j}.out"));
+                        if std::os::unix::fs::symlink("/dev/zero", &link).is_ok() {
+                            let _ = nix::unistd::fchownat(
+                                nix::fcntl::AT_FDCWD,
+                                &link,
+                                Some(user.uid),
+                                Some(user.gid),
+                                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+                            );
+                            linked += 1;
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            linked
+        })
+    };
+    let pid = app.pid().unwrap();
+    let before = rss_kib(pid);
+    let flood = token_with("slurm-flood", FLOOD_USER, |_| {});
+    let base = app.base.clone();
+    let started = std::time::Instant::now();
+    let flooded = std::thread::spawn(move || {
+        let v: serde_json::Value = reqwest::blocking::Client::new()
+            .put(format!("{base}/hpc/openapi/v2/desktop/vnc"))
+            .header("token", flood)
+            .timeout(Duration::from_secs(60))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        (v, started.elapsed())
+    });
+    let calm = app.token("slurm-calm");
+    assert_eq!(app.create(&calm)["code"], "0");
+    let s = running(&app, &calm);
+    let (v, took) = flooded.join().unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let linked = linker.join().unwrap();
+    let after = rss_kib(pid);
+    eprintln!(
+        "flooded create: {took:?}, {v}; {linked} links; hpcdesk RSS {before} KiB -> {after} KiB"
+    );
+    assert!(linked > 0, "the job output was never linked");
+    assert_eq!(v["code"], "815008", "{v}");
+    // The launcher's start timeout in tests is 20 s.
+    assert!(took < Duration::from_secs(25), "{took:?}");
+    assert!(
+        after.saturating_sub(before) < 100 * 1024,
+        "RSS grew by {} KiB",
+        after - before
+    );
+    let id = s["sessionId"].as_str().unwrap().to_owned();
+    assert_eq!(app.delete(&calm, &id)["code"], "0");
+    assert!(eventually(Duration::from_secs(15), || hpcdesk_jobs().is_empty()));
+}

@@ -272,3 +272,56 @@ fn a_crash_during_creates_leaves_no_orphan_desktop_on_the_nodes() {
     };
     crate::crash::every_point(&rig);
 }
+
+/// An account whose `.bashrc` prints without end (ssh runs the agent through it): its
+/// create answers 815008 within the launcher's timeouts and says why, hpcdesk's memory
+/// stays bounded, and another user's create at the same time succeeds.
+#[test]
+fn an_account_whose_shell_prints_forever_gets_815008_and_slows_no_one_else() {
+    let Some(_x) = ssh_parts("ssh flood") else {
+        return;
+    };
+    if !flood_user("ssh flood") {
+        return;
+    }
+    let _bashrc = HomeFile::replace(".bashrc", b"yes 'all work and no play'\n");
+    let app = ssh_app();
+    let pid = app.pid().unwrap();
+    let before = rss_kib(pid);
+    let flood = token_with("ssh-flood", FLOOD_USER, |_| {});
+    let base = app.base.clone();
+    let started = std::time::Instant::now();
+    let flooded = std::thread::spawn(move || {
+        let v: serde_json::Value = reqwest::blocking::Client::new()
+            .put(format!("{base}/hpc/openapi/v2/desktop/vnc"))
+            .header("token", flood)
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        (v, started.elapsed())
+    });
+    let calm = app.token("ssh-calm");
+    let ok = app.create(&calm);
+    assert_eq!(
+        ok["code"],
+        "0",
+        "the other user's create: {ok}\n{}",
+        app.log_text()
+    );
+    let (v, took) = flooded.join().unwrap();
+    let after = rss_kib(pid);
+    eprintln!("flooded create: {took:?}, {v}; hpcdesk RSS {before} KiB -> {after} KiB");
+    assert_eq!(v["code"], "815008", "{v}");
+    assert!(v["msg"].as_str().unwrap().contains("start-up files"), "{v}");
+    // The launcher's timeouts: the probe (10 s) and ssh's connect timeout (3 s).
+    assert!(took < Duration::from_secs(13), "{took:?}");
+    assert!(
+        after.saturating_sub(before) < 100 * 1024,
+        "RSS grew by {} KiB",
+        after - before
+    );
+    let id = ok["data"]["sessionId"].as_str().unwrap().to_owned();
+    assert_eq!(app.delete(&calm, &id)["code"], "0");
+    assert_eq!(node_desktops(), 0);
+}
