@@ -45,33 +45,6 @@ fn token_of(v: &Value) -> String {
     v["data"][0]["token"].as_str().unwrap().to_owned()
 }
 
-fn audit(app: &TestApp, user: &str) -> Vec<Value> {
-    let (ok, out, err) = run_cli(
-        &[
-            "--config",
-            &path_of(&app.config),
-            "audit",
-            "--user",
-            user,
-            "--json",
-        ],
-        &[],
-    );
-    assert!(ok, "audit: {err}");
-    serde_json::from_str::<Value>(&out)
-        .unwrap()
-        .as_array()
-        .unwrap()
-        .clone()
-}
-
-fn kinds(events: &[Value]) -> Vec<String> {
-    events
-        .iter()
-        .map(|e| e["kind"].as_str().unwrap().to_owned())
-        .collect()
-}
-
 #[test]
 fn a_portal_runs_the_whole_scnet_flow_from_nothing() {
     if !real_parts("SCNet flow") {

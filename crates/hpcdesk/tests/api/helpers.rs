@@ -636,3 +636,32 @@ pub fn flood_user(test: &str) -> bool {
     eprintln!("SKIPPED {msg}");
     false
 }
+
+/// The audit lines about `user`, as `hpcdesk audit --json` prints them.
+pub fn audit(app: &TestApp, user: &str) -> Vec<Value> {
+    let (ok, out, err) = run_cli(
+        &[
+            "--config",
+            &path_of(&app.config),
+            "audit",
+            "--user",
+            user,
+            "--json",
+        ],
+        &[],
+    );
+    assert!(ok, "audit: {err}");
+    serde_json::from_str::<Value>(&out)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// The `kind` of each audit line.
+pub fn kinds(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap().to_owned())
+        .collect()
+}

@@ -6,6 +6,7 @@ mod browser;
 mod cli;
 mod crash;
 mod desktop;
+mod ending;
 mod errors;
 mod gateway;
 mod helpers;

@@ -214,6 +214,20 @@ fn a_job_cancelled_outside_hpcdesk_leaves_its_session_stopped_with_the_reason() 
     assert_eq!(created["code"], "0", "{created}");
     let id = created["data"]["sessionId"].as_str().unwrap().to_owned();
     let display = running(&app, &token)["displayNumber"].as_u64().unwrap();
+    // A viewer is open when the job ends.
+    let url = app.launch_url(&token, &id)["data"]["novncUrl"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let ws = ws_url(&app.base, &url);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let Connect::Open(mut viewer) = rt.block_on(connect(&ws)) else {
+        panic!("viewer refused");
+    };
+    rt.block_on(viewer.handshake());
     let jobs = hpcdesk_jobs();
     assert_eq!(jobs.len(), 1, "{jobs:?}");
     let (ok, out) = slurm("scancel", &[&jobs[0].0]);
@@ -232,6 +246,15 @@ fn a_job_cancelled_outside_hpcdesk_leaves_its_session_stopped_with_the_reason() 
         "{reason}"
     );
     assert_eq!(app.launch_url(&token, &id)["code"], "815008");
+    // Its viewer was closed, and its grant is refused.
+    let closed =
+        rt.block_on(async { tokio::time::timeout(Duration::from_secs(5), viewer.closed()).await });
+    assert!(closed.is_ok(), "the viewer of an ended job stays open");
+    assert!(matches!(
+        rt.block_on(connect(&ws)),
+        Connect::Refused(403, _)
+    ));
+    assert!(kinds(&audit(&app, "slurm-b")).contains(&"session_ended".to_owned()));
     assert!(
         eventually(Duration::from_secs(10), || job_xvnc() == 0),
         "an Xvnc of the job is left"

@@ -80,6 +80,8 @@ fn the_idle_sweep_deletes_only_idle_sessions() {
         ),
         ("HPCDESK_LAUNCHER__GEOMETRY", "800x600".to_owned()),
         ("HPCDESK_LAUNCHER__DISPLAY_MIN", "20".to_owned()),
+        // Grants outlive the test's days, so a refusal is the sweep's doing.
+        ("HPCDESK_GATEWAY__GRANT_TTL", "7d".to_owned()),
         // Reconcile would not change the outcome; keep it out of the way.
         ("HPCDESK_LIFECYCLE__RECONCILE_EVERY", "1h".to_owned()),
     ];
@@ -146,6 +148,10 @@ fn the_idle_sweep_deletes_only_idle_sessions() {
         drop(typist);
         tokio::time::sleep(Duration::from_millis(300)).await;
 
+        // A launch URL of `idle`, never used (a swept session has no open viewer: one with
+        // a viewer is never swept).
+        let idle_url = launch(idle.clone(), ids[0].clone()).await;
+
         // Two more hours: `idle` has had nothing for 25 h.
         clock.advance(chrono::Duration::hours(2));
         let user_try = call(
@@ -192,6 +198,11 @@ fn the_idle_sweep_deletes_only_idle_sessions() {
             })
         };
         assert!(!alive(swept_display));
+        // Its grant, which has not expired, is refused from now on.
+        match connect(&ws_url(&base, &idle_url)).await {
+            Connect::Refused(403, why) => assert!(!why.contains("expired"), "{why}"),
+            _ => panic!("the grant of a swept session still opens"),
+        }
 
         // The open viewer is still served.
         let (rects, _, _) = watcher.first_update(800, 600).await;
