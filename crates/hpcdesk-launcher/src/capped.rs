@@ -183,15 +183,16 @@ mod tests {
         t.push(b"first line\nsecond\n");
         assert_eq!(t.seen(), 18);
         assert!(t.cut());
-        assert_eq!(
-            t.text(),
-            "",
-            "the kept part starts mid-line: only whole lines"
-        );
+        // The last 8 bytes are "\nsecond\n": the text starts at the first whole line.
+        assert_eq!(t.text(), "second\n");
+        let mut t = Tail::new(5);
+        t.push(b"abcdefgh\nij");
+        assert_eq!(t.text(), "ij", "a cut line is dropped");
         let mut t = Tail::new(16);
         t.push(b"aaaa\nbbbb\n");
         t.push(b"cccc\ndddd\n");
-        assert_eq!(t.text(), "cccc\ndddd\n");
+        // Kept: "a\nbbbb\ncccc\ndddd\n", of which the cut first line goes.
+        assert_eq!(t.text(), "bbbb\ncccc\ndddd\n");
         let mut t = Tail::new(100);
         t.push(b"short");
         assert!(!t.cut());
