@@ -154,30 +154,32 @@ fn new_marker() -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// The starts this instance is running right now (session keys). A session `starting`
-/// under this instance's name but not in here was left by a start that went wrong.
+/// The starts this instance is carrying out right now, by session marker. A session
+/// `starting` under this instance's name whose marker is not in here was left by a start
+/// that went wrong. A start is entered before its session is claimed, so no reconcile
+/// round can take it for an interrupted one in between.
 #[derive(Debug, Default)]
-pub struct InFlight(std::sync::Mutex<std::collections::HashSet<String>>);
+pub struct InFlight(std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>);
 
 impl InFlight {
     fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<String>> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn contains(&self, key: &str) -> bool {
-        self.lock().contains(key)
+    pub fn contains(&self, marker: &str) -> bool {
+        self.lock().contains(marker)
     }
 
-    /// Marks `key` as being started until the guard is dropped.
-    fn enter(&self, key: &str) -> InFlightGuard<'_> {
-        self.lock().insert(key.to_owned());
-        InFlightGuard(self, key.to_owned())
+    /// Marks the start of `marker` as in progress until the guard is dropped.
+    fn enter(&self, marker: &str) -> InFlightGuard {
+        self.lock().insert(marker.to_owned());
+        InFlightGuard(InFlight(self.0.clone()), marker.to_owned())
     }
 }
 
-struct InFlightGuard<'a>(&'a InFlight, String);
+struct InFlightGuard(InFlight, String);
 
-impl Drop for InFlightGuard<'_> {
+impl Drop for InFlightGuard {
     fn drop(&mut self) {
         self.0.lock().remove(&self.1);
     }
@@ -368,6 +370,8 @@ pub async fn create(app: &AppState, user: &AuthUser) -> Result<SessionItem, ApiE
     user.require(Action::CreateDesktop)?;
     for _ in 0..CLAIM_ROUNDS {
         let password = new_vnc_password();
+        let marker = new_marker();
+        let in_flight = app.in_flight.enter(&marker);
         let claim = app
             .store
             .claim_session(NewSession {
@@ -379,7 +383,7 @@ pub async fn create(app: &AppState, user: &AuthUser) -> Result<SessionItem, ApiE
                 launcher: app.launcher.kind().to_owned(),
                 state: SessionState::Starting,
                 node: app.launcher.home_node(),
-                marker: new_marker(),
+                marker,
                 starter: app.presence.instance().to_owned(),
                 vnc_password_sealed: app.server_key.seal_at_rest(&password),
                 now: app.clock.now(),
@@ -398,10 +402,8 @@ pub async fn create(app: &AppState, user: &AuthUser) -> Result<SessionItem, ApiE
         let task_app = app.clone();
         let caller = user.clone();
         return tokio::spawn(async move {
-            let result = {
-                let _in_flight = task_app.in_flight.enter(&rec.key);
-                start(&task_app, rec, password, &caller).await
-            };
+            let result = start(&task_app, rec, password, &caller).await;
+            drop(in_flight);
             let counter = match &result {
                 Ok(_) => &task_app.metrics.desktops_started,
                 Err(_) => &task_app.metrics.desktop_start_failures,
@@ -696,7 +698,7 @@ pub async fn interrupted(app: &AppState, rec: &SessionRecord) -> Result<bool, Ap
         return Ok(false);
     }
     if rec.starter == app.presence.instance() {
-        return Ok(!app.in_flight.contains(&rec.key));
+        return Ok(!app.in_flight.contains(&rec.marker));
     }
     let now = app.clock.now();
     if now - rec.updated_at > start_lifetime(app) {

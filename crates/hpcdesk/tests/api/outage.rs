@@ -191,3 +191,104 @@ fn with_postgresql_stopped_calls_answer_815008_at_once_viewers_go_on_and_recover
         "the password is never logged"
     );
 }
+
+/// A small file system of the test's own, unmounted when dropped.
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    fn mount(test: &str, size: &str) -> Option<SmallDisk> {
+        let dir = std::env::temp_dir().join(format!("hpcdesk-full-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ok = nix::unistd::Uid::effective().is_root()
+            && Command::new("mount")
+                .args([
+                    "-t",
+                    "tmpfs",
+                    "-o",
+                    &format!("size={size},mode=0700"),
+                    "tmpfs",
+                ])
+                .arg(&dir)
+                .status()
+                .is_ok_and(|s| s.success());
+        if !ok {
+            let msg = format!("{test}: needs root to mount a small tmpfs");
+            assert!(!in_ci(), "{msg} — required in CI");
+            eprintln!("SKIPPED {msg}");
+            return None;
+        }
+        Some(SmallDisk(dir))
+    }
+
+    /// Writes zeros to a file until the file system is full.
+    fn fill(&self) -> PathBuf {
+        use std::io::Write;
+        let path = self.0.join("fill");
+        let mut f = std::fs::File::create(&path).unwrap();
+        let block = vec![0u8; 64 * 1024];
+        while f.write_all(&block).is_ok() {}
+        let small = vec![0u8; 512];
+        while f.write_all(&small).is_ok() {}
+        let _ = f.flush();
+        path
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// SQLite on a disk that fills up: calls that must write answer 815008 with the same plain
+/// message, nothing is started or half-written, and all works again once there is room.
+#[test]
+fn with_the_sqlite_disk_full_writes_answer_815008_and_nothing_is_started() {
+    if !real_parts("disk full") {
+        return;
+    }
+    let Some(disk) = SmallDisk::mount("disk full", "8m") else {
+        return;
+    };
+    let mut app = TestApp::spawn_with(Options {
+        env: vec![(
+            "HPCDESK_SERVER__DATA_DIR".into(),
+            disk.0.display().to_string(),
+        )],
+        ..Options::default()
+    });
+    let a = app.token("full-a");
+    let created = app.create(&a);
+    assert_eq!(created["code"], "0", "{created}");
+    let id = created["data"]["sessionId"].as_str().unwrap().to_owned();
+    let xvnc = app.xvnc_pids();
+
+    let fill = disk.fill();
+    let b = app.token("full-b");
+    for (method, path, token) in [
+        ("PUT", "/hpc/openapi/v2/desktop/vnc".to_owned(), &b),
+        (
+            "GET",
+            format!("/hpc/openapi/v2/desktop/vnc/{id}/launchurl"),
+            &a,
+        ),
+    ] {
+        let (v, took) = timed(&app, method, &path, Some(token));
+        eprintln!("{method} {path} with the disk full: {took:?} {v}");
+        assert_eq!(v["code"], "815008", "{method} {path}: {v}");
+        assert_eq!(v["msg"], UNAVAILABLE, "{v}");
+    }
+    assert_eq!(app.xvnc_pids(), xvnc, "nothing was started");
+    assert!(app.list(&b).is_empty(), "no half-made session");
+    assert_eq!(app.list(&a)[0]["status"], "running");
+
+    std::fs::remove_file(fill).unwrap();
+    let again = app.create(&b);
+    assert_eq!(again["code"], "0", "{again}\n{}", app.log_text());
+    assert_eq!(app.launch_url(&a, &id)["code"], "0");
+    assert_eq!(app.delete(&a, &id)["code"], "0");
+    let id_b = again["data"]["sessionId"].as_str().unwrap().to_owned();
+    assert_eq!(app.delete(&b, &id_b)["code"], "0");
+    app.stop();
+}

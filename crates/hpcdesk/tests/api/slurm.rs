@@ -54,10 +54,19 @@ fn slurm_parts(test: &str) -> bool {
     up
 }
 
-/// One Slurm test at a time: the single node has two CPUs.
+/// One Slurm test at a time: the single node has two CPUs. Jobs of hpcdesk's that a test
+/// run killed midway left behind are cancelled first, so they hold no CPU.
 fn exclusive() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+    let guard = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let left: Vec<String> = hpcdesk_jobs().into_iter().map(|(id, _)| id).collect();
+    if !left.is_empty() {
+        eprintln!("cancelling hpcdesk jobs left by an earlier run: {left:?}");
+        let ids: Vec<&str> = left.iter().map(String::as_str).collect();
+        let _ = slurm("scancel", &ids);
+        eventually(Duration::from_secs(15), || hpcdesk_jobs().is_empty());
+    }
+    guard
 }
 
 fn slurm_app() -> TestApp {
