@@ -64,20 +64,6 @@ fn admin_token() -> String {
     token_with("crash-admin", &compute_user(), |c| c.role = "9".into())
 }
 
-/// `PUT` without panicking on a connection that dies with the server: `None` then.
-fn try_create(base: &str, token: &str) -> Option<Value> {
-    let client = reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(90))
-        .build()
-        .unwrap();
-    let resp = client
-        .put(format!("{base}/hpc/openapi/v2/desktop/vnc"))
-        .header("token", token)
-        .send()
-        .ok()?;
-    resp.json().ok()
-}
-
 /// Live `hpcdesk node start` agents for `nodes`.
 pub fn agents(nodes: &[String]) -> usize {
     procs()
@@ -138,9 +124,13 @@ fn session_of(app: &TestApp, user: &str) -> Option<(String, u64)> {
 fn creates_in_threads(app: &TestApp, users: &[String]) -> mpsc::Receiver<(String, Option<Value>)> {
     let (tx, rx) = mpsc::channel();
     for u in users {
-        let (tx, base, token, u) = (tx.clone(), app.base.clone(), app.token(u), u.clone());
+        let (tx, create, u) = (
+            tx.clone(),
+            create_in_background(app, &app.token(u)),
+            u.clone(),
+        );
         std::thread::spawn(move || {
-            let _ = tx.send((u, try_create(&base, &token)));
+            let _ = tx.send((u, create.join().unwrap().0));
         });
     }
     rx

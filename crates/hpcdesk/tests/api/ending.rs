@@ -6,26 +6,7 @@
 use std::time::Duration;
 
 use crate::helpers::*;
-use crate::viewer::{Connect, connect, ws_url};
-
-/// Opens a viewer on the user's desktop through a fresh launch URL; returns it and the URL.
-fn open_viewer(
-    rt: &tokio::runtime::Runtime,
-    app: &TestApp,
-    token: &str,
-    id: &str,
-) -> (Box<crate::viewer::Viewer>, String) {
-    let url = app.launch_url(token, id)["data"]["novncUrl"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let ws = ws_url(&app.base, &url);
-    let Connect::Open(mut v) = rt.block_on(connect(&ws)) else {
-        panic!("viewer refused");
-    };
-    rt.block_on(v.handshake());
-    (v, ws)
-}
+use crate::viewer::{Connect, connect, open_viewer, runtime};
 
 fn refused(rt: &tokio::runtime::Runtime, ws: &str) -> bool {
     matches!(rt.block_on(connect(ws)), Connect::Refused(403, _))
@@ -37,10 +18,7 @@ fn a_deleted_or_dead_desktop_has_its_grants_refused_and_its_viewers_closed() {
         return;
     }
     let app = TestApp::spawn();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
 
     // Deleted.
     let token = app.token("end-del");
@@ -48,7 +26,7 @@ fn a_deleted_or_dead_desktop_has_its_grants_refused_and_its_viewers_closed() {
         .as_str()
         .unwrap()
         .to_owned();
-    let (mut viewer, ws) = open_viewer(&rt, &app, &token, &id);
+    let (mut viewer, _, ws) = open_viewer(&rt, &app, &token, &id);
     assert_eq!(app.delete(&token, &id)["code"], "0");
     let code =
         rt.block_on(async { tokio::time::timeout(Duration::from_secs(5), viewer.closed()).await });
@@ -61,7 +39,7 @@ fn a_deleted_or_dead_desktop_has_its_grants_refused_and_its_viewers_closed() {
     let created = app.create(&token);
     let id = created["data"]["sessionId"].as_str().unwrap().to_owned();
     let display = created["data"]["displayNumber"].as_u64().unwrap();
-    let (mut viewer, ws) = open_viewer(&rt, &app, &token, &id);
+    let (mut viewer, _, ws) = open_viewer(&rt, &app, &token, &id);
     let pid = app
         .xvnc_pids()
         .into_iter()

@@ -665,3 +665,25 @@ pub fn kinds(events: &[Value]) -> Vec<String> {
         .map(|e| e["kind"].as_str().unwrap().to_owned())
         .collect()
 }
+
+/// A create in a thread of its own (so that others can run meanwhile): its answer, `None`
+/// if the connection died (the server was killed), and how long it took.
+pub fn create_in_background(
+    app: &TestApp,
+    token: &str,
+) -> std::thread::JoinHandle<(Option<Value>, Duration)> {
+    let (base, token) = (app.base.clone(), token.to_owned());
+    std::thread::spawn(move || {
+        let started = Instant::now();
+        let answer = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(90))
+            .build()
+            .unwrap()
+            .put(format!("{base}/hpc/openapi/v2/desktop/vnc"))
+            .header("token", token)
+            .send()
+            .ok()
+            .and_then(|r| r.json().ok());
+        (answer, started.elapsed())
+    })
+}

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::helpers::*;
-use crate::viewer::{Connect, connect, ws_url};
+use crate::viewer::{open_viewer, runtime};
 
 /// The message of 815008 while the store cannot be used.
 const UNAVAILABLE: &str =
@@ -107,18 +107,8 @@ fn with_postgresql_stopped_calls_answer_815008_at_once_viewers_go_on_and_recover
     let created = app.create(&token);
     assert_eq!(created["code"], "0", "{created}\n{}", app.log_text());
     let id = created["data"]["sessionId"].as_str().unwrap().to_owned();
-    let url = app.launch_url(&token, &id)["data"]["novncUrl"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let Connect::Open(mut viewer) = rt.block_on(connect(&ws_url(&app.base, &url))) else {
-        panic!("refused");
-    };
-    let init = rt.block_on(viewer.handshake());
+    let rt = runtime();
+    let (mut viewer, init, _) = open_viewer(&rt, &app, &token, &id);
     assert!(rt.block_on(viewer.full_update(init.width, init.height)) >= 1);
     let xvnc = app.xvnc_pids();
 

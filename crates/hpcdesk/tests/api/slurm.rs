@@ -224,19 +224,8 @@ fn a_job_cancelled_outside_hpcdesk_leaves_its_session_stopped_with_the_reason() 
     let id = created["data"]["sessionId"].as_str().unwrap().to_owned();
     let display = running(&app, &token)["displayNumber"].as_u64().unwrap();
     // A viewer is open when the job ends.
-    let url = app.launch_url(&token, &id)["data"]["novncUrl"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let ws = ws_url(&app.base, &url);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let Connect::Open(mut viewer) = rt.block_on(connect(&ws)) else {
-        panic!("viewer refused");
-    };
-    rt.block_on(viewer.handshake());
+    let rt = crate::viewer::runtime();
+    let (mut viewer, _, ws) = crate::viewer::open_viewer(&rt, &app, &token, &id);
     let jobs = hpcdesk_jobs();
     assert_eq!(jobs.len(), 1, "{jobs:?}");
     let (ok, out) = slurm("scancel", &[&jobs[0].0]);
@@ -305,21 +294,11 @@ fn slurm_crash(name: &str, slurm_toml: &str, pause: Option<&str>, kill_after: Du
     let users = [format!("{name}-1"), format!("{name}-2")];
     let threads: Vec<_> = users
         .iter()
-        .map(|u| {
-            let (base, token) = (app.base.clone(), app.token(u));
-            std::thread::spawn(move || {
-                reqwest::blocking::Client::new()
-                    .put(format!("{base}/hpc/openapi/v2/desktop/vnc"))
-                    .header("token", token)
-                    .send()
-                    .ok()
-                    .and_then(|r| r.json::<serde_json::Value>().ok())
-            })
-        })
+        .map(|u| create_in_background(&app, &app.token(u)))
         .collect();
     std::thread::sleep(kill_after);
     app.kill9();
-    let answers: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let answers: Vec<_> = threads.into_iter().map(|t| t.join().unwrap().0).collect();
     eprintln!(
         "{name}: killed; answers {answers:?}; jobs {:?}",
         hpcdesk_jobs()
@@ -565,24 +544,12 @@ fn a_job_output_linked_to_dev_zero_is_refused_and_slows_no_one_else() {
     };
     let pid = app.pid().unwrap();
     let before = rss_kib(pid);
-    let flood = token_with("slurm-flood", FLOOD_USER, |_| {});
-    let base = app.base.clone();
-    let started = std::time::Instant::now();
-    let flooded = std::thread::spawn(move || {
-        let v: serde_json::Value = reqwest::blocking::Client::new()
-            .put(format!("{base}/hpc/openapi/v2/desktop/vnc"))
-            .header("token", flood)
-            .timeout(Duration::from_secs(60))
-            .send()
-            .unwrap()
-            .json()
-            .unwrap();
-        (v, started.elapsed())
-    });
+    let flooded = create_in_background(&app, &token_with("slurm-flood", FLOOD_USER, |_| {}));
     let calm = app.token("slurm-calm");
     assert_eq!(app.create(&calm)["code"], "0");
     let s = running(&app, &calm);
     let (v, took) = flooded.join().unwrap();
+    let v = v.expect("an answer");
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let linked = linker.join().unwrap();
     let after = rss_kib(pid);

@@ -288,19 +288,7 @@ fn an_account_whose_shell_prints_forever_gets_815008_and_slows_no_one_else() {
     let app = ssh_app();
     let pid = app.pid().unwrap();
     let before = rss_kib(pid);
-    let flood = token_with("ssh-flood", FLOOD_USER, |_| {});
-    let base = app.base.clone();
-    let started = std::time::Instant::now();
-    let flooded = std::thread::spawn(move || {
-        let v: serde_json::Value = reqwest::blocking::Client::new()
-            .put(format!("{base}/hpc/openapi/v2/desktop/vnc"))
-            .header("token", flood)
-            .send()
-            .unwrap()
-            .json()
-            .unwrap();
-        (v, started.elapsed())
-    });
+    let flooded = create_in_background(&app, &token_with("ssh-flood", FLOOD_USER, |_| {}));
     let calm = app.token("ssh-calm");
     let ok = app.create(&calm);
     assert_eq!(
@@ -310,6 +298,7 @@ fn an_account_whose_shell_prints_forever_gets_815008_and_slows_no_one_else() {
         app.log_text()
     );
     let (v, took) = flooded.join().unwrap();
+    let v = v.expect("an answer");
     let after = rss_kib(pid);
     eprintln!("flooded create: {took:?}, {v}; hpcdesk RSS {before} KiB -> {after} KiB");
     assert_eq!(v["code"], "815008", "{v}");

@@ -32,6 +32,35 @@ pub fn ws_url(base: &str, novnc_url: &str) -> String {
     format!("{}{path}", base.replacen("http://", "ws://", 1))
 }
 
+/// A runtime for a test that drives viewers from blocking code.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Opens a viewer on session `id` through a fresh launch URL and completes the RFB
+/// handshake; returns it, what the server said, and the WebSocket URL (to try it again).
+pub fn open_viewer(
+    rt: &tokio::runtime::Runtime,
+    app: &crate::helpers::TestApp,
+    token: &str,
+    id: &str,
+) -> (Box<Viewer>, ServerInit, String) {
+    let launch = app.launch_url(token, id);
+    let url = launch["data"]["novncUrl"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no launch URL: {launch}"))
+        .to_owned();
+    let ws = ws_url(&app.base, &url);
+    let Connect::Open(mut v) = rt.block_on(connect(&ws)) else {
+        panic!("viewer refused");
+    };
+    let init = rt.block_on(v.handshake());
+    (v, init, ws)
+}
+
 pub async fn connect(url: &str) -> Connect {
     let mut req = url.into_client_request().unwrap();
     req.headers_mut()
