@@ -165,9 +165,8 @@ impl Viewer {
         }
     }
 
-    /// Asks for the whole screen in Raw encoding and returns the first update's rectangle
-    /// count and the size of the first rectangle.
-    pub async fn first_update(&mut self, width: u16, height: u16) -> (u16, u16, u16) {
+    /// Asks for the whole screen in Raw encoding; returns the update's rectangle count.
+    async fn request_raw_update(&mut self, width: u16, height: u16) -> u16 {
         self.send(&[2, 0, 0, 1, 0, 0, 0, 0]).await; // SetEncodings [Raw]
         let mut req = vec![3, 0, 0, 0, 0, 0];
         req.extend_from_slice(&width.to_be_bytes());
@@ -175,7 +174,13 @@ impl Viewer {
         self.send(&req).await;
         let head = self.recv_exact(4).await.unwrap();
         assert_eq!(head[0], 0, "FramebufferUpdate");
-        let rects = u16::from_be_bytes([head[2], head[3]]);
+        u16::from_be_bytes([head[2], head[3]])
+    }
+
+    /// Asks for the whole screen in Raw encoding and returns the first update's rectangle
+    /// count and the size of the first rectangle.
+    pub async fn first_update(&mut self, width: u16, height: u16) -> (u16, u16, u16) {
+        let rects = self.request_raw_update(width, height).await;
         let r = self.recv_exact(12).await.unwrap();
         let (w, h) = (
             u16::from_be_bytes([r[4], r[5]]),
@@ -187,14 +192,7 @@ impl Viewer {
     /// Asks for the whole screen in Raw encoding and reads the whole update, pixels and all
     /// (32 bits per pixel, the server's default here); returns its rectangle count.
     pub async fn full_update(&mut self, width: u16, height: u16) -> u16 {
-        self.send(&[2, 0, 0, 1, 0, 0, 0, 0]).await; // SetEncodings [Raw]
-        let mut req = vec![3, 0, 0, 0, 0, 0];
-        req.extend_from_slice(&width.to_be_bytes());
-        req.extend_from_slice(&height.to_be_bytes());
-        self.send(&req).await;
-        let head = self.recv_exact(4).await.unwrap();
-        assert_eq!(head[0], 0, "FramebufferUpdate");
-        let rects = u16::from_be_bytes([head[2], head[3]]);
+        let rects = self.request_raw_update(width, height).await;
         for _ in 0..rects {
             let r = self.recv_exact(12).await.unwrap();
             let (w, h) = (
