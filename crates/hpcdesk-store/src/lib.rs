@@ -2,13 +2,16 @@
 //!
 //! - this file: the [`Store`] trait, named by use case, and the records it hands out.
 //!   Callers hold an `Arc<dyn Store>` chosen once at start-up and never see SQL.
-//! - [`sqlite`]: the SQLite backend (the zero-set-up default), with embedded migrations.
+//! - [`sql`]: the store over SQL, once for both backends; [`sqlite`] (the zero-set-up
+//!   default) and [`postgres`] open their pools and carry their migrations.
+//! - [`bounded`]: a time limit on every call ([`open`] hands out bounded stores).
 //!
 //! Rules that must hold across several hpcdesk instances live in the database, not in
 //! memory: one live session per user is a unique index, a session id names one desktop
 //! until it is stopped, state changes are conditional on the state they leave.
 #![forbid(unsafe_code)]
 
+pub mod bounded;
 mod cache;
 pub mod postgres;
 pub mod sql;
@@ -430,12 +433,17 @@ pub trait Store: Send + Sync + 'static {
 }
 
 /// Opens the store `url` names: `sqlite://…` (or `sqlite::memory:`) or `postgres://…`.
+/// Every call of the store returned is bounded by [`bounded::CALL_LIMIT`].
 pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
-    if url.starts_with("sqlite:") {
-        Ok(std::sync::Arc::new(SqliteStore::open(url).await?))
+    let store: std::sync::Arc<dyn Store> = if url.starts_with("sqlite:") {
+        std::sync::Arc::new(SqliteStore::open(url).await?)
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(std::sync::Arc::new(PostgresStore::open(url).await?))
+        std::sync::Arc::new(PostgresStore::open(url).await?)
     } else {
-        Err(StoreError::unsupported(url))
-    }
+        return Err(StoreError::unsupported(url));
+    };
+    Ok(std::sync::Arc::new(bounded::Bounded::new(
+        store,
+        bounded::CALL_LIMIT,
+    )))
 }
