@@ -112,8 +112,9 @@ impl Account {
     }
 }
 
-/// A program and its arguments, plus how to run it.
-#[derive(Debug, Clone)]
+/// A program and its arguments, plus how to run it. Its `Debug` never shows what goes to
+/// stdin (passwords travel there).
+#[derive(Clone)]
 pub struct Cmd {
     program: OsString,
     args: Vec<OsString>,
@@ -123,6 +124,24 @@ pub struct Cmd {
     run_as: Option<Account>,
     stdin: Option<Vec<u8>>,
     timeout: Duration,
+}
+
+impl std::fmt::Debug for Cmd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cmd")
+            .field("program", &self.program)
+            .field("args", &self.args)
+            .field("env", &self.env)
+            .field("clear_env", &self.clear_env)
+            .field("cwd", &self.cwd)
+            .field("run_as", &self.run_as.as_ref().map(|a| &a.name))
+            .field(
+                "stdin",
+                &self.stdin.as_ref().map(|b| format!("<{} bytes>", b.len())),
+            )
+            .field("timeout", &self.timeout)
+            .finish()
+    }
 }
 
 impl Cmd {
@@ -457,6 +476,14 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, ProcessError::Timeout { .. }), "{err:?}");
         assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn debug_never_shows_stdin() {
+        let c = Cmd::new("agent").arg("start").stdin(b"s3cretpw\n".to_vec());
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("s3cretpw"), "{dbg}");
+        assert!(dbg.contains("<9 bytes>") && dbg.contains("start"), "{dbg}");
     }
 
     #[tokio::test]

@@ -18,6 +18,10 @@ pub enum Kind {
     SessionEnded,
     /// A desktop whose start was interrupted by a crash, adopted by its session.
     SessionAdopted,
+    /// A launch URL (connection grant) was issued.
+    LaunchUrlIssued,
+    /// A desktop was refused for the account (`auth.min_uid`, `deny_users`, `allow_groups`).
+    AccountRefused,
     ViewerConnected,
     ViewerDisconnected,
 }
@@ -33,6 +37,8 @@ impl Kind {
             Kind::SessionSwept => "session_swept",
             Kind::SessionEnded => "session_ended",
             Kind::SessionAdopted => "session_adopted",
+            Kind::LaunchUrlIssued => "launch_url_issued",
+            Kind::AccountRefused => "account_refused",
             Kind::ViewerConnected => "viewer_connected",
             Kind::ViewerDisconnected => "viewer_disconnected",
         }

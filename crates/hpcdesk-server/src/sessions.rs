@@ -903,6 +903,22 @@ pub async fn launch_url(
         })
         .await?;
     let mm = app.server_key.seal_for_grant(&token, &password);
+    // Who asked, not whose desktop it is: an admin's link to someone's desktop says so.
+    let detail = match (view_only, rec.owner == user.name()) {
+        (false, true) => String::new(),
+        (true, true) => "view only".to_owned(),
+        (false, false) => format!("owner {}", rec.owner),
+        (true, false) => format!("view only; owner {}", rec.owner),
+    };
+    audit::record(
+        app,
+        Kind::LaunchUrlIssued,
+        user.name(),
+        &id.to_string(),
+        &user.peer,
+        detail,
+    )
+    .await;
     let mut path = format!(
         "/vnc.html?path={}/vncws?token={token}&mm={mm}&resize=remote",
         app.path_prefix

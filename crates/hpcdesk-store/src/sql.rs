@@ -57,8 +57,14 @@ impl Backend for sqlx::Postgres {
     }
 }
 
-/// How a batch of grants fared: `Err((unavailable, what))` if it was not written.
+/// How a batch fared: `Err((unavailable, what))` if it was not written.
 type GrantReply = tokio::sync::oneshot::Sender<Result<(), (bool, String)>>;
+
+/// A row written by the group-committing writer: the rows written on every launch URL.
+enum Batched {
+    Grant(GrantRecord),
+    Audit(AuditEvent),
+}
 
 /// The store on one SQL database. Cheap to clone (pool handles).
 ///
@@ -66,14 +72,14 @@ type GrantReply = tokio::sync::oneshot::Sender<Result<(), (bool, String)>>;
 /// a single connection on SQLite (so writers queue in hpcdesk instead of meeting SQLite's
 /// lock, whose busy handler would put them to sleep for milliseconds at a time).
 ///
-/// Grants, written on every launch URL, are group-committed: inserts that arrive while one
-/// transaction commits go together in the next, and each caller returns once its grant is
-/// durable.
+/// Grants and audit lines, written on every launch URL, are group-committed: inserts that
+/// arrive while one transaction commits go together in the next, and each caller returns once
+/// its row is durable.
 #[derive(Debug)]
 pub struct SqlStore<DB: Database> {
     pool: Pool<DB>,
     writer: Pool<DB>,
-    grants: tokio::sync::mpsc::Sender<(GrantRecord, GrantReply)>,
+    grants: tokio::sync::mpsc::Sender<(Batched, GrantReply)>,
     /// Visible sessions in memory, when this process is the database's only writer.
     cache: Option<Arc<SessionCache>>,
 }
@@ -194,10 +200,10 @@ where
         Ok(Some(snap))
     }
 
-    /// Writes queued grants, as many per transaction as are waiting.
+    /// Writes queued grants and audit lines, as many per transaction as are waiting.
     async fn grant_writer(
         writer: Pool<DB>,
-        mut rx: tokio::sync::mpsc::Receiver<(GrantRecord, GrantReply)>,
+        mut rx: tokio::sync::mpsc::Receiver<(Batched, GrantReply)>,
     ) {
         while let Some(first) = rx.recv().await {
             let mut batch = vec![first];
@@ -207,8 +213,21 @@ where
                     Err(_) => break,
                 }
             }
-            let grants: Vec<&GrantRecord> = batch.iter().map(|(g, _)| g).collect();
-            let result = Self::insert_grants(&writer, &grants).await;
+            let grants: Vec<&GrantRecord> = batch
+                .iter()
+                .filter_map(|(b, _)| match b {
+                    Batched::Grant(g) => Some(g),
+                    Batched::Audit(_) => None,
+                })
+                .collect();
+            let audits: Vec<&AuditEvent> = batch
+                .iter()
+                .filter_map(|(b, _)| match b {
+                    Batched::Audit(a) => Some(a),
+                    Batched::Grant(_) => None,
+                })
+                .collect();
+            let result = Self::insert_batch(&writer, &grants, &audits).await;
             let result = result.map_err(|e| {
                 let e = StoreError::from(e);
                 (e.is_unavailable(), e.to_string())
@@ -219,9 +238,51 @@ where
         }
     }
 
+    /// Inserts a batch durably: one commit for all of it, one multi-row `INSERT` per table.
+    async fn insert_batch(
+        writer: &Pool<DB>,
+        grants: &[&GrantRecord],
+        audits: &[&AuditEvent],
+    ) -> Result<(), sqlx::Error> {
+        if audits.is_empty() {
+            return Self::insert_grants(writer, grants).await;
+        }
+        let mut tx = writer.begin().await?;
+        if !grants.is_empty() {
+            Self::grants_statement(grants).execute(&mut *tx).await?;
+        }
+        let rows: Vec<String> = (0..audits.len())
+            .map(|i| format!("({})", DB::many_placeholders(1 + 6 * i, 6)))
+            .collect();
+        let sql = format!(
+            "INSERT INTO audit (at, kind, user_name, session_id, peer, detail) VALUES {}",
+            rows.join(", ")
+        );
+        let mut q = sqlx::query(AssertSqlSafe(sql)).persistent(audits.len() == 1);
+        for e in audits {
+            q = q
+                .bind(millis(e.at))
+                .bind(&e.kind)
+                .bind(&e.user)
+                .bind(&e.session_id)
+                .bind(&e.peer)
+                .bind(&e.detail);
+        }
+        q.execute(&mut *tx).await?;
+        tx.commit().await
+    }
+
     /// Inserts `grants` (at most [`GRANT_BATCH`]) durably with one multi-row `INSERT`: one
     /// statement and one commit for the whole batch.
     async fn insert_grants(writer: &Pool<DB>, grants: &[&GrantRecord]) -> Result<(), sqlx::Error> {
+        Self::grants_statement(grants).execute(writer).await?;
+        Ok(())
+    }
+
+    /// The multi-row `INSERT` of `grants`.
+    fn grants_statement<'q>(
+        grants: &'q [&'q GrantRecord],
+    ) -> sqlx::query::Query<'q, DB, <DB as Database>::Arguments> {
         let rows: Vec<String> = (0..grants.len())
             .map(|i| format!("({})", DB::many_placeholders(1 + 7 * i, 7)))
             .collect();
@@ -243,8 +304,23 @@ where
                 .bind(millis(g.expires_at))
                 .bind(i64::from(g.revoked));
         }
-        q.execute(writer).await?;
-        Ok(())
+        q
+    }
+
+    /// Hands `row` to the group-committing writer and waits until it is durable.
+    async fn group_commit(&self, row: Batched) -> Result<(), StoreError> {
+        let (reply, done) = tokio::sync::oneshot::channel();
+        let gone = || StoreError::Unavailable("the grant writer stopped".into());
+        self.grants.send((row, reply)).await.map_err(|_| gone())?;
+        done.await
+            .map_err(|_| gone())?
+            .map_err(|(unavailable, what)| {
+                if unavailable {
+                    StoreError::Unavailable(what)
+                } else {
+                    StoreError::Grant(what)
+                }
+            })
     }
 
     /// Sets one text column of a user; [`StoreError::Missing`] for an unknown name.
@@ -816,18 +892,7 @@ where
     }
 
     async fn insert_grant(&self, g: GrantRecord) -> Result<(), StoreError> {
-        let (reply, done) = tokio::sync::oneshot::channel();
-        let gone = || StoreError::Unavailable("the grant writer stopped".into());
-        self.grants.send((g, reply)).await.map_err(|_| gone())?;
-        done.await
-            .map_err(|_| gone())?
-            .map_err(|(unavailable, what)| {
-                if unavailable {
-                    StoreError::Unavailable(what)
-                } else {
-                    StoreError::Grant(what)
-                }
-            })
+        self.group_commit(Batched::Grant(g)).await
     }
 
     async fn grant(&self, token_hash: &[u8]) -> Result<Option<GrantRecord>, StoreError> {
@@ -1130,19 +1195,7 @@ where
     }
 
     async fn record_audit(&self, e: AuditEvent) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO audit (at, kind, user_name, session_id, peer, detail) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(millis(e.at))
-        .bind(&e.kind)
-        .bind(&e.user)
-        .bind(&e.session_id)
-        .bind(&e.peer)
-        .bind(&e.detail)
-        .execute(&self.writer)
-        .await?;
-        Ok(())
+        self.group_commit(Batched::Audit(e)).await
     }
 
     async fn audit(&self, f: AuditFilter) -> Result<Vec<AuditEvent>, StoreError> {

@@ -821,6 +821,59 @@ async fn a_signature_can_be_used_once(store: Arc<dyn Store>) {
     );
 }
 
+/// Audit lines go through the same group commit as grants: mixed and concurrent, all kept.
+async fn audit_lines_and_grants_at_once_are_all_kept(store: Arc<dyn Store>) {
+    let rec = claimed(store.claim_session(new_session("ag1")).await.unwrap());
+    let now = Utc::now();
+    let tasks: Vec<_> = (0..200u16)
+        .map(|i| {
+            let store = store.clone();
+            let key = rec.key.clone();
+            tokio::spawn(async move {
+                if i % 2 == 0 {
+                    let mut hash = vec![1u8; 38];
+                    hash[..2].copy_from_slice(&i.to_be_bytes());
+                    store
+                        .insert_grant(GrantRecord {
+                            token_hash: hash,
+                            session_key: key,
+                            owner: "ag1".into(),
+                            view_only: false,
+                            created_at: now,
+                            expires_at: now + Duration::seconds(60),
+                            revoked: false,
+                        })
+                        .await
+                } else {
+                    store
+                        .record_audit(AuditEvent {
+                            at: now,
+                            kind: "launch_url_issued".into(),
+                            user: "ag1".into(),
+                            session_id: format!("s{i}"),
+                            peer: String::new(),
+                            detail: String::new(),
+                        })
+                        .await
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let lines = store
+        .audit(AuditFilter {
+            user: Some("ag1".into()),
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(lines.len(), 100);
+    assert_eq!(store.revoke_grants(&rec.key).await.unwrap(), 100);
+}
+
 async fn the_audit_log_filters_by_user_and_time(store: Arc<dyn Store>) {
     let t0 = Utc::now();
     for (i, u) in ["a", "b", "a"].iter().enumerate() {
@@ -917,6 +970,7 @@ on_every_backend!(
     a_session_is_found_by_the_marker_written_before_its_launch,
     status_reasons_are_stored_bounded,
     instances_are_fresh_while_they_beat,
+    audit_lines_and_grants_at_once_are_all_kept,
 );
 
 /// A SQLite file that refuses writes (read-only here; a full disk is the same to hpcdesk) is

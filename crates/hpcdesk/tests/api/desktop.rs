@@ -154,6 +154,22 @@ fn an_admin_lists_and_deletes_every_session() {
         .to_owned();
     let all = app.list(&admin);
     assert!(all.iter().any(|s| s["sessionId"] == id.as_str()));
+    // Launch URLs are audited with whoever asked for them.
+    assert_eq!(app.launch_url(&carol, &id)["code"], "0");
+    assert_eq!(app.launch_url(&admin, &id)["code"], "0");
+    let carols = audit(&app, "carol");
+    let issued: Vec<_> = carols
+        .iter()
+        .filter(|e| e["kind"] == "launch_url_issued")
+        .collect();
+    assert_eq!(issued.len(), 1, "{carols:?}");
+    let admins = audit(&app, "root-admin");
+    let by_admin = admins
+        .iter()
+        .find(|e| e["kind"] == "launch_url_issued")
+        .expect("the admin's launch URL is audited as the admin's");
+    assert_eq!(by_admin["sessionId"], id.as_str());
+    assert_eq!(by_admin["detail"], "owner carol");
     assert!(
         app.list(&app.token("dave")).is_empty(),
         "users see only their own"
