@@ -10,8 +10,9 @@ ci/install.sh --test
 if [ "$(id -u)" -eq 0 ]; then
   # Desktops never run as root: as root the tests start them for these accounts.
   # test_1215 is the account named by the SCNet seed example (gv101--test_1215--SIG--4);
-  # hdflood is a user whose shell start-up files and job output the tests make misbehave.
-  for u in hdtest test_1215 hdflood; do
+  # hdflood is a user whose shell start-up files and job output the tests make misbehave;
+  # hdprivate has a home (0700) that root without its file capabilities cannot enter.
+  for u in hdtest test_1215 hdflood hdprivate; do
     id "$u" >/dev/null 2>&1 || useradd --create-home --shell /bin/bash "$u"
   done
   # Real parts for the ssh and slurm launchers: two sshd nodes in network namespaces and

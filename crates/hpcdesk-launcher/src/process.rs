@@ -221,15 +221,26 @@ impl Cmd {
             c.env_clear();
         }
         c.envs(self.env.iter().map(|(k, v)| (k, v)));
-        if let Some(dir) = &self.cwd {
-            c.current_dir(dir);
-        }
         let switch = self
             .run_as
             .as_ref()
             .filter(|a| a.uid != Uid::effective())
             .map(|a| (a.uid, a.gid, a.groups.clone()));
-        install_pre_exec(&mut c, switch, new_session);
+        // std changes directory before any pre_exec hook, i.e. still as root: a home that root
+        // may not enter (NFS with root_squash, mode 0700) would fail. When switching accounts
+        // the directory is entered after the switch, as the user.
+        let cwd_after_switch = match (&self.cwd, &switch) {
+            (Some(dir), Some(_)) => {
+                use std::os::unix::ffi::OsStrExt;
+                CString::new(dir.as_os_str().as_bytes()).ok()
+            }
+            (Some(dir), None) => {
+                c.current_dir(dir);
+                None
+            }
+            (None, _) => None,
+        };
+        install_pre_exec(&mut c, switch, new_session, cwd_after_switch);
         c
     }
 
@@ -371,16 +382,17 @@ fn install_pre_exec(
     c: &mut std::process::Command,
     switch: Option<(Uid, Gid, Vec<Gid>)>,
     new_session: bool,
+    cwd: Option<CString>,
 ) {
     use std::os::unix::process::CommandExt;
     if switch.is_none() && !new_session {
         return;
     }
     // SAFETY: the closure runs in the forked child before exec and only makes
-    // async-signal-safe system calls (setsid, setgroups, setgid, setuid) on data prepared
-    // before the fork; it allocates nothing. Order matters: groups and gid must change
-    // while we are still root, so std's own uid/gid setters (which run before pre_exec
-    // hooks) are not used.
+    // async-signal-safe system calls (setsid, setgroups, setgid, setuid, chdir) on data
+    // prepared before the fork; it allocates nothing. Order matters: groups and gid must
+    // change while we are still root, so std's own uid/gid setters (which run before
+    // pre_exec hooks) are not used; the directory is entered last, as the user.
     unsafe {
         c.pre_exec(move || {
             if new_session {
@@ -390,6 +402,9 @@ fn install_pre_exec(
                 nix::unistd::setgroups(groups).map_err(std::io::Error::from)?;
                 nix::unistd::setgid(*gid).map_err(std::io::Error::from)?;
                 nix::unistd::setuid(*uid).map_err(std::io::Error::from)?;
+            }
+            if let Some(dir) = &cwd {
+                nix::unistd::chdir(dir.as_c_str()).map_err(std::io::Error::from)?;
             }
             Ok(())
         });

@@ -125,6 +125,8 @@ pub struct Options {
     pub launcher_toml: String,
     /// Environment of the server process.
     pub env: Vec<(String, String)>,
+    /// A command the server is started under (e.g. `setpriv …`), its argv before `hpcdesk`.
+    pub wrapper: Vec<String>,
 }
 
 impl Default for Options {
@@ -138,6 +140,7 @@ impl Default for Options {
             extra_toml: String::new(),
             launcher_toml: String::new(),
             env: Vec::new(),
+            wrapper: Vec::new(),
         }
     }
 }
@@ -147,6 +150,7 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 pub struct TestApp {
     pub base: String,
     env: Vec<(String, String)>,
+    wrapper: Vec<String>,
     pub node: String,
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
@@ -212,6 +216,7 @@ reconcile_every = "{reconcile}"
         let mut app = TestApp {
             base: String::new(),
             env: opts.env.clone(),
+            wrapper: opts.wrapper.clone(),
             node,
             dir,
             config,
@@ -225,7 +230,15 @@ reconcile_every = "{reconcile}"
     /// Starts `hpcdesk serve` and waits for its "listening on" line.
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "already running");
-        let mut child = Command::new(bin())
+        let mut cmd = match self.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(bin());
+                c
+            }
+            None => Command::new(bin()),
+        };
+        let mut child = cmd
             .args(["serve", "--config"])
             .arg(&self.config)
             // Debug everywhere, so the tests that grep the log for secrets see the most.

@@ -14,6 +14,7 @@ mod instances;
 mod limits;
 mod outage;
 mod restart;
+mod security;
 mod seed;
 mod slurm;
 mod ssh;
