@@ -43,6 +43,10 @@ impl Launcher for FakeLauncher {
     fn kind(&self) -> &'static str {
         "local"
     }
+    fn admit(&self, _: &hpcdesk_core::ComputeUser) -> Result<(), LaunchError> {
+        // Benchmark users are names, not accounts: there is nothing to run as them.
+        Ok(())
+    }
     async fn start(&self, req: StartRequest) -> Result<Launch, LaunchError> {
         let port = *self
             .ports

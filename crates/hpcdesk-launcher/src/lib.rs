@@ -7,6 +7,7 @@
 //! - [`remote`]: the agent's command lines, shared by the launchers.
 //! - [`agent`]: the node agent itself (`hpcdesk node …`): the one place that starts and stops
 //!   TigerVNC, shared by every launcher.
+//! - [`policy`]: which Linux accounts may run desktops (checked through `Launcher::admit`).
 //! - [`process`]: the one wrapper through which every external program runs.
 //! - [`capped`]: the one reader for what users control (command output, files in homes).
 //! - [`x11`]: Xauthority cookies and the X11 readiness check.
@@ -15,6 +16,7 @@
 pub mod agent;
 pub mod capped;
 pub mod local;
+pub mod policy;
 pub mod process;
 pub mod remote;
 pub mod slurm;
@@ -39,6 +41,9 @@ pub enum LaunchError {
     /// The desktop could not be started or stopped: 815008.
     #[error("{0}")]
     Desktop(String),
+    /// The account may not run desktops (`policy`): 10008.
+    #[error("{0}")]
+    Refused(String),
     /// The desktop was tried on a display of a node and failed there: 815008. The session
     /// keeps that place in its id so its `statusReason` can be listed.
     #[error("{reason}")]
@@ -210,6 +215,10 @@ pub struct Survey {
 pub trait Launcher: Send + Sync + 'static {
     /// `local`, `ssh` or `slurm`.
     fn kind(&self) -> &'static str;
+
+    /// Whether `user` may run desktops ([`policy::Policy`]), asked before anything is
+    /// written or run for them. Blocking: it resolves the account.
+    fn admit(&self, user: &ComputeUser) -> Result<(), LaunchError>;
 
     /// Starts a desktop and waits until it is ready (RFB answering, X display usable), or
     /// queues it.

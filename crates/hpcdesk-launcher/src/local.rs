@@ -28,6 +28,8 @@ pub struct LocalConfig {
     pub desktop: DesktopSettings,
     /// `PATH` given to the agent and the desktop.
     pub path: String,
+    /// Which accounts may run desktops.
+    pub policy: crate::policy::Policy,
 }
 
 #[derive(Debug)]
@@ -112,6 +114,10 @@ impl LocalLauncher {
 
 #[async_trait]
 impl Launcher for LocalLauncher {
+    fn admit(&self, user: &ComputeUser) -> Result<(), LaunchError> {
+        Ok(self.cfg.policy.check(user)?)
+    }
+
     fn kind(&self) -> &'static str {
         "local"
     }

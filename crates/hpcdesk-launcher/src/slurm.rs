@@ -60,6 +60,8 @@ pub struct SlurmConfig {
     pub path: String,
     /// Slurm client environment passed to commands run as the user (e.g. `SLURM_CONF`).
     pub env: Vec<(String, String)>,
+    /// Which accounts may run desktops.
+    pub policy: crate::policy::Policy,
 }
 
 /// What the slurm launcher stores per session.
@@ -270,6 +272,10 @@ impl SlurmLauncher {
 
 #[async_trait]
 impl Launcher for SlurmLauncher {
+    fn admit(&self, user: &ComputeUser) -> Result<(), LaunchError> {
+        Ok(self.cfg.policy.check(user)?)
+    }
+
     fn kind(&self) -> &'static str {
         "slurm"
     }
@@ -647,6 +653,7 @@ mod tests {
             },
             path: "/usr/bin:/bin".into(),
             env: Vec::new(),
+            policy: Default::default(),
         });
         let s = l.script("abc12345", "1024x768");
         assert!(

@@ -63,6 +63,8 @@ pub struct SshConfig {
     pub max_channels: usize,
     pub nodes: Vec<NodeSpec>,
     pub desktop: DesktopSettings,
+    /// Which accounts may run desktops.
+    pub policy: crate::policy::Policy,
 }
 
 type Probed = (Instant, Result<Probe, String>);
@@ -321,6 +323,10 @@ impl SshLauncher {
 
 #[async_trait]
 impl Launcher for SshLauncher {
+    fn admit(&self, user: &ComputeUser) -> Result<(), LaunchError> {
+        Ok(self.cfg.policy.check(user)?)
+    }
+
     fn kind(&self) -> &'static str {
         "ssh"
     }
@@ -688,6 +694,7 @@ mod tests {
                 display_max: 9,
                 start_timeout: Duration::from_secs(30),
             },
+            policy: Default::default(),
         })
         .unwrap();
         let cmd = l.ssh(

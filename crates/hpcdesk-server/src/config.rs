@@ -150,6 +150,13 @@ pub struct AuthConfig {
     pub token_ttl: HumanDuration,
     /// How far an AK/SK request's `timestamp` may be from the server's clock.
     pub signature_skew: HumanDuration,
+    /// Linux accounts below this uid never run desktops (system accounts).
+    pub min_uid: u32,
+    /// Linux accounts that never run desktops, whatever their uid.
+    pub deny_users: Vec<String>,
+    /// When set, only members of one of these groups run desktops.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allow_groups: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -384,6 +391,9 @@ impl Default for AuthConfig {
             cluster_name: "hpcdesk".into(),
             token_ttl: HumanDuration(Duration::from_secs(24 * 3600)),
             signature_skew: HumanDuration(Duration::from_secs(300)),
+            min_uid: 1000,
+            deny_users: vec!["root".into()],
+            allow_groups: None,
         }
     }
 }

@@ -143,6 +143,7 @@ fn launch_error(e: LaunchError) -> ApiError {
     match e {
         LaunchError::NoCapacity(m) => ApiError::NoCapacity(m),
         LaunchError::Desktop(m) => ApiError::Desktop(m),
+        LaunchError::Refused(m) => ApiError::Permission(m),
         LaunchError::FailedAt { reason, .. } => ApiError::Desktop(reason),
     }
 }
@@ -362,12 +363,36 @@ pub async fn stop_and_end(
 // ---------------------------------------------------------------------------------------
 // Creating sessions.
 
+/// The account policy (`hpcdesk_launcher::policy`), before anything is written or run:
+/// 10008 for an account it refuses (audited), 815008 for one this host does not know.
+async fn account_allowed(app: &AppState, user: &AuthUser) -> Result<(), ApiError> {
+    let launcher = app.launcher.clone();
+    let account = user.compute_user.clone();
+    let admitted = tokio::task::spawn_blocking(move || launcher.admit(&account))
+        .await
+        .map_err(ApiError::internal)?;
+    if let Err(LaunchError::Refused(why)) = &admitted {
+        audit::record(
+            app,
+            Kind::AccountRefused,
+            user.name(),
+            "",
+            &user.peer,
+            why.clone(),
+        )
+        .await;
+        tracing::warn!(user = user.name(), account = %user.compute_user, "{why}");
+    }
+    admitted.map_err(launch_error)
+}
+
 /// How many times a create claims again after finding an interrupted start in its way.
 const CLAIM_ROUNDS: usize = 3;
 
 /// `PUT …/desktop/vnc`: the caller's session, started if they have none.
 pub async fn create(app: &AppState, user: &AuthUser) -> Result<SessionItem, ApiError> {
     user.require(Action::CreateDesktop)?;
+    account_allowed(app, user).await?;
     for _ in 0..CLAIM_ROUNDS {
         let password = new_vnc_password();
         let marker = new_marker();

@@ -163,6 +163,15 @@ fn desktop_settings(config: &Config) -> DesktopSettings {
     }
 }
 
+/// The account rules every launcher applies (`auth.min_uid`, `deny_users`, `allow_groups`).
+fn account_policy(config: &Config) -> hpcdesk_launcher::policy::Policy {
+    hpcdesk_launcher::policy::Policy {
+        min_uid: config.auth.min_uid,
+        deny_users: config.auth.deny_users.clone(),
+        allow_groups: config.auth.allow_groups.clone(),
+    }
+}
+
 fn this_binary() -> Result<PathBuf, StartupError> {
     std::env::current_exe()
         .map_err(|e| StartupError::Launcher(format!("cannot find the hpcdesk binary: {e}")))
@@ -181,6 +190,7 @@ pub fn build_launcher(config: &Config) -> Result<Arc<dyn Launcher>, StartupError
             node: node_name(config)?,
             desktop: desktop_settings(config),
             path,
+            policy: account_policy(config),
         }))),
         LauncherKind::Ssh => {
             let s = &l.ssh;
@@ -212,6 +222,7 @@ pub fn build_launcher(config: &Config) -> Result<Arc<dyn Launcher>, StartupError
                 max_channels: s.max_channels,
                 nodes,
                 desktop: desktop_settings(config),
+                policy: account_policy(config),
             })
             .map_err(|e| StartupError::Launcher(e.to_string()))?;
             Ok(Arc::new(launcher))
@@ -241,6 +252,7 @@ pub fn build_launcher(config: &Config) -> Result<Arc<dyn Launcher>, StartupError
                 desktop: desktop_settings(config),
                 path,
                 env,
+                policy: account_policy(config),
             })))
         }
     }

@@ -66,3 +66,86 @@ fn a_home_root_cannot_enter_still_gets_a_working_desktop() {
     assert_eq!(app.delete(&token, &id)["code"], "0");
     assert!(app.xvnc_pids().is_empty(), "the desktop is gone");
 }
+
+/// Processes that run as `uid`.
+fn processes_of(uid: u32) -> Vec<i32> {
+    use std::os::unix::fs::MetadataExt;
+    procs()
+        .into_iter()
+        .filter(|p| {
+            !zombie(*p) && std::fs::metadata(format!("/proc/{p}")).is_ok_and(|m| m.uid() == uid)
+        })
+        .collect()
+}
+
+/// Tokens whose `computeUser` is the superuser, a system account, `nobody`, or an account
+/// below `auth.min_uid` are refused with 10008 by every launcher before anything is written
+/// or run: no session, no process as them, an audit line.
+#[test]
+fn tokens_for_root_system_accounts_and_low_uids_are_refused_by_every_launcher() {
+    if !real_parts("account policy") {
+        return;
+    }
+    let low = compute_user();
+    let low_uid = nix::unistd::User::from_name(&low)
+        .unwrap()
+        .unwrap()
+        .uid
+        .as_raw();
+    // The test account counts as "below min_uid" for these apps.
+    let opts = || Options {
+        env: vec![("HPCDESK_AUTH__MIN_UID".into(), (low_uid + 1).to_string())],
+        ..Options::default()
+    };
+    let apps = [
+        ("local", TestApp::spawn_with(opts())),
+        ("ssh", crate::ssh::ssh_app_with(opts())),
+        ("slurm", crate::slurm::slurm_app_opts("", opts())),
+    ];
+    let accounts = ["root", "daemon", "nobody", low.as_str()];
+    let uids: Vec<u32> = accounts
+        .iter()
+        .map(|a| {
+            nix::unistd::User::from_name(a)
+                .unwrap()
+                .unwrap()
+                .uid
+                .as_raw()
+        })
+        .collect();
+    // daemon and nobody: the test account runs other tests' desktops meanwhile, and root
+    // always runs something (for those, no agent with these users may have run).
+    let system = &uids[1..3];
+    let before: Vec<Vec<i32>> = system.iter().map(|u| processes_of(*u)).collect();
+    for (kind, app) in &apps {
+        for account in accounts {
+            let user = format!("pol-{kind}-{account}");
+            let token = token_with(&user, account, |_| {});
+            let (_, v) = app.call("PUT", "/hpc/openapi/v2/desktop/vnc", Some(&token));
+            assert_eq!(v["code"], "10008", "{kind} {account}: {v}");
+            let msg = v["msg"].as_str().unwrap();
+            assert!(
+                msg.contains(account) && msg.contains("may not run desktops"),
+                "{kind} {account}: {msg}"
+            );
+            assert!(app.list(&token).is_empty(), "{kind} {account}: a session");
+            assert!(
+                kinds(&audit(app, &user)).contains(&"account_refused".to_owned()),
+                "{kind} {account}: not audited"
+            );
+        }
+    }
+    let after: Vec<Vec<i32>> = system.iter().map(|u| processes_of(*u)).collect();
+    for ((account, b), a) in accounts[1..3].iter().zip(&before).zip(&after) {
+        let new: Vec<_> = a.iter().filter(|p| !b.contains(p)).collect();
+        assert!(new.is_empty(), "processes as {account}: {new:?}");
+    }
+    assert!(
+        !procs().into_iter().any(|p| {
+            let argv = cmdline(p);
+            argv.windows(2).any(|w| w[0] == "node" && w[1] == "start")
+                && argv.iter().any(|a| a.starts_with("pol-"))
+        }),
+        "an agent ran"
+    );
+}

@@ -75,14 +75,21 @@ fn slurm_app() -> TestApp {
 
 /// A slurm app with more `[launcher.slurm]` keys.
 fn slurm_app_with(slurm_toml: &str) -> TestApp {
+    slurm_app_opts(slurm_toml, Options::default())
+}
+
+/// A slurm app with more `[launcher.slurm]` keys and other options.
+pub fn slurm_app_opts(slurm_toml: &str, opts: Options) -> TestApp {
+    let mut env = opts.env.clone();
+    env.push(("SLURM_CONF".into(), slurm_conf().display().to_string()));
     TestApp::spawn_with(Options {
         launcher_toml: "kind = \"slurm\"".into(),
         extra_toml: format!(
             "[launcher.slurm]\nagent = \"{}\"\nlisten = \"localhost\"\ntime_limit = \"10:00\"\n{slurm_toml}\n",
             agent_binary().display()
         ),
-        env: vec![("SLURM_CONF".into(), slurm_conf().display().to_string())],
-        ..Options::default()
+        env,
+        ..opts
     })
 }
 

@@ -91,7 +91,7 @@ fn ssh_app() -> TestApp {
     ssh_app_with(Options::default())
 }
 
-fn ssh_app_with(opts: Options) -> TestApp {
+pub fn ssh_app_with(opts: Options) -> TestApp {
     let dir = nodes_dir();
     let mut extra = format!(
         "[launcher.ssh]\nagent = \"{}\"\nidentity = \"{}\"\nknown_hosts = \"{}\"\nconnect_timeout = \"3s\"\nprobe_cache = \"1s\"\n",
