@@ -90,7 +90,7 @@ fn check(cfg: &Policy, user: &ComputeUser) -> Result<(), Refusal> {
             nix::unistd::Group::from_gid(*gid)
                 .ok()
                 .flatten()
-                .is_some_and(|g| allowed.iter().any(|a| *a == g.name))
+                .is_some_and(|g| allowed.contains(&g.name))
         });
         if !member {
             return Err(refused(format!(
