@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 runtime=(tigervnc-standalone-server tigervnc-tools xfonts-base x11-xserver-utils xterm twm)
-test_only=(python3-requests chromium openssh-server openssh-client iproute2
+test_only=(python3-requests chromium openssh-server openssh-client iproute2 xclip
            slurmctld slurmd slurm-client munge postgresql)
 
 testing=0

@@ -73,6 +73,11 @@ pub enum Refusal {
     NotRunning,
     #[error("the launch link is damaged (mm does not match)")]
     BadMm,
+    #[error(
+        "this desktop already has {0} viewers, the most allowed \
+         (gateway.max_viewers_per_session)"
+    )]
+    TooManyViewers(u32),
     #[error("internal error")]
     Internal,
 }
@@ -89,6 +94,11 @@ pub struct GatewayConfig {
     pub heartbeat: Duration,
     /// How long connecting and authenticating to the desktop may take.
     pub connect_timeout: Duration,
+    /// A viewer that takes no data for this long is dropped: it holds a buffer and the
+    /// desktop's socket, and would keep the desktop from being swept.
+    pub write_timeout: Duration,
+    /// Most viewers of one session (on this instance, plus those reported elsewhere).
+    pub max_viewers_per_session: u32,
 }
 
 impl Default for GatewayConfig {
@@ -96,6 +106,8 @@ impl Default for GatewayConfig {
         GatewayConfig {
             heartbeat: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(60),
+            max_viewers_per_session: 8,
         }
     }
 }
@@ -131,6 +143,17 @@ impl Gateway {
         }
     }
 
+    /// Whether one more viewer of `grant`'s session may connect, with `elsewhere` viewers of
+    /// it on other instances.
+    pub fn admit(&self, grant: &Grant, elsewhere: u32) -> Result<(), Refusal> {
+        let here = self.registry.activity(&grant.session_key).connections;
+        let max = self.cfg.max_viewers_per_session;
+        if here + elsewhere >= max {
+            return Err(Refusal::TooManyViewers(max));
+        }
+        Ok(())
+    }
+
     /// Serves one upgraded viewer connection to its end. `leftover` holds bytes the HTTP
     /// server read past the upgrade request.
     pub async fn serve(
@@ -142,7 +165,27 @@ impl Gateway {
     ) -> (End, Counts) {
         let _ = viewer.set_nodelay(true);
         let started = Instant::now();
-        let conn = self.registry.open(&grant.session_key);
+        // Checked again here, atomically: several viewers may have passed `admit` at once.
+        let Some(conn) = self
+            .registry
+            .open_within(&grant.session_key, self.cfg.max_viewers_per_session)
+        else {
+            let reason = Refusal::TooManyViewers(self.cfg.max_viewers_per_session).to_string();
+            let mut viewer = viewer;
+            let _ = tokio::time::timeout(
+                Duration::from_secs(2),
+                viewer.write_all(&ws::close_frame(ws::close::POLICY, &reason)),
+            )
+            .await;
+            let _ = viewer.shutdown().await;
+            return (
+                End::Protocol {
+                    code: ws::close::POLICY,
+                    reason,
+                },
+                Counts::default(),
+            );
+        };
         tracing::info!(session = %grant.session_id, owner = %grant.owner, %peer, view_only = grant.view_only, "viewer connected");
         let (end, counts) = self.run(viewer, leftover, &grant, &conn).await;
         tracing::info!(
@@ -197,6 +240,7 @@ impl Gateway {
             early,
             view_only: grant.view_only,
             heartbeat: self.cfg.heartbeat,
+            write_timeout: self.cfg.write_timeout,
         }
         .run(conn)
         .await

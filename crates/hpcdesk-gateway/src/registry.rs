@@ -83,6 +83,27 @@ impl Registry {
         }
     }
 
+    /// Like [`Registry::open`], unless the session has `max` open connections already.
+    pub fn open_within(&self, session_key: &str, max: u32) -> Option<Connection> {
+        let closed = self.with(|m| {
+            let e = m.entry(session_key.to_owned()).or_insert_with(|| Entry {
+                activity: Activity::default(),
+                close: watch::channel(None).0,
+            });
+            if e.activity.connections >= max {
+                return None;
+            }
+            e.activity.connections += 1;
+            Some(e.close.subscribe())
+        })?;
+        Some(Connection {
+            registry: self.clone(),
+            key: session_key.to_owned(),
+            closed,
+            last_input_ms: AtomicU64::new(0),
+        })
+    }
+
     pub fn activity(&self, session_key: &str) -> Activity {
         self.with(|m| m.get(session_key).map(|e| e.activity).unwrap_or_default())
     }

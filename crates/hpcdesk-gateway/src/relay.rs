@@ -47,6 +47,8 @@ pub enum End {
     DesktopError(String),
     /// No pong for two heartbeats.
     Timeout,
+    /// The viewer took no data for `write_timeout` (it stopped reading).
+    ViewerStalled,
     Closed(CloseReason),
 }
 
@@ -61,6 +63,8 @@ impl End {
             End::DesktopClosed => (close::NORMAL, "the desktop closed the connection"),
             End::DesktopError(_) => (close::DESKTOP_UNAVAILABLE, "cannot reach the desktop"),
             End::Timeout => (close::TIMEOUT, "no answer to pings"),
+            // A frame was cut off halfway: nothing more can be written.
+            End::ViewerStalled => return None,
             End::Closed(CloseReason::SessionDeleted) => {
                 (close::SESSION_DELETED, "the desktop session was deleted")
             }
@@ -88,18 +92,37 @@ impl Control {
 }
 
 /// The viewer's write half, remembering whether a frame was cut off halfway (then nothing
-/// more may be written).
+/// more may be written). A write that takes longer than `timeout` fails: a viewer that has
+/// stopped reading (a zero TCP window) must not hold the relay forever, and while this
+/// direction waits on it, it sends no pings that could notice.
 struct Out {
     w: OwnedWriteHalf,
     torn: bool,
+    timeout: Duration,
+}
+
+/// The error of a write that timed out.
+fn stalled() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, "the viewer takes no data")
 }
 
 impl Out {
     async fn write(&mut self, frame: &[u8]) -> io::Result<()> {
         self.torn = true;
-        self.w.write_all(frame).await?;
+        tokio::time::timeout(self.timeout, self.w.write_all(frame))
+            .await
+            .map_err(|_| stalled())??;
         self.torn = false;
         Ok(())
+    }
+}
+
+/// The end of a relay whose write to the viewer failed with `e`.
+fn viewer_write_error(e: io::Error) -> End {
+    if e.kind() == io::ErrorKind::TimedOut {
+        End::ViewerStalled
+    } else {
+        End::ViewerError(e.to_string())
     }
 }
 
@@ -113,6 +136,8 @@ pub struct Relay {
     pub early: Vec<u8>,
     pub view_only: bool,
     pub heartbeat: Duration,
+    /// See [`Out`].
+    pub write_timeout: Duration,
 }
 
 /// Byte counts of a finished relay.
@@ -130,6 +155,7 @@ impl Relay {
         let mut out = Out {
             w: viewer_w,
             torn: false,
+            timeout: self.write_timeout,
         };
         let ctl = Control {
             pending: Mutex::new(Pending::default()),
@@ -224,7 +250,7 @@ async fn down(
                 if let Some(payload) = pong
                     && let Err(e) = out.write(&ws::control_frame(ws::OP_PONG, &payload)).await
                 {
-                    return End::ViewerError(e.to_string());
+                    return viewer_write_error(e);
                 }
             }
             r = desktop.readable() => {
@@ -241,7 +267,7 @@ async fn down(
                             buf[MAX_SERVER_HEADER - h..MAX_SERVER_HEADER]
                                 .copy_from_slice(&header[MAX_SERVER_HEADER - h..]);
                             if let Err(e) = out.write(&buf[MAX_SERVER_HEADER - h..MAX_SERVER_HEADER + n]).await {
-                                return End::ViewerError(e.to_string());
+                                return viewer_write_error(e);
                             }
                             *bytes += n as u64;
                         }
@@ -259,7 +285,7 @@ async fn down(
                 }
                 unanswered += 1;
                 if let Err(e) = out.write(&ws::control_frame(ws::OP_PING, b"hpcdesk")).await {
-                    return End::ViewerError(e.to_string());
+                    return viewer_write_error(e);
                 }
             }
         }

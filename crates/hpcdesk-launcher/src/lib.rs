@@ -60,10 +60,25 @@ pub struct StartRequest {
     pub compute_user: ComputeUser,
     /// The session's VNC password (8 characters). Passed to the agent on stdin only.
     pub password: Vec<u8>,
+    /// Its view-only password (8 characters), for view-only launch URLs.
+    pub view_password: Option<Vec<u8>>,
     pub geometry: String,
     /// The session's marker, already stored with it: the desktop carries it (and a Slurm
     /// job its name), so that it can be found after a crash ([`Launcher::recover`]).
     pub marker: String,
+}
+
+impl StartRequest {
+    /// What the agent reads on stdin: the password, then the view-only one, a line each.
+    pub fn stdin(&self) -> Vec<u8> {
+        let mut out = self.password.clone();
+        out.push(b'\n');
+        if let Some(v) = &self.view_password {
+            out.extend_from_slice(v);
+            out.push(b'\n');
+        }
+        out
+    }
 }
 
 impl std::fmt::Debug for StartRequest {

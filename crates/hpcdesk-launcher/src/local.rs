@@ -127,8 +127,7 @@ impl Launcher for LocalLauncher {
         if let Some(d) = crate::agent::test_pause_at("launch") {
             tokio::time::sleep(d).await;
         }
-        let mut stdin = req.password.clone();
-        stdin.push(b'\n');
+        let stdin = req.stdin();
         let cmd = self
             .agent_as(req.compute_user.as_str())?
             .args(remote::start_args(

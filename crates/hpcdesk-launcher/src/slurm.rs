@@ -289,8 +289,7 @@ impl Launcher for SlurmLauncher {
         // The job directory and the job's name carry the session's marker, stored before
         // this call: a crash before the job id is recorded loses nothing.
         let key = req.marker.clone();
-        let mut pw = req.password.clone();
-        pw.push(b'\n');
+        let pw = req.stdin();
         let prepared: Prepared = agent_reply(
             self.local_agent(user)?
                 .args(["node", "job-prepare", "--key", &key])

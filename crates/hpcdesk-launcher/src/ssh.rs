@@ -354,8 +354,7 @@ impl Launcher for SshLauncher {
             }
         }
         ranked.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let mut stdin = req.password.clone();
-        stdin.push(b'\n');
+        let stdin = req.stdin();
         for (_, node) in ranked {
             let out = self
                 .run(

@@ -328,6 +328,10 @@ pub struct GatewayConfig {
     pub heartbeat: HumanDuration,
     /// How long reaching and authenticating to a desktop may take.
     pub connect_timeout: HumanDuration,
+    /// A viewer that takes no data for this long is dropped.
+    pub write_timeout: HumanDuration,
+    /// Most viewers of one desktop at a time (all instances together).
+    pub max_viewers_per_session: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -424,6 +428,8 @@ impl Default for GatewayConfig {
             grant_ttl: HumanDuration(Duration::from_secs(600)),
             heartbeat: HumanDuration(Duration::from_secs(30)),
             connect_timeout: HumanDuration(Duration::from_secs(10)),
+            write_timeout: HumanDuration(Duration::from_secs(60)),
+            max_viewers_per_session: 8,
         }
     }
 }
@@ -655,6 +661,12 @@ impl Config {
             if v == 0 {
                 return Err(invalid(key, "must be at least 1"));
             }
+        }
+        if self.gateway.max_viewers_per_session == 0 {
+            return Err(invalid(
+                "gateway.max_viewers_per_session",
+                "must be at least 1",
+            ));
         }
         if l.max_incomplete_requests == 0 {
             return Err(invalid(

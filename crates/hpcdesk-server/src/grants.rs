@@ -16,6 +16,16 @@ use hpcdesk_store::Store;
 use crate::sessions::grant_hash;
 use crate::state::Clock;
 
+/// The VNC password a grant carries, of a session's stored passwords: the view-only one for
+/// a view-only grant, when the session has one (sessions since view-only passwords store
+/// both, 16 bytes), else the full-access one.
+pub fn password_for(stored: &[u8], view_only: bool) -> &[u8] {
+    match (view_only, stored.len()) {
+        (true, 16) => &stored[8..],
+        _ => &stored[..stored.len().min(8)],
+    }
+}
+
 pub struct StoreGrants {
     pub store: Arc<dyn Store>,
     pub key: ServerKey,
@@ -69,7 +79,7 @@ impl GrantResolver for StoreGrants {
             .as_deref()
             .and_then(|s| self.key.open_at_rest(s).ok())
             .ok_or(Refusal::Internal)?;
-        if !same(&password, &stored) {
+        if !same(&password, password_for(&stored, grant.view_only)) {
             return Err(Refusal::BadMm);
         }
         let (Some(host), Some(port), Some(id)) = (

@@ -394,7 +394,10 @@ pub async fn create(app: &AppState, user: &AuthUser) -> Result<SessionItem, ApiE
     user.require(Action::CreateDesktop)?;
     account_allowed(app, user).await?;
     for _ in 0..CLAIM_ROUNDS {
-        let password = new_vnc_password();
+        // The full-access password, then the view-only one (view-only launch URLs carry it,
+        // and Xvnc itself then refuses that viewer input and the clipboard).
+        let mut password = new_vnc_password();
+        password.extend(new_vnc_password());
         let marker = new_marker();
         let in_flight = app.in_flight.enter(&marker);
         let claim = app
@@ -464,11 +467,13 @@ async fn start(
     caller: &AuthUser,
 ) -> Result<SessionItem, ApiError> {
     let compute_user = rec.compute_user.clone();
+    let (full, view) = password.split_at(8.min(password.len()));
     let launched = app
         .launcher
         .start(StartRequest {
             compute_user: compute_user.clone(),
-            password,
+            password: full.to_vec(),
+            view_password: (!view.is_empty()).then(|| view.to_vec()),
             geometry: rec.geometry.clone(),
             marker: rec.marker.clone(),
         })
@@ -908,10 +913,13 @@ pub async fn launch_url(
     let sealed = rec.vnc_password_sealed.as_deref().ok_or_else(|| {
         ApiError::internal(std::io::Error::other("running session without a password"))
     })?;
-    let password = app
+    let passwords = app
         .server_key
         .open_at_rest(sealed)
         .map_err(ApiError::internal)?;
+    // Sessions from before view-only passwords have only the first: their view-only viewers
+    // are restrained by the gateway alone.
+    let password = crate::grants::password_for(&passwords, view_only);
     let now = app.clock.now();
     let token = new_grant_token(now);
     let ttl =
@@ -927,7 +935,7 @@ pub async fn launch_url(
             revoked: false,
         })
         .await?;
-    let mm = app.server_key.seal_for_grant(&token, &password);
+    let mm = app.server_key.seal_for_grant(&token, password);
     // Who asked, not whose desktop it is: an admin's link to someone's desktop says so.
     let detail = match (view_only, rec.owner == user.name()) {
         (false, true) => String::new(),

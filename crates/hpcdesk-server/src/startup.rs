@@ -295,6 +295,8 @@ pub async fn build_with(
         GatewayConfig {
             heartbeat: config.gateway.heartbeat.0,
             connect_timeout: config.gateway.connect_timeout.0,
+            write_timeout: config.gateway.write_timeout.0,
+            max_viewers_per_session: config.gateway.max_viewers_per_session,
         },
     ));
     let (public_base, path_prefix) = match &config.server.public_url {

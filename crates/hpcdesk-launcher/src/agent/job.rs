@@ -64,10 +64,16 @@ pub struct JobReport {
     pub log_tail: String,
 }
 
-pub fn prepare(key: &str, password: &[u8]) -> Result<Prepared, AgentError> {
+pub fn prepare(key: &str, password: &super::Passwords) -> Result<Prepared, AgentError> {
     let dir = job_dir(key)?;
     make_private_dir(&dir)?;
-    write_private(&dir.join("passwd.in"), password)?;
+    let mut lines = password.full.clone();
+    lines.push(b'\n');
+    if let Some(v) = &password.view_only {
+        lines.extend_from_slice(v);
+        lines.push(b'\n');
+    }
+    write_private(&dir.join("passwd.in"), &lines)?;
     Ok(Prepared {
         dir: dir.display().to_string(),
     })
@@ -121,6 +127,7 @@ pub fn run(key: &str, args: &StartArgs) -> Result<String, AgentError> {
         ))
     })?;
     let _ = fs::remove_file(&pw_file);
+    let password = super::read_password(&password[..])?;
 
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [

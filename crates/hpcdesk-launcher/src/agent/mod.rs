@@ -182,24 +182,61 @@ fn valid_geometry(g: &str) -> bool {
     ok(w) && ok(h)
 }
 
-/// Reads the VNC password from stdin (trailing newline ignored).
-pub fn read_password(mut input: impl Read) -> Result<Vec<u8>, AgentError> {
-    let mut pw = Vec::new();
+/// A desktop's VNC passwords: full access, and optionally view-only (Xvnc lets a viewer that
+/// authenticates with the second one watch, with no input and no clipboard either way).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Passwords {
+    pub full: Vec<u8>,
+    pub view_only: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Passwords {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Passwords(<redacted>)")
+    }
+}
+
+impl Passwords {
+    /// The VNC password file: the obfuscated full-access password, then the view-only one.
+    pub fn file(&self) -> Vec<u8> {
+        let mut out = hpcdesk_rfb::obfuscated_password_file(&self.full).to_vec();
+        if let Some(v) = &self.view_only {
+            out.extend_from_slice(&hpcdesk_rfb::obfuscated_password_file(v));
+        }
+        out
+    }
+}
+
+/// Reads the VNC passwords from stdin: one line, the full-access password, and optionally a
+/// second line, the view-only password.
+pub fn read_password(mut input: impl Read) -> Result<Passwords, AgentError> {
+    let mut raw = Vec::new();
     input
         .by_ref()
         .take(256)
-        .read_to_end(&mut pw)
+        .read_to_end(&mut raw)
         .map_err(|e| err(ErrorKind::Usage, format!("cannot read the password: {e}")))?;
-    while pw.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-        pw.pop();
-    }
-    if pw.len() < 6 {
-        return Err(err(
+    let mut lines = raw
+        .split(|b| *b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+        .filter(|l| !l.is_empty());
+    let short = || {
+        err(
             ErrorKind::Usage,
-            "the VNC password (on stdin) must have at least 6 characters",
-        ));
-    }
-    Ok(pw)
+            "a VNC password (on stdin) must have at least 6 characters",
+        )
+    };
+    let full = lines
+        .next()
+        .filter(|l| l.len() >= 6)
+        .ok_or_else(short)?
+        .to_vec();
+    let view_only = match lines.next() {
+        Some(l) if l.len() >= 6 => Some(l.to_vec()),
+        Some(_) => return Err(short()),
+        None => None,
+    };
+    Ok(Passwords { full, view_only })
 }
 
 fn desktops_root(home: &Path) -> PathBuf {
@@ -240,7 +277,7 @@ struct DesktopState {
 
 /// Starts a desktop. On success the desktop's processes run detached; on failure nothing
 /// of it is left running.
-pub fn start(args: &StartArgs, password: &[u8]) -> Result<StartedDesktop, AgentError> {
+pub fn start(args: &StartArgs, password: &Passwords) -> Result<StartedDesktop, AgentError> {
     if !valid_geometry(&args.geometry) {
         return Err(err(
             ErrorKind::Usage,
@@ -348,7 +385,7 @@ fn try_display(
     me: &Account,
     d: u32,
     port: u16,
-    password: &[u8],
+    password: &Passwords,
     desktop: &[Vec<String>],
     deadline: Instant,
 ) -> Result<StartedDesktop, Attempt> {
@@ -356,11 +393,7 @@ fn try_display(
     let _ = fs::remove_dir_all(&dir);
     make_private_dir(&dir).map_err(Attempt::Failed)?;
     let fail = |e: AgentError| Attempt::Failed(e);
-    write_private(
-        &dir.join("passwd"),
-        &hpcdesk_rfb::obfuscated_password_file(password),
-    )
-    .map_err(fail)?;
+    write_private(&dir.join("passwd"), &password.file()).map_err(fail)?;
     let hostname = nix::unistd::gethostname()
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_default();
@@ -744,8 +777,18 @@ mod tests {
 
     #[test]
     fn the_password_comes_from_stdin_without_newline() {
-        assert_eq!(read_password(&b"abcdefgh\n"[..]).unwrap(), b"abcdefgh");
+        let one = read_password(&b"abcdefgh\n"[..]).unwrap();
+        assert_eq!(
+            (one.full.as_slice(), &one.view_only),
+            (&b"abcdefgh"[..], &None)
+        );
+        let two = read_password(&b"abcdefgh\r\nviewonly\n"[..]).unwrap();
+        assert_eq!(two.view_only.as_deref(), Some(&b"viewonly"[..]));
+        assert_eq!(two.file().len(), 16, "two obfuscated passwords");
+        assert_eq!(&two.file()[..8], &one.file()[..]);
         assert!(read_password(&b"abc\n"[..]).is_err());
+        assert!(read_password(&b"abcdefgh\nabc\n"[..]).is_err());
+        assert!(!format!("{two:?}").contains("abcdefgh"));
     }
 
     #[test]

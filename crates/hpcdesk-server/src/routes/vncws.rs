@@ -58,6 +58,13 @@ pub async fn connect(
             return refused(&r);
         }
     };
+    if let Err(r) = app
+        .gateway
+        .admit(&grant, app.presence.elsewhere(&grant.session_key))
+    {
+        tracing::info!(%peer, session = %grant.session_id, reason = %r, "viewer refused");
+        return refused(&r);
+    }
     let upgrade = match ws::check_upgrade(req.headers()) {
         Ok(u) => u,
         Err(_) if !req.headers().contains_key(header::UPGRADE) => {

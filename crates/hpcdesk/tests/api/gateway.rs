@@ -298,3 +298,197 @@ fn a_viewer_that_stops_answering_pings_is_dropped_and_one_that_answers_stays() {
     let (rects, _, _) = rt.block_on(lively.first_update(1024, 768));
     assert!(rects >= 1, "the answering viewer is still served");
 }
+
+/// A viewer that stops reading (its TCP window closes) is dropped within
+/// `gateway.write_timeout`, and its desktop's `connections` returns to 0.
+#[test]
+fn a_viewer_that_stops_reading_is_dropped_within_the_write_timeout() {
+    if !real_parts("stalled viewer") {
+        return;
+    }
+    let rt = runtime();
+    let app = TestApp::spawn_with(Options {
+        extra_toml: "[gateway]\nwrite_timeout = \"2s\"\n".into(),
+        ..Options::default()
+    });
+    let (token, id, url) = desktop(&app, "stalled");
+    let mut v = open(&rt, &app, &url);
+    rt.block_on(v.handshake());
+    // Ask for the whole screen (3 MiB in Raw) over and over, and never read again: the
+    // socket buffers fill within a second and the gateway's writes stop going through.
+    rt.block_on(v.send(&[2, 0, 0, 1, 0, 0, 0, 0]));
+    assert_eq!(app.list(&token)[0]["connections"], 1);
+    let asked = Instant::now();
+    let mut dropped = false;
+    let mut cut_off = None;
+    for round in 0.. {
+        if dropped || asked.elapsed() > Duration::from_secs(12) {
+            break;
+        }
+        if cut_off.is_none() {
+            let sent = rt.block_on(async {
+                tokio::time::timeout(
+                    Duration::from_millis(50),
+                    v.try_send(&[3, 0, 0, 0, 0, 0, 4, 0, 3, 0]),
+                )
+                .await
+            });
+            if sent == Ok(false) {
+                cut_off = Some(asked.elapsed());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        // A look five times a second: within the user's rate limit.
+        if round % 10 == 9 {
+            dropped = app.list(&token)[0]["connections"] == 0;
+        }
+    }
+    eprintln!("the gateway cut the stalled viewer off after {cut_off:?}");
+    assert!(dropped, "a viewer that reads nothing is still connected");
+    eprintln!(
+        "stalled viewer dropped {:?} after it stopped reading",
+        asked.elapsed()
+    );
+    assert!(
+        asked.elapsed() >= Duration::from_secs(2),
+        "dropped before the write timeout"
+    );
+    assert!(app.log_text().contains("ViewerStalled"), "the log says why");
+    drop(v);
+    assert_eq!(app.delete(&token, &id)["code"], "0");
+}
+
+/// One viewer more than `gateway.max_viewers_per_session` is refused with a plain reason;
+/// when one leaves, another may come.
+#[test]
+fn the_viewer_past_the_per_session_limit_is_refused() {
+    if !real_parts("viewer limit") {
+        return;
+    }
+    let rt = runtime();
+    let app = TestApp::spawn_with(Options {
+        extra_toml: "[gateway]\nmax_viewers_per_session = 2\n".into(),
+        ..Options::default()
+    });
+    let (token, id, url) = desktop(&app, "crowd");
+    let mut first = open(&rt, &app, &url);
+    rt.block_on(first.handshake());
+    let mut second = open(&rt, &app, &url);
+    rt.block_on(second.handshake());
+    let (status, body) = refused(&rt, &ws_url(&app.base, &url));
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["msg"]
+            .as_str()
+            .unwrap()
+            .contains("already has 2 viewers"),
+        "{body}"
+    );
+    assert_eq!(
+        app.list(&token)[0]["connections"],
+        2,
+        "the refusal changed nothing"
+    );
+    drop(first);
+    assert!(eventually(Duration::from_secs(5), || {
+        app.list(&token)[0]["connections"] == 1
+    }));
+    let mut third = open(&rt, &app, &url);
+    rt.block_on(third.handshake());
+    drop((second, third));
+    assert_eq!(app.delete(&token, &id)["code"], "0");
+}
+
+/// Copies `text` into the desktop's clipboard as an X client of it (as an application the
+/// user copies from would), or prints what the clipboard holds (`text` `None`).
+fn clipboard(app: &TestApp, display: u64, text: Option<&str>) -> String {
+    use std::io::Write;
+    let user = compute_user();
+    let home = nix::unistd::User::from_name(&user).unwrap().unwrap().dir;
+    let xauth = home.join(format!(
+        ".hpcdesk/desktops/{}-{display}/Xauthority",
+        app.node
+    ));
+    let mut cmd = if nix::unistd::Uid::effective().is_root() {
+        let mut c = std::process::Command::new("runuser");
+        c.args(["-u", &user, "--", "xclip"]);
+        c
+    } else {
+        std::process::Command::new("xclip")
+    };
+    cmd.args(["-selection", "clipboard"])
+        .env("DISPLAY", format!(":{display}"))
+        .env("XAUTHORITY", xauth)
+        .stderr(std::process::Stdio::null());
+    match text {
+        Some(t) => {
+            // xclip -i stays in the background to serve the selection (and keeps whatever
+            // output it was given open): give it none, and wait only for its parent.
+            let mut child = cmd
+                .arg("-i")
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("xclip (apt-get install xclip)");
+            child.stdin.take().unwrap().write_all(t.as_bytes()).unwrap();
+            assert!(child.wait().unwrap().success(), "xclip -i failed");
+            String::new()
+        }
+        None => {
+            let out = cmd.arg("-o").output().expect("xclip");
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        }
+    }
+}
+
+/// A view-only viewer authenticates with the desktop's view-only password, so Xvnc itself
+/// keeps the clipboard from it: it receives no ServerCutText while a full viewer of the same
+/// desktop does, and what it sends as ClientCutText never reaches the desktop.
+#[test]
+fn a_view_only_viewer_neither_receives_nor_sends_the_clipboard() {
+    if !real_parts("view-only clipboard") {
+        return;
+    }
+    let rt = runtime();
+    let app = TestApp::spawn();
+    let (token, id, url) = desktop(&app, "cutter");
+    let display = app.list(&token)[0]["displayNumber"].as_u64().unwrap();
+    let path = format!("/hpc/openapi/v2/desktop/vnc/{id}/launchurl?viewOnly=true");
+    let watch_url = app.call("GET", &path, Some(&token)).1["data"]["novncUrl"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut full = open(&rt, &app, &url);
+    rt.block_on(full.handshake());
+    let mut watcher = open(&rt, &app, &watch_url);
+    rt.block_on(watcher.handshake());
+    // Raw only, and no update requests: from now on the server sends nothing unasked but
+    // clipboard and bell messages.
+    for v in [&mut full, &mut watcher] {
+        rt.block_on(v.send(&[2, 0, 0, 1, 0, 0, 0, 0]));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    clipboard(&app, display, Some("hpcdesk clipboard secret"));
+
+    let head = rt.block_on(full.recv_exact(8)).unwrap();
+    assert_eq!(head[0], 3, "the full viewer gets ServerCutText");
+    let len = u32::from_be_bytes([head[4], head[5], head[6], head[7]]) as usize;
+    let text = rt.block_on(full.recv_exact(len)).unwrap();
+    assert_eq!(String::from_utf8_lossy(&text), "hpcdesk clipboard secret");
+    rt.block_on(watcher.pump(Duration::from_secs(2)));
+    assert!(
+        watcher.buffered().is_empty(),
+        "the view-only viewer got {:?}",
+        watcher.buffered()
+    );
+
+    // And what it sends does not reach the desktop's clipboard.
+    let mut cut = vec![6, 0, 0, 0];
+    cut.extend_from_slice(&12u32.to_be_bytes());
+    cut.extend_from_slice(b"from watcher");
+    rt.block_on(watcher.send(&cut));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(clipboard(&app, display, None), "hpcdesk clipboard secret");
+    drop((full, watcher));
+    assert_eq!(app.delete(&token, &id)["code"], "0");
+}

@@ -117,6 +117,19 @@ impl Viewer {
         Ok(self.buf.drain(..n).collect())
     }
 
+    /// Sends `bytes`; `false` if the connection is gone.
+    pub async fn try_send(&mut self, bytes: &[u8]) -> bool {
+        self.ws
+            .send(Message::Binary(bytes.to_vec().into()))
+            .await
+            .is_ok()
+    }
+
+    /// Payload received but not read yet.
+    pub fn buffered(&self) -> &[u8] {
+        &self.buf
+    }
+
     /// Reads (and so answers pings) for `d`, keeping any payload for later.
     pub async fn pump(&mut self, d: Duration) {
         let _ = tokio::time::timeout(d, async {
