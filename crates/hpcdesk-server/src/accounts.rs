@@ -80,14 +80,6 @@ impl StatusCache {
 /// How long after expiry a token may still be renewed.
 pub const RENEW_GRACE_MS: i64 = 24 * 3600 * 1000;
 
-fn user_key(user: &str) -> String {
-    format!("user:{user}")
-}
-
-fn peer_key(peer: &str) -> String {
-    format!("peer:{peer}")
-}
-
 fn entry(app: &AppState, token: Option<String>) -> Vec<TokenEntry> {
     vec![TokenEntry {
         cluster_name: app.config.auth.cluster_name.clone(),
@@ -136,8 +128,8 @@ async fn issue(
     Ok(entry(app, Some(token)))
 }
 
-async fn refuse(app: &AppState, user: &str, peer: &str, why: &str, keys: &[String]) -> ApiError {
-    app.limits.login_failed(keys);
+async fn refuse(app: &AppState, user: &str, peer: &str, why: &str) -> ApiError {
+    app.limits.login_failed(user, peer);
     audit::record(app, Kind::TokenRefused, user, "", peer, why).await;
     tracing::info!(user, peer, why, "token refused");
     ApiError::Permission("wrong user name, password or orgId".into())
@@ -151,8 +143,7 @@ pub async fn password_login(
     org_id: &str,
     peer: &str,
 ) -> Result<Vec<TokenEntry>, ApiError> {
-    let keys = [user_key(user), peer_key(peer)];
-    app.limits.login_allowed(&keys)?;
+    app.limits.login_allowed(user, peer)?;
     let org = app.store.org(org_id).await?;
     let account = app.store.user(user).await?;
     // Verify even for unknown names (against a decoy) so timing does not tell them apart.
@@ -167,11 +158,10 @@ pub async fn password_login(
             user,
             peer,
             "password login: wrong user, password or orgId",
-            &keys,
         )
         .await);
     };
-    app.limits.login_succeeded(&keys[0]);
+    app.limits.login_succeeded(user, peer);
     issue(app, &account, org_id, "password", peer).await
 }
 
@@ -201,26 +191,18 @@ pub async fn key_login(
     signature: &str,
     peer: &str,
 ) -> Result<Vec<TokenEntry>, ApiError> {
-    let keys = [user_key(user), peer_key(peer)];
-    app.limits.login_allowed(&keys)?;
+    app.limits.login_allowed(user, peer)?;
     let ts: i64 = timestamp.trim().parse().map_err(|_| {
         ApiError::InvalidParameter("timestamp must be seconds since the epoch".into())
     })?;
     let now = app.clock.now();
     let skew = app.config.auth.signature_skew.0.as_secs() as i64;
     if (now.timestamp() - ts).abs() > skew {
-        return Err(refuse_key(app, user, peer, "access key login: stale timestamp", &keys).await);
+        return Err(refuse_key(app, user, peer, "access key login: stale timestamp").await);
     }
     let key = app.store.access_key(access_key).await?;
     let Some(key) = key.filter(|k| k.revoked_at.is_none() && k.user_name == user) else {
-        return Err(refuse_key(
-            app,
-            user,
-            peer,
-            "access key login: unknown or revoked key",
-            &keys,
-        )
-        .await);
+        return Err(refuse_key(app, user, peer, "access key login: unknown or revoked key").await);
     };
     let secret = app
         .server_key
@@ -229,35 +211,22 @@ pub async fn key_login(
     let expected = sign(&secret, &signed_text(access_key, timestamp, user));
     let given = signature.trim().to_ascii_lowercase();
     if !same(expected.as_bytes(), given.as_bytes()) {
-        return Err(refuse_key(app, user, peer, "access key login: wrong signature", &keys).await);
+        return Err(refuse_key(app, user, peer, "access key login: wrong signature").await);
     }
     let expires = chrono::DateTime::from_timestamp(ts + skew + 1, 0).unwrap_or(now);
     if !app.store.use_signature(&given, expires, now).await? {
-        return Err(refuse_key(
-            app,
-            user,
-            peer,
-            "access key login: signature replayed",
-            &keys,
-        )
-        .await);
+        return Err(refuse_key(app, user, peer, "access key login: signature replayed").await);
     }
     let account =
         app.store.user(user).await?.ok_or_else(|| {
             ApiError::Permission("wrong user name, access key or signature".into())
         })?;
-    app.limits.login_succeeded(&keys[0]);
+    app.limits.login_succeeded(user, peer);
     issue(app, &account, "", "access key", peer).await
 }
 
-async fn refuse_key(
-    app: &AppState,
-    user: &str,
-    peer: &str,
-    why: &str,
-    keys: &[String],
-) -> ApiError {
-    let _ = refuse(app, user, peer, why, keys).await;
+async fn refuse_key(app: &AppState, user: &str, peer: &str, why: &str) -> ApiError {
+    let _ = refuse(app, user, peer, why).await;
     ApiError::Permission("wrong user name, access key or signature".into())
 }
 

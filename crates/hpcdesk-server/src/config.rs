@@ -359,9 +359,14 @@ pub struct LimitsConfig {
     /// Requests per second to the token endpoints from one client address.
     pub peer_per_second: u32,
     pub peer_burst: u32,
-    /// Failed logins (per user name and per client address) within `login_window` that
-    /// lock further attempts for `login_lockout`.
+    /// Failed logins of one user name from one client address within `login_window` that
+    /// lock further attempts of that name from there for `login_lockout`.
     pub login_failures: u32,
+    /// Failed logins from one client address (any name) that lock that address.
+    pub login_failures_per_address: u32,
+    /// Failed logins of one name (any address) that lock that name everywhere: high, so
+    /// that no one can lock another user out cheaply.
+    pub login_failures_per_user: u32,
     pub login_window: HumanDuration,
     pub login_lockout: HumanDuration,
     /// A request's headers, and then its body, must each arrive within this time, or the
@@ -457,6 +462,8 @@ impl Default for LimitsConfig {
             peer_per_second: 10,
             peer_burst: 20,
             login_failures: 5,
+            login_failures_per_address: 20,
+            login_failures_per_user: 100,
             login_window: HumanDuration(Duration::from_secs(15 * 60)),
             login_lockout: HumanDuration(Duration::from_secs(5 * 60)),
             request_timeout: HumanDuration(Duration::from_secs(30)),
@@ -657,6 +664,11 @@ impl Config {
             ("limits.peer_per_second", l.peer_per_second),
             ("limits.peer_burst", l.peer_burst),
             ("limits.login_failures", l.login_failures),
+            (
+                "limits.login_failures_per_address",
+                l.login_failures_per_address,
+            ),
+            ("limits.login_failures_per_user", l.login_failures_per_user),
         ] {
             if v == 0 {
                 return Err(invalid(key, "must be at least 1"));

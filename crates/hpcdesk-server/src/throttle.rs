@@ -1,6 +1,12 @@
 //! Abuse limits (10011 with `Retry-After`): request rates per user, per calling organisation
-//! and per client address (GCRA, keyed, lock-free: `governor`), and failed-login lock-outs per
-//! user name and per client address.
+//! and per client address (GCRA, keyed, lock-free: `governor`), and failed-login lock-outs.
+//!
+//! Lock-outs must not be a weapon: failures count per (user name, client address), so
+//! guessing from one place locks only that place out (`limits.login_failures`). Each client
+//! address also has its own, higher, limit over every name it tries
+//! (`login_failures_per_address`), and each name a much higher one over every address
+//! (`login_failures_per_user`), which slows a guesser spread over many addresses without
+//! letting one client lock an account out for everyone.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -25,15 +31,26 @@ struct Failures {
     locked_until: Option<Instant>,
 }
 
+/// What failed logins are counted against, with the threshold of each.
+fn failure_keys(limits: &Limits, user: &str, peer: &str) -> [(String, u32); 3] {
+    [
+        (format!("pair:{user}@{peer}"), limits.max_failures),
+        (format!("peer:{peer}"), limits.max_failures_per_address),
+        (format!("user:{user}"), limits.max_failures_per_user),
+    ]
+}
+
 pub struct Limits {
     users: DefaultKeyedRateLimiter<String>,
     invokers: DefaultKeyedRateLimiter<String>,
     peers: DefaultKeyedRateLimiter<String>,
     clock: DefaultClock,
-    /// Failed logins per key (`user:NAME`, `peer:ADDR`). A plain mutex: held for a lookup,
+    /// Failed logins per key (see [`failure_keys`]). A plain mutex: held for a lookup,
     /// never across an await.
     failures: Mutex<HashMap<String, Failures>>,
     max_failures: u32,
+    max_failures_per_address: u32,
+    max_failures_per_user: u32,
     window: Duration,
     lockout: Duration,
 }
@@ -63,6 +80,8 @@ impl Limits {
             clock: DefaultClock::default(),
             failures: Mutex::new(HashMap::new()),
             max_failures: cfg.login_failures.max(1),
+            max_failures_per_address: cfg.login_failures_per_address.max(1),
+            max_failures_per_user: cfg.login_failures_per_user.max(1),
             window: cfg.login_window.0,
             lockout: cfg.login_lockout.0,
         }
@@ -97,12 +116,13 @@ impl Limits {
         f(&mut self.failures.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
-    /// Refuses a login attempt while any of `keys` is locked out.
-    pub fn login_allowed(&self, keys: &[String]) -> Result<(), ApiError> {
+    /// Refuses a login attempt for `user` from `peer` while it is locked out.
+    pub fn login_allowed(&self, user: &str, peer: &str) -> Result<(), ApiError> {
         let now = Instant::now();
+        let keys = failure_keys(self, user, peer);
         let wait = self.with_failures(|m| {
             keys.iter()
-                .filter_map(|k| m.get(k)?.locked_until)
+                .filter_map(|(k, _)| m.get(k)?.locked_until)
                 .filter(|until| *until > now)
                 .map(|until| until - now)
                 .max()
@@ -119,10 +139,12 @@ impl Limits {
         }
     }
 
-    pub fn login_failed(&self, keys: &[String]) {
+    /// Counts a failed login for `user` from `peer`.
+    pub fn login_failed(&self, user: &str, peer: &str) {
         let now = Instant::now();
+        let keys = failure_keys(self, user, peer);
         self.with_failures(|m| {
-            for k in keys {
+            for (k, max) in &keys {
                 let f = m.entry(k.clone()).or_insert(Failures {
                     count: 0,
                     since: now,
@@ -136,16 +158,18 @@ impl Limits {
                     };
                 }
                 f.count += 1;
-                if f.count >= self.max_failures {
+                if f.count >= *max {
                     f.locked_until = Some(now + self.lockout);
                 }
             }
         });
     }
 
-    pub fn login_succeeded(&self, key: &str) {
+    /// A successful login clears the failures of that name from that address.
+    pub fn login_succeeded(&self, user: &str, peer: &str) {
+        let [(pair, _), ..] = failure_keys(self, user, peer);
         self.with_failures(|m| {
-            m.remove(key);
+            m.remove(&pair);
         });
     }
 
@@ -196,17 +220,42 @@ mod tests {
     }
 
     #[test]
-    fn failed_logins_lock_the_name_and_success_resets_it() {
+    fn failures_lock_a_name_from_one_address_only_and_success_resets_them() {
         let l = limits(100, 100);
-        let keys = ["user:a".to_owned(), "peer:1.2.3.4".to_owned()];
         for _ in 0..2 {
-            l.login_allowed(&keys).unwrap();
-            l.login_failed(&keys);
+            l.login_allowed("a", "1.2.3.4").unwrap();
+            l.login_failed("a", "1.2.3.4");
         }
-        l.login_succeeded("user:a");
-        l.login_failed(&keys);
-        l.login_allowed(&["user:a".to_owned()]).unwrap();
-        // The address reached three failures.
-        assert_eq!(l.login_allowed(&keys).unwrap_err().code().as_str(), "10011");
+        l.login_succeeded("a", "1.2.3.4");
+        for _ in 0..3 {
+            l.login_failed("a", "1.2.3.4");
+        }
+        assert_eq!(
+            l.login_allowed("a", "1.2.3.4").unwrap_err().code().as_str(),
+            "10011"
+        );
+        // The same name from elsewhere, and another name from there, are not locked.
+        l.login_allowed("a", "5.6.7.8").unwrap();
+        l.login_allowed("b", "1.2.3.4").unwrap();
+    }
+
+    #[test]
+    fn an_address_and_a_name_have_higher_limits_of_their_own() {
+        let l = Limits::new(&LimitsConfig {
+            login_failures: 3,
+            login_failures_per_address: 5,
+            login_failures_per_user: 7,
+            ..LimitsConfig::default()
+        });
+        // One address trying many names is stopped at five failures.
+        for n in 0..5 {
+            l.login_failed(&format!("name{n}"), "9.9.9.9");
+        }
+        assert!(l.login_allowed("fresh", "9.9.9.9").is_err());
+        // One name tried from many addresses is stopped at seven.
+        for a in 0..7 {
+            l.login_failed("target", &format!("10.0.0.{a}"));
+        }
+        assert!(l.login_allowed("target", "10.0.1.1").is_err());
     }
 }

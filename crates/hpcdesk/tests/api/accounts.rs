@@ -228,7 +228,10 @@ fn refused_logins_are_plain_and_leave_nothing_behind() {
     });
     assert_eq!(v["code"], "10009");
 
-    // Brute force: the third failure for vera locks her name, the right password included.
+    // Brute force: the third failure for vera from here locks her name from here, the right
+    // password included.
+    let (_, v) = login(&app, "vera", "wrong-again", "org-v");
+    assert_eq!(v["code"], "10008");
     let (_, v) = login(&app, "vera", PASSWORD, "org-v");
     assert_eq!(v["code"], "10011", "locked after failures: {v}");
     let (status, v) = app.call_with("POST", "/ac/openapi/v2/tokens", None, |b| {
@@ -376,5 +379,51 @@ fn an_expired_token_renews_within_a_day_and_not_after() {
         app.call("POST", "/ac/openapi/v2/tokens/next", Some(&forged))
             .1["code"],
         "10008"
+    );
+}
+
+fn login_from(app: &TestApp, addr: &str, user: &str, password: &str) -> Value {
+    app.call_with("POST", "/ac/openapi/v2/tokens", None, |b| {
+        b.header("user", user)
+            .header("password", password)
+            .header("orgId", "org-x")
+            .header("X-Forwarded-For", addr)
+    })
+    .1
+}
+
+/// Someone guessing a user's password from one address locks only that address out of that
+/// name: the user logs in from elsewhere. One address guessing many names is stopped too.
+#[test]
+fn failed_logins_from_one_address_do_not_lock_the_user_out_at_another() {
+    let app = TestApp::spawn_with(Options {
+        extra_toml: "[limits]\nlogin_failures = 3\nlogin_failures_per_address = 6\n\
+                     peer_per_second = 1000\npeer_burst = 1000\n"
+            .into(),
+        env: vec![("HPCDESK_SERVER__TRUST_FORWARDED_FOR".into(), "true".into())],
+        ..Options::default()
+    });
+    provision(&app, "xena", "org-x");
+    for _ in 0..3 {
+        assert_eq!(
+            login_from(&app, "203.0.113.9", "xena", "guess")["code"],
+            "10008"
+        );
+    }
+    let v = login_from(&app, "203.0.113.9", "xena", PASSWORD);
+    assert_eq!(v["code"], "10011", "the guesser's address is locked: {v}");
+    let v = login_from(&app, "198.51.100.7", "xena", PASSWORD);
+    assert_eq!(v["code"], "0", "xena logs in from her own address: {v}");
+    assert!(v["data"][0]["token"].is_string());
+    // The guessing address, trying other names, reaches its own limit.
+    for n in 0..3 {
+        login_from(&app, "203.0.113.9", &format!("spray{n}"), "guess");
+    }
+    let v = login_from(&app, "203.0.113.9", "spray9", "guess");
+    assert_eq!(v["code"], "10011", "{v}");
+    // Still nothing against xena elsewhere.
+    assert_eq!(
+        login_from(&app, "198.51.100.8", "xena", PASSWORD)["code"],
+        "0"
     );
 }
