@@ -29,12 +29,38 @@ pub struct Claims {
     /// Milliseconds since the Unix epoch, as a decimal string.
     #[serde(deserialize_with = "string_or_number")]
     pub expire_time: String,
+    /// hpcdesk's own claim (others ignore it): when this token was issued, in ms. A token
+    /// hpcdesk issued before its account's `tokens_valid_after` is void.
+    #[serde(
+        default,
+        skip_serializing_if = "String::is_empty",
+        deserialize_with = "string_or_number"
+    )]
+    pub issued_at: String,
+    /// hpcdesk's own claim: when the login this token descends from (through renewals)
+    /// happened, in ms; renewal stops at `auth.max_session_age` after it.
+    #[serde(
+        default,
+        skip_serializing_if = "String::is_empty",
+        deserialize_with = "string_or_number"
+    )]
+    pub login_time: String,
 }
 
 impl Claims {
     /// `expireTime` in milliseconds, if it is a number at all.
     pub fn expire_millis(&self) -> Option<i64> {
         self.expire_time.trim().parse().ok()
+    }
+
+    /// `issuedAt` in milliseconds (0 for tokens without it).
+    pub fn issued_millis(&self) -> i64 {
+        self.issued_at.trim().parse().unwrap_or(0)
+    }
+
+    /// `loginTime` in milliseconds, if the token carries it.
+    pub fn login_millis(&self) -> Option<i64> {
+        self.login_time.trim().parse().ok()
     }
 }
 

@@ -26,12 +26,21 @@ use crate::error::ApiError;
 use crate::passwords;
 use crate::state::AppState;
 
-/// The stored `accountStatus` of accounts hpcdesk keeps, cached for a second: every
+/// What every authenticated request needs to know of an account hpcdesk keeps: its stored
+/// `accountStatus`, and since when its tokens are valid (ms; `None`: all of them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredAccount {
+    pub status: String,
+    pub tokens_valid_after: Option<i64>,
+}
+
+/// [`StoredAccount`]s of the accounts hpcdesk keeps, cached for a second: every
 /// authenticated request consults it, and a store query per request would cost more than the
-/// request itself. `hpcdesk user disable` therefore takes effect within a second.
+/// request itself. `hpcdesk user disable` or `passwd` therefore takes effect within a second.
+type Cached = (std::time::Instant, Option<StoredAccount>);
+
 pub struct StatusCache {
-    entries:
-        std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, Option<String>)>>,
+    entries: std::sync::Mutex<std::collections::HashMap<String, Cached>>,
     ttl: std::time::Duration,
 }
 
@@ -51,12 +60,12 @@ impl Default for StatusCache {
 }
 
 impl StatusCache {
-    /// The stored status of `user` (`None` if hpcdesk does not keep that account).
+    /// What the store says of `user` (`None` if hpcdesk does not keep that account).
     pub async fn status(
         &self,
         store: &dyn hpcdesk_store::Store,
         user: &str,
-    ) -> Result<Option<String>, hpcdesk_store::StoreError> {
+    ) -> Result<Option<StoredAccount>, hpcdesk_store::StoreError> {
         let now = std::time::Instant::now();
         if let Some((at, status)) = self
             .entries
@@ -67,7 +76,10 @@ impl StatusCache {
         {
             return Ok(status.clone());
         }
-        let status = store.user(user).await?.map(|u| u.account_status);
+        let status = store.user(user).await?.map(|u| StoredAccount {
+            status: u.account_status,
+            tokens_valid_after: u.tokens_valid_after.map(|t| t.timestamp_millis()),
+        });
         let mut map = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() > 100_000 {
             map.retain(|_, (at, _)| now.duration_since(*at) < self.ttl);
@@ -76,6 +88,11 @@ impl StatusCache {
         Ok(status)
     }
 }
+
+/// Why a token issued before its account's last password change, disable or key revocation
+/// is refused.
+pub const VOIDED: &str = "this token was issued before the account's password, status or access keys changed; \
+     log in again";
 
 /// How long after expiry a token may still be renewed.
 pub const RENEW_GRACE_MS: i64 = 24 * 3600 * 1000;
@@ -89,12 +106,14 @@ fn entry(app: &AppState, token: Option<String>) -> Vec<TokenEntry> {
 }
 
 /// Mints a token for an account (or `null` for a suspended one) and audits it.
+/// A token for `user`; `login_ms` is when the login it descends from happened (`None`: now).
 async fn issue(
     app: &AppState,
     user: &UserRecord,
     invoker: &str,
     how: &str,
     peer: &str,
+    login_ms: Option<i64>,
 ) -> Result<Vec<TokenEntry>, ApiError> {
     if AccountStatus::parse(&user.account_status) == Some(AccountStatus::Disable) {
         audit::record(
@@ -123,6 +142,9 @@ async fn issue(
     );
     claims.user_id = user.user_id.clone();
     claims.invoker = invoker.to_owned();
+    if let Some(t) = login_ms {
+        claims.login_time = t.to_string();
+    }
     let token = auth::mint(secret, &claims);
     audit::record(app, Kind::TokenIssued, &user.name, "", peer, how).await;
     Ok(entry(app, Some(token)))
@@ -162,7 +184,7 @@ pub async fn password_login(
         .await);
     };
     app.limits.login_succeeded(user, peer);
-    issue(app, &account, org_id, "password", peer).await
+    issue(app, &account, org_id, "password", peer, None).await
 }
 
 /// The string an access-key signature covers.
@@ -222,7 +244,7 @@ pub async fn key_login(
             ApiError::Permission("wrong user name, access key or signature".into())
         })?;
     app.limits.login_succeeded(user, peer);
-    issue(app, &account, "", "access key", peer).await
+    issue(app, &account, "", "access key", peer, None).await
 }
 
 async fn refuse_key(app: &AppState, user: &str, peer: &str, why: &str) -> ApiError {
@@ -239,8 +261,55 @@ pub async fn renew(app: &AppState, token: &str, peer: &str) -> Result<Vec<TokenE
         app.clock.now().timestamp_millis(),
         RENEW_GRACE_MS,
     )?;
+    let now = app.clock.now().timestamp_millis();
+    // Renewal is bounded since the login: a chain of renewals ends at max_session_age. A
+    // token without the login time (from a platform, or from before it) counts from when it
+    // was issued, which its expiry tells.
+    let ttl_ms = app.config.auth.token_ttl.0.as_millis() as i64;
+    let login = old
+        .claims
+        .login_millis()
+        .or_else(|| old.claims.expire_millis().map(|e| e - ttl_ms))
+        .unwrap_or(now);
+    let max_age = app.config.auth.max_session_age.0.as_millis() as i64;
+    if now - login > max_age {
+        audit::record(
+            app,
+            Kind::TokenRefused,
+            old.name(),
+            "",
+            peer,
+            "renewal past max_session_age",
+        )
+        .await;
+        return Err(ApiError::Permission(format!(
+            "the login this token comes from is older than {}; log in again",
+            humantime::format_duration(app.config.auth.max_session_age.0)
+        )));
+    }
     if let Some(account) = app.store.user(old.name()).await? {
-        return issue(app, &account, &old.claims.invoker, "renewal", peer).await;
+        let valid_after = account.tokens_valid_after.map(|t| t.timestamp_millis());
+        if auth::voided(&old.claims, valid_after) {
+            audit::record(
+                app,
+                Kind::TokenRefused,
+                old.name(),
+                "",
+                peer,
+                "renewal of a voided token",
+            )
+            .await;
+            return Err(ApiError::Permission(VOIDED.into()));
+        }
+        return issue(
+            app,
+            &account,
+            &old.claims.invoker,
+            "renewal",
+            peer,
+            Some(login),
+        )
+        .await;
     }
     // A token issued by the AC platform: renew it with the same claims.
     let secrets = crate::startup::jwt_secrets(&app.config).map_err(ApiError::internal)?;
@@ -248,9 +317,9 @@ pub async fn renew(app: &AppState, token: &str, peer: &str) -> Result<Vec<TokenE
         .first()
         .ok_or_else(|| ApiError::internal(std::io::Error::other("no JWT secret")))?;
     let mut claims = old.claims.clone();
-    claims.expire_time = (app.clock.now().timestamp_millis()
-        + app.config.auth.token_ttl.0.as_millis() as i64)
-        .to_string();
+    claims.expire_time = (now + ttl_ms).to_string();
+    claims.issued_at = now.to_string();
+    claims.login_time = login.to_string();
     audit::record(app, Kind::TokenIssued, old.name(), "", peer, "renewal").await;
     Ok(entry(app, Some(auth::mint(secret, &claims))))
 }

@@ -232,9 +232,20 @@ pub fn claims_for(
         role: role.to_owned(),
         account_status: account_status.to_owned(),
         invoker: String::new(),
-        creator: "hpcdesk".to_owned(),
+        creator: CREATOR.to_owned(),
         expire_time: (now_ms + ttl.as_millis() as i64).to_string(),
+        issued_at: now_ms.to_string(),
+        login_time: now_ms.to_string(),
     }
+}
+
+/// The `creator` of the tokens hpcdesk issues: only those are voided by an account's
+/// `tokens_valid_after` (a platform's own tokens are its business).
+pub const CREATOR: &str = "hpcdesk";
+
+/// Whether `claims` is a token hpcdesk issued for an account before `valid_after_ms`.
+pub fn voided(claims: &hpcdesk_core::Claims, valid_after_ms: Option<i64>) -> bool {
+    claims.creator == CREATOR && valid_after_ms.is_some_and(|t| claims.issued_millis() < t)
 }
 
 #[cfg(test)]

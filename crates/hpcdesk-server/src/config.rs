@@ -157,6 +157,8 @@ pub struct AuthConfig {
     /// When set, only members of one of these groups run desktops.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub allow_groups: Option<Vec<String>>,
+    /// Renewal stops this long after the login a token descends from.
+    pub max_session_age: HumanDuration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -403,6 +405,7 @@ impl Default for AuthConfig {
             min_uid: 1000,
             deny_users: vec!["root".into()],
             allow_groups: None,
+            max_session_age: HumanDuration(Duration::from_secs(30 * 24 * 3600)),
         }
     }
 }

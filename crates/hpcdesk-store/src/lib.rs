@@ -214,6 +214,9 @@ pub struct UserRecord {
     pub home_path: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Tokens hpcdesk issued for the account before this are void (set by a password change,
+    /// a disable or a revoked access key).
+    pub tokens_valid_after: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -358,7 +361,8 @@ pub trait Store: Send + Sync + 'static {
 
     async fn list_users(&self) -> Result<Vec<UserRecord>, StoreError>;
 
-    /// Sets `accountStatus`; [`StoreError::Missing`] for an unknown name.
+    /// Sets `accountStatus` (`Disable` also voids the tokens issued so far);
+    /// [`StoreError::Missing`] for an unknown name.
     async fn set_user_status(
         &self,
         name: &str,
@@ -366,7 +370,8 @@ pub trait Store: Send + Sync + 'static {
         now: DateTime<Utc>,
     ) -> Result<(), StoreError>;
 
-    /// Replaces the password hash; [`StoreError::Missing`] for an unknown name.
+    /// Replaces the password hash and voids the tokens issued so far;
+    /// [`StoreError::Missing`] for an unknown name.
     async fn set_user_password(
         &self,
         name: &str,
@@ -386,7 +391,8 @@ pub trait Store: Send + Sync + 'static {
 
     async fn list_access_keys(&self) -> Result<Vec<AccessKeyRecord>, StoreError>;
 
-    /// Revokes a key; [`StoreError::Missing`] if it does not exist or is already revoked.
+    /// Revokes a key, and voids the tokens issued so far for its user; [`StoreError::Missing`]
+    /// if it does not exist or is already revoked.
     async fn revoke_access_key(
         &self,
         access_key: &str,

@@ -103,7 +103,7 @@ const SESSION_COLUMNS: &str = "key, session_id, owner, user_id, invoker, compute
      marker, starter, queued, created_at, updated_at, last_input_at";
 
 const USER_COLUMNS: &str = "name, user_id, password_hash, compute_user, role, account_status, \
-     home_path, created_at, updated_at";
+     home_path, created_at, updated_at, tokens_valid_after";
 
 fn millis(t: DateTime<Utc>) -> i64 {
     t.timestamp_millis()
@@ -323,15 +323,22 @@ where
             })
     }
 
-    /// Sets one text column of a user; [`StoreError::Missing`] for an unknown name.
+    /// Sets one text column of a user, and with `revoke` ends the tokens issued so far;
+    /// [`StoreError::Missing`] for an unknown name.
     async fn set_user_field(
         &self,
         name: &str,
         column: &'static str,
         value: &str,
+        revoke: bool,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        let sql = format!("UPDATE users SET {column} = $2, updated_at = $3 WHERE name = $1");
+        let also = if revoke {
+            ", tokens_valid_after = $3"
+        } else {
+            ""
+        };
+        let sql = format!("UPDATE users SET {column} = $2, updated_at = $3{also} WHERE name = $1");
         let done = sqlx::query(AssertSqlSafe(sql))
             .bind(name)
             .bind(value)
@@ -431,6 +438,10 @@ where
             home_path: row.try_get("home_path")?,
             created_at: from_millis(row.try_get("created_at")?, "users")?,
             updated_at: from_millis(row.try_get("updated_at")?, "users")?,
+            tokens_valid_after: match row.try_get::<i64, _>("tokens_valid_after")? {
+                0 => None,
+                ms => Some(from_millis(ms, "users")?),
+            },
         })
     }
 
@@ -966,7 +977,9 @@ where
         status: &str,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        self.set_user_field(name, "account_status", status, now)
+        // Disabling ends every session the account had; other changes keep them.
+        let revoke = status == "Disable";
+        self.set_user_field(name, "account_status", status, revoke, now)
             .await
     }
 
@@ -976,7 +989,7 @@ where
         password_hash: &str,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        self.set_user_field(name, "password_hash", password_hash, now)
+        self.set_user_field(name, "password_hash", password_hash, true, now)
             .await
     }
 
@@ -1051,14 +1064,26 @@ where
         access_key: &str,
         now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
+        let mut tx = self.writer.begin().await?;
         let done = sqlx::query(
             "UPDATE access_keys SET revoked_at = $2 WHERE access_key = $1 AND revoked_at IS NULL",
         )
         .bind(access_key)
         .bind(millis(now))
-        .execute(&self.writer)
+        .execute(&mut *tx)
         .await?;
-        Self::changed(done, format!("active access key {access_key}"))
+        Self::changed(done, format!("active access key {access_key}"))?;
+        // The tokens it may have issued end with it.
+        sqlx::query(
+            "UPDATE users SET tokens_valid_after = $2 \
+             WHERE name = (SELECT user_name FROM access_keys WHERE access_key = $1)",
+        )
+        .bind(access_key)
+        .bind(millis(now))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn use_signature(

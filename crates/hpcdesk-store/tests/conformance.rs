@@ -711,6 +711,7 @@ fn user(name: &str) -> UserRecord {
         home_path: "/home/alice".into(),
         created_at: Utc::now(),
         updated_at: Utc::now(),
+        tokens_valid_after: None,
     }
 }
 
@@ -725,10 +726,26 @@ async fn accounts_orgs_and_keys_are_kept(store: Arc<dyn Store>) {
         "/home/alice"
     );
     assert!(store.user("nobody").await.unwrap().is_none());
+    assert_eq!(
+        store.user("ann").await.unwrap().unwrap().tokens_valid_after,
+        None
+    );
+    // A status that is not a disable keeps the tokens issued so far.
     store
-        .set_user_status("ann", "Disable", Utc::now())
+        .set_user_status("ann", "Owe", Utc::now())
         .await
         .unwrap();
+    assert_eq!(
+        store.user("ann").await.unwrap().unwrap().tokens_valid_after,
+        None
+    );
+    let t1 = Utc::now();
+    store.set_user_status("ann", "Disable", t1).await.unwrap();
+    let voided = store.user("ann").await.unwrap().unwrap().tokens_valid_after;
+    assert_eq!(
+        voided.map(|t| t.timestamp_millis()),
+        Some(t1.timestamp_millis())
+    );
     store
         .set_user_password("ann", "$argon2id$new", Utc::now())
         .await
@@ -781,7 +798,19 @@ async fn accounts_orgs_and_keys_are_kept(store: Arc<dyn Store>) {
             .secret_sealed,
         vec![1, 2, 3]
     );
-    store.revoke_access_key("AK1", Utc::now()).await.unwrap();
+    let t3 = Utc::now() + Duration::seconds(5);
+    store.revoke_access_key("AK1", t3).await.unwrap();
+    assert_eq!(
+        store
+            .user("ann")
+            .await
+            .unwrap()
+            .unwrap()
+            .tokens_valid_after
+            .map(|t| t.timestamp_millis()),
+        Some(t3.timestamp_millis()),
+        "revoking a key voids its user's tokens"
+    );
     assert!(
         store
             .access_key("AK1")

@@ -102,10 +102,14 @@ impl FromRequestParts<AppState> for AuthUser {
             .status(state.store.as_ref(), user.name())
             .await?
         {
-            let status = AccountStatus::parse(&stored)
-                .ok_or_else(|| ApiError::Permission(format!("unknown accountStatus {stored:?}")))?;
+            let status = AccountStatus::parse(&stored.status).ok_or_else(|| {
+                ApiError::Permission(format!("unknown accountStatus {:?}", stored.status))
+            })?;
             if status == AccountStatus::Disable {
                 return Err(ApiError::Permission("account is disabled".into()));
+            }
+            if crate::auth::voided(&user.claims, stored.tokens_valid_after) {
+                return Err(ApiError::Permission(crate::accounts::VOIDED.into()));
             }
             user.status = status;
         }

@@ -208,6 +208,7 @@ pub fn user(file: Option<&Path>, cmd: UserCmd) -> anyhow::Result<ExitCode> {
                         home_path: home.unwrap_or_default(),
                         created_at: now,
                         updated_at: now,
+                        tokens_valid_after: None,
                     })
                     .await?;
                 println!("added user {name}");

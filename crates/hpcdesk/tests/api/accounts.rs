@@ -261,14 +261,21 @@ fn refused_logins_are_plain_and_leave_nothing_behind() {
         "10008"
     );
     let (_, v) = app.call("POST", "/ac/openapi/v2/tokens/next", Some(&token));
-    assert!(v["data"][0]["token"].is_null(), "{v}");
+    assert_eq!(
+        v["code"], "10008",
+        "a token from before the disable is not renewed: {v}"
+    );
     assert!(run_cli(&["--config", &cfg, "user", "enable", "vera"], &[]).0);
-    // The stored status is cached for a second.
+    // Enabled again, vera logs in anew (the stored status is cached for a second); the token
+    // from before the disable stays void.
     assert!(eventually(Duration::from_secs(3), || {
-        app.call("GET", "/ac/openapi/v2/tokens/state", Some(&token))
-            .1["code"]
-            == "0"
+        login(&app, "vera", PASSWORD, "org-v").1["data"][0]["token"].is_string()
     }));
+    assert_eq!(
+        app.call("GET", "/ac/openapi/v2/tokens/state", Some(&token))
+            .1["code"],
+        "10008"
+    );
 
     // Oversized requests to the token endpoints.
     let (_, v) = app.call_with("POST", "/ac/openapi/v2/tokens", None, |b| {
@@ -290,8 +297,8 @@ fn refused_logins_are_plain_and_leave_nothing_behind() {
     let k = kinds(&audit(&app, "vera"));
     assert_eq!(
         k.iter().filter(|x| *x == "token_issued").count(),
-        1,
-        "{k:?}"
+        2,
+        "one before the disable, one after it: {k:?}"
     );
     assert!(
         k.iter().filter(|x| *x == "token_refused").count() >= 3,
@@ -424,6 +431,106 @@ fn failed_logins_from_one_address_do_not_lock_the_user_out_at_another() {
     // Still nothing against xena elsewhere.
     assert_eq!(
         login_from(&app, "198.51.100.8", "xena", PASSWORD)["code"],
+        "0"
+    );
+}
+
+/// `GET …/tokens/state` with `token`: its code.
+fn state(app: &TestApp, token: &str) -> String {
+    app.call("GET", "/ac/openapi/v2/tokens/state", Some(token))
+        .1["code"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+fn renew(app: &TestApp, token: &str) -> Value {
+    app.call("POST", "/ac/openapi/v2/tokens/next", Some(token))
+        .1
+}
+
+/// Tokens end with what should end them: a password change, a disable and a revoked access
+/// key each void the tokens issued before (refused, not renewable), and a chain of renewals
+/// stops `auth.max_session_age` after the login it started from.
+#[test]
+fn password_changes_disables_and_revoked_keys_void_older_tokens_and_renewal_is_bounded() {
+    let app = TestApp::spawn_with(Options {
+        env: vec![("HPCDESK_AUTH__MAX_SESSION_AGE".into(), "4s".into())],
+        ..Options::default()
+    });
+    provision(&app, "wes", "org-w");
+    let cfg = path_of(&app.config);
+    // The stored account is cached for a second: wait for a change to be seen.
+    let refused_soon = |t: &str| eventually(Duration::from_secs(3), || state(&app, t) == "10008");
+
+    let before = token_of(&login(&app, "wes", PASSWORD, "org-w").1);
+    assert_eq!(state(&app, &before), "0");
+    std::thread::sleep(Duration::from_millis(20));
+    let (ok, _, err) = run_cli_stdin(
+        &["--config", &cfg, "user", "passwd", "wes"],
+        "Newer-Horse-8\n",
+    );
+    assert!(ok, "{err}");
+    assert!(
+        refused_soon(&before),
+        "a token from before the password change still works"
+    );
+    let v = app
+        .call("GET", "/hpc/openapi/v2/desktop/vnc", Some(&before))
+        .1;
+    assert_eq!(v["code"], "10008");
+    assert!(v["msg"].as_str().unwrap().contains("log in again"), "{v}");
+    assert_eq!(
+        renew(&app, &before)["code"],
+        "10008",
+        "and cannot be renewed"
+    );
+    let after = token_of(&login(&app, "wes", "Newer-Horse-8", "org-w").1);
+    assert_eq!(state(&app, &after), "0");
+
+    // A revoked access key voids the tokens it (and the rest) issued.
+    let (ok, out, err) = run_cli(&["--config", &cfg, "key", "create", "wes", "--json"], &[]);
+    assert!(ok, "{err}");
+    let keys: Value = serde_json::from_str(&out).unwrap();
+    let (ak, sk) = (
+        keys["accessKey"].as_str().unwrap(),
+        keys["secretKey"].as_str().unwrap(),
+    );
+    let by_key = token_of(&python_key_login(&app, "wes", ak, sk, None));
+    assert_eq!(state(&app, &by_key), "0");
+    std::thread::sleep(Duration::from_millis(20));
+    assert!(run_cli(&["--config", &cfg, "key", "revoke", ak], &[]).0);
+    assert!(
+        refused_soon(&by_key),
+        "a token of a revoked key still works"
+    );
+    assert_eq!(renew(&app, &by_key)["code"], "10008");
+    assert_eq!(
+        state(&app, &after),
+        "10008",
+        "issued before the revocation too"
+    );
+
+    // A chain of renewals ends max_session_age (4 s) after its login.
+    let first = token_of(&login(&app, "wes", "Newer-Horse-8", "org-w").1);
+    let started = std::time::Instant::now();
+    std::thread::sleep(Duration::from_millis(1500));
+    let second = token_of(&renew(&app, &first));
+    std::thread::sleep(Duration::from_millis(1500));
+    let third = token_of(&renew(&app, &second));
+    assert_eq!(state(&app, &third), "0");
+    std::thread::sleep(
+        Duration::from_secs(4).saturating_sub(started.elapsed()) + Duration::from_millis(300),
+    );
+    let v = renew(&app, &third);
+    assert_eq!(v["code"], "10008", "renewed past max_session_age: {v}");
+    assert!(v["msg"].as_str().unwrap().contains("older than 4s"), "{v}");
+    // A fresh login starts a new chain.
+    assert_eq!(
+        renew(
+            &app,
+            &token_of(&login(&app, "wes", "Newer-Horse-8", "org-w").1)
+        )["code"],
         "0"
     );
 }
