@@ -39,12 +39,25 @@ function fatal(message) {
   reconnectBtn.hidden = false;
 }
 
-function base() {
-  return `${location.host}${path}${path.includes('?') ? '&' : '?'}mm=${encodeURIComponent(mm)}`;
+// The gateway this page talks to is its own origin's, always: `path` is resolved against the
+// page's own address and must stay on its origin. A link whose path names another host
+// (`//elsewhere/…`, `http://elsewhere/…`) is refused, so no link can make this page hand the
+// user's keystrokes and clipboard to someone else's server under hpcdesk's name.
+function gatewayPath() {
+  if (!path) return null;
+  let target;
+  try {
+    target = new URL(path, location.href);
+  } catch (e) {
+    return null;
+  }
+  if (target.origin !== location.origin) return null;
+  const query = target.search ? `${target.search}&` : '?';
+  return `${target.pathname}${query}mm=${encodeURIComponent(mm)}`;
 }
 
-const wsUrl = () => `${location.protocol === 'https:' ? 'wss:' : 'ws:'}//${base()}`;
-const checkUrl = () => `${location.protocol}//${base()}`;
+const wsUrl = () => `${location.protocol === 'https:' ? 'wss:' : 'ws:'}//${location.host}${gatewayPath()}`;
+const checkUrl = () => `${location.origin}${gatewayPath()}`;
 
 // Asks the gateway whether the link still opens a desktop; returns null if it does, or the
 // reason in plain words if it does not. Network trouble is not a verdict (returns null).
@@ -77,6 +90,10 @@ async function connect() {
   reconnectBtn.hidden = true;
   if (!path || !mm) {
     fatal('This page needs a desktop link from your portal (the link is incomplete).');
+    return;
+  }
+  if (!gatewayPath()) {
+    fatal('This desktop link points away from this site, so it was not opened. Open the desktop again from your portal.');
     return;
   }
   show('checking', 'Checking the desktop link…');

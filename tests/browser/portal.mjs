@@ -7,6 +7,7 @@ const [, , base, token] = process.argv;
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
   args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+    '--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1',
     '--disable-background-networking', '--disable-component-update', '--disable-sync'],
 });
 let code = 0;

@@ -117,6 +117,9 @@ pub struct ServerConfig {
     /// Behind a reverse proxy: take the client address from the last `X-Forwarded-For`
     /// entry (the one the proxy added) for rate limits and the audit log.
     pub trust_forwarded_for: bool,
+    /// Origins that may show hpcdesk's pages in a frame (CSP `frame-ancestors`), e.g. the
+    /// portal's `https://portal.example.org`; none: only hpcdesk's own origin.
+    pub frame_ancestors: Vec<String>,
 }
 
 #[derive(Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -388,6 +391,7 @@ impl Default for ServerConfig {
             secret: None,
             web_dir: None,
             trust_forwarded_for: false,
+            frame_ancestors: Vec::new(),
         }
     }
 }
@@ -653,6 +657,17 @@ impl Config {
                 return Err(invalid(
                     "server.public_url",
                     format!("{url:?} must be an absolute http(s) URL without a query"),
+                ));
+            }
+        }
+        for a in &self.server.frame_ancestors {
+            let ok = a == "'self'"
+                || a.parse::<axum::http::Uri>()
+                    .is_ok_and(|u| u.scheme().is_some() && u.host().is_some() && u.path() == "/");
+            if !ok || a.contains([';', ',', ' ', '\'']) && a != "'self'" {
+                return Err(invalid(
+                    "server.frame_ancestors",
+                    format!("{a:?} is not an origin like https://portal.example.org"),
                 ));
             }
         }

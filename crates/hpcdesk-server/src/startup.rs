@@ -311,6 +311,7 @@ pub async fn build_with(
         None => (None, String::new()),
     };
     let limits = crate::throttle::Limits::new(&config.limits);
+    let config_ancestors = config.server.frame_ancestors.clone();
     Ok(AppState::new(Inner {
         config,
         store,
@@ -325,6 +326,7 @@ pub async fn build_with(
         presence: crate::presence::Presence::default(),
         public_base,
         path_prefix,
+        csp: crate::routes::web::content_security_policy(&config_ancestors),
         in_flight: Default::default(),
         _store_lock: store_lock,
     }))

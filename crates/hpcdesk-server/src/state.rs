@@ -48,6 +48,8 @@ pub struct Inner {
     pub public_base: Option<String>,
     /// The path part of `public_url` (e.g. `/desktop`), or empty.
     pub path_prefix: String,
+    /// The Content-Security-Policy of the pages (from `server.frame_ancestors`).
+    pub csp: String,
     /// The desktop starts this instance is carrying out right now.
     pub in_flight: crate::sessions::InFlight,
     /// This process's lock on a SQLite store file, released when the state is dropped.

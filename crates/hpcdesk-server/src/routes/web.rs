@@ -1,5 +1,6 @@
-//! The portal page (`/`), the viewer page and noVNC's modules: embedded at build time (see `build.rs`), or taken
-//! from `server.web_dir` first when an operator customises them.
+//! The portal page (`/`), the viewer page and noVNC's modules: embedded at build time (see
+//! `build.rs`), or taken from `server.web_dir` first when an operator customises them. Every
+//! file is sent with the pages' Content-Security-Policy ([`content_security_policy`]).
 
 use std::path::{Component, Path};
 
@@ -30,7 +31,23 @@ fn content_type(path: &str) -> &'static str {
     }
 }
 
-fn respond(path: &str, bytes: Vec<u8>, method: &Method) -> Response {
+/// The Content-Security-Policy of the pages: everything from this origin only, the WebSocket
+/// and the link check included (`connect-src 'self'`), and framing only by the origins in
+/// `server.frame_ancestors` (portals embed the viewer in an iframe), else by this origin.
+pub fn content_security_policy(frame_ancestors: &[String]) -> String {
+    let ancestors = if frame_ancestors.is_empty() {
+        "'self'".to_owned()
+    } else {
+        frame_ancestors.join(" ")
+    };
+    format!(
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; \
+         connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; \
+         form-action 'self'; frame-ancestors {ancestors}"
+    )
+}
+
+fn respond(path: &str, bytes: Vec<u8>, method: &Method, csp: &str) -> Response {
     let body = if method == Method::HEAD {
         Body::empty()
     } else {
@@ -52,6 +69,9 @@ fn respond(path: &str, bytes: Vec<u8>, method: &Method) -> Response {
         HeaderValue::from_static("nosniff"),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    if let Ok(v) = HeaderValue::from_str(csp) {
+        h.insert(header::CONTENT_SECURITY_POLICY, v);
+    }
     r
 }
 
@@ -82,7 +102,7 @@ pub async fn file_or_404(State(app): State<AppState>, req: Request) -> Response 
             path.as_str()
         };
         if let Some(bytes) = find(&app, wanted).await {
-            return respond(wanted, bytes, &method);
+            return respond(wanted, bytes, &method, &app.csp);
         }
         if wanted.starts_with("/novnc/") && !NOVNC_EMBEDDED {
             let mut r = (
@@ -96,4 +116,21 @@ pub async fn file_or_404(State(app): State<AppState>, req: Request) -> Response 
         }
     }
     ApiError::NoRoute(format!("no such API: {method} {path}")).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_policy_keeps_everything_on_this_origin_and_names_the_allowed_frames() {
+        let p = content_security_policy(&[]);
+        assert!(p.contains("connect-src 'self'") && p.contains("default-src 'self'"));
+        assert!(p.ends_with("frame-ancestors 'self'"), "{p}");
+        let p = content_security_policy(&["https://portal.example.org".into()]);
+        assert!(
+            p.ends_with("frame-ancestors https://portal.example.org"),
+            "{p}"
+        );
+    }
 }

@@ -149,3 +149,126 @@ fn tokens_for_root_system_accounts_and_low_uids_are_refused_by_every_launcher() 
         "an agent ran"
     );
 }
+
+/// Runs `tests/browser/crafted-link.mjs` on `url`: the page's state, message, CSP header
+/// and every request it made.
+fn open_in_browser(url: &str) -> serde_json::Value {
+    let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/browser/crafted-link.mjs");
+    let out = {
+        let _one = crate::browser::browser_lock();
+        Command::new("node").arg(script).arg(url).output().unwrap()
+    };
+    assert!(
+        out.status.success(),
+        "browser run failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// A link whose `path` names another host (a user's own server, posing as a desktop to
+/// catch keystrokes and the clipboard) opens nothing there: the viewer refuses it in plain
+/// words, and a listener on that host records no connection. The pages carry the CSP.
+#[test]
+fn a_crafted_link_naming_another_host_opens_no_connection_there() {
+    if !real_parts("crafted link") || !crate::browser::browser_parts("crafted link") {
+        return;
+    }
+    let app = TestApp::spawn();
+    let token = app.token("crafty");
+    let created = app.create(&token);
+    let id = created["data"]["sessionId"].as_str().unwrap().to_owned();
+    let real = app.launch_url(&token, &id)["data"]["novncUrl"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // As the API writes it: /vnc.html?path=/vncws?token=<grant>&mm=<sealed>&resize=remote.
+    let grant = real
+        .split("token=")
+        .nth(1)
+        .and_then(|r| r.split('&').next())
+        .unwrap()
+        .to_owned();
+    let mm = real
+        .split("mm=")
+        .nth(1)
+        .and_then(|r| r.split('&').next())
+        .unwrap()
+        .to_owned();
+
+    // The other host: another origin (a port of its own) that counts who comes.
+    let trap = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let trap_port = trap.local_addr().unwrap().port();
+    trap.set_nonblocking(true).unwrap();
+    let came = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let counter = {
+        let (came, stop) = (came.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if trap.accept().is_ok() {
+                    came.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        })
+    };
+    for crafted in [
+        format!("//127.0.0.1:{trap_port}/vncws?token={grant}"),
+        format!("http://127.0.0.1:{trap_port}/vncws?token={grant}"),
+        format!("ws://127.0.0.1:{trap_port}/vncws?token={grant}"),
+        // The old trick: `host@elsewhere` as the authority of the WebSocket URL.
+        format!("@127.0.0.1:{trap_port}/vncws?token={grant}"),
+    ] {
+        let url = format!(
+            "{}/vnc.html?path={crafted}&mm={mm}&resize=remote",
+            app.base
+        );
+        let seen = open_in_browser(&url);
+        eprintln!("{crafted}: {seen}");
+        assert_eq!(seen["status"], "failed", "{crafted}: {seen}");
+        let msg = seen["message"].as_str().unwrap();
+        assert!(
+            msg.contains("points away from this site") || msg.contains("Cannot open the desktop"),
+            "{crafted}: {msg}"
+        );
+        for r in seen["requests"].as_array().unwrap() {
+            let host = r
+                .as_str()
+                .unwrap()
+                .split("://")
+                .nth(1)
+                .and_then(|rest| rest.split('/').next())
+                .unwrap_or_default();
+            assert!(
+                !host.ends_with(&format!(":{trap_port}")),
+                "{crafted}: the page asked the other host: {r}"
+            );
+        }
+        let csp = seen["csp"].as_str().unwrap();
+        assert!(csp.contains("connect-src 'self'"), "{csp}");
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    counter.join().unwrap();
+    assert_eq!(
+        came.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "a connection reached the trap"
+    );
+
+    // The real link still opens its desktop.
+    let ok = open_in_browser(&format!("{}{real}", app.base));
+    assert_eq!(ok["status"], "connected", "{ok}");
+    // And the portal page carries the policy too.
+    let portal = reqwest::blocking::get(app.url("/")).unwrap();
+    let csp = portal.headers()["content-security-policy"]
+        .to_str()
+        .unwrap();
+    assert!(
+        csp.contains("default-src 'self'") && csp.contains("frame-ancestors 'self'"),
+        "{csp}"
+    );
+    assert_eq!(app.delete(&token, &id)["code"], "0");
+}
