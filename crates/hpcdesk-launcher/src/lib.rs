@@ -194,7 +194,9 @@ pub enum Liveness {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Orphan {
     pub node: NodeName,
-    pub user: String,
+    /// The account it runs as, parsed like any account name (a listing is the node's word,
+    /// and a user can put odd things in what their agent lists).
+    pub user: ComputeUser,
     pub display: u32,
     pub pid: i32,
     /// The session marker it carries, if it was started by an hpcdesk with markers: then
@@ -263,6 +265,10 @@ pub trait Launcher: Send + Sync + 'static {
         let _ = target;
         true
     }
+
+    /// Background upkeep, called about once a second (the ssh launcher probes its nodes here:
+    /// a create never waits for that).
+    async fn maintain(&self) {}
 
     /// Checks which targets are alive, and reports desktops nobody owns.
     async fn survey(&self, targets: &[Target]) -> Result<Survey, LaunchError>;

@@ -140,7 +140,11 @@ impl Launcher for LocalLauncher {
             .stdin(stdin)
             .timeout(self.cfg.desktop.start_timeout + Duration::from_secs(10));
         let started: StartedDesktop = agent_reply(cmd.output().await, &self.cfg.node)?;
-        Ok(Launch::Ready(remote::launched(started, &self.cfg.node)?))
+        Ok(Launch::Ready(remote::launched(
+            started,
+            &self.cfg.node,
+            "127.0.0.1",
+        )?))
     }
 
     #[tracing::instrument(level = "debug", skip(self), fields(user = %target.compute_user))]
@@ -197,8 +201,7 @@ impl Launcher for LocalLauncher {
     async fn stop_orphan(&self, orphan: &Orphan) -> Result<(), LaunchError> {
         let target = Target {
             key: String::new(),
-            compute_user: ComputeUser::parse(&orphan.user)
-                .map_err(|e| LaunchError::Desktop(e.to_string()))?,
+            compute_user: orphan.user.clone(),
             node: Some(orphan.node.clone()),
             display: Some(
                 DisplayNumber::new(orphan.display)

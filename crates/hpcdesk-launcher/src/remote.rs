@@ -162,10 +162,26 @@ pub fn agent_reply<T: for<'de> Deserialize<'de>>(
     }
 }
 
-/// A started desktop as the launcher reports it.
-pub fn launched(started: StartedDesktop, node: &NodeName) -> Result<Launched, LaunchError> {
+/// A started desktop as the launcher reports it. The agent runs as the user, whose shell
+/// start-up files can make it print anything: only the display number (and Xvnc's pid and
+/// marker, for stopping it) are taken from its reply. Where the gateway connects is the
+/// launcher's to say — `host`, the node's configured address — and the port is the
+/// display's; a reply that claims another port is refused.
+pub fn launched(
+    started: StartedDesktop,
+    node: &NodeName,
+    host: &str,
+) -> Result<Launched, LaunchError> {
     let display = DisplayNumber::new(started.display)
         .map_err(|e| LaunchError::Desktop(format!("the node agent reported {e}")))?;
+    let port = display.default_port();
+    if started.port != port {
+        return Err(LaunchError::Desktop(format!(
+            "the node agent on {node} reported port {} for display :{display}; desktops listen \
+             on {port}",
+            started.port
+        )));
+    }
     let handle = serde_json::to_string(&Handle {
         pid: started.xvnc_pid,
         marker: started.marker,
@@ -174,8 +190,8 @@ pub fn launched(started: StartedDesktop, node: &NodeName) -> Result<Launched, La
     Ok(Launched {
         node: node.clone(),
         display,
-        host: started.host,
-        port: started.port,
+        host: host.to_owned(),
+        port,
         handle,
         warnings: started.warnings,
     })
@@ -280,13 +296,15 @@ pub fn match_survey(node: &NodeName, targets: &[Target], live: &[LiveDesktop]) -
     let orphans = live
         .iter()
         .filter(|l| !targets.iter().any(|t| owns(t, node, l)))
-        .map(|l| Orphan {
-            node: node.clone(),
-            user: l.user.clone(),
-            display: l.display,
-            pid: l.pid,
-            marker: l.marker.clone(),
-            job: None,
+        .filter_map(|l| {
+            Some(Orphan {
+                node: node.clone(),
+                user: hpcdesk_core::ComputeUser::parse(&l.user).ok()?,
+                display: l.display,
+                pid: l.pid,
+                marker: l.marker.clone(),
+                job: None,
+            })
         })
         .collect();
     Survey {

@@ -120,7 +120,7 @@ impl SlurmLauncher {
     }
 
     /// hpcdesk's jobs in the queue (any user's): (job, user, marker).
-    async fn hpcdesk_jobs(&self) -> Result<Vec<(u64, String, String)>, LaunchError> {
+    async fn hpcdesk_jobs(&self) -> Result<Vec<(u64, ComputeUser, String)>, LaunchError> {
         let out = Cmd::new(&self.cfg.squeue)
             .args(["-h", "-o", "%i|%u|%j"])
             .timeout(Duration::from_secs(20))
@@ -132,7 +132,7 @@ impl SlurmLauncher {
             .filter_map(|l| {
                 let mut f = l.split('|').map(str::trim);
                 let job = f.next()?.parse().ok()?;
-                let user = f.next()?.to_owned();
+                let user = ComputeUser::parse(f.next()?).ok()?;
                 let marker = f.next()?.strip_prefix("hpcdesk-")?;
                 crate::agent::valid_marker(marker).then(|| (job, user, marker.to_owned()))
             })
@@ -250,14 +250,38 @@ impl SlurmLauncher {
         SessionId::new(self.cfg.id_prefix.clone(), user.clone(), n)
     }
 
-    fn launched(
+    /// Where the gateway reaches the desktop of a job running on `nodes` (Slurm's word): the
+    /// node's address as Slurm knows it (or loopback with `listen = "localhost"`), never what
+    /// the job, which runs as the user, reports.
+    async fn address(&self, node: &NodeName) -> Result<String, LaunchError> {
+        if self.cfg.listen == "localhost" {
+            return Ok("127.0.0.1".into());
+        }
+        let out = Cmd::new(&self.cfg.scontrol)
+            .args(["show", "node", "-o", node.as_str()])
+            .timeout(Duration::from_secs(20))
+            .output()
+            .await
+            .map_err(|e| slurm_err("scontrol show node", e))?;
+        let addr = out
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("NodeAddr="))
+            .filter(|a| !a.is_empty() && !a.starts_with('-'))
+            .unwrap_or(node.as_str());
+        Ok(addr.to_owned())
+    }
+
+    async fn launched(
         &self,
         h: &Handle,
         d: crate::agent::StartedDesktop,
+        nodes: &str,
     ) -> Result<Launched, LaunchError> {
-        let node = NodeName::parse(&d.node)
-            .map_err(|e| LaunchError::Desktop(format!("the job reported {e}")))?;
-        let mut l = remote::launched(d, &node)?;
+        // One node per desktop job: Slurm lists it by name.
+        let node = NodeName::parse(nodes.split(',').next().unwrap_or("").trim())
+            .map_err(|e| LaunchError::Desktop(format!("Slurm reported node {nodes:?}: {e}")))?;
+        let host = self.address(&node).await?;
+        let mut l = remote::launched(d, &node, &host)?;
         let started: remote::Handle = serde_json::from_str(&l.handle).expect("own handle");
         l.handle = serde_json::to_string(&Handle {
             job: h.job,
@@ -370,7 +394,7 @@ impl Launcher for SlurmLauncher {
                     &self.cfg.id_prefix,
                 )?;
                 match report.desktop {
-                    Some(d) => Ok(Progress::Ready(self.launched(&h, d)?)),
+                    Some(d) => Ok(Progress::Ready(self.launched(&h, d, &state.nodes).await?)),
                     None => Ok(Progress::Starting(format!(
                         "Slurm job {} runs on {}; the desktop is starting",
                         h.job, state.nodes
@@ -525,7 +549,7 @@ impl Launcher for SlurmLauncher {
         let jobs = self.hpcdesk_jobs().await?;
         let job = jobs
             .iter()
-            .find(|(_, u, m)| u == user && *m == start.marker)
+            .find(|(_, u, m)| u.as_str() == user && *m == start.marker)
             .map(|(j, _, _)| *j);
         let Some(job) = job else {
             let _ = self

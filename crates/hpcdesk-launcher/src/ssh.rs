@@ -7,11 +7,15 @@
 //! - **The remote command** is the node agent's argv joined with POSIX shell quoting, because
 //!   ssh hands commands to the user's login shell; every word comes from the configuration
 //!   or from validated ids, never from a client. Secrets go on stdin.
-//! - **Placement**: all nodes are probed in parallel (reachable, load per core, free memory,
-//!   desktops; results cached briefly), those under their limits are ranked by load plus a
-//!   share per desktop, and the start is tried on each in turn. None left → 815201 naming
-//!   every node and why.
-//! - Xvnc listens on the node's configured address (`-interface`), where the gateway connects.
+//! - **Placement**: a service account (`launcher.ssh.probe_user`) probes every node in the
+//!   background every `probe_every` ([`Launcher::maintain`]): reachable, load per core, free
+//!   memory, desktops. A create never waits on probes and no user's shell start-up files
+//!   ever feed them (a user could otherwise make every node look full, or empty, for
+//!   everyone). Nodes under their limits are ranked by load plus a share per desktop and the
+//!   start is tried on each in turn; a start counts one more desktop on its node until the
+//!   next probe. None left → 815201 naming every node and why.
+//! - Xvnc listens on the node's configured address (`-interface`), where the gateway connects:
+//!   never an address the (user-run) agent reports.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -57,8 +61,10 @@ pub struct SshConfig {
     pub control_dir: PathBuf,
     pub control_persist: Duration,
     pub connect_timeout: Duration,
-    /// How long a node's probe is reused for placement.
-    pub probe_cache: Duration,
+    /// The account that probes the nodes (a service account the nodes accept).
+    pub probe_user: ComputeUser,
+    /// How often every node is probed.
+    pub probe_every: Duration,
     /// Concurrent commands per node (sshd's MaxSessions is 10 by default).
     pub max_channels: usize,
     pub nodes: Vec<NodeSpec>,
@@ -83,15 +89,6 @@ impl std::fmt::Debug for SshLauncher {
             .field("nodes", &self.cfg.nodes.len())
             .finish_non_exhaustive()
     }
-}
-
-/// Why a probe failed.
-#[derive(Debug, Clone)]
-enum ProbeError {
-    /// Something about the node (unreachable, agent missing…): the node is not used.
-    Node(String),
-    /// Something about the account the probe ran as: the create fails for that account.
-    Account(String),
 }
 
 /// The message for an account whose login printed without end.
@@ -263,33 +260,19 @@ impl SshLauncher {
         cmd.output().await
     }
 
-    /// A node's probe, from the cache if recent (`fresh` skips the cache). A probe that
-    /// failed because of the account it ran as (its shell printed without end) says so and
-    /// is not kept: it says nothing about the node for anyone else.
-    async fn probe(&self, node: &NodeSpec, user: &str, fresh: bool) -> Result<Probe, ProbeError> {
-        if !fresh
-            && let Some((at, p)) = self
-                .probes
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(node.name.as_str())
-            && at.elapsed() < self.cfg.probe_cache
-        {
-            return p.clone().map_err(ProbeError::Node);
-        }
+    /// Probes `node` now as the probe account and keeps the result for placement.
+    async fn probe(&self, node: &NodeSpec) -> Result<Probe, String> {
         let out = self
             .run(
                 node,
-                user,
+                self.cfg.probe_user.as_str(),
                 remote::probe_args(&node.name),
                 None,
                 Duration::from_secs(10),
             )
             .await;
-        if let Err(e @ ProcessError::TooMuchOutput { .. }) = &out {
-            return Err(ProbeError::Account(account_flood(&node.name, e)));
-        }
         let result = match &out {
+            Err(e @ ProcessError::TooMuchOutput { .. }) => Err(account_flood(&node.name, e)),
             Err(e) if ssh_failure(e).is_some() => Err(format!(
                 "ssh unreachable ({})",
                 ssh_failure(e).unwrap_or_default()
@@ -300,14 +283,32 @@ impl SshLauncher {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(node.name.to_string(), (Instant::now(), result.clone()));
-        result.map_err(ProbeError::Node)
+        result
     }
 
-    fn forget_probe(&self, node: &NodeSpec) {
-        self.probes
+    /// The last probe of `node`, as placement sees it.
+    fn cached_probe(&self, node: &NodeSpec) -> Result<Probe, String> {
+        match self
+            .probes
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(node.name.as_str());
+            .get(node.name.as_str())
+        {
+            Some((_, p)) => p.clone(),
+            None => Err("not probed yet".into()),
+        }
+    }
+
+    /// Counts a desktop just started on `node` in its probe, until the next probe says.
+    fn count_desktop(&self, node: &NodeSpec) {
+        if let Some((_, Ok(p))) = self
+            .probes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(node.name.as_str())
+        {
+            p.desktops += 1;
+        }
     }
 
     /// Whether the desktop's VNC port answers (from here, as the gateway would connect).
@@ -337,20 +338,12 @@ impl Launcher for SshLauncher {
             tokio::time::sleep(d).await;
         }
         let user = req.compute_user.as_str();
-        let probes = futures_util::future::join_all(
-            self.cfg.nodes.iter().map(|n| self.probe(n, user, false)),
-        )
-        .await;
         let mut refused: Vec<(String, String)> = Vec::new();
         let mut ranked: Vec<(f64, &NodeSpec)> = Vec::new();
-        for (node, probe) in self.cfg.nodes.iter().zip(probes) {
-            match probe {
-                Err(ProbeError::Account(why)) => return Err(LaunchError::Desktop(why)),
-                Err(ProbeError::Node(why)) => refused.push((node.name.to_string(), why)),
-                Ok(p) => match assess(node, &p) {
-                    Ok(score) => ranked.push((score, node)),
-                    Err(why) => refused.push((node.name.to_string(), why)),
-                },
+        for node in &self.cfg.nodes {
+            match self.cached_probe(node).and_then(|p| assess(node, &p)) {
+                Ok(score) => ranked.push((score, node)),
+                Err(why) => refused.push((node.name.to_string(), why)),
             }
         }
         ranked.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -371,8 +364,6 @@ impl Launcher for SshLauncher {
                     self.cfg.desktop.start_timeout + Duration::from_secs(10),
                 )
                 .await;
-            // The node's load changed either way.
-            self.forget_probe(node);
             if let Err(e @ ProcessError::TooMuchOutput { .. }) = &out {
                 return Err(LaunchError::Desktop(account_flood(&node.name, e)));
             }
@@ -385,7 +376,9 @@ impl Launcher for SshLauncher {
             match agent_reply::<StartedDesktop>(out, &node.name) {
                 Ok(started) => {
                     tracing::info!(node = %node.name, user, display = started.display, "desktop placed");
-                    return Ok(Launch::Ready(remote::launched(started, &node.name)?));
+                    let launched = remote::launched(started, &node.name, &node.address)?;
+                    self.count_desktop(node);
+                    return Ok(Launch::Ready(launched));
                 }
                 Err(LaunchError::NoCapacity(why)) => refused.push((node.name.to_string(), why)),
                 Err(other) => return Err(other),
@@ -428,14 +421,20 @@ impl Launcher for SshLauncher {
     }
 
     async fn survey(&self, targets: &[Target]) -> Result<Survey, LaunchError> {
-        // One listing per (node, user) pair, in parallel.
+        // One listing per (node, user) pair, in parallel. A target with no node yet (a start
+        // that ended before it was placed) is looked for on every node.
         let mut groups: HashMap<(String, String), Vec<usize>> = HashMap::new();
         for (i, t) in targets.iter().enumerate() {
-            let node = t.node.as_ref().map(ToString::to_string).unwrap_or_default();
-            groups
-                .entry((node, t.compute_user.to_string()))
-                .or_default()
-                .push(i);
+            let nodes: Vec<String> = match &t.node {
+                Some(n) => vec![n.to_string()],
+                None => self.cfg.nodes.iter().map(|n| n.name.to_string()).collect(),
+            };
+            for node in nodes {
+                groups
+                    .entry((node, t.compute_user.to_string()))
+                    .or_default()
+                    .push(i);
+            }
         }
         let mut result = Survey {
             targets: vec![Liveness::Unknown("not checked".into()); targets.len()],
@@ -500,12 +499,12 @@ impl Launcher for SshLauncher {
             }
         }
         // Another user's desktops seen on a node are not orphans of this listing.
-        let owned: Vec<(String, String, u32)> = targets
+        let owned: Vec<(String, ComputeUser, u32)> = targets
             .iter()
             .filter_map(|t| {
                 Some((
                     t.node.as_ref()?.to_string(),
-                    t.compute_user.to_string(),
+                    t.compute_user.clone(),
                     t.display?.get(),
                 ))
             })
@@ -523,7 +522,7 @@ impl Launcher for SshLauncher {
         let out = self
             .run(
                 node,
-                &orphan.user,
+                orphan.user.as_str(),
                 remote::stop_args(&orphan.node, display),
                 None,
                 Duration::from_secs(20),
@@ -588,31 +587,39 @@ impl Launcher for SshLauncher {
         ))
     }
 
-    async fn nodes(&self, user: &ComputeUser) -> Vec<NodeReport> {
-        let probes = futures_util::future::join_all(
+    /// Probes the nodes whose probe is older than `probe_every`, all at once.
+    async fn maintain(&self) {
+        let due: Vec<&NodeSpec> = {
+            let probes = self.probes.lock().unwrap_or_else(|p| p.into_inner());
             self.cfg
                 .nodes
                 .iter()
-                .map(|n| self.probe(n, user.as_str(), true)),
-        )
-        .await;
+                .filter(|n| {
+                    probes
+                        .get(n.name.as_str())
+                        .is_none_or(|(at, _)| at.elapsed() >= self.cfg.probe_every)
+                })
+                .collect()
+        };
+        futures_util::future::join_all(due.into_iter().map(|n| self.probe(n))).await;
+    }
+
+    /// Probes every node now (as the probe account, whoever asks).
+    async fn nodes(&self, _user: &ComputeUser) -> Vec<NodeReport> {
+        let probes =
+            futures_util::future::join_all(self.cfg.nodes.iter().map(|n| self.probe(n))).await;
         self.cfg
             .nodes
             .iter()
             .zip(probes)
-            .map(|(n, probe)| {
-                let probe = probe.map_err(|e| match e {
-                    ProbeError::Node(why) | ProbeError::Account(why) => why,
-                });
-                NodeReport {
-                    name: n.name.to_string(),
-                    address: n.address.clone(),
-                    accepting: match &probe {
-                        Ok(p) => assess(n, p).map(|_| ()),
-                        Err(e) => Err(e.clone()),
-                    },
-                    probe,
-                }
+            .map(|(n, probe)| NodeReport {
+                name: n.name.to_string(),
+                address: n.address.clone(),
+                accepting: match &probe {
+                    Ok(p) => assess(n, p).map(|_| ()),
+                    Err(e) => Err(e.clone()),
+                },
+                probe,
             })
             .collect()
     }
@@ -682,7 +689,8 @@ mod tests {
                 .join(format!("hpcdesk-ssh-test-{}", std::process::id())),
             control_persist: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(5),
-            probe_cache: Duration::from_secs(5),
+            probe_user: ComputeUser::parse("hpcprobe").unwrap(),
+            probe_every: Duration::from_secs(10),
             max_channels: 8,
             nodes: vec![spec()],
             desktop: DesktopSettings {

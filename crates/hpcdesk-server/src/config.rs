@@ -217,11 +217,14 @@ pub struct SshLauncherConfig {
     pub connect_timeout: HumanDuration,
     /// How long an idle ControlMaster connection is kept.
     pub control_persist: HumanDuration,
-    /// How long a node's probe is reused for placement.
-    pub probe_cache: HumanDuration,
+    /// How often a service account probes every node for placement (`probe_cache` is the
+    /// old name of this key).
+    #[serde(alias = "probe_cache")]
+    pub probe_every: HumanDuration,
     /// Concurrent commands per node.
     pub max_channels: usize,
-    /// Account used to probe nodes for `hpcdesk nodes` (default: the admin's compute user).
+    /// The service account that probes the nodes (required with `kind = "ssh"`): placement
+    /// must not rest on what any user's shell prints.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub probe_user: Option<String>,
 }
@@ -236,7 +239,7 @@ impl Default for SshLauncherConfig {
             config_file: None,
             connect_timeout: HumanDuration(Duration::from_secs(5)),
             control_persist: HumanDuration(Duration::from_secs(60)),
-            probe_cache: HumanDuration(Duration::from_secs(5)),
+            probe_every: HumanDuration(Duration::from_secs(10)),
             max_channels: 8,
             probe_user: None,
         }
@@ -646,6 +649,20 @@ impl Config {
                 "launcher.nodes",
                 "launcher.kind = \"ssh\" needs at least one [[launcher.nodes]] entry",
             ));
+        }
+        if self.launcher.kind == LauncherKind::Ssh {
+            let user = self.launcher.ssh.probe_user.as_deref().ok_or_else(|| {
+                invalid(
+                    "launcher.ssh.probe_user",
+                    "launcher.kind = \"ssh\" needs the service account that probes the nodes \
+                     (one the nodes accept hpcdesk's key for, e.g. \"hpcdesk\")",
+                )
+            })?;
+            hpcdesk_core::ComputeUser::parse(user)
+                .map_err(|e| invalid("launcher.ssh.probe_user", e))?;
+        }
+        if self.launcher.ssh.probe_every.0 < Duration::from_secs(1) {
+            return Err(invalid("launcher.ssh.probe_every", "must be at least 1s"));
         }
         hpcdesk_core::NodeName::parse(&self.launcher.slurm.id_prefix)
             .map_err(|e| invalid("launcher.slurm.id_prefix", e))?;

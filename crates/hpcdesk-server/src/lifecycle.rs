@@ -75,19 +75,40 @@ pub async fn reconcile(app: &AppState) -> Result<ReconcileReport, ApiError> {
     }
 
     let running = app.store.sessions_in(&[SessionState::Running]).await?;
-    let (recs, targets): (Vec<_>, Vec<_>) = running
+    let (recs, mut targets): (Vec<_>, Vec<_>) = running
         .iter()
         .filter(|r| r.launcher == app.launcher.kind())
         .map(|r| (r, sessions::target(r)))
         .filter(|(_, t)| app.launcher.watches(t))
         .unzip();
+    report.checked = targets.len();
+    // Sessions that ended lately are looked for too (a launcher that lists per account only
+    // sees their desktops so): a start cut short may still bring up its desktop after the
+    // session ended, and that desktop must go. They own nothing (no display, no job), so
+    // whatever of theirs is found is reported as an orphan with their marker; their
+    // liveness is not asked.
+    let late =
+        chrono::Duration::from_std(app.config.launcher.start_timeout.0 + Duration::from_secs(120))
+            .map_err(ApiError::internal)?;
+    targets.extend(
+        app.store
+            .sessions_ended_since(now - late)
+            .await?
+            .iter()
+            .filter(|r| r.launcher == app.launcher.kind())
+            .map(|r| hpcdesk_launcher::Target {
+                display: None,
+                handle: String::new(),
+                ..sessions::target(r)
+            })
+            .filter(|t| app.launcher.watches(t)),
+    );
 
     let survey = app
         .launcher
         .survey(&targets)
         .await
         .map_err(|e| ApiError::Desktop(e.to_string()))?;
-    report.checked = targets.len();
     for (rec, liveness) in recs.iter().zip(&survey.targets) {
         let (how, reason) = match liveness {
             Liveness::Alive => continue,
@@ -115,7 +136,7 @@ pub async fn reconcile(app: &AppState) -> Result<ReconcileReport, ApiError> {
                 .store
                 .session_by_marker(m)
                 .await?
-                .filter(|r| r.compute_user.as_str() == orphan.user),
+                .filter(|r| r.compute_user == orphan.user),
             None => None,
         };
         let ours = match &owner {
@@ -194,6 +215,20 @@ pub async fn queued_loop(app: AppState, mut shutdown: tokio::sync::watch::Receiv
                     tracing::error!(error = %e, "following queued desktops failed");
                 }
             }
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Runs the launcher's background upkeep ([`hpcdesk_launcher::Launcher::maintain`], e.g.
+/// the ssh launcher's node probes) every second until `shutdown` fires.
+pub async fn maintain_loop(app: AppState, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await; // start-up already did one round
+    loop {
+        tokio::select! {
+            _ = tick.tick() => app.launcher.maintain().await,
             _ = shutdown.changed() => return,
         }
     }

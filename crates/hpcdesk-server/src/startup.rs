@@ -218,7 +218,11 @@ pub fn build_launcher(config: &Config) -> Result<Arc<dyn Launcher>, StartupError
                 control_dir: config.server.data_dir.join("ssh"),
                 control_persist: s.control_persist.0,
                 connect_timeout: s.connect_timeout.0,
-                probe_cache: s.probe_cache.0,
+                probe_user: hpcdesk_core::ComputeUser::parse(
+                    s.probe_user.as_deref().unwrap_or_default(),
+                )
+                .map_err(|e| StartupError::Launcher(format!("launcher.ssh.probe_user: {e}")))?,
+                probe_every: s.probe_every.0,
                 max_channels: s.max_channels,
                 nodes,
                 desktop: desktop_settings(config),
@@ -352,8 +356,11 @@ pub async fn serve(
             tracing::error!(error = %e, source = ?std::error::Error::source(&e), "start-up reconcile failed")
         }
     }
+    // Placement needs the nodes' probes before the first create (ssh).
+    state.launcher.maintain().await;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let reconcile = tokio::spawn(lifecycle::reconcile_loop(state.clone(), stop_rx.clone()));
+    let upkeep = tokio::spawn(lifecycle::maintain_loop(state.clone(), stop_rx.clone()));
     let sweep = tokio::spawn(lifecycle::sweep_loop(state.clone(), stop_rx.clone()));
     let queued = tokio::spawn(lifecycle::queued_loop(state.clone(), stop_rx.clone()));
     // Only a shared store can have other instances (a SQLite file is locked to this one).
@@ -367,6 +374,7 @@ pub async fn serve(
     let router = routes::router(state.clone());
     crate::conn::accept_loop(listener, &state, router, shutdown, &stop_tx).await;
     let _ = reconcile.await;
+    let _ = upkeep.await;
     let _ = sweep.await;
     let _ = queued.await;
     if let Some(presence) = presence {

@@ -104,6 +104,7 @@ bounded! {
     fn visible_session(&self, id: &SessionId) -> Option<SessionRecord>;
     fn list_sessions(&self, owner: Option<&str>) -> Vec<SessionRecord>;
     fn sessions_in(&self, states: &[SessionState]) -> Vec<SessionRecord>;
+    fn sessions_ended_since(&self, since: DateTime<Utc>) -> Vec<SessionRecord>;
     fn session_by_marker(&self, marker: &str) -> Option<SessionRecord>;
     fn fresh_instances(&self, fresh_after: DateTime<Utc>) -> Vec<String>;
     fn ping(&self) -> ();

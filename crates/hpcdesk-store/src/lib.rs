@@ -331,6 +331,13 @@ pub trait Store: Send + Sync + 'static {
     /// Sessions in any of `states` (for reconcile and sweep).
     async fn sessions_in(&self, states: &[SessionState]) -> Result<Vec<SessionRecord>, StoreError>;
 
+    /// Sessions that ended (`failed` or `stopped`) since `since` and carry a marker: their
+    /// desktop may still be finishing its start somewhere, to be found and stopped.
+    async fn sessions_ended_since(
+        &self,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<SessionRecord>, StoreError>;
+
     /// The session (in any state, dismissed or not) whose desktop carries `marker`.
     async fn session_by_marker(&self, marker: &str) -> Result<Option<SessionRecord>, StoreError>;
 

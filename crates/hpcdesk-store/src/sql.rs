@@ -856,6 +856,21 @@ where
         rows.iter().map(Self::session_from_row).collect()
     }
 
+    async fn sessions_ended_since(
+        &self,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<SessionRecord>, StoreError> {
+        let sql = format!(
+            "SELECT {SESSION_COLUMNS} FROM sessions WHERE state IN ('failed', 'stopped') \
+             AND updated_at > $1 AND marker <> '' ORDER BY updated_at"
+        );
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(millis(since))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(Self::session_from_row).collect()
+    }
+
     async fn session_by_marker(&self, marker: &str) -> Result<Option<SessionRecord>, StoreError> {
         if marker.is_empty() {
             return Ok(None);

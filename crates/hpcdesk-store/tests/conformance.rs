@@ -593,6 +593,19 @@ async fn a_session_is_found_by_the_marker_written_before_its_launch(store: Arc<d
     store.dismiss(&rec.key, Utc::now()).await.unwrap();
     let found = store.session_by_marker(&marker).await.unwrap().unwrap();
     assert_eq!(found.state, SessionState::Stopped);
+    // Recently ended sessions are there to look for late desktops.
+    let ended = store
+        .sessions_ended_since(Utc::now() - Duration::minutes(1))
+        .await
+        .unwrap();
+    assert!(ended.iter().any(|r| r.key == rec.key));
+    assert!(
+        store
+            .sessions_ended_since(Utc::now() + Duration::minutes(1))
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 async fn status_reasons_are_stored_bounded(store: Arc<dyn Store>) {

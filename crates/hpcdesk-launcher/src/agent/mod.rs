@@ -148,6 +148,15 @@ pub fn test_pause_at(point: &str) -> Option<Duration> {
     (p == point).then(|| Duration::from_millis(ms.min(60_000)))
 }
 
+/// Whether whoever started this agent has stopped listening for its answer (its stdout is a
+/// closed pipe): hpcdesk gave up on the start (a timeout, output cut off) or died. Then the
+/// agent starts nothing more, so no desktop comes up that no session is waiting for. Probes
+/// by writing an empty line, which replies ignore.
+fn caller_gone() -> bool {
+    let mut out = std::io::stdout().lock();
+    out.write_all(b"\n").and_then(|()| out.flush()).is_err()
+}
+
 fn test_pause(point: &str) {
     if let Some(d) = test_pause_at(point) {
         std::thread::sleep(d);
@@ -407,6 +416,13 @@ fn try_display(
     let marker = format!("{}-{d}-{token}", args.node);
     let log = dir.join("xvnc.log");
     test_pause("xvnc");
+    if caller_gone() {
+        let _ = fs::remove_dir_all(&dir);
+        return Err(Attempt::Failed(err(
+            ErrorKind::Failed,
+            "the start was given up by hpcdesk; nothing was started",
+        )));
+    }
     let mut xvnc = xvnc_cmd(args, me, &dir, d, port, &marker)
         .spawn_detached(&log)
         .map_err(|e| fail(err(ErrorKind::Failed, e.to_string())))?;
@@ -503,6 +519,12 @@ fn try_display(
     }
 
     test_pause("desktop");
+    if caller_gone() {
+        return Err(cleanup(err(
+            ErrorKind::Failed,
+            "the start was given up by hpcdesk; what had started was stopped",
+        )));
+    }
     let desktop_log = dir.join("desktop.log");
     let mut warnings = Vec::new();
     for argv in desktop {

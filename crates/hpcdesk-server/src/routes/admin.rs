@@ -29,12 +29,8 @@ pub async fn nodes(State(app): State<AppState>, user: AuthUser) -> Result<Respon
     if !user.is_admin() {
         return Err(ApiError::Permission("only an admin may list nodes".into()));
     }
-    let probe_user = match &app.config.launcher.ssh.probe_user {
-        Some(u) => hpcdesk_core::ComputeUser::parse(u)
-            .map_err(|e| ApiError::internal(std::io::Error::other(e.to_string())))?,
-        None => user.compute_user.clone(),
-    };
-    let reports = app.launcher.nodes(&probe_user).await;
+    // The ssh launcher probes as its own service account, whoever asks.
+    let reports = app.launcher.nodes(&user.compute_user).await;
     let sessions = app.store.list_sessions(None).await?;
     let data: Vec<serde_json::Value> = reports
         .iter()

@@ -221,10 +221,7 @@ fn a_crafted_link_naming_another_host_opens_no_connection_there() {
         // The old trick: `host@elsewhere` as the authority of the WebSocket URL.
         format!("@127.0.0.1:{trap_port}/vncws?token={grant}"),
     ] {
-        let url = format!(
-            "{}/vnc.html?path={crafted}&mm={mm}&resize=remote",
-            app.base
-        );
+        let url = format!("{}/vnc.html?path={crafted}&mm={mm}&resize=remote", app.base);
         let seen = open_in_browser(&url);
         eprintln!("{crafted}: {seen}");
         assert_eq!(seen["status"], "failed", "{crafted}: {seen}");

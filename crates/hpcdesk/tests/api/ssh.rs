@@ -94,10 +94,11 @@ fn ssh_app() -> TestApp {
 pub fn ssh_app_with(opts: Options) -> TestApp {
     let dir = nodes_dir();
     let mut extra = format!(
-        "[launcher.ssh]\nagent = \"{}\"\nidentity = \"{}\"\nknown_hosts = \"{}\"\nconnect_timeout = \"3s\"\nprobe_cache = \"1s\"\n",
+        "[launcher.ssh]\nagent = \"{}\"\nidentity = \"{}\"\nknown_hosts = \"{}\"\nconnect_timeout = \"3s\"\nprobe_every = \"1s\"\nprobe_user = \"{}\"\n",
         agent_binary().display(),
         dir.join("ssh/client_ed25519").display(),
         dir.join("ssh/known_hosts").display(),
+        compute_user(),
     );
     for (name, addr) in NODES {
         extra.push_str(&format!(
@@ -312,5 +313,80 @@ fn an_account_whose_shell_prints_forever_gets_815008_and_slows_no_one_else() {
     );
     let id = ok["data"]["sessionId"].as_str().unwrap().to_owned();
     assert_eq!(app.delete(&calm, &id)["code"], "0");
-    assert_eq!(node_desktops(), 0);
+    // Once the flood was cut off, the account's shell went on to run the agent, which read
+    // the password already sent and started a desktop for the failed session: it carries
+    // that session's marker, and reconcile (every second here) stops it.
+    assert!(
+        eventually(Duration::from_secs(5), || node_desktops() == 0),
+        "a desktop of the failed start is left"
+    );
+}
+
+/// A user's shell start-up file can answer in the agent's place (ssh runs the agent through
+/// it). It cannot steer anyone else's placement (the nodes are probed by hpcdesk's service
+/// account, never through a user's shell), nor send the gateway anywhere: a reply naming
+/// another address is not connected to, the node's configured address is.
+#[test]
+fn a_users_start_up_file_cannot_steer_placement_or_the_gateway() {
+    let Some(_x) = ssh_parts("ssh poisoning") else {
+        return;
+    };
+    if !flood_user("ssh poisoning") {
+        return;
+    }
+    // Where a made-up reply points: the host's side of vnode2's link, a port of display 33.
+    let trap = std::net::TcpListener::bind("10.213.2.1:5933").expect("trap listener");
+    trap.set_nonblocking(true).unwrap();
+    let app = ssh_app();
+    let b = app.token("ssh-b");
+    // Where B lands on two idle nodes, before anything.
+    let first = app.create(&b);
+    assert_eq!(first["code"], "0", "{first}");
+    let baseline = first["data"]["hostName"].as_str().unwrap().to_owned();
+    let id = first["data"]["sessionId"].as_str().unwrap().to_owned();
+    assert_eq!(app.delete(&b, &id)["code"], "0");
+
+    // A's .bashrc answers every command itself and exits before the agent runs: a probe
+    // that says every node is full, and a start whose desktop is at the trap.
+    let probe = r#"{"node":"vnode1","cores":1,"load1":99.0,"mem_total_kib":1,"mem_available_kib":1,"desktops":999}"#;
+    let start = r#"{"node":"vnode1","display":33,"port":5933,"host":"10.213.2.1","xvnc_pid":1,"marker":"vnode1-33-x","warnings":[]}"#;
+    let bashrc = format!("echo '{probe}'\necho '{start}'\nexit 0\n");
+    let _bashrc = HomeFile::replace(".bashrc", bashrc.as_bytes());
+    let a = token_with("ssh-a", FLOOD_USER, |_| {});
+    let made_up = app.create(&a);
+    eprintln!("A's made-up start: {made_up}");
+    // Right after A's attempt, B still gets a desktop (A's shell never fed a probe)…
+    let right_after = app.create(&b);
+    assert_eq!(right_after["code"], "0", "{right_after}\n{}", app.log_text());
+    let id = right_after["data"]["sessionId"].as_str().unwrap().to_owned();
+    assert_eq!(app.delete(&b, &id)["code"], "0");
+    // …and once a probe round has passed, where it did before A.
+    std::thread::sleep(Duration::from_millis(2500));
+    let second = app.create(&b);
+    assert_eq!(second["code"], "0", "{second}\n{}", app.log_text());
+    assert_eq!(
+        second["data"]["hostName"],
+        baseline.as_str(),
+        "B's placement moved after A's made-up probe"
+    );
+
+    // Whatever A's session says, the gateway is never sent to the trap.
+    if made_up["code"] == "0" {
+        let a_id = made_up["data"]["sessionId"].as_str().unwrap().to_owned();
+        // Placed where hpcdesk chose, whatever node the reply named.
+        let host = made_up["data"]["hostName"].as_str().unwrap();
+        assert!(NODES.iter().any(|(n, _)| *n == host), "{made_up}");
+        let url = app.launch_url(&a, &a_id);
+        if let Some(u) = url["data"]["novncUrl"].as_str() {
+            let rt = crate::viewer::runtime();
+            let _ = rt.block_on(connect(&ws_url(&app.base, u)));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(
+        trap.accept().is_err(),
+        "the gateway connected to the address A's reply named"
+    );
+    let b_id = second["data"]["sessionId"].as_str().unwrap().to_owned();
+    assert_eq!(app.delete(&b, &b_id)["code"], "0");
 }
