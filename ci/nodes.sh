@@ -9,6 +9,7 @@
 set -euo pipefail
 
 DIR=${HPCDESK_NODES_DIR:-/var/tmp/hpcdesk-nodes}
+. "$(dirname "$0")/lib.sh"
 TUSER=${HPCDESK_TEST_USER:-hdtest}
 # hdflood: an account whose shell start-up files the tests make misbehave.
 TUSERS="$TUSER hdflood"
@@ -20,8 +21,9 @@ nodes=("$@")
 index() { echo "${1#vnode}"; }
 
 keys() {
-  mkdir -p "$DIR/ssh/keys"
-  chmod 755 "$DIR" "$DIR/ssh" "$DIR/ssh/keys"
+  safe_dir "$DIR"
+  safe_dir "$DIR/ssh"
+  safe_dir "$DIR/ssh/keys"
   [ -f "$DIR/ssh/host_ed25519" ] || ssh-keygen -q -t ed25519 -N '' -f "$DIR/ssh/host_ed25519"
   [ -f "$DIR/ssh/client_ed25519" ] || ssh-keygen -q -t ed25519 -N '' -f "$DIR/ssh/client_ed25519"
   for u in $TUSERS; do
@@ -51,8 +53,7 @@ up() { # name
   ip link set "vh-$n" up
   ip -n "$n" link set eth0 up
   ip -n "$n" link set lo up
-  mkdir -p "$DIR/$n-tmp"
-  chmod 1777 "$DIR/$n-tmp"
+  safe_dir "$DIR/$n-tmp" 1777
   cat >"$DIR/sshd_$n.config" <<CONF
 ListenAddress 10.213.$i.2
 Port 22

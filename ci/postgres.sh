@@ -10,10 +10,10 @@ DIR=${HPCDESK_PG_DIR:-/var/tmp/hpcdesk-pg}
 PORT=${HPCDESK_PG_PORT:-55433}
 PASSWORD=hpcdesk-ci
 PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
+. "$(dirname "$0")/lib.sh"
 
 up() {
-  mkdir -p "$DIR"
-  chown postgres: "$DIR"
+  safe_dir "$DIR" 0700 postgres
   if [ ! -f "$DIR/data/PG_VERSION" ]; then
     # initdb refuses to run as root.
     printf '%s\n' "$PASSWORD" >"$DIR/pwfile"

@@ -10,14 +10,14 @@ DIR=${HPCDESK_SLURM_DIR:-/var/tmp/hpcdesk-slurm}
 CTLD_PORT=${HPCDESK_SLURMCTLD_PORT:-6817}
 SLURMD_PORT=${HPCDESK_SLURMD_PORT:-6818}
 CONF="$DIR/slurm.conf"
+. "$(dirname "$0")/lib.sh"
 
 running() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
 up() {
-  mkdir -p "$DIR"/{state,spool,munge,log}
-  chmod 755 "$DIR"
-  chown munge: "$DIR/munge"
-  chmod 755 "$DIR/munge"
+  safe_dir "$DIR"
+  for d in state spool log; do safe_dir "$DIR/$d"; done
+  safe_dir "$DIR/munge" 0755 munge
   [ -f "$DIR/munge/munge.key" ] || runuser -u munge -- mungekey -c -k "$DIR/munge/munge.key"
   if ! running "$DIR/munge/munged.pid"; then
     runuser -u munge -- munged -S "$DIR/munge/munge.socket.2" --key-file="$DIR/munge/munge.key" \

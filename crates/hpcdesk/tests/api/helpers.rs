@@ -97,7 +97,21 @@ pub fn agent_binary() -> PathBuf {
             }
             let dir = PathBuf::from("/var/tmp")
                 .join(format!("hpcdesk-test-agent-{}", std::process::id()));
-            std::fs::create_dir_all(&dir).unwrap();
+            // /var/tmp is everyone's: use the directory only if it is ours and no link.
+            match std::fs::symlink_metadata(&dir) {
+                Ok(m) => {
+                    use std::os::unix::fs::MetadataExt;
+                    assert!(
+                        m.is_dir() && m.uid() == 0,
+                        "refusing {}: not a directory of root's",
+                        dir.display()
+                    );
+                }
+                Err(_) => {
+                    use std::os::unix::fs::DirBuilderExt;
+                    std::fs::DirBuilder::new().mode(0o755).create(&dir).unwrap();
+                }
+            }
             std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
             let copy = dir.join("hpcdesk");
             std::fs::copy(&built, &copy).unwrap();

@@ -357,8 +357,16 @@ fn a_users_start_up_file_cannot_steer_placement_or_the_gateway() {
     eprintln!("A's made-up start: {made_up}");
     // Right after A's attempt, B still gets a desktop (A's shell never fed a probe)…
     let right_after = app.create(&b);
-    assert_eq!(right_after["code"], "0", "{right_after}\n{}", app.log_text());
-    let id = right_after["data"]["sessionId"].as_str().unwrap().to_owned();
+    assert_eq!(
+        right_after["code"],
+        "0",
+        "{right_after}\n{}",
+        app.log_text()
+    );
+    let id = right_after["data"]["sessionId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     assert_eq!(app.delete(&b, &id)["code"], "0");
     // …and once a probe round has passed, where it did before A.
     std::thread::sleep(Duration::from_millis(2500));
