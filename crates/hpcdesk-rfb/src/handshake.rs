@@ -4,6 +4,10 @@
 //!   negotiates RFB 3.8 (or 3.7 / 3.3 if that is all the server speaks), picks VNC
 //!   Authentication and answers the DES challenge with the session's password. The browser
 //!   never sees that password.
+//! - [`start_x509_vnc`] and [`vnc_auth`]: the same over TLS, for desktops off loopback: the
+//!   gateway insists on VeNCrypt's X509Vnc (a server that offers less is refused, so a
+//!   downgrade is not possible), the caller runs TLS once the server agreed, and the VNC
+//!   authentication happens inside it.
 //! - [`accept_viewer`]: the gateway, as a server to the browser, offers security type None
 //!   and confirms it.
 //!
@@ -16,6 +20,9 @@ use crate::auth::vnc_auth_response;
 
 const SECURITY_NONE: u8 = 1;
 const SECURITY_VNC_AUTH: u8 = 2;
+const SECURITY_VENCRYPT: u8 = 19;
+/// VeNCrypt sub-type: TLS with an X.509 certificate, then VNC Authentication inside it.
+pub const VENCRYPT_X509_VNC: u32 = 261;
 /// Longest failure reason read from a peer.
 const MAX_REASON: u32 = 4096;
 
@@ -70,6 +77,8 @@ pub enum HandshakeError {
     AuthFailed(String),
     #[error("the viewer chose security type {0}, not None")]
     ViewerSecurity(u8),
+    #[error("the VNC server does not offer TLS with a certificate (X509Vnc): {0}")]
+    NoTls(String),
 }
 
 async fn read_greeting<S: AsyncRead + Unpin>(s: &mut S) -> Result<Version, HandshakeError> {
@@ -114,16 +123,77 @@ where
         }
         s.write_all(&[SECURITY_VNC_AUTH]).await?;
     }
+    vnc_auth(s, password, version).await?;
+    Ok(version)
+}
+
+/// VNC Authentication: answers the server's challenge with `password` and reads the result.
+pub async fn vnc_auth<S>(s: &mut S, password: &[u8], version: Version) -> Result<(), HandshakeError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let mut challenge = [0u8; 16];
     s.read_exact(&mut challenge).await?;
     s.write_all(&vnc_auth_response(password, &challenge))
         .await?;
     s.flush().await?;
     match s.read_u32().await? {
-        0 => Ok(version),
+        0 => Ok(()),
         _ if version == Version::V3_8 => Err(HandshakeError::AuthFailed(read_reason(s).await?)),
         _ => Err(HandshakeError::AuthFailed(String::new())),
     }
+}
+
+/// The plain part of VeNCrypt X509Vnc: RFB 3.8, security type VeNCrypt, version 0.2, sub-type
+/// X509Vnc, and the server's go-ahead. TLS starts right after; then [`vnc_auth`] inside it.
+/// A server that offers anything else is refused: this leg must be encrypted.
+pub async fn start_x509_vnc<S>(s: &mut S) -> Result<Version, HandshakeError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let version = read_greeting(s).await?;
+    if version != Version::V3_8 {
+        return Err(HandshakeError::NoTls(format!("it speaks {version:?}")));
+    }
+    s.write_all(version.greeting()).await?;
+    let n = s.read_u8().await?;
+    if n == 0 {
+        return Err(HandshakeError::Refused(read_reason(s).await?));
+    }
+    let mut types = vec![0u8; n as usize];
+    s.read_exact(&mut types).await?;
+    if !types.contains(&SECURITY_VENCRYPT) {
+        return Err(HandshakeError::NoTls(format!(
+            "it offers security types {types:?}"
+        )));
+    }
+    s.write_all(&[SECURITY_VENCRYPT]).await?;
+    let (major, minor) = (s.read_u8().await?, s.read_u8().await?);
+    if (major, minor) < (0, 2) {
+        s.write_all(&[0, 0]).await?;
+        return Err(HandshakeError::NoTls(format!("VeNCrypt {major}.{minor}")));
+    }
+    s.write_all(&[0, 2]).await?;
+    s.flush().await?;
+    if s.read_u8().await? != 0 {
+        return Err(HandshakeError::NoTls("it refused VeNCrypt 0.2".into()));
+    }
+    let count = s.read_u8().await?;
+    let mut subtypes = Vec::with_capacity(usize::from(count));
+    for _ in 0..count {
+        subtypes.push(s.read_u32().await?);
+    }
+    if !subtypes.contains(&VENCRYPT_X509_VNC) {
+        return Err(HandshakeError::NoTls(format!(
+            "it offers VeNCrypt {subtypes:?}"
+        )));
+    }
+    s.write_all(&VENCRYPT_X509_VNC.to_be_bytes()).await?;
+    s.flush().await?;
+    if s.read_u8().await? != 1 {
+        return Err(HandshakeError::NoTls("it refused X509Vnc".into()));
+    }
+    Ok(version)
 }
 
 /// Greets a viewer as an RFB 3.8 server offering only security type None.
@@ -176,6 +246,41 @@ mod tests {
             s.write_all(b"Authentication").await.unwrap();
         }
         ok
+    }
+
+    /// The plain part of a VeNCrypt server offering `types`, then (if X509Vnc was chosen) its
+    /// go-ahead; returns the sub-type the client chose.
+    async fn fake_vencrypt<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, types: &[u8]) -> u32 {
+        s.write_all(b"RFB 003.008\n").await.unwrap();
+        let mut g = [0u8; 12];
+        s.read_exact(&mut g).await.unwrap();
+        s.write_all(&[types.len() as u8]).await.unwrap();
+        s.write_all(types).await.unwrap();
+        if s.read_u8().await.unwrap_or(0) != SECURITY_VENCRYPT {
+            return 0;
+        }
+        s.write_all(&[0, 2]).await.unwrap();
+        let v = (s.read_u8().await.unwrap(), s.read_u8().await.unwrap());
+        assert_eq!(v, (0, 2));
+        s.write_all(&[0, 2]).await.unwrap();
+        s.write_u32(258).await.unwrap(); // TLSVnc
+        s.write_u32(VENCRYPT_X509_VNC).await.unwrap();
+        let chosen = s.read_u32().await.unwrap();
+        s.write_all(&[1]).await.unwrap();
+        chosen
+    }
+
+    #[tokio::test]
+    async fn x509_vnc_is_chosen_and_anything_less_refused() {
+        let (mut a, b) = tokio::io::duplex(1024);
+        let server = tokio::spawn(fake_vencrypt(b, &[SECURITY_VENCRYPT]));
+        assert_eq!(start_x509_vnc(&mut a).await.unwrap(), Version::V3_8);
+        assert_eq!(server.await.unwrap(), VENCRYPT_X509_VNC);
+        // A server offering plain VNC Authentication only is not spoken to in clear.
+        let (mut a, b) = tokio::io::duplex(1024);
+        tokio::spawn(fake_vencrypt(b, &[SECURITY_VNC_AUTH]));
+        let e = start_x509_vnc(&mut a).await.unwrap_err();
+        assert!(matches!(e, HandshakeError::NoTls(_)), "{e}");
     }
 
     #[tokio::test]
