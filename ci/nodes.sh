@@ -40,8 +40,13 @@ keys() {
 up() { # name
   local n=$1 i
   i=$(index "$n")
-  ip netns list | grep -qw "$n" || ip netns add "$n"
-  if ! ip link show "vh-$n" >/dev/null 2>&1; then
+  if ! ip netns list | grep -qw "$n"; then
+    ip netns add "$n"
+    # A host side left from the node's previous life goes with it (its peer is gone).
+    ip link del "vh-$n" >/dev/null 2>&1 || true
+  fi
+  if ! ip -n "$n" link show eth0 >/dev/null 2>&1; then
+    ip link del "vh-$n" >/dev/null 2>&1 || true
     ip link add "vh-$n" type veth peer name eth0 netns "$n"
     # No IPv6 on the host side: its link-local address would arrive a second or two later
     # (after duplicate address detection), and Chromium, running a browser test meanwhile,
@@ -88,6 +93,12 @@ down() { # name
   ip netns list | grep -qw "$n" || return 0
   for p in $(ip netns pids "$n"); do kill -9 "$p" 2>/dev/null || true; done
   ip netns del "$n"
+  # The kernel tears the namespace down after `del` returns: wait until its link is gone,
+  # so that an `up` right after starts from nothing.
+  for _ in $(seq 1 100); do
+    ip link show "vh-$n" >/dev/null 2>&1 || break
+    sleep 0.05
+  done
   rm -rf "${DIR:?}/$n-tmp"
 }
 

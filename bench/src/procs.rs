@@ -59,6 +59,7 @@ impl Launcher for FakeLauncher {
             port,
             handle: String::new(),
             warnings: Vec::new(),
+            tls_pin: None,
         }))
     }
     async fn stop(&self, _: &Target) -> Result<(), LaunchError> {

@@ -10,12 +10,14 @@
 //! - [`relay`]: the two-direction relay with back-pressure and heartbeats.
 //! - [`registry`]: open connections per session, last input, closing on delete.
 //! - [`pool`]: buffers held only while data flows.
+//! - [`tls`]: TLS to desktops off loopback, accepting only the desktop's own certificate.
 
 #![forbid(unsafe_code)]
 
 pub mod pool;
 pub mod registry;
 pub mod relay;
+pub mod tls;
 pub mod viewer;
 pub mod ws;
 
@@ -42,6 +44,9 @@ pub struct Grant {
     /// The session's VNC password, opened from `mm`.
     pub password: Vec<u8>,
     pub view_only: bool,
+    /// The SHA-256 (hex) of the desktop's TLS certificate: when set, the gateway speaks TLS
+    /// to it (VeNCrypt X509Vnc) and accepts only that certificate.
+    pub tls_pin: Option<String>,
 }
 
 impl std::fmt::Debug for Grant {
@@ -53,6 +58,7 @@ impl std::fmt::Debug for Grant {
             .field("port", &self.port)
             .field("password", &"<redacted>")
             .field("view_only", &self.view_only)
+            .field("tls", &self.tls_pin.is_some())
             .finish()
     }
 }
@@ -246,20 +252,32 @@ impl Gateway {
         .await
     }
 
-    /// Connects and authenticates to the desktop, then greets the viewer.
+    /// Connects and authenticates to the desktop (over TLS when the session has a
+    /// certificate pin), then greets the viewer.
     async fn open(
         &self,
         viewer: &mut TcpStream,
         leftover: &[u8],
         grant: &Grant,
-    ) -> Result<(TcpStream, ws::FrameReader, Vec<u8>), End> {
+    ) -> Result<(relay::Desktop, ws::FrameReader, Vec<u8>), End> {
+        use hpcdesk_rfb::handshake;
         let desktop = tokio::time::timeout(self.cfg.connect_timeout, async {
             let mut s = TcpStream::connect((grant.host.as_str(), grant.port)).await?;
             let _ = s.set_nodelay(true);
-            hpcdesk_rfb::handshake::authenticate_to_server(&mut s, &grant.password)
+            let Some(pin) = &grant.tls_pin else {
+                handshake::authenticate_to_server(&mut s, &grant.password)
+                    .await
+                    .map_err(std::io::Error::other)?;
+                return Ok::<_, std::io::Error>(relay::Desktop::Plain(s));
+            };
+            let version = handshake::start_x509_vnc(&mut s)
                 .await
                 .map_err(std::io::Error::other)?;
-            Ok::<_, std::io::Error>(s)
+            let mut tls = tls::connect(s, pin).await?;
+            handshake::vnc_auth(&mut tls, &grant.password, version)
+                .await
+                .map_err(std::io::Error::other)?;
+            Ok(relay::Desktop::Tls(Box::new(tls)))
         })
         .await;
         let desktop = match desktop {

@@ -14,13 +14,17 @@
 //!
 //! Back-pressure: each direction awaits its write before reading more, so memory per
 //! connection is bounded by two buffers, and none while idle (see [`crate::pool`]).
+//!
+//! A desktop reached over TLS ([`Desktop::Tls`]) is read through the TLS stream instead of
+//! the raw socket: the down direction then holds one buffer while it waits, as TLS records
+//! cannot be waited for without reading them.
 
 use std::io;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use hpcdesk_rfb::{Class, ClientScanner};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::Notify;
@@ -126,10 +130,18 @@ fn viewer_write_error(e: io::Error) -> End {
     }
 }
 
+/// The desktop's side of a relay, after the VNC authentication.
+pub enum Desktop {
+    /// Plain RFB (loopback).
+    Plain(TcpStream),
+    /// RFB inside TLS (VeNCrypt X509Vnc), for desktops reached over the network.
+    Tls(Box<crate::tls::TlsDesktop>),
+}
+
 /// Everything a relay needs.
 pub struct Relay {
     pub viewer: TcpStream,
-    pub desktop: TcpStream,
+    pub desktop: Desktop,
     /// The frame parser's state after the handshake.
     pub reader: FrameReader,
     /// Viewer payload received during the handshake, to forward first.
@@ -151,7 +163,6 @@ impl Relay {
     /// Runs until either side ends or the connection is told to close.
     pub async fn run(self, conn: &Connection) -> (End, Counts) {
         let (viewer_r, viewer_w) = self.viewer.into_split();
-        let (desktop_r, mut desktop_w) = self.desktop.into_split();
         let mut out = Out {
             w: viewer_w,
             torn: false,
@@ -171,29 +182,59 @@ impl Relay {
         let early = self.early;
         let heartbeat = self.heartbeat;
         let (mut down_bytes, mut up_bytes) = (0u64, 0u64);
-        let end = {
-            let closed = conn.closed();
-            let down = down(&desktop_r, &mut out, &ctl, heartbeat, &mut down_bytes);
-            let up = up(
-                &viewer_r,
-                &mut desktop_w,
-                &mut up_state,
-                &ctl,
-                early,
-                &mut up_bytes,
-            );
-            tokio::pin!(closed, down, up);
-            tokio::select! {
-                r = &mut closed => End::Closed(r),
-                e = &mut down => e,
-                e = &mut up => e,
+        let end = match self.desktop {
+            Desktop::Plain(desktop) => {
+                let (desktop_r, mut desktop_w) = desktop.into_split();
+                let end = {
+                    let closed = conn.closed();
+                    let down = down(&desktop_r, &mut out, &ctl, heartbeat, &mut down_bytes);
+                    let up = up(
+                        &viewer_r,
+                        &mut desktop_w,
+                        &mut up_state,
+                        &ctl,
+                        early,
+                        &mut up_bytes,
+                    );
+                    tokio::pin!(closed, down, up);
+                    tokio::select! {
+                        r = &mut closed => End::Closed(r),
+                        e = &mut down => e,
+                        e = &mut up => e,
+                    }
+                };
+                let _ = desktop_w.shutdown().await;
+                end
+            }
+            Desktop::Tls(tls) => {
+                let (mut desktop_r, mut desktop_w) = tokio::io::split(*tls);
+                let end = {
+                    let closed = conn.closed();
+                    let down =
+                        down_stream(&mut desktop_r, &mut out, &ctl, heartbeat, &mut down_bytes);
+                    let up = up(
+                        &viewer_r,
+                        &mut desktop_w,
+                        &mut up_state,
+                        &ctl,
+                        early,
+                        &mut up_bytes,
+                    );
+                    tokio::pin!(closed, down, up);
+                    tokio::select! {
+                        r = &mut closed => End::Closed(r),
+                        e = &mut down => e,
+                        e = &mut up => e,
+                    }
+                };
+                let _ = desktop_w.shutdown().await;
+                end
             }
         };
         let counts = Counts {
             down: down_bytes,
             up: up_bytes,
         };
-        let _ = desktop_w.shutdown().await;
         if !out.torn
             && let Some((code, reason)) = end.close_frame()
         {
@@ -229,6 +270,77 @@ pub(crate) async fn drain(r: &OwnedReadHalf) {
     }
 }
 
+/// Sends the pong the up direction asked for, and notes an answered ping.
+async fn on_control(ctl: &Control, out: &mut Out, unanswered: &mut u32) -> Result<(), End> {
+    let (pong, seen) = ctl.with(|p| (p.pong.take(), std::mem::take(&mut p.pong_seen)));
+    if seen {
+        *unanswered = 0;
+    }
+    if let Some(payload) = pong
+        && let Err(e) = out.write(&ws::control_frame(ws::OP_PONG, &payload)).await
+    {
+        return Err(viewer_write_error(e));
+    }
+    Ok(())
+}
+
+/// A heartbeat: drops a viewer that missed two pings, or sends the next one.
+async fn on_tick(ctl: &Control, out: &mut Out, unanswered: &mut u32) -> Result<(), End> {
+    if ctl.with(|p| std::mem::take(&mut p.pong_seen)) {
+        *unanswered = 0;
+    }
+    if *unanswered >= 2 {
+        return Err(End::Timeout);
+    }
+    *unanswered += 1;
+    out.write(&ws::control_frame(ws::OP_PING, b"hpcdesk"))
+        .await
+        .map_err(viewer_write_error)
+}
+
+/// Wraps `n` desktop bytes at `buf[MAX_SERVER_HEADER..]` in a frame and sends it.
+async fn send_frame(out: &mut Out, buf: &mut [u8], n: usize) -> Result<(), End> {
+    let mut header = [0u8; MAX_SERVER_HEADER];
+    let h = ws::encode_header(ws::OP_BINARY, n, &mut header);
+    buf[MAX_SERVER_HEADER - h..MAX_SERVER_HEADER].copy_from_slice(&header[MAX_SERVER_HEADER - h..]);
+    out.write(&buf[MAX_SERVER_HEADER - h..MAX_SERVER_HEADER + n])
+        .await
+        .map_err(viewer_write_error)
+}
+
+/// The down direction from a desktop read as a stream (TLS): one pooled buffer is held
+/// while waiting.
+async fn down_stream(
+    desktop: &mut (impl AsyncRead + Unpin),
+    out: &mut Out,
+    ctl: &Control,
+    heartbeat: Duration,
+    bytes: &mut u64,
+) -> End {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut unanswered = 0u32;
+    let mut buf = Buf::take();
+    loop {
+        let step = tokio::select! {
+            biased;
+            _ = ctl.notify.notified() => on_control(ctl, out, &mut unanswered).await,
+            r = desktop.read(&mut buf[MAX_SERVER_HEADER..]) => match r {
+                Ok(0) => return End::DesktopClosed,
+                Ok(n) => {
+                    *bytes += n as u64;
+                    send_frame(out, &mut buf, n).await
+                }
+                Err(e) => return End::DesktopError(e.to_string()),
+            },
+            _ = tick.tick() => on_tick(ctl, out, &mut unanswered).await,
+        };
+        if let Err(end) = step {
+            return end;
+        }
+    }
+}
+
 async fn down(
     desktop: &OwnedReadHalf,
     out: &mut Out,
@@ -243,14 +355,8 @@ async fn down(
         tokio::select! {
             biased;
             _ = ctl.notify.notified() => {
-                let (pong, seen) = ctl.with(|p| (p.pong.take(), std::mem::take(&mut p.pong_seen)));
-                if seen {
-                    unanswered = 0;
-                }
-                if let Some(payload) = pong
-                    && let Err(e) = out.write(&ws::control_frame(ws::OP_PONG, &payload)).await
-                {
-                    return viewer_write_error(e);
+                if let Err(end) = on_control(ctl, out, &mut unanswered).await {
+                    return end;
                 }
             }
             r = desktop.readable() => {
@@ -262,12 +368,8 @@ async fn down(
                     match desktop.try_read(&mut buf[MAX_SERVER_HEADER..]) {
                         Ok(0) => return End::DesktopClosed,
                         Ok(n) => {
-                            let mut header = [0u8; MAX_SERVER_HEADER];
-                            let h = ws::encode_header(ws::OP_BINARY, n, &mut header);
-                            buf[MAX_SERVER_HEADER - h..MAX_SERVER_HEADER]
-                                .copy_from_slice(&header[MAX_SERVER_HEADER - h..]);
-                            if let Err(e) = out.write(&buf[MAX_SERVER_HEADER - h..MAX_SERVER_HEADER + n]).await {
-                                return viewer_write_error(e);
+                            if let Err(end) = send_frame(out, &mut buf, n).await {
+                                return end;
                             }
                             *bytes += n as u64;
                         }
@@ -277,15 +379,8 @@ async fn down(
                 }
             }
             _ = tick.tick() => {
-                if ctl.with(|p| std::mem::take(&mut p.pong_seen)) {
-                    unanswered = 0;
-                }
-                if unanswered >= 2 {
-                    return End::Timeout;
-                }
-                unanswered += 1;
-                if let Err(e) = out.write(&ws::control_frame(ws::OP_PING, b"hpcdesk")).await {
-                    return viewer_write_error(e);
+                if let Err(end) = on_tick(ctl, out, &mut unanswered).await {
+                    return end;
                 }
             }
         }
@@ -304,7 +399,11 @@ struct Up<'c> {
 
 impl Up<'_> {
     /// Forwards one piece of viewer payload to the desktop.
-    async fn forward(&mut self, data: &[u8], desktop: &mut OwnedWriteHalf) -> Result<(), End> {
+    async fn forward(
+        &mut self,
+        data: &[u8],
+        desktop: &mut (impl AsyncWrite + Unpin),
+    ) -> Result<(), End> {
         if self.view_only {
             let scanner = self.scanner.as_mut().ok_or_else(view_only_violation)?;
             self.filtered.clear();
@@ -317,10 +416,7 @@ impl Up<'_> {
                 })
                 .map_err(|_| view_only_violation())?;
             if !self.filtered.is_empty() {
-                desktop
-                    .write_all(&self.filtered)
-                    .await
-                    .map_err(|e| End::DesktopError(e.to_string()))?;
+                write_desktop(desktop, &self.filtered).await?;
             }
             return Ok(());
         }
@@ -341,11 +437,18 @@ impl Up<'_> {
             }
             None => self.conn.input(),
         }
-        desktop
-            .write_all(data)
-            .await
-            .map_err(|e| End::DesktopError(e.to_string()))
+        write_desktop(desktop, data).await
     }
+}
+
+/// Writes to the desktop, flushing (a TLS stream holds written data until flushed; a socket
+/// has nothing to flush).
+async fn write_desktop(desktop: &mut (impl AsyncWrite + Unpin), data: &[u8]) -> Result<(), End> {
+    let written = async {
+        desktop.write_all(data).await?;
+        desktop.flush().await
+    };
+    written.await.map_err(|e| End::DesktopError(e.to_string()))
 }
 
 fn view_only_violation() -> End {
@@ -357,7 +460,7 @@ fn view_only_violation() -> End {
 
 async fn up(
     viewer: &OwnedReadHalf,
-    desktop: &mut OwnedWriteHalf,
+    desktop: &mut (impl AsyncWrite + Unpin),
     st: &mut Up<'_>,
     ctl: &Control,
     early: Vec<u8>,

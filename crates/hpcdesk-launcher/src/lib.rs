@@ -103,6 +103,8 @@ pub struct Launched {
     /// Launcher-specific handle to store (JSON).
     pub handle: String,
     pub warnings: Vec<String>,
+    /// With TLS: the SHA-256 of the desktop's certificate, which the gateway pins.
+    pub tls_pin: Option<String>,
 }
 
 /// What [`Launcher::start`] achieved.

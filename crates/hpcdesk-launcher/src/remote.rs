@@ -19,6 +19,8 @@ pub struct DesktopSettings {
     pub display_min: u32,
     pub display_max: u32,
     pub start_timeout: Duration,
+    /// TLS between the gateway and desktops that do not listen on loopback.
+    pub tls: bool,
 }
 
 /// The agent's options for starting a desktop (after `node start` / `node job`).
@@ -42,6 +44,11 @@ pub fn desktop_args(s: &DesktopSettings, geometry: &str, listen: &str) -> Vec<St
     if let Some(d) = &s.desktop {
         a.push("--desktop".into());
         a.push(d.clone());
+    }
+    // On loopback the gateway and Xvnc share the machine; elsewhere the leg crosses the
+    // network and is encrypted.
+    if s.tls && listen != "localhost" {
+        a.push("--tls".into());
     }
     a
 }
@@ -194,6 +201,7 @@ pub fn launched(
         port,
         handle,
         warnings: started.warnings,
+        tls_pin: started.tls_pin,
     })
 }
 
@@ -274,6 +282,7 @@ pub fn find_start(t: &Target, node: &NodeName, host: &str, listing: &Listing) ->
         port,
         handle,
         warnings: Vec::new(),
+        tls_pin: d.tls_pin.clone(),
     })
 }
 
@@ -339,6 +348,7 @@ mod tests {
             pid,
             marker: None,
             complete: true,
+            tls_pin: None,
         }
     }
 
@@ -493,6 +503,7 @@ mod tests {
             display_min: 5,
             display_max: 9,
             start_timeout: Duration::from_secs(30),
+            tls: true,
         };
         let a = start_args(
             &NodeName::parse("n1").unwrap(),

@@ -673,6 +673,7 @@ mod tests {
                 display_min: 1,
                 display_max: 99,
                 start_timeout: Duration::from_secs(30),
+                tls: true,
             },
             path: "/usr/bin:/bin".into(),
             env: Vec::new(),

@@ -700,6 +700,7 @@ mod tests {
                 display_min: 1,
                 display_max: 9,
                 start_timeout: Duration::from_secs(30),
+                tls: true,
             },
             policy: Default::default(),
         })

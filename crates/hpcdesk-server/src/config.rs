@@ -182,6 +182,9 @@ pub struct LauncherConfig {
     pub geometry: String,
     pub depth: u8,
     pub start_timeout: HumanDuration,
+    /// TLS (VeNCrypt X509Vnc, a certificate per desktop that the gateway pins) between the
+    /// gateway and desktops off loopback (`ssh`, `slurm`); off only for VNC servers without it.
+    pub vnc_tls: bool,
     /// This node's name in session ids; default: the short host name.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub node_name: Option<String>,
@@ -426,6 +429,7 @@ impl Default for LauncherConfig {
             geometry: "1920x1080".into(),
             depth: 24,
             start_timeout: HumanDuration(Duration::from_secs(30)),
+            vnc_tls: true,
             node_name: None,
             agent: None,
             display_min: 1,

@@ -97,6 +97,7 @@ impl GrantResolver for StoreGrants {
             port,
             password,
             view_only: grant.view_only,
+            tls_pin: session.tls_pin.clone(),
         })
     }
 }

@@ -531,6 +531,7 @@ async fn ready(
                 vnc_password_sealed: sealed,
                 handle: launched.handle.clone(),
                 state: SessionState::Running,
+                tls_pin: launched.tls_pin.clone(),
                 now: app.clock.now(),
             },
         )

@@ -160,6 +160,7 @@ fn desktop_settings(config: &Config) -> DesktopSettings {
         display_min: l.display_min,
         display_max: l.display_max,
         start_timeout: l.start_timeout.0,
+        tls: l.vnc_tls,
     }
 }
 

@@ -140,6 +140,9 @@ pub struct SessionRecord {
     /// A queued desktop (a Slurm job): followed in the background until it runs, rather than
     /// waited for by the request that created it.
     pub queued: bool,
+    /// The SHA-256 of the desktop's TLS certificate, which the gateway pins; `None`: plain
+    /// VNC authentication (loopback).
+    pub tls_pin: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub last_input_at: Option<DateTime<Utc>>,
@@ -187,6 +190,8 @@ pub struct Started {
     pub vnc_password_sealed: Vec<u8>,
     pub handle: String,
     pub state: SessionState,
+    /// See [`SessionRecord::tls_pin`].
+    pub tls_pin: Option<String>,
     pub now: DateTime<Utc>,
 }
 

@@ -100,7 +100,7 @@ const GRANT_BATCH: usize = 256;
 
 const SESSION_COLUMNS: &str = "key, session_id, owner, user_id, invoker, compute_user, node, \
      display, host, port, state, status_reason, geometry, vnc_password, launcher, handle, \
-     marker, starter, queued, created_at, updated_at, last_input_at";
+     marker, starter, queued, tls_pin, created_at, updated_at, last_input_at";
 
 const USER_COLUMNS: &str = "name, user_id, password_hash, compute_user, role, account_status, \
      home_path, created_at, updated_at, tokens_valid_after";
@@ -405,6 +405,7 @@ where
             marker: row.try_get("marker")?,
             starter: row.try_get("starter")?,
             queued: row.try_get::<i64, _>("queued")? != 0,
+            tls_pin: Some(row.try_get::<String, _>("tls_pin")?).filter(|p| !p.is_empty()),
             created_at: from_millis(row.try_get("created_at")?, "sessions")?,
             updated_at: from_millis(row.try_get("updated_at")?, "sessions")?,
             last_input_at: last_input.map(|t| from_millis(t, "sessions")).transpose()?,
@@ -620,8 +621,8 @@ where
         Self::supersede(&mut tx, &id, key, now).await?;
         let done = sqlx::query(
             "UPDATE sessions SET session_id = $2, node = $3, display = $4, host = $5, port = $6, \
-             vnc_password = $7, handle = $8, state = $9, status_reason = '', updated_at = $10 \
-             WHERE key = $1 AND state IN ('pending', 'starting')",
+             vnc_password = $7, handle = $8, state = $9, status_reason = '', updated_at = $10, \
+             tls_pin = $11 WHERE key = $1 AND state IN ('pending', 'starting')",
         )
         .bind(key)
         .bind(&id)
@@ -633,6 +634,7 @@ where
         .bind(&started.handle)
         .bind(started.state.as_str())
         .bind(now)
+        .bind(started.tls_pin.as_deref().unwrap_or_default())
         .execute(&mut *tx)
         .await?;
         Self::commit_updated(tx, done, key).await

@@ -50,6 +50,7 @@ fn started(display: u32) -> Started {
         vnc_password_sealed: vec![1, 2, 3],
         handle: "{\"pid\":1}".into(),
         state: SessionState::Running,
+        tls_pin: Some("ab12".into()),
         now: Utc::now(),
     }
 }
@@ -160,6 +161,11 @@ async fn a_started_session_is_visible_and_listed(store: Arc<dyn Store>) {
     let rec = store.session_started(&rec.key, s).await.unwrap().unwrap();
     assert_eq!(rec.state, SessionState::Running);
     assert_eq!(rec.port, Some(5907));
+    assert_eq!(
+        rec.tls_pin.as_deref(),
+        Some("ab12"),
+        "the certificate pin is kept"
+    );
     assert_eq!(rec.vnc_password_sealed.as_deref(), Some(&[1u8, 2, 3][..]));
     assert_eq!(
         store.visible_session(&id).await.unwrap().unwrap().key,

@@ -116,6 +116,9 @@ pub struct StartArgs {
     pub display_max: u32,
     pub listen: Listen,
     pub timeout: Duration,
+    /// Speak TLS with a certificate of the desktop's own (VeNCrypt X509Vnc) instead of plain
+    /// VNC authentication: for desktops the gateway reaches over the network.
+    pub tls: bool,
     /// The session's marker, chosen by hpcdesk and stored before this start: every process
     /// of the desktop carries it (`HPCDESK_DESKTOP={node}-{display}-{marker}`), so the desktop
     /// is found again after a crash. `None` (a hand-run start) draws a random one.
@@ -275,13 +278,33 @@ pub(crate) fn make_private_dir(path: &Path) -> Result<(), AgentError> {
         .map_err(|e| io_err("create directory", path, e))
 }
 
-/// The state file of a desktop, read back by `stop`.
+/// The state file of a desktop, read back by `stop` and `list`.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct DesktopState {
     display: u32,
     port: u16,
     xvnc_pid: i32,
     marker: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tls_pin: Option<String>,
+}
+
+/// Makes the desktop's own TLS certificate and key (self-signed, named after the node) in
+/// `dir`, both 0600; returns the certificate's SHA-256, which the gateway pins.
+fn make_certificate(dir: &Path, node: &str) -> Result<String, AgentError> {
+    let made = rcgen::generate_simple_self_signed(vec![node.to_owned()]).map_err(|e| {
+        err(
+            ErrorKind::Failed,
+            format!("cannot make the desktop's certificate: {e}"),
+        )
+    })?;
+    write_private(&dir.join("cert.pem"), made.cert.pem().as_bytes())?;
+    write_private(
+        &dir.join("key.pem"),
+        made.signing_key.serialize_pem().as_bytes(),
+    )?;
+    use sha2::Digest;
+    Ok(hex::encode(sha2::Sha256::digest(made.cert.der())))
 }
 
 /// Starts a desktop. On success the desktop's processes run detached; on failure nothing
@@ -370,7 +393,17 @@ fn xvnc_cmd(args: &StartArgs, me: &Account, dir: &Path, d: u32, port: u16, marke
         Listen::Localhost => cmd.arg("-localhost"),
         Listen::Interface(a) => cmd.args(["-interface".to_owned(), a.to_string()]),
     };
-    cmd.args(["-SecurityTypes", "VncAuth", "-PasswordFile"])
+    cmd = if args.tls {
+        // TLS with the desktop's own certificate, then the VNC password inside it; nothing
+        // in clear is offered.
+        cmd.args(["-SecurityTypes", "X509Vnc", "-X509Cert"])
+            .arg(dir.join("cert.pem"))
+            .arg("-X509Key")
+            .arg(dir.join("key.pem"))
+    } else {
+        cmd.args(["-SecurityTypes", "VncAuth"])
+    };
+    cmd.arg("-PasswordFile")
         .arg(dir.join("passwd"))
         .arg("-auth")
         .arg(dir.join("Xauthority"))
@@ -406,6 +439,10 @@ fn try_display(
     let hostname = nix::unistd::gethostname()
         .map(|h| h.to_string_lossy().into_owned())
         .unwrap_or_default();
+    let tls_pin = match args.tls {
+        true => Some(make_certificate(&dir, &args.node).map_err(fail)?),
+        false => None,
+    };
     let cookie = Cookie::generate();
     let xauth = dir.join("Xauthority");
     write_private(&xauth, &x11::xauthority(&hostname, d, &cookie)).map_err(fail)?;
@@ -512,6 +549,7 @@ fn try_display(
         port,
         xvnc_pid,
         marker: marker.clone(),
+        tls_pin: tls_pin.clone(),
     };
     let state_json = serde_json::to_vec(&state).expect("state serialises");
     if let Err(e) = write_private(&dir.join("state.json"), &state_json) {
@@ -558,6 +596,7 @@ fn try_display(
         xvnc_pid,
         marker,
         warnings,
+        tls_pin,
     })
 }
 
@@ -730,6 +769,13 @@ pub fn list(node: &str) -> Listing {
                     .iter()
                     .any(|(pid, uid, m)| *pid != x.pid && *uid == x.uid && m == v)
             });
+            // The pin is in the desktop's state file, in the user's home: read only by the
+            // user's own agent (as root, hpcdesk reads no user's files).
+            let tls_pin = (x.uid == nix::unistd::Uid::current().as_raw())
+                .then(|| Path::new(&x.password_file).with_file_name("state.json"))
+                .and_then(|p| capped::small_file(&p, 4096).ok())
+                .and_then(|b| serde_json::from_slice::<DesktopState>(&b).ok())
+                .and_then(|s| s.tls_pin);
             LiveDesktop {
                 user: user_name(x.uid),
                 display: x.display,
@@ -737,6 +783,7 @@ pub fn list(node: &str) -> Listing {
                 pid: x.pid,
                 marker: value.as_deref().and_then(marker_token).map(str::to_owned),
                 complete,
+                tls_pin,
             }
         })
         .collect();

@@ -38,6 +38,9 @@ pub struct StartedDesktop {
     pub marker: String,
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// With TLS: the SHA-256 (hex) of the desktop's own certificate, which the gateway pins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_pin: Option<String>,
 }
 
 /// Reply of `node stop`.
@@ -63,6 +66,9 @@ pub struct LiveDesktop {
     /// a desktop whose agent died between Xvnc and the desktop command is not.
     #[serde(default)]
     pub complete: bool,
+    /// Its certificate's pin, when it speaks TLS (listed only for the agent's own account).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_pin: Option<String>,
 }
 
 /// A start in progress on the node: an agent (`node start --marker …`) still running.

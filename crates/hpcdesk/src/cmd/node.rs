@@ -36,6 +36,10 @@ pub struct DesktopOpts {
     /// How long the desktop may take to become ready.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     timeout: Duration,
+    /// Speak TLS with a certificate of the desktop's own (VeNCrypt X509Vnc), for a gateway
+    /// that reaches the desktop over the network.
+    #[arg(long)]
+    tls: bool,
     /// The session's marker (8-64 letters and digits), put on every process of the desktop
     /// so that hpcdesk finds it again after a crash; random when not given.
     #[arg(long)]
@@ -59,6 +63,7 @@ impl DesktopOpts {
             display_max: self.display_max,
             listen,
             timeout: self.timeout,
+            tls: self.tls,
             marker: self.marker,
         })
     }

@@ -398,3 +398,57 @@ fn a_users_start_up_file_cannot_steer_placement_or_the_gateway() {
     let b_id = second["data"]["sessionId"].as_str().unwrap().to_owned();
     assert_eq!(app.delete(&b, &b_id)["code"], "0");
 }
+
+/// Off loopback the leg between the gateway and Xvnc is encrypted: a node's Xvnc offers only
+/// VeNCrypt (TLS with the desktop's own certificate, then the VNC password inside), and a
+/// client that asks for plain VNC authentication is refused. The gateway still reaches it.
+#[test]
+fn the_gateway_to_node_leg_is_tls_and_plain_vnc_auth_is_refused() {
+    use std::io::{Read, Write};
+    let Some(_x) = ssh_parts("ssh tls") else {
+        return;
+    };
+    let app = ssh_app();
+    let token = app.token("ssh-tls");
+    let created = app.create(&token);
+    assert_eq!(created["code"], "0", "{created}\n{}", app.log_text());
+    let node = created["data"]["hostName"].as_str().unwrap().to_owned();
+    let display = created["data"]["displayNumber"].as_u64().unwrap();
+    let id = created["data"]["sessionId"].as_str().unwrap().to_owned();
+    let addr = NODES.iter().find(|(n, _)| *n == node).unwrap().1;
+    let port = 5900 + display as u16;
+
+    let offer = |choose: Option<u8>| -> (Vec<u8>, Vec<u8>) {
+        let mut s = TcpStream::connect((addr, port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut banner = [0u8; 12];
+        s.read_exact(&mut banner).unwrap();
+        s.write_all(b"RFB 003.008\n").unwrap();
+        let mut n = [0u8; 1];
+        s.read_exact(&mut n).unwrap();
+        let mut types = vec![0u8; usize::from(n[0])];
+        s.read_exact(&mut types).unwrap();
+        let mut after = Vec::new();
+        if let Some(t) = choose {
+            s.write_all(&[t]).unwrap();
+            let _ = s.read_to_end(&mut after);
+        }
+        (types, after)
+    };
+    let (types, _) = offer(None);
+    assert_eq!(types, vec![19], "the node's Xvnc offers VeNCrypt only");
+    // Asking for plain VNC authentication anyway: the connection is closed (or fails), and
+    // no DES challenge is ever sent in clear.
+    let (_, answer) = offer(Some(2));
+    assert!(
+        answer.is_empty() || (answer.len() != 16 && answer[..4] != [0, 0, 0, 0]),
+        "plain VNC auth was not refused: {answer:?}"
+    );
+
+    // Through the gateway the desktop works (over TLS).
+    let rt = crate::viewer::runtime();
+    let (mut v, init, _) = crate::viewer::open_viewer(&rt, &app, &token, &id);
+    assert!(rt.block_on(v.full_update(init.width, init.height)) >= 1);
+    drop(v);
+    assert_eq!(app.delete(&token, &id)["code"], "0");
+}
