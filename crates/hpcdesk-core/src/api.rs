@@ -88,6 +88,41 @@ const ALL: [ApiCode; 12] = [
     ApiCode::SessionNotFound,
 ];
 
+/// Where a failure came from, in the manner of pingora's `ErrorSource`: the log line of every
+/// failure says it, so an operator knows at once whether to look at the request, a node,
+/// Slurm, the database or hpcdesk itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorSource {
+    /// What the portal, the browser or the user sent (or who they are).
+    Client,
+    /// A node: its agent, its VNC server, the user's account or files there, ssh to it.
+    Node,
+    /// The Slurm controller or its commands.
+    Slurm,
+    /// The database.
+    Store,
+    /// hpcdesk itself: a broken invariant, a failed task.
+    Internal,
+}
+
+impl ErrorSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorSource::Client => "client",
+            ErrorSource::Node => "node",
+            ErrorSource::Slurm => "slurm",
+            ErrorSource::Store => "store",
+            ErrorSource::Internal => "internal",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// `{"code", "msg", "data"}`. Failures carry `data: ""` as the real service does.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Envelope<T> {

@@ -92,8 +92,21 @@ impl NodeName {
 
 /// An X display number (`:4`). The VNC port is usually `5900 + display`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
+#[serde(try_from = "u32", into = "u32")]
 pub struct DisplayNumber(u32);
+
+impl TryFrom<u32> for DisplayNumber {
+    type Error = IdError;
+    fn try_from(n: u32) -> Result<Self, IdError> {
+        DisplayNumber::new(n)
+    }
+}
+
+impl From<DisplayNumber> for u32 {
+    fn from(d: DisplayNumber) -> u32 {
+        d.0
+    }
+}
 
 impl DisplayNumber {
     /// Keeps `5900 + display` a valid TCP port.
@@ -289,5 +302,14 @@ mod tests {
             65535
         );
         assert!(DisplayNumber::new(DisplayNumber::MAX + 1).is_err());
+    }
+
+    #[test]
+    fn display_numbers_deserialise_through_their_check() {
+        let d: DisplayNumber = serde_json::from_str("4").unwrap();
+        assert_eq!(d.get(), 4);
+        assert_eq!(serde_json::to_string(&d).unwrap(), "4");
+        let too_big = (DisplayNumber::MAX + 1).to_string();
+        assert!(serde_json::from_str::<DisplayNumber>(&too_big).is_err());
     }
 }

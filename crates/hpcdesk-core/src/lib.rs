@@ -16,7 +16,7 @@ pub mod seal;
 pub mod state;
 pub mod wire;
 
-pub use api::{ApiCode, Envelope};
+pub use api::{ApiCode, Envelope, ErrorSource};
 pub use claims::{AccountStatus, Claims};
 pub use ids::{ComputeUser, DisplayNumber, IdError, NodeName, SessionId};
 pub use state::{SessionState, status_reason};

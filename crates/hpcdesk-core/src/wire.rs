@@ -1,6 +1,14 @@
 //! JSON shapes of the desktop API, shared by the server and the CLI client (DESIGN §2.3).
 
+use chrono::{DateTime, Local, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
+
+/// A time as the API and the CLI show it: ISO 8601 in the server's time zone, to the second,
+/// with its offset (`2026-12-01T22:37:15+08:00`), as the real service answers.
+pub fn local_time(t: DateTime<Utc>) -> String {
+    t.with_timezone(&Local)
+        .to_rfc3339_opts(SecondsFormat::Secs, false)
+}
 
 /// One desktop session as the API shows it (`data` of create, elements of list).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -12,6 +12,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 use tokio::net::TcpStream;
 
 /// A TLS connection to a desktop.
@@ -34,12 +35,7 @@ impl ServerCertVerifier for Pinned {
     ) -> Result<ServerCertVerified, rustls::Error> {
         let got: [u8; 32] = Sha256::digest(end_entity.as_ref()).into();
         // Constant time in the contents, though a pin is no secret.
-        let same = got
-            .iter()
-            .zip(&self.pin)
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0;
-        if same {
+        if bool::from(got.ct_eq(&self.pin)) {
             Ok(ServerCertVerified::assertion())
         } else {
             Err(rustls::Error::General(

@@ -38,9 +38,12 @@ pub enum LaunchError {
     /// No node has room (all displays taken, overloaded, unreachable): 815201.
     #[error("{0}")]
     NoCapacity(String),
-    /// The desktop could not be started or stopped: 815008.
+    /// The desktop could not be started or stopped (on its node): 815008.
     #[error("{0}")]
     Desktop(String),
+    /// Slurm could not be asked or refused the job: 815008.
+    #[error("{0}")]
+    Scheduler(String),
     /// The account may not run desktops (`policy`): 10008.
     #[error("{0}")]
     Refused(String),
@@ -52,6 +55,20 @@ pub enum LaunchError {
         node: NodeName,
         display: DisplayNumber,
     },
+}
+
+impl LaunchError {
+    /// Where the failure came from (the server's error map turns the variant into a code).
+    pub fn origin(&self) -> hpcdesk_core::ErrorSource {
+        use hpcdesk_core::ErrorSource;
+        match self {
+            LaunchError::NoCapacity(_) | LaunchError::Desktop(_) | LaunchError::FailedAt { .. } => {
+                ErrorSource::Node
+            }
+            LaunchError::Scheduler(_) => ErrorSource::Slurm,
+            LaunchError::Refused(_) => ErrorSource::Client,
+        }
+    }
 }
 
 /// A request to start one desktop.

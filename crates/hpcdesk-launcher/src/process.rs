@@ -36,12 +36,13 @@ pub enum ProcessError {
     },
     #[error("{program} did not finish within {}", humantime::format_duration(*.after))]
     Timeout { program: String, after: Duration },
-    #[error("{program} failed ({status}): {stderr_tail}")]
+    #[error("{program} failed ({}): {stderr_tail}", how_it_ended(*.exit, *.signal))]
     Failed {
         program: String,
-        status: String,
-        /// The exit code, if it exited (rather than being killed by a signal).
-        code: Option<i32>,
+        /// The exit code, if it exited.
+        exit: Option<i32>,
+        /// The signal that killed it, if one did.
+        signal: Option<i32>,
         /// The last [`capped::TAIL`] bytes of what it printed.
         stdout: String,
         stderr_tail: String,
@@ -61,6 +62,15 @@ pub enum ProcessError {
         #[source]
         source: nix::Error,
     },
+}
+
+/// "exit code 3", "signal 9": how a failed program ended, for [`ProcessError::Failed`].
+pub(crate) fn how_it_ended(exit: Option<i32>, signal: Option<i32>) -> String {
+    match (exit, signal) {
+        (Some(c), _) => format!("exit code {c}"),
+        (None, Some(s)) => format!("killed by signal {s}"),
+        (None, None) => "no exit status".to_owned(),
+    }
 }
 
 /// An account to run as, resolved before any fork (NSS lookups are not fork-safe).
@@ -313,8 +323,8 @@ impl Cmd {
         } else {
             Err(ProcessError::Failed {
                 program,
-                status: status.to_string(),
-                code: status.code(),
+                exit: status.code(),
+                signal: std::os::unix::process::ExitStatusExt::signal(&status),
                 stdout,
                 stderr_tail: tail(&text(err)),
             })
@@ -438,12 +448,13 @@ mod tests {
             .unwrap_err();
         match err {
             ProcessError::Failed {
-                status,
+                exit,
+                signal,
                 stdout,
                 stderr_tail,
                 ..
             } => {
-                assert!(status.contains('3'), "{status}");
+                assert_eq!((exit, signal), (Some(3), None));
                 assert_eq!(stdout, "out\n");
                 assert_eq!(last_line(&stderr_tail), "the reason");
             }

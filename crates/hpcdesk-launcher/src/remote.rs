@@ -132,7 +132,8 @@ pub fn agent_reply<T: for<'de> Deserialize<'de>>(
         Err(ProcessError::Failed {
             stdout,
             stderr_tail,
-            status,
+            exit,
+            signal,
             ..
         }) => match last_json(&stdout).and_then(|l| serde_json::from_str::<AgentError>(&l).ok()) {
             Some(AgentError {
@@ -154,7 +155,8 @@ pub fn agent_reply<T: for<'de> Deserialize<'de>>(
             },
             Some(e) => Err(LaunchError::Desktop(e.error)),
             None => Err(LaunchError::Desktop(format!(
-                "the node agent on {node} failed ({status}): {}",
+                "the node agent on {node} failed ({}): {}",
+                crate::process::how_it_ended(exit, signal),
                 crate::process::last_line(&stderr_tail)
             ))),
         },
@@ -460,8 +462,8 @@ mod tests {
         let failed = |json: &str| {
             Err(ProcessError::Failed {
                 program: "hpcdesk".into(),
-                status: "exit status: 1".into(),
-                code: Some(1),
+                exit: Some(1),
+                signal: None,
                 stdout: json.into(),
                 stderr_tail: String::new(),
             })

@@ -100,9 +100,9 @@ struct JobState {
 fn slurm_err(program: &str, e: ProcessError) -> LaunchError {
     match e {
         ProcessError::Failed { stderr_tail, .. } => {
-            LaunchError::Desktop(format!("{program}: {}", last_line(&stderr_tail)))
+            LaunchError::Scheduler(format!("{program}: {}", last_line(&stderr_tail)))
         }
-        other => LaunchError::Desktop(other.to_string()),
+        other => LaunchError::Scheduler(other.to_string()),
     }
 }
 
@@ -279,7 +279,7 @@ impl SlurmLauncher {
     ) -> Result<Launched, LaunchError> {
         // One node per desktop job: Slurm lists it by name.
         let node = NodeName::parse(nodes.split(',').next().unwrap_or("").trim())
-            .map_err(|e| LaunchError::Desktop(format!("Slurm reported node {nodes:?}: {e}")))?;
+            .map_err(|e| LaunchError::Scheduler(format!("Slurm reported node {nodes:?}: {e}")))?;
         let host = self.address(&node).await?;
         let mut l = remote::launched(d, &node, &host)?;
         let started: remote::Handle = serde_json::from_str(&l.handle).expect("own handle");
@@ -353,7 +353,7 @@ impl Launcher for SlurmLauncher {
             .split(';')
             .next()
             .and_then(|j| j.parse().ok())
-            .ok_or_else(|| LaunchError::Desktop(format!("sbatch said {:?}", out.trim())))?;
+            .ok_or_else(|| LaunchError::Scheduler(format!("sbatch said {:?}", out.trim())))?;
         tracing::info!(user, job, "desktop submitted to Slurm");
         if let Some(d) = crate::agent::test_pause_at("submitted") {
             tokio::time::sleep(d).await;

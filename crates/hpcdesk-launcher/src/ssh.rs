@@ -112,7 +112,7 @@ fn joined(reasons: &[(String, String)]) -> String {
 fn ssh_failure(e: &ProcessError) -> Option<String> {
     match e {
         ProcessError::Failed {
-            code: Some(255),
+            exit: Some(255),
             stdout,
             stderr_tail,
             ..

@@ -19,6 +19,7 @@ use hpcdesk_core::AccountStatus;
 use hpcdesk_core::wire::{Center, ClusterUserInfo, ServiceUrl, TokenEntry};
 use hpcdesk_store::UserRecord;
 use sha2::Sha256;
+use subtle::ConstantTimeEq;
 
 use crate::audit::{self, Kind};
 use crate::auth::{self, AuthUser};
@@ -127,10 +128,6 @@ async fn issue(
         .await;
         return Ok(entry(app, None));
     }
-    let secrets = crate::startup::jwt_secrets(&app.config).map_err(ApiError::internal)?;
-    let secret = secrets
-        .first()
-        .ok_or_else(|| ApiError::internal(std::io::Error::other("no JWT secret")))?;
     let mut claims = auth::claims_for(
         &user.name,
         user.compute_user.as_str(),
@@ -145,7 +142,7 @@ async fn issue(
     if let Some(t) = login_ms {
         claims.login_time = t.to_string();
     }
-    let token = auth::mint(secret, &claims);
+    let token = app.verifier.sign(&claims)?;
     audit::record(app, Kind::TokenIssued, &user.name, "", peer, how).await;
     Ok(entry(app, Some(token)))
 }
@@ -200,10 +197,6 @@ pub fn sign(secret: &[u8], text: &str) -> String {
     hex::encode(mac.finalize().into_bytes())
 }
 
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// `POST /api/user/v3/tokens`.
 pub async fn key_login(
     app: &AppState,
@@ -232,7 +225,7 @@ pub async fn key_login(
         .map_err(ApiError::internal)?;
     let expected = sign(&secret, &signed_text(access_key, timestamp, user));
     let given = signature.trim().to_ascii_lowercase();
-    if !same(expected.as_bytes(), given.as_bytes()) {
+    if !bool::from(expected.as_bytes().ct_eq(given.as_bytes())) {
         return Err(refuse_key(app, user, peer, "access key login: wrong signature").await);
     }
     let expires = chrono::DateTime::from_timestamp(ts + skew + 1, 0).unwrap_or(now);
@@ -312,16 +305,12 @@ pub async fn renew(app: &AppState, token: &str, peer: &str) -> Result<Vec<TokenE
         .await;
     }
     // A token issued by the AC platform: renew it with the same claims.
-    let secrets = crate::startup::jwt_secrets(&app.config).map_err(ApiError::internal)?;
-    let secret = secrets
-        .first()
-        .ok_or_else(|| ApiError::internal(std::io::Error::other("no JWT secret")))?;
     let mut claims = old.claims.clone();
     claims.expire_time = (now + ttl_ms).to_string();
     claims.issued_at = now.to_string();
     claims.login_time = login.to_string();
     audit::record(app, Kind::TokenIssued, old.name(), "", peer, "renewal").await;
-    Ok(entry(app, Some(auth::mint(secret, &claims))))
+    Ok(entry(app, Some(app.verifier.sign(&claims)?)))
 }
 
 /// `GET /ac/openapi/v2/center`: this region, with `hpcUrls` pointing at this service.

@@ -11,7 +11,7 @@ use hpcdesk_core::{AccountStatus, Claims, ComputeUser};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 
 use crate::config::{RoleKind, Secret};
-use crate::error::ApiError;
+use crate::error::{ApiError, Invariant};
 
 /// A caller whose token was verified.
 #[derive(Debug, Clone)]
@@ -52,6 +52,8 @@ impl AuthUser {
 /// Verifies tokens with the configured secrets and rules.
 pub struct TokenVerifier {
     keys: Vec<DecodingKey>,
+    /// The first secret, which signs the tokens hpcdesk issues.
+    signer: Option<Secret>,
     validation: Validation,
     cluster_id: String,
     roles: std::collections::BTreeMap<String, RoleKind>,
@@ -93,12 +95,22 @@ impl TokenVerifier {
                 .iter()
                 .map(|s| DecodingKey::from_secret(s.expose().as_bytes()))
                 .collect(),
+            signer: secrets.first().cloned(),
             validation,
             cluster_id: cluster_id.to_owned(),
             roles,
             max_len,
             verified: std::sync::Mutex::new(std::collections::HashMap::new()),
         }
+    }
+
+    /// Signs `claims` with the first secret (the others only verify: key rotation).
+    pub fn sign(&self, claims: &Claims) -> Result<String, Invariant> {
+        let secret = self
+            .signer
+            .as_ref()
+            .ok_or(Invariant("no JWT secret to sign with"))?;
+        Ok(mint(secret, claims))
     }
 
     /// The claims of a validly signed `token`, or `None`.

@@ -27,7 +27,9 @@ pub enum ConfigError {
     Invalid { origin: String, message: String },
 }
 
-/// A secret string: `Debug` and `Display` never show it.
+/// A secret string: `Debug` and `Display` never show it. Home-made rather than `secrecy`'s,
+/// because the configuration is compared in tests and serialised (redacted first) by
+/// `hpcdesk config`, which `secrecy` deliberately does not allow.
 #[derive(Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(transparent)]
 pub struct Secret(String);

@@ -55,11 +55,9 @@ impl RequestSlot {
 }
 
 fn busy() -> axum::response::Response {
-    let mut r = axum::response::IntoResponse::into_response(crate::error::ApiError::TooFrequent {
-        msg: "the desktop service has too many requests in progress; try again shortly".into(),
-        retry_after: std::time::Duration::from_secs(1),
-    });
-    *r.status_mut() = axum::http::StatusCode::SERVICE_UNAVAILABLE;
+    let mut r = axum::response::IntoResponse::into_response(crate::error::ApiError::Overloaded(
+        "the desktop service has too many requests in progress; try again shortly".into(),
+    ));
     r.headers_mut().insert(
         axum::http::header::CONNECTION,
         axum::http::HeaderValue::from_static("close"),

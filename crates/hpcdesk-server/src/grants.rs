@@ -6,6 +6,7 @@
 //! desktop is.
 
 use std::sync::Arc;
+use subtle::ConstantTimeEq;
 
 use async_trait::async_trait;
 use hpcdesk_core::SessionState;
@@ -30,11 +31,6 @@ pub struct StoreGrants {
     pub store: Arc<dyn Store>,
     pub key: ServerKey,
     pub clock: Arc<dyn Clock>,
-}
-
-fn same(a: &[u8], b: &[u8]) -> bool {
-    // Constant time in the contents: every byte is compared.
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[async_trait]
@@ -79,7 +75,11 @@ impl GrantResolver for StoreGrants {
             .as_deref()
             .and_then(|s| self.key.open_at_rest(s).ok())
             .ok_or(Refusal::Internal)?;
-        if !same(&password, password_for(&stored, grant.view_only)) {
+        if !bool::from(
+            password
+                .as_slice()
+                .ct_eq(password_for(&stored, grant.view_only)),
+        ) {
             return Err(Refusal::BadMm);
         }
         let (Some(host), Some(port), Some(id)) = (

@@ -26,9 +26,9 @@ use chrono::{DateTime, Local, NaiveTime, TimeZone, Utc};
 use hpcdesk_core::SessionState;
 use hpcdesk_launcher::Liveness;
 
-use crate::error::ApiError;
+use crate::error::TaskError;
 use crate::sessions;
-use crate::state::AppState;
+use crate::state::{AppState, span};
 
 /// What one reconcile round did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -55,7 +55,7 @@ pub fn parse_time_of_day(s: &str) -> Result<(u32, u32), String> {
 }
 
 /// One reconcile round.
-pub async fn reconcile(app: &AppState) -> Result<ReconcileReport, ApiError> {
+pub async fn reconcile(app: &AppState) -> Result<ReconcileReport, TaskError> {
     let mut report = ReconcileReport::default();
     let now = app.clock.now();
 
@@ -87,9 +87,7 @@ pub async fn reconcile(app: &AppState) -> Result<ReconcileReport, ApiError> {
     // session ended, and that desktop must go. They own nothing (no display, no job), so
     // whatever of theirs is found is reported as an orphan with their marker; their
     // liveness is not asked.
-    let late =
-        chrono::Duration::from_std(app.config.launcher.start_timeout.0 + Duration::from_secs(120))
-            .map_err(ApiError::internal)?;
+    let late = span(app.config.launcher.start_timeout.0 + Duration::from_secs(120));
     targets.extend(
         app.store
             .sessions_ended_since(now - late)
@@ -104,11 +102,7 @@ pub async fn reconcile(app: &AppState) -> Result<ReconcileReport, ApiError> {
             .filter(|t| app.launcher.watches(t)),
     );
 
-    let survey = app
-        .launcher
-        .survey(&targets)
-        .await
-        .map_err(|e| ApiError::Desktop(e.to_string()))?;
+    let survey = app.launcher.survey(&targets).await?;
     for (rec, liveness) in recs.iter().zip(&survey.targets) {
         let (how, reason) = match liveness {
             Liveness::Alive => continue,
@@ -128,8 +122,7 @@ pub async fn reconcile(app: &AppState) -> Result<ReconcileReport, ApiError> {
     // of this store, run by that session's account, is hpcdesk's: unless its session is
     // still live (being started, queued), it is stopped whatever `kill_orphans` says. Any
     // other is reported, and stopped only with `kill_orphans` (never a job).
-    let grace = chrono::Duration::from_std(app.config.launcher.slurm.orphan_grace.0)
-        .map_err(ApiError::internal)?;
+    let grace = span(app.config.launcher.slurm.orphan_grace.0);
     for orphan in &survey.orphans {
         let owner = match &orphan.marker {
             Some(m) => app
@@ -145,7 +138,7 @@ pub async fn reconcile(app: &AppState) -> Result<ReconcileReport, ApiError> {
             None => false,
         };
         if let Some((_, age)) = orphan.job {
-            let young = chrono::Duration::from_std(age).unwrap_or_default() < grace;
+            let young = span(age) < grace;
             if !ours || young {
                 continue;
             }
@@ -182,7 +175,7 @@ pub async fn reconcile(app: &AppState) -> Result<ReconcileReport, ApiError> {
 }
 
 /// Follows queued desktops (Slurm jobs) until they run, fail or end.
-pub async fn follow_queued(app: &AppState) -> Result<usize, ApiError> {
+pub async fn follow_queued(app: &AppState) -> Result<usize, TaskError> {
     let recs = app
         .store
         .sessions_in(&[SessionState::Pending, SessionState::Starting])
@@ -212,7 +205,7 @@ pub async fn queued_loop(app: AppState, mut shutdown: tokio::sync::watch::Receiv
         tokio::select! {
             _ = tick.tick() => {
                 if let Err(e) = follow_queued(&app).await {
-                    tracing::error!(error = %e, "following queued desktops failed");
+                    tracing::error!(source = %e.origin(), error = %e, "following queued desktops failed");
                 }
             }
             _ = shutdown.changed() => return,
@@ -249,7 +242,7 @@ pub async fn reconcile_loop(app: AppState, mut shutdown: tokio::sync::watch::Rec
         tokio::select! {
             _ = tick.tick() => {
                 if let Err(e) = reconcile(&app).await {
-                    tracing::error!(error = %e, source = ?std::error::Error::source(&e), "reconcile failed");
+                    tracing::error!(source = %e.origin(), error = %e, cause = ?std::error::Error::source(&e), "reconcile failed");
                 }
             }
             _ = shutdown.changed() => return,
@@ -269,10 +262,9 @@ pub struct SweepReport {
 }
 
 /// One idle sweep at the clock's current time.
-pub async fn sweep(app: &AppState) -> Result<SweepReport, ApiError> {
+pub async fn sweep(app: &AppState) -> Result<SweepReport, TaskError> {
     let now = app.clock.now();
-    let idle_after = chrono::Duration::from_std(app.config.lifecycle.idle_after.0)
-        .map_err(ApiError::internal)?;
+    let idle_after = span(app.config.lifecycle.idle_after.0);
     let mut report = SweepReport::default();
     for rec in app
         .store
@@ -298,11 +290,7 @@ pub async fn sweep(app: &AppState) -> Result<SweepReport, ApiError> {
         if now - last < idle_after {
             continue;
         }
-        let reason = format!(
-            "swept: idle since {}",
-            last.with_timezone(&Local)
-                .to_rfc3339_opts(chrono::SecondsFormat::Secs, false)
-        );
+        let reason = format!("swept: idle since {}", hpcdesk_core::wire::local_time(last));
         match sessions::stop_and_end(app, &rec, sessions::Ending::Swept, &reason).await {
             Ok(_) => {
                 let id = rec
@@ -314,7 +302,7 @@ pub async fn sweep(app: &AppState) -> Result<SweepReport, ApiError> {
                 report.swept.push(id);
             }
             Err(e) => {
-                tracing::error!(key = %rec.key, error = %e, "could not sweep an idle session")
+                tracing::error!(key = %rec.key, source = %e.origin(), error = %e, "could not sweep an idle session")
             }
         }
     }
@@ -355,7 +343,7 @@ pub async fn sweep_loop(app: AppState, mut shutdown: tokio::sync::watch::Receive
             _ = tokio::time::sleep(wait) => {
                 match sweep(&app).await {
                     Ok(r) => tracing::info!(checked = r.checked, swept = r.swept.len(), in_use = r.in_use, "daily idle sweep done"),
-                    Err(e) => tracing::error!(error = %e, "daily idle sweep failed"),
+                    Err(e) => tracing::error!(source = %e.origin(), error = %e, "daily idle sweep failed"),
                 }
             }
             _ = shutdown.changed() => return,

@@ -15,24 +15,9 @@ use hpcdesk_core::ApiCode;
 use crate::error::ApiError;
 use crate::state::AppState;
 
-const CODES: [ApiCode; 12] = [
-    ApiCode::Success,
-    ApiCode::Internal,
-    ApiCode::MissingParameter,
-    ApiCode::InvalidParameter,
-    ApiCode::PermissionDenied,
-    ApiCode::UnsupportedVersion,
-    ApiCode::RoleMapping,
-    ApiCode::TooFrequent,
-    ApiCode::TooLarge,
-    ApiCode::NoNodeAvailable,
-    ApiCode::DesktopService,
-    ApiCode::SessionNotFound,
-];
-
 #[derive(Debug, Default)]
 pub struct Metrics {
-    responses: [AtomicU64; 12],
+    responses: [AtomicU64; ApiCode::ALL.len()],
     pub desktops_started: AtomicU64,
     pub desktop_start_failures: AtomicU64,
     pub viewers_connected: AtomicU64,
@@ -62,7 +47,7 @@ impl Metrics {
     }
 
     pub fn count_response(&self, code: ApiCode) {
-        if let Some(i) = CODES.iter().position(|c| *c == code) {
+        if let Some(i) = ApiCode::ALL.iter().position(|c| *c == code) {
             self.responses[i].fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -91,7 +76,7 @@ pub async fn render(State(app): State<AppState>) -> Result<Response, ApiError> {
         "counter",
         "API answers by SCNet code.",
     );
-    for (code, n) in CODES.iter().zip(&m.responses) {
+    for (code, n) in ApiCode::ALL.iter().zip(&m.responses) {
         let _ = writeln!(
             out,
             "hpcdesk_api_responses_total{{code=\"{}\"}} {}",

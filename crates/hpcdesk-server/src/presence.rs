@@ -100,7 +100,7 @@ async fn round(app: &AppState, published: &mut Published) -> Result<(), hpcdesk_
         published.counts = local.clone();
         published.at = Some(Instant::now());
     }
-    let fresh_after = now - chrono::Duration::from_std(FRESH).unwrap_or_default();
+    let fresh_after = now - crate::state::span(FRESH);
     let others = app
         .store
         .viewers_elsewhere(app.presence.instance(), fresh_after)

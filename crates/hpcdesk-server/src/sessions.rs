@@ -21,9 +21,9 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, Local, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use hpcdesk_core::claims::Action;
-use hpcdesk_core::wire::{LaunchUrl, SessionItem};
+use hpcdesk_core::wire::{LaunchUrl, SessionItem, local_time};
 use hpcdesk_core::{SessionId, SessionState};
 use hpcdesk_launcher::{
     Launch, LaunchError, Launched, Progress, Queued, Recovery, StartRequest, Target,
@@ -33,8 +33,8 @@ use sha2::{Digest, Sha256};
 
 use crate::audit::{self, Kind};
 use crate::auth::AuthUser;
-use crate::error::ApiError;
-use crate::state::AppState;
+use crate::error::{ApiError, TaskError};
+use crate::state::{AppState, span};
 
 /// VNC passwords are drawn from this alphabet (8 characters: the RFB limit).
 const PASSWORD_ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
@@ -83,11 +83,6 @@ pub fn grant_hash(token: &str) -> Vec<u8> {
     }
 }
 
-fn iso(t: DateTime<Utc>) -> String {
-    t.with_timezone(&Local)
-        .to_rfc3339_opts(SecondsFormat::Secs, false)
-}
-
 /// The API view of a stored session, with the gateway's live view of its viewers.
 pub fn view(app: &AppState, rec: &SessionRecord) -> SessionItem {
     let act = app.gateway.registry.activity(&rec.key);
@@ -97,7 +92,7 @@ pub fn view(app: &AppState, rec: &SessionRecord) -> SessionItem {
         .flatten()
         .max();
     if let Some(t) = last_input {
-        it.last_active_time = iso(t.max(rec.created_at));
+        it.last_active_time = local_time(t.max(rec.created_at));
     }
     it
 }
@@ -119,8 +114,8 @@ pub fn item(rec: &SessionRecord, connections: u32) -> SessionItem {
         display_number: rec.display.map(|d| d.get()).unwrap_or(0),
         status: rec.state.as_str().to_owned(),
         status_reason: rec.status_reason.clone(),
-        create_time: iso(rec.created_at),
-        last_active_time: iso(rec.last_input_at.unwrap_or(rec.created_at)),
+        create_time: local_time(rec.created_at),
+        last_active_time: local_time(rec.last_input_at.unwrap_or(rec.created_at)),
         connections,
         geometry: rec.geometry.clone(),
     }
@@ -136,15 +131,6 @@ pub fn target(rec: &SessionRecord) -> Target {
         port: rec.port,
         handle: rec.handle.clone(),
         marker: rec.marker.clone(),
-    }
-}
-
-fn launch_error(e: LaunchError) -> ApiError {
-    match e {
-        LaunchError::NoCapacity(m) => ApiError::NoCapacity(m),
-        LaunchError::Desktop(m) => ApiError::Desktop(m),
-        LaunchError::Refused(m) => ApiError::Permission(m),
-        LaunchError::FailedAt { reason, .. } => ApiError::Desktop(reason),
     }
 }
 
@@ -235,7 +221,7 @@ pub async fn end(
     rec: &SessionRecord,
     how: Ending,
     reason: &str,
-) -> Result<bool, ApiError> {
+) -> Result<bool, TaskError> {
     use SessionState::{Failed, Pending, Running, Starting, Stopped};
     let now = app.clock.now();
     let live = [Pending, Starting, Running];
@@ -340,7 +326,7 @@ pub async fn stop_and_end(
     rec: &SessionRecord,
     how: Ending,
     reason: &str,
-) -> Result<bool, ApiError> {
+) -> Result<bool, TaskError> {
     // Viewers learn first that the session is going (close code 4001: do not reconnect),
     // before its desktop disappears under them.
     app.gateway
@@ -354,7 +340,7 @@ pub async fn stop_and_end(
             Err(e) if matches!(rec.state, SessionState::Failed | SessionState::Stopped) => {
                 tracing::warn!(key = %rec.key, error = %e, "cleanup of an ended desktop failed");
             }
-            Err(e) => return Err(launch_error(e)),
+            Err(e) => return Err(e.into()),
         }
     }
     end(app, rec, how, reason).await
@@ -368,9 +354,7 @@ pub async fn stop_and_end(
 async fn account_allowed(app: &AppState, user: &AuthUser) -> Result<(), ApiError> {
     let launcher = app.launcher.clone();
     let account = user.compute_user.clone();
-    let admitted = tokio::task::spawn_blocking(move || launcher.admit(&account))
-        .await
-        .map_err(ApiError::internal)?;
+    let admitted = tokio::task::spawn_blocking(move || launcher.admit(&account)).await?;
     if let Err(LaunchError::Refused(why)) = &admitted {
         audit::record(
             app,
@@ -383,7 +367,7 @@ async fn account_allowed(app: &AppState, user: &AuthUser) -> Result<(), ApiError
         .await;
         tracing::warn!(user = user.name(), account = %user.compute_user, "{why}");
     }
-    admitted.map_err(launch_error)
+    Ok(admitted?)
 }
 
 /// How many times a create claims again after finding an interrupted start in its way.
@@ -450,8 +434,7 @@ pub async fn create(app: &AppState, user: &AuthUser) -> Result<SessionItem, ApiE
             }
             result
         })
-        .await
-        .map_err(ApiError::internal)?;
+        .await?;
     }
     Err(ApiError::Desktop(
         "your desktop is being recovered after a restart of the desktop service; try again \
@@ -495,7 +478,7 @@ async fn start(
                 peer: caller.peer.clone(),
             };
             end(app, &rec, how, &e.to_string()).await?;
-            return Err(launch_error(e));
+            return Err(e.into());
         }
     };
     for w in &launched.warnings {
@@ -514,10 +497,11 @@ async fn ready(
     rec: &SessionRecord,
     id: SessionId,
     launched: Launched,
-) -> Result<SessionRecord, ApiError> {
-    let sealed = rec.vnc_password_sealed.clone().ok_or_else(|| {
-        ApiError::internal(std::io::Error::other("a session without its VNC password"))
-    })?;
+) -> Result<SessionRecord, TaskError> {
+    let sealed = rec
+        .vnc_password_sealed
+        .clone()
+        .ok_or_else(|| TaskError::invariant("a session without its VNC password"))?;
     let stored = app
         .store
         .session_started(
@@ -553,7 +537,7 @@ async fn ready(
             app.store
                 .session_by_key(&rec.key)
                 .await?
-                .ok_or_else(|| ApiError::internal(std::io::Error::other("session vanished")))
+                .ok_or_else(|| TaskError::invariant("a session vanished as it started"))
         }
         other => {
             let mut t = target(rec);
@@ -568,7 +552,7 @@ async fn ready(
             }
             match other {
                 Err(e) => Err(e.into()),
-                _ => Err(ApiError::Desktop(
+                _ => Err(TaskError::Superseded(
                     "the session was stopped while its desktop was starting".into(),
                 )),
             }
@@ -606,7 +590,7 @@ async fn record_queued(
     app: &AppState,
     rec: &SessionRecord,
     q: &Queued,
-) -> Result<Option<SessionRecord>, ApiError> {
+) -> Result<Option<SessionRecord>, TaskError> {
     let sealed = rec.vnc_password_sealed.clone().unwrap_or_default();
     let stored = app
         .store
@@ -631,7 +615,7 @@ async fn record_queued(
 
 /// One step of a queued desktop: asks the launcher where it is and records the answer.
 /// Returns the session as it is now.
-pub async fn advance(app: &AppState, rec: &SessionRecord) -> Result<SessionRecord, ApiError> {
+pub async fn advance(app: &AppState, rec: &SessionRecord) -> Result<SessionRecord, TaskError> {
     let t = target(rec);
     let now = app.clock.now();
     match app.launcher.progress(&t).await {
@@ -647,9 +631,7 @@ pub async fn advance(app: &AppState, rec: &SessionRecord) -> Result<SessionRecor
         }
         Ok(Progress::Ready(launched)) => {
             let Some(id) = rec.session_id.clone() else {
-                return Err(ApiError::internal(std::io::Error::other(
-                    "a queued session without id",
-                )));
+                return Err(TaskError::invariant("a queued session without id"));
             };
             ready(app, rec, id, launched).await?;
         }
@@ -667,7 +649,7 @@ pub async fn advance(app: &AppState, rec: &SessionRecord) -> Result<SessionRecor
     app.store
         .session_by_key(&rec.key)
         .await?
-        .ok_or_else(|| ApiError::internal(std::io::Error::other("session vanished")))
+        .ok_or_else(|| TaskError::invariant("a queued session vanished"))
 }
 
 /// The answer to a create when the user already has a live session: that session, once any
@@ -692,9 +674,7 @@ async fn existing(app: &AppState, mut rec: SessionRecord) -> Result<Option<Sessi
         rec = match app.store.session_by_key(&rec.key).await? {
             Some(r) => r,
             None => {
-                return Err(ApiError::internal(std::io::Error::other(
-                    "claimed session vanished",
-                )));
+                return Err(ApiError::invariant("a claimed session vanished"));
             }
         };
     }
@@ -716,15 +696,14 @@ async fn existing(app: &AppState, mut rec: SessionRecord) -> Result<Option<Sessi
 
 /// A start older than this (since its last update) is over, whatever its instance says.
 fn start_lifetime(app: &AppState) -> chrono::Duration {
-    chrono::Duration::from_std(app.config.launcher.start_timeout.0 + Duration::from_secs(60))
-        .unwrap_or_else(|_| chrono::Duration::hours(1))
+    span(app.config.launcher.start_timeout.0 + Duration::from_secs(60))
 }
 
 /// Whether `rec` is a start that nobody is carrying out any more: it is `starting` (not a
 /// queued job) and the instance that began it has died (or is this one in an earlier life).
 /// On a store shared by several instances, another instance's start counts as interrupted
 /// once its heartbeat is stale; on SQLite this instance is the only one.
-pub async fn interrupted(app: &AppState, rec: &SessionRecord) -> Result<bool, ApiError> {
+pub async fn interrupted(app: &AppState, rec: &SessionRecord) -> Result<bool, TaskError> {
     if rec.state != SessionState::Starting || rec.queued {
         return Ok(false);
     }
@@ -761,7 +740,7 @@ pub enum Recovered {
 
 /// Settles an interrupted start (see [`interrupted`]): adopts what it made, or stops it and
 /// ends the session.
-pub async fn recover_start(app: &AppState, rec: &SessionRecord) -> Result<Recovered, ApiError> {
+pub async fn recover_start(app: &AppState, rec: &SessionRecord) -> Result<Recovered, TaskError> {
     let t = target(rec);
     let found = match app.launcher.recover(&t).await {
         Ok(f) => f,
@@ -799,7 +778,7 @@ pub async fn recover_start(app: &AppState, rec: &SessionRecord) -> Result<Recove
             let mut t = t;
             t.node = Some(launched.node);
             t.display = Some(launched.display);
-            app.launcher.stop(&t).await.map_err(launch_error)?;
+            app.launcher.stop(&t).await?;
             end(
                 app,
                 rec,
@@ -886,8 +865,8 @@ pub async fn delete(app: &AppState, user: &AuthUser, id: &SessionId) -> Result<(
             .await
             .map(|_| ())
     })
-    .await
-    .map_err(ApiError::internal)?
+    .await?
+    .map_err(ApiError::from)
 }
 
 /// `GET …/desktop/vnc/{id}/launchurl`: a fresh connection grant for the viewer. A
@@ -911,9 +890,10 @@ pub async fn launch_url(
             rec.state
         )));
     }
-    let sealed = rec.vnc_password_sealed.as_deref().ok_or_else(|| {
-        ApiError::internal(std::io::Error::other("running session without a password"))
-    })?;
+    let sealed = rec
+        .vnc_password_sealed
+        .as_deref()
+        .ok_or_else(|| ApiError::invariant("a running session without its VNC password"))?;
     let passwords = app
         .server_key
         .open_at_rest(sealed)
@@ -923,8 +903,7 @@ pub async fn launch_url(
     let password = crate::grants::password_for(&passwords, view_only);
     let now = app.clock.now();
     let token = new_grant_token(now);
-    let ttl =
-        chrono::Duration::from_std(app.config.gateway.grant_ttl.0).map_err(ApiError::internal)?;
+    let ttl = span(app.config.gateway.grant_ttl.0);
     app.store
         .insert_grant(GrantRecord {
             token_hash: grant_hash(&token),

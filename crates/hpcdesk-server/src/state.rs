@@ -27,6 +27,12 @@ impl Clock for SystemClock {
     }
 }
 
+/// A configured span of time as the clock's arithmetic takes it, saturating (configuration
+/// validation keeps them far below the limit).
+pub fn span(d: std::time::Duration) -> chrono::Duration {
+    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}
+
 /// Everything the service shares. Cheap to clone.
 #[derive(Clone)]
 pub struct AppState(Arc<Inner>);

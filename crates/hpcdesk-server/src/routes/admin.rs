@@ -1,12 +1,10 @@
 //! Operator endpoints under `/hpcdesk/v1/` (admin role only).
 
 use axum::extract::State;
-use axum::http::StatusCode;
 use axum::response::Response;
-use hpcdesk_core::Envelope;
 
 use crate::auth::AuthUser;
-use crate::error::{ApiError, envelope_response};
+use crate::error::{ApiError, ok};
 use crate::lifecycle;
 use crate::state::AppState;
 
@@ -18,10 +16,7 @@ pub async fn sweep(State(app): State<AppState>, user: AuthUser) -> Result<Respon
         ));
     }
     let report = lifecycle::sweep(&app).await?;
-    Ok(envelope_response(
-        StatusCode::OK,
-        &Envelope::success(report),
-    ))
+    Ok(ok(report))
 }
 
 /// `GET /hpcdesk/v1/nodes`: every node's probe and sessions (what `hpcdesk nodes` shows).
@@ -62,5 +57,5 @@ pub async fn nodes(State(app): State<AppState>, user: AuthUser) -> Result<Respon
             v
         })
         .collect();
-    Ok(envelope_response(StatusCode::OK, &Envelope::success(data)))
+    Ok(ok(data))
 }

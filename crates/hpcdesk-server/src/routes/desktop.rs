@@ -2,19 +2,13 @@
 //! or text.
 
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
 use axum::response::Response;
-use hpcdesk_core::Envelope;
 
 use super::extract::{SessionPath, V2};
 use crate::auth::AuthUser;
-use crate::error::{ApiError, envelope_response};
+use crate::error::{ApiError, ok};
 use crate::sessions;
 use crate::state::AppState;
-
-fn ok<T: serde::Serialize>(data: T) -> Response {
-    envelope_response(StatusCode::OK, &Envelope::success(data))
-}
 
 /// `PUT /hpc/openapi/v2/desktop/vnc`
 #[tracing::instrument(skip_all, fields(user = %user.name()))]

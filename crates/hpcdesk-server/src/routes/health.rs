@@ -4,11 +4,9 @@
 //! /openapi.json`: the API described (OpenAPI 3.1, `openapi.json` in this crate).
 
 use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::Response;
-use hpcdesk_core::Envelope;
+use axum::response::{IntoResponse, Response};
 
-use crate::error::envelope_response;
+use crate::error::{ApiError, ok};
 use crate::state::AppState;
 
 /// How long a readiness check waits for the store.
@@ -36,36 +34,20 @@ async fn store_status(app: &AppState) -> Result<(), String> {
 
 pub async fn health(State(app): State<AppState>) -> Response {
     let store = store_status(&app).await;
-    envelope_response(
-        StatusCode::OK,
-        &Envelope::success(serde_json::json!({
-            "status": if store.is_ok() { "ok" } else { "degraded" },
-            "store": store.err().unwrap_or_else(|| "ok".to_owned()),
-            "version": env!("CARGO_PKG_VERSION"),
-            "launcher": app.launcher.kind(),
-            "clusterId": app.config.auth.cluster_id,
-        })),
-    )
+    ok(serde_json::json!({
+        "status": if store.is_ok() { "ok" } else { "degraded" },
+        "store": store.err().unwrap_or_else(|| "ok".to_owned()),
+        "version": env!("CARGO_PKG_VERSION"),
+        "launcher": app.launcher.kind(),
+        "clusterId": app.config.auth.cluster_id,
+    }))
 }
 
 /// `GET /readyz`: 200 when this instance can serve the API, 503 with the reason otherwise.
 pub async fn ready(State(app): State<AppState>) -> Response {
     match store_status(&app).await {
-        Ok(()) => envelope_response(
-            StatusCode::OK,
-            &Envelope::success(serde_json::json!({"ready": true})),
-        ),
-        Err(why) => {
-            let mut r = envelope_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &Envelope::failure(hpcdesk_core::ApiCode::DesktopService, why),
-            );
-            r.headers_mut().insert(
-                axum::http::header::RETRY_AFTER,
-                axum::http::HeaderValue::from_static("5"),
-            );
-            r
-        }
+        Ok(()) => ok(serde_json::json!({"ready": true})),
+        Err(why) => ApiError::NotReady(why).into_response(),
     }
 }
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
@@ -108,15 +108,13 @@ pub async fn enforce(State(app): State<AppState>, req: Request, next: Next) -> R
         BodyRead::TooLarge => too_large("body is", limits.max_body_bytes),
         BodyRead::TooSlow => {
             tracing::info!(path = %parts.uri.path(), "request body not received in time; closing");
-            let mut r = closing(
-                ApiError::InvalidParameter(format!(
+            closing(
+                ApiError::BodyTimeout(format!(
                     "the request body did not arrive within {}",
                     humantime::format_duration(within)
                 ))
                 .into_response(),
-            );
-            *r.status_mut() = StatusCode::REQUEST_TIMEOUT;
-            r
+            )
         }
         BodyRead::Broken => closing(
             ApiError::InvalidParameter("the request body could not be read".into()).into_response(),

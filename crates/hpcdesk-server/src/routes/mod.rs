@@ -21,7 +21,6 @@ pub mod web;
 
 use axum::Router;
 use axum::extract::Request;
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
@@ -85,12 +84,10 @@ pub fn router(state: AppState) -> Router {
 }
 
 async fn method_not_allowed(req: Request) -> Response {
-    let mut r = ApiError::NoRoute(format!(
+    ApiError::MethodNotAllowed(format!(
         "{} is not allowed on {}",
         req.method(),
         req.uri().path()
     ))
-    .into_response();
-    *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
-    r
+    .into_response()
 }

@@ -2,20 +2,14 @@
 //! platform. Token endpoints are limited per client address before anything else runs.
 
 use axum::extract::{Request, State};
-use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::Response;
-use hpcdesk_core::Envelope;
 
 use super::extract::{AcV2, client_addr, header};
 use crate::accounts;
 use crate::auth::AuthUser;
-use crate::error::{ApiError, envelope_response};
+use crate::error::{ApiError, ok};
 use crate::state::AppState;
-
-fn ok<T: serde::Serialize>(data: T) -> Response {
-    envelope_response(StatusCode::OK, &Envelope::success(data))
-}
 
 fn peer(parts: &Parts, app: &AppState) -> Result<String, ApiError> {
     let peer = client_addr(&parts.headers, &parts.extensions, app);

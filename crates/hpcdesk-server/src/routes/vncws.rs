@@ -13,26 +13,13 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use hpcdesk_core::{ApiCode, Envelope};
-use hpcdesk_gateway::{Refusal, ws};
+use hpcdesk_gateway::ws;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::audit::{self, Kind};
-use crate::error::{ApiError, envelope_response};
+use crate::error::{ApiError, ok};
 use crate::state::AppState;
-
-fn refused(r: &Refusal) -> Response {
-    let code = match r {
-        Refusal::Internal => ApiCode::Internal,
-        Refusal::Missing => ApiCode::MissingParameter,
-        _ => ApiCode::PermissionDenied,
-    };
-    envelope_response(
-        StatusCode::FORBIDDEN,
-        &Envelope::failure(code, r.to_string()),
-    )
-}
 
 pub async fn connect(
     State(app): State<AppState>,
@@ -55,7 +42,7 @@ pub async fn connect(
         Ok(g) => g,
         Err(r) => {
             tracing::info!(%peer, reason = %r, "viewer refused");
-            return refused(&r);
+            return ApiError::from(r).into_response();
         }
     };
     if let Err(r) = app
@@ -63,28 +50,20 @@ pub async fn connect(
         .admit(&grant, app.presence.elsewhere(&grant.session_key))
     {
         tracing::info!(%peer, session = %grant.session_id, reason = %r, "viewer refused");
-        return refused(&r);
+        return ApiError::from(r).into_response();
     }
     let upgrade = match ws::check_upgrade(req.headers()) {
         Ok(u) => u,
         Err(_) if !req.headers().contains_key(header::UPGRADE) => {
-            return envelope_response(
-                StatusCode::OK,
-                &Envelope::success(serde_json::json!({
-                    "sessionId": grant.session_id,
-                    "viewOnly": grant.view_only,
-                })),
-            );
+            return ok(serde_json::json!({
+                "sessionId": grant.session_id,
+                "viewOnly": grant.view_only,
+            }));
         }
-        Err(why) => {
-            let mut r = ApiError::InvalidParameter(why.to_owned()).into_response();
-            *r.status_mut() = StatusCode::BAD_REQUEST;
-            return r;
-        }
+        Err(why) => return ApiError::BadUpgrade(why.to_owned()).into_response(),
     };
     let Some(on_upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
-        return ApiError::internal(std::io::Error::other("connection cannot be upgraded"))
-            .into_response();
+        return ApiError::invariant("an HTTP/1 connection that cannot be upgraded").into_response();
     };
     let gateway = app.gateway.clone();
     let audit_app = app.clone();

@@ -7,8 +7,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use chrono::{DateTime, Local, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use clap::Subcommand;
+use hpcdesk_core::wire::local_time;
 use hpcdesk_server::Config;
 use hpcdesk_server::config::RoleKind;
 use hpcdesk_store::{AccessKeyRecord, AuditFilter, OrgRecord, Store, UserRecord};
@@ -26,11 +27,6 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?)
-}
-
-fn local(t: DateTime<Utc>) -> String {
-    t.with_timezone(&Local)
-        .to_rfc3339_opts(SecondsFormat::Secs, false)
 }
 
 /// Reads a password from stdin (first line).
@@ -223,7 +219,7 @@ pub fn user(file: Option<&Path>, cmd: UserCmd) -> anyhow::Result<ExitCode> {
                                 "name": u.name, "userId": u.user_id,
                                 "computeUser": u.compute_user.as_str(), "role": u.role,
                                 "accountStatus": u.account_status, "homePath": u.home_path,
-                                "createTime": local(u.created_at),
+                                "createTime": local_time(u.created_at),
                             })
                         })
                         .collect();
@@ -238,7 +234,7 @@ pub fn user(file: Option<&Path>, cmd: UserCmd) -> anyhow::Result<ExitCode> {
                                 u.role.clone(),
                                 u.account_status.clone(),
                                 u.user_id.clone(),
-                                local(u.created_at),
+                                local_time(u.created_at),
                             ]
                         })
                         .collect();
@@ -300,13 +296,13 @@ pub fn org(file: Option<&Path>, cmd: OrgCmd) -> anyhow::Result<ExitCode> {
                 if json {
                     let v: Vec<_> = orgs
                         .iter()
-                        .map(|o| serde_json::json!({"orgId": o.org_id, "name": o.name, "createTime": local(o.created_at)}))
+                        .map(|o| serde_json::json!({"orgId": o.org_id, "name": o.name, "createTime": local_time(o.created_at)}))
                         .collect();
                     println!("{}", serde_json::Value::Array(v));
                 } else {
                     let rows: Vec<Vec<String>> = orgs
                         .iter()
-                        .map(|o| vec![o.org_id.clone(), o.name.clone(), local(o.created_at)])
+                        .map(|o| vec![o.org_id.clone(), o.name.clone(), local_time(o.created_at)])
                         .collect();
                     println!("{}", super::table(&["ORG ID", "NAME", "CREATED"], &rows));
                 }
@@ -351,19 +347,19 @@ pub fn key(file: Option<&Path>, cmd: KeyCmd) -> anyhow::Result<ExitCode> {
             KeyCmd::List { json } => {
                 let keys = store.list_access_keys().await?;
                 let state = |k: &AccessKeyRecord| match k.revoked_at {
-                    Some(t) => format!("revoked {}", local(t)),
+                    Some(t) => format!("revoked {}", local_time(t)),
                     None => "active".to_owned(),
                 };
                 if json {
                     let v: Vec<_> = keys
                         .iter()
-                        .map(|k| serde_json::json!({"accessKey": k.access_key, "user": k.user_name, "createTime": local(k.created_at), "state": state(k)}))
+                        .map(|k| serde_json::json!({"accessKey": k.access_key, "user": k.user_name, "createTime": local_time(k.created_at), "state": state(k)}))
                         .collect();
                     println!("{}", serde_json::Value::Array(v));
                 } else {
                     let rows: Vec<Vec<String>> = keys
                         .iter()
-                        .map(|k| vec![k.access_key.clone(), k.user_name.clone(), local(k.created_at), state(k)])
+                        .map(|k| vec![k.access_key.clone(), k.user_name.clone(), local_time(k.created_at), state(k)])
                         .collect();
                     println!("{}", super::table(&["ACCESS KEY", "USER", "CREATED", "STATE"], &rows));
                 }
@@ -402,7 +398,7 @@ pub fn audit(file: Option<&Path>, args: AuditArgs) -> anyhow::Result<ExitCode> {
         if args.json {
             let v: Vec<_> = events
                 .iter()
-                .map(|e| serde_json::json!({"time": local(e.at), "kind": e.kind, "user": e.user, "sessionId": e.session_id, "peer": e.peer, "detail": e.detail}))
+                .map(|e| serde_json::json!({"time": local_time(e.at), "kind": e.kind, "user": e.user, "sessionId": e.session_id, "peer": e.peer, "detail": e.detail}))
                 .collect();
             println!("{}", serde_json::Value::Array(v));
         } else {
@@ -410,7 +406,7 @@ pub fn audit(file: Option<&Path>, args: AuditArgs) -> anyhow::Result<ExitCode> {
                 .iter()
                 .map(|e| {
                     vec![
-                        local(e.at),
+                        local_time(e.at),
                         e.kind.clone(),
                         e.user.clone(),
                         e.session_id.clone(),
