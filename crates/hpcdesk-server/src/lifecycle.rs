@@ -164,10 +164,7 @@ pub async fn reconcile(app: &AppState) -> Result<ReconcileReport, TaskError> {
         }
     }
     app.limits.forget_old();
-    let purged = app
-        .store
-        .purge_grants(now - chrono::Duration::hours(1))
-        .await?;
+    let purged = crate::grants::purge(app).await?;
     if purged > 0 {
         tracing::debug!(purged, "expired grants removed");
     }

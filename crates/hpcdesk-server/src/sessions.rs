@@ -21,19 +21,18 @@
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use hpcdesk_core::claims::Action;
 use hpcdesk_core::wire::{LaunchUrl, SessionItem, local_time};
 use hpcdesk_core::{SessionId, SessionState};
 use hpcdesk_launcher::{
     Launch, LaunchError, Launched, Progress, Queued, Recovery, StartRequest, Target,
 };
-use hpcdesk_store::{Claim, GrantRecord, NewSession, SessionRecord, Started};
-use sha2::{Digest, Sha256};
+use hpcdesk_store::{Claim, NewSession, SessionRecord, Started};
 
 use crate::audit::{self, Kind};
 use crate::auth::AuthUser;
 use crate::error::{ApiError, TaskError};
+use crate::grants;
 use crate::state::{AppState, span};
 
 /// VNC passwords are drawn from this alphabet (8 characters: the RFB limit).
@@ -53,34 +52,6 @@ fn new_vnc_password() -> Vec<u8> {
         }
     }
     out
-}
-
-/// A new grant token: a version-7 UUID, whose first 48 bits are the time in milliseconds and
-/// whose other 74 bits are random. Unguessable all the same (and useless without its `mm`),
-/// while the grants it keys are stored in time order: an insert touches the end of the index
-/// rather than a random page of it, which keeps launch URLs cheap on SQLite.
-fn new_grant_token(now: DateTime<Utc>) -> String {
-    let mut random = [0u8; 10];
-    rand::fill(&mut random);
-    let millis = u64::try_from(now.timestamp_millis()).unwrap_or(0);
-    uuid::Builder::from_unix_timestamp_millis(millis, &random)
-        .into_uuid()
-        .to_string()
-}
-
-/// Key under which a grant token is stored: for a version-7 token, its time (the first 6
-/// bytes, not secret) then the SHA-256 of the whole token; otherwise the SHA-256 alone. The
-/// token itself is never stored.
-pub fn grant_hash(token: &str) -> Vec<u8> {
-    let digest = Sha256::digest(token.as_bytes());
-    match uuid::Uuid::try_parse(token) {
-        Ok(u) if u.get_version_num() == 7 => {
-            let mut key = u.as_bytes()[..6].to_vec();
-            key.extend_from_slice(&digest);
-            key
-        }
-        _ => digest.to_vec(),
-    }
 }
 
 /// The API view of a stored session, with the gateway's live view of its viewers.
@@ -890,32 +861,7 @@ pub async fn launch_url(
             rec.state
         )));
     }
-    let sealed = rec
-        .vnc_password_sealed
-        .as_deref()
-        .ok_or_else(|| ApiError::invariant("a running session without its VNC password"))?;
-    let passwords = app
-        .server_key
-        .open_at_rest(sealed)
-        .map_err(ApiError::internal)?;
-    // Sessions from before view-only passwords have only the first: their view-only viewers
-    // are restrained by the gateway alone.
-    let password = crate::grants::password_for(&passwords, view_only);
-    let now = app.clock.now();
-    let token = new_grant_token(now);
-    let ttl = span(app.config.gateway.grant_ttl.0);
-    app.store
-        .insert_grant(GrantRecord {
-            token_hash: grant_hash(&token),
-            session_key: rec.key.clone(),
-            owner: rec.owner.clone(),
-            view_only,
-            created_at: now,
-            expires_at: now + ttl,
-            revoked: false,
-        })
-        .await?;
-    let mm = app.server_key.seal_for_grant(&token, password);
+    let url = grants::issue(app, &rec, view_only).await?;
     // Who asked, not whose desktop it is: an admin's link to someone's desktop says so.
     let detail = match (view_only, rec.owner == user.name()) {
         (false, true) => String::new(),
@@ -932,23 +878,7 @@ pub async fn launch_url(
         detail,
     )
     .await;
-    let mut path = format!(
-        "/vnc.html?path={}/vncws?token={token}&mm={mm}&resize=remote",
-        app.path_prefix
-    );
-    if view_only {
-        path.push_str("&view_only=true");
-    }
-    Ok(match &app.public_base {
-        Some(base) => LaunchUrl {
-            novnc_url: format!("{base}{path}"),
-            with_domain: true,
-        },
-        None => LaunchUrl {
-            novnc_url: path,
-            with_domain: false,
-        },
-    })
+    Ok(url)
 }
 
 #[cfg(test)]
@@ -962,28 +892,5 @@ mod tests {
         assert_eq!(a.len(), 8);
         assert!(a.iter().all(|c| c.is_ascii_alphanumeric()));
         assert_ne!(a, b);
-    }
-
-    #[test]
-    fn grant_hashes_are_sha256() {
-        assert_eq!(grant_hash("x").len(), 32);
-        assert_ne!(grant_hash("x"), grant_hash("y"));
-    }
-
-    #[test]
-    fn grant_tokens_are_time_ordered_uuids_stored_by_time_then_hash() {
-        let t = Utc::now();
-        let (a, b) = (new_grant_token(t), new_grant_token(t));
-        assert_ne!(a, b, "random part");
-        let u = uuid::Uuid::try_parse(&a).unwrap();
-        assert_eq!(u.get_version_num(), 7);
-        let later = new_grant_token(t + chrono::Duration::milliseconds(5));
-        let (ka, kl) = (grant_hash(&a), grant_hash(&later));
-        assert_eq!(ka.len(), 38);
-        assert!(ka < kl, "stored in time order");
-        assert_eq!(&ka[6..], Sha256::digest(a.as_bytes()).as_slice());
-        // Tokens of earlier versions (UUID v4) still resolve by their plain hash.
-        let v4 = uuid::Uuid::new_v4().to_string();
-        assert_eq!(grant_hash(&v4), Sha256::digest(v4.as_bytes()).to_vec());
     }
 }
