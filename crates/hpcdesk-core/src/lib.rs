@@ -6,11 +6,13 @@
 //! - [`state`]: the session lifecycle ([`SessionState`]) and its legal transitions.
 //! - [`claims`]: the claims of an SCNet token and the account rules attached to them.
 //! - [`wire`]: JSON shapes shared by the server and the CLI client.
+//! - [`duration`]: [`HumanDuration`], spans of time as the configuration writes them.
 //! - [`seal`]: AES-GCM sealing of VNC passwords, at rest and inside launch URLs (`mm`).
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod claims;
+pub mod duration;
 pub mod ids;
 pub mod seal;
 pub mod state;
@@ -18,5 +20,6 @@ pub mod wire;
 
 pub use api::{ApiCode, Envelope, ErrorSource};
 pub use claims::{AccountStatus, Claims};
+pub use duration::HumanDuration;
 pub use ids::{ComputeUser, DisplayNumber, IdError, NodeName, SessionId};
 pub use state::{SessionState, status_reason};

@@ -28,8 +28,8 @@ use hpcdesk_core::{ComputeUser, DisplayNumber, NodeName, SessionId};
 
 pub use agent::Probe;
 pub use local::{LocalConfig, LocalLauncher};
-pub use slurm::{SlurmConfig, SlurmLauncher};
-pub use ssh::{NodeSpec, SshConfig, SshLauncher};
+pub use slurm::{SlurmConfig, SlurmLauncher, SlurmOptions};
+pub use ssh::{NodeSpec, SshConfig, SshLauncher, SshOptions};
 
 /// Why a launcher could not do what was asked. The text is shown to the API caller
 /// (`msg` of 815201 / 815008), so it names the cause but never a secret.

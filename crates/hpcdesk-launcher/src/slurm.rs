@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use hpcdesk_core::{ComputeUser, DisplayNumber, NodeName, SessionId};
+use hpcdesk_core::{ComputeUser, DisplayNumber, HumanDuration, NodeName, SessionId};
 use serde::{Deserialize, Serialize};
 
 use crate::agent::Probe;
@@ -32,29 +32,66 @@ use crate::{
     Recovery, StartRequest, Survey, Target,
 };
 
-#[derive(Debug, Clone)]
-pub struct SlurmConfig {
-    /// The `hpcdesk` binary here (run as the user for the job directory).
-    pub local_agent: PathBuf,
-    /// Path of `hpcdesk` on the compute nodes.
-    pub node_agent: String,
-    /// The node part of session ids.
+/// The `[launcher.slurm]` section of the configuration, as the launcher uses it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SlurmOptions {
+    /// Path of the `hpcdesk` binary on the compute nodes.
+    pub agent: String,
+    /// The node part of Slurm session ids (`slurm--user--SIG--n`).
     pub id_prefix: NodeName,
-    pub sbatch: String,
-    pub squeue: String,
-    pub scancel: String,
-    pub scontrol: String,
-    pub sinfo: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub partition: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub account: Option<String>,
     pub time_limit: String,
     pub cpus: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub memory: Option<String>,
     /// More `sbatch` options, one argv word each.
     pub extra_args: Vec<String>,
     /// Where Xvnc listens in the job: `hostname` (the node's address), `localhost` (hpcdesk
     /// runs on the compute node itself) or an address.
     pub listen: String,
+    pub sbatch: String,
+    pub squeue: String,
+    pub scancel: String,
+    pub scontrol: String,
+    pub sinfo: String,
+    /// How long a job hpcdesk submitted may stay in the queue after its session ended (or
+    /// without its id recorded, after a crash) before reconcile cancels it.
+    pub orphan_grace: HumanDuration,
+}
+
+impl Default for SlurmOptions {
+    fn default() -> Self {
+        SlurmOptions {
+            agent: "/usr/local/bin/hpcdesk".into(),
+            id_prefix: NodeName::parse("slurm").expect("a valid node name"),
+            partition: None,
+            account: None,
+            time_limit: "8:00:00".into(),
+            cpus: 1,
+            memory: None,
+            extra_args: Vec::new(),
+            listen: "hostname".into(),
+            sbatch: "sbatch".into(),
+            squeue: "squeue".into(),
+            scancel: "scancel".into(),
+            scontrol: "scontrol".into(),
+            sinfo: "sinfo".into(),
+            orphan_grace: HumanDuration::secs(120),
+        }
+    }
+}
+
+/// Everything the `slurm` launcher runs on: its section of the configuration and what
+/// start-up decides.
+#[derive(Debug, Clone)]
+pub struct SlurmConfig {
+    pub options: SlurmOptions,
+    /// The `hpcdesk` binary here (run as the user for the job directory).
+    pub local_agent: PathBuf,
     pub desktop: DesktopSettings,
     /// `PATH` for commands run as the user.
     pub path: String,
@@ -121,7 +158,7 @@ impl SlurmLauncher {
 
     /// hpcdesk's jobs in the queue (any user's): (job, user, marker).
     async fn hpcdesk_jobs(&self) -> Result<Vec<(u64, ComputeUser, String)>, LaunchError> {
-        let out = Cmd::new(&self.cfg.squeue)
+        let out = Cmd::new(&self.cfg.options.squeue)
             .args(["-h", "-o", "%i|%u|%j"])
             .timeout(Duration::from_secs(20))
             .output()
@@ -140,7 +177,7 @@ impl SlurmLauncher {
     }
 
     fn user_cmd(&self, program: &str, user: &str) -> Result<Cmd, LaunchError> {
-        let account = account_for(user, &self.cfg.id_prefix)?;
+        let account = account_for(user, &self.cfg.options.id_prefix)?;
         let mut cmd = as_user(std::path::Path::new(program), &account, &self.cfg.path);
         for (k, v) in &self.cfg.env {
             cmd = cmd.env(k, v);
@@ -156,7 +193,7 @@ impl SlurmLauncher {
     /// The batch script: the agent, `exec`ed so Slurm's signals reach it.
     fn script(&self, key: &str, geometry: &str) -> String {
         let mut argv = vec![
-            self.cfg.node_agent.clone(),
+            self.cfg.options.agent.clone(),
             "node".into(),
             "job".into(),
             "--key".into(),
@@ -167,7 +204,7 @@ impl SlurmLauncher {
         argv.extend(remote::desktop_args(
             &self.cfg.desktop,
             geometry,
-            &self.cfg.listen,
+            &self.cfg.options.listen,
         ));
         format!("#!/bin/sh\nexec {}\n", shell_words::join(argv))
     }
@@ -182,7 +219,7 @@ impl SlurmLauncher {
             .map(u64::to_string)
             .collect::<Vec<_>>()
             .join(",");
-        let out = Cmd::new(&self.cfg.squeue)
+        let out = Cmd::new(&self.cfg.options.squeue)
             .args(["-h", "-j", &list, "-o", "%i|%T|%r|%N"])
             .timeout(Duration::from_secs(20))
             .output()
@@ -218,7 +255,7 @@ impl SlurmLauncher {
 
     /// How a job that left the queue ended: `Ok` = orderly (stopped), `Err` = failed.
     async fn ending(&self, job: u64) -> Result<String, String> {
-        let out = Cmd::new(&self.cfg.scontrol)
+        let out = Cmd::new(&self.cfg.options.scontrol)
             .args(["show", "job", "-o", &job.to_string()])
             .timeout(Duration::from_secs(20))
             .output()
@@ -247,17 +284,17 @@ impl SlurmLauncher {
     fn session_id(&self, user: &ComputeUser, job: u64) -> SessionId {
         let n = DisplayNumber::new((job % u64::from(DisplayNumber::MAX + 1)) as u32)
             .expect("in range by construction");
-        SessionId::new(self.cfg.id_prefix.clone(), user.clone(), n)
+        SessionId::new(self.cfg.options.id_prefix.clone(), user.clone(), n)
     }
 
     /// Where the gateway reaches the desktop of a job running on `nodes` (Slurm's word): the
     /// node's address as Slurm knows it (or loopback with `listen = "localhost"`), never what
     /// the job, which runs as the user, reports.
     async fn address(&self, node: &NodeName) -> Result<String, LaunchError> {
-        if self.cfg.listen == "localhost" {
+        if self.cfg.options.listen == "localhost" {
             return Ok("127.0.0.1".into());
         }
-        let out = Cmd::new(&self.cfg.scontrol)
+        let out = Cmd::new(&self.cfg.options.scontrol)
             .args(["show", "node", "-o", node.as_str()])
             .timeout(Duration::from_secs(20))
             .output()
@@ -321,28 +358,28 @@ impl Launcher for SlurmLauncher {
                 .timeout(Duration::from_secs(20))
                 .output()
                 .await,
-            &self.cfg.id_prefix,
+            &self.cfg.options.id_prefix,
         )?;
         let mut sbatch = self
-            .user_cmd(&self.cfg.sbatch, user)?
+            .user_cmd(&self.cfg.options.sbatch, user)?
             .args(["--parsable", "--job-name", &job_name(&key)])
             .arg("--output")
             .arg(format!("{}/slurm-%j.out", prepared.dir))
-            .args(["--time", &self.cfg.time_limit])
+            .args(["--time", &self.cfg.options.time_limit])
             .arg("--cpus-per-task")
-            .arg(self.cfg.cpus.to_string());
-        if let Some(p) = &self.cfg.partition {
+            .arg(self.cfg.options.cpus.to_string());
+        if let Some(p) = &self.cfg.options.partition {
             sbatch = sbatch.args(["--partition", p]);
         }
-        if let Some(a) = &self.cfg.account {
+        if let Some(a) = &self.cfg.options.account {
             sbatch = sbatch.args(["--account", a]);
         }
-        if let Some(m) = &self.cfg.memory {
+        if let Some(m) = &self.cfg.options.memory {
             sbatch = sbatch.args(["--mem", m]);
         }
         let script = self.script(&key, &req.geometry);
         let out = sbatch
-            .args(&self.cfg.extra_args)
+            .args(&self.cfg.options.extra_args)
             .stdin(script.into_bytes())
             .timeout(Duration::from_secs(60))
             .output()
@@ -391,7 +428,7 @@ impl Launcher for SlurmLauncher {
                         .timeout(Duration::from_secs(20))
                         .output()
                         .await,
-                    &self.cfg.id_prefix,
+                    &self.cfg.options.id_prefix,
                 )?;
                 match report.desktop {
                     Some(d) => Ok(Progress::Ready(self.launched(&h, d, &state.nodes).await?)),
@@ -418,7 +455,7 @@ impl Launcher for SlurmLauncher {
 
     async fn stop(&self, target: &Target) -> Result<(), LaunchError> {
         let h = handle_of(target)?;
-        let out = Cmd::new(&self.cfg.scancel)
+        let out = Cmd::new(&self.cfg.options.scancel)
             .arg(h.job.to_string())
             .timeout(Duration::from_secs(20))
             .output()
@@ -501,7 +538,7 @@ impl Launcher for SlurmLauncher {
             .map(|(job, user, marker)| {
                 let first = *since.entry(job).or_insert_with(std::time::Instant::now);
                 Orphan {
-                    node: self.cfg.id_prefix.clone(),
+                    node: self.cfg.options.id_prefix.clone(),
                     user,
                     display: 0,
                     pid: 0,
@@ -521,7 +558,7 @@ impl Launcher for SlurmLauncher {
             return Ok(());
         };
         // Only that user's job: `--user` makes scancel refuse a job id of anyone else.
-        let out = Cmd::new(&self.cfg.scancel)
+        let out = Cmd::new(&self.cfg.options.scancel)
             .arg(format!("--user={}", orphan.user))
             .arg(job.to_string())
             .timeout(Duration::from_secs(20))
@@ -576,7 +613,7 @@ impl Launcher for SlurmLauncher {
     }
 
     async fn nodes(&self, _user: &ComputeUser) -> Vec<NodeReport> {
-        let out = Cmd::new(&self.cfg.sinfo)
+        let out = Cmd::new(&self.cfg.options.sinfo)
             .args(["-h", "-N", "-o", "%N|%T|%c|%O|%m|%e"])
             .timeout(Duration::from_secs(20))
             .output()
@@ -629,7 +666,7 @@ impl SlurmLauncher {
                     .timeout(Duration::from_secs(20))
                     .output()
                     .await,
-                &self.cfg.id_prefix,
+                &self.cfg.options.id_prefix,
             )
             .ok(),
             Err(_) => None,
@@ -651,21 +688,11 @@ mod tests {
     #[test]
     fn the_job_script_execs_the_agent_with_quoted_words() {
         let l = SlurmLauncher::new(SlurmConfig {
+            options: SlurmOptions {
+                agent: "/opt/hpc desk/hpcdesk".into(),
+                ..SlurmOptions::default()
+            },
             local_agent: "/usr/local/bin/hpcdesk".into(),
-            node_agent: "/opt/hpc desk/hpcdesk".into(),
-            id_prefix: NodeName::parse("slurm").unwrap(),
-            sbatch: "sbatch".into(),
-            squeue: "squeue".into(),
-            scancel: "scancel".into(),
-            scontrol: "scontrol".into(),
-            sinfo: "sinfo".into(),
-            partition: None,
-            account: None,
-            time_limit: "8:00:00".into(),
-            cpus: 1,
-            memory: None,
-            extra_args: Vec::new(),
-            listen: "hostname".into(),
             desktop: DesktopSettings {
                 xvnc: "Xvnc".into(),
                 desktop: Some("xterm -e 'top; bash'".into()),

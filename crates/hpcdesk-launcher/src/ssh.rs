@@ -23,7 +23,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use hpcdesk_core::{ComputeUser, DisplayNumber, NodeName};
+use hpcdesk_core::{ComputeUser, DisplayNumber, HumanDuration, NodeName};
+use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
 use crate::agent::{Listing, Probe, StartedDesktop, Stopped};
@@ -34,40 +35,96 @@ use crate::{
     Target,
 };
 
-/// One VNC node of the pool.
-#[derive(Debug, Clone, PartialEq)]
+/// One VNC node of the pool: a `[[launcher.nodes]]` entry of the configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct NodeSpec {
     /// The node's name in session ids.
     pub name: NodeName,
     /// Where ssh connects, and where Xvnc listens for the gateway.
     pub address: String,
+    #[serde(default = "NodeSpec::default_ssh_port")]
     pub ssh_port: u16,
+    #[serde(default = "NodeSpec::default_max_sessions")]
     pub max_sessions: u32,
+    #[serde(default = "NodeSpec::default_max_load")]
     pub max_load_per_core: f64,
+    #[serde(default = "NodeSpec::default_min_free")]
     pub min_free_mem_mib: u64,
 }
 
-#[derive(Debug, Clone)]
-pub struct SshConfig {
-    /// The ssh client.
-    pub ssh: String,
+impl NodeSpec {
+    fn default_ssh_port() -> u16 {
+        22
+    }
+    fn default_max_sessions() -> u32 {
+        20
+    }
+    fn default_max_load() -> f64 {
+        2.0
+    }
+    fn default_min_free() -> u64 {
+        512
+    }
+}
+
+/// The `[launcher.ssh]` section of the configuration, as the launcher uses it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SshOptions {
     /// Path of the `hpcdesk` binary on the nodes.
     pub agent: String,
+    /// The OpenSSH client.
+    pub ssh: String,
+    /// Private key hpcdesk logs in with (as each user).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub identity: Option<PathBuf>,
+    /// known_hosts file with the nodes' host keys (strict checking is always on).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub known_hosts: Option<PathBuf>,
-    /// An ssh_config file instead of the system's.
+    /// An ssh_config file to use instead of the system's.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub config_file: Option<PathBuf>,
-    /// Private directory (0700) for ControlMaster sockets.
-    pub control_dir: PathBuf,
-    pub control_persist: Duration,
-    pub connect_timeout: Duration,
-    /// The account that probes the nodes (a service account the nodes accept).
-    pub probe_user: ComputeUser,
-    /// How often every node is probed.
-    pub probe_every: Duration,
+    pub connect_timeout: HumanDuration,
+    /// How long an idle ControlMaster connection is kept.
+    pub control_persist: HumanDuration,
+    /// How often a service account probes every node for placement (`probe_cache` is the
+    /// old name of this key).
+    #[serde(alias = "probe_cache")]
+    pub probe_every: HumanDuration,
     /// Concurrent commands per node (sshd's MaxSessions is 10 by default).
     pub max_channels: usize,
+    /// The service account that probes the nodes (required with `kind = "ssh"`): placement
+    /// must not rest on what any user's shell prints.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub probe_user: Option<ComputeUser>,
+}
+
+impl Default for SshOptions {
+    fn default() -> Self {
+        SshOptions {
+            agent: "/usr/local/bin/hpcdesk".into(),
+            ssh: "ssh".into(),
+            identity: None,
+            known_hosts: None,
+            config_file: None,
+            connect_timeout: HumanDuration::secs(5),
+            control_persist: HumanDuration::secs(60),
+            probe_every: HumanDuration::secs(10),
+            max_channels: 8,
+            probe_user: None,
+        }
+    }
+}
+
+/// Everything the `ssh` launcher runs on: its section of the configuration, the nodes, and
+/// what start-up decides.
+#[derive(Debug, Clone)]
+pub struct SshConfig {
+    pub options: SshOptions,
     pub nodes: Vec<NodeSpec>,
+    /// Private directory (0700) for ControlMaster sockets.
+    pub control_dir: PathBuf,
     pub desktop: DesktopSettings,
     /// Which accounts may run desktops.
     pub policy: crate::policy::Policy,
@@ -77,6 +134,8 @@ type Probed = (Instant, Result<Probe, String>);
 
 pub struct SshLauncher {
     cfg: SshConfig,
+    /// The account that probes the nodes (`options.probe_user`, required).
+    probe_user: ComputeUser,
     probes: Mutex<HashMap<String, Probed>>,
     /// Bounds concurrent ssh channels per node: one ControlMaster serves at most sshd's
     /// MaxSessions channels, and a node should not be flooded by a burst of creates.
@@ -164,12 +223,16 @@ impl SshLauncher {
             .map(|n| {
                 (
                     n.name.to_string(),
-                    Arc::new(Semaphore::new(cfg.max_channels.max(1))),
+                    Arc::new(Semaphore::new(cfg.options.max_channels.max(1))),
                 )
             })
             .collect();
+        let probe_user = cfg.options.probe_user.clone().ok_or_else(|| {
+            LaunchError::Desktop("launcher.ssh.probe_user is required by the ssh launcher".into())
+        })?;
         Ok(SshLauncher {
             cfg,
+            probe_user,
             probes: Mutex::new(HashMap::new()),
             channels,
         })
@@ -199,18 +262,18 @@ impl SshLauncher {
         let remote = shell_words::join(
             pause
                 .into_iter()
-                .chain(std::iter::once(self.cfg.agent.clone()))
+                .chain(std::iter::once(self.cfg.options.agent.clone()))
                 .chain(agent_args),
         );
-        let secs = self.cfg.connect_timeout.as_secs().max(1);
-        let mut cmd = Cmd::new(&self.cfg.ssh);
-        if let Some(f) = &self.cfg.config_file {
+        let secs = self.cfg.options.connect_timeout.0.as_secs().max(1);
+        let mut cmd = Cmd::new(&self.cfg.options.ssh);
+        if let Some(f) = &self.cfg.options.config_file {
             cmd = cmd.arg("-F").arg(f);
         }
-        if let Some(k) = &self.cfg.identity {
+        if let Some(k) = &self.cfg.options.identity {
             cmd = cmd.arg("-i").arg(k).args(["-o", "IdentitiesOnly=yes"]);
         }
-        if let Some(k) = &self.cfg.known_hosts {
+        if let Some(k) = &self.cfg.options.known_hosts {
             cmd = cmd
                 .arg("-o")
                 .arg(format!("UserKnownHostsFile={}", k.display()));
@@ -225,7 +288,7 @@ impl SshLauncher {
             .arg("-o")
             .arg(format!(
                 "ControlPersist={}",
-                self.cfg.control_persist.as_secs().max(1)
+                self.cfg.options.control_persist.0.as_secs().max(1)
             ))
             .args(["-o", "LogLevel=ERROR"])
             .arg("-p")
@@ -253,7 +316,7 @@ impl SshLauncher {
         };
         let mut cmd = self
             .ssh(node, user, agent_args)
-            .timeout(timeout + self.cfg.connect_timeout);
+            .timeout(timeout + self.cfg.options.connect_timeout.0);
         if let Some(bytes) = stdin {
             cmd = cmd.stdin(bytes);
         }
@@ -265,7 +328,7 @@ impl SshLauncher {
         let out = self
             .run(
                 node,
-                self.cfg.probe_user.as_str(),
+                self.probe_user.as_str(),
                 remote::probe_args(&node.name),
                 None,
                 Duration::from_secs(10),
@@ -597,7 +660,7 @@ impl Launcher for SshLauncher {
                 .filter(|n| {
                     probes
                         .get(n.name.as_str())
-                        .is_none_or(|(at, _)| at.elapsed() >= self.cfg.probe_every)
+                        .is_none_or(|(at, _)| at.elapsed() >= self.cfg.options.probe_every.0)
                 })
                 .collect()
         };
@@ -680,18 +743,13 @@ mod tests {
     #[test]
     fn the_remote_command_is_shell_quoted() {
         let l = SshLauncher::new(SshConfig {
-            ssh: "ssh".into(),
-            agent: "/opt/hpc desk/hpcdesk".into(),
-            identity: None,
-            known_hosts: None,
-            config_file: None,
+            options: SshOptions {
+                agent: "/opt/hpc desk/hpcdesk".into(),
+                probe_user: Some(ComputeUser::parse("hpcprobe").unwrap()),
+                ..SshOptions::default()
+            },
             control_dir: std::env::temp_dir()
                 .join(format!("hpcdesk-ssh-test-{}", std::process::id())),
-            control_persist: Duration::from_secs(60),
-            connect_timeout: Duration::from_secs(5),
-            probe_user: ComputeUser::parse("hpcprobe").unwrap(),
-            probe_every: Duration::from_secs(10),
-            max_channels: 8,
             nodes: vec![spec()],
             desktop: DesktopSettings {
                 xvnc: "Xvnc".into(),

@@ -12,7 +12,12 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+pub use hpcdesk_core::HumanDuration;
+use hpcdesk_core::NodeName;
+use hpcdesk_launcher::remote::DesktopSettings;
+use hpcdesk_launcher::{NodeSpec, SlurmOptions, SshOptions, policy::Policy};
+use hpcdesk_store::StoreUrl;
+use serde::{Deserialize, Serialize};
 
 /// Why the configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -46,29 +51,6 @@ impl Secret {
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("<redacted>")
-    }
-}
-
-/// A duration written like `30s`, `10m`, `24h`, `1h 30m`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HumanDuration(pub Duration);
-
-impl Serialize for HumanDuration {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(self.0).to_string())
-    }
-}
-
-impl<'de> Deserialize<'de> for HumanDuration {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_duration(&s)
-            .map(HumanDuration)
-            .map_err(|e| {
-                serde::de::Error::custom(format!(
-                    "{s:?} is not a duration ({e}); write e.g. 30s, 10m, 24h"
-                ))
-            })
     }
 }
 
@@ -189,148 +171,18 @@ pub struct LauncherConfig {
     pub vnc_tls: bool,
     /// This node's name in session ids; default: the short host name.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub node_name: Option<String>,
+    pub node_name: Option<NodeName>,
     /// The `hpcdesk` binary run as node agent; default: this binary.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub agent: Option<PathBuf>,
     pub display_min: u32,
     pub display_max: u32,
     /// The `ssh` launcher.
-    pub ssh: SshLauncherConfig,
+    pub ssh: SshOptions,
     /// The VNC nodes of the `ssh` launcher.
-    pub nodes: Vec<NodeConfig>,
+    pub nodes: Vec<NodeSpec>,
     /// The `slurm` launcher.
-    pub slurm: SlurmLauncherConfig,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct SshLauncherConfig {
-    /// Path of the `hpcdesk` binary on the nodes.
-    pub agent: String,
-    /// The OpenSSH client.
-    pub ssh: String,
-    /// Private key hpcdesk logs in with (as each user).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub identity: Option<PathBuf>,
-    /// known_hosts file with the nodes' host keys (strict checking is always on).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub known_hosts: Option<PathBuf>,
-    /// An ssh_config file to use instead of the system's.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub config_file: Option<PathBuf>,
-    pub connect_timeout: HumanDuration,
-    /// How long an idle ControlMaster connection is kept.
-    pub control_persist: HumanDuration,
-    /// How often a service account probes every node for placement (`probe_cache` is the
-    /// old name of this key).
-    #[serde(alias = "probe_cache")]
-    pub probe_every: HumanDuration,
-    /// Concurrent commands per node.
-    pub max_channels: usize,
-    /// The service account that probes the nodes (required with `kind = "ssh"`): placement
-    /// must not rest on what any user's shell prints.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub probe_user: Option<String>,
-}
-
-impl Default for SshLauncherConfig {
-    fn default() -> Self {
-        SshLauncherConfig {
-            agent: "/usr/local/bin/hpcdesk".into(),
-            ssh: "ssh".into(),
-            identity: None,
-            known_hosts: None,
-            config_file: None,
-            connect_timeout: HumanDuration(Duration::from_secs(5)),
-            control_persist: HumanDuration(Duration::from_secs(60)),
-            probe_every: HumanDuration(Duration::from_secs(10)),
-            max_channels: 8,
-            probe_user: None,
-        }
-    }
-}
-
-/// One VNC node of the `ssh` launcher.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct NodeConfig {
-    /// The node's name in session ids.
-    pub name: String,
-    /// Where ssh connects and Xvnc listens (the gateway connects there).
-    pub address: String,
-    #[serde(default = "default_ssh_port")]
-    pub ssh_port: u16,
-    #[serde(default = "default_max_sessions")]
-    pub max_sessions: u32,
-    #[serde(default = "default_max_load")]
-    pub max_load_per_core: f64,
-    #[serde(default = "default_min_free")]
-    pub min_free_mem_mib: u64,
-}
-
-fn default_ssh_port() -> u16 {
-    22
-}
-fn default_max_sessions() -> u32 {
-    20
-}
-fn default_max_load() -> f64 {
-    2.0
-}
-fn default_min_free() -> u64 {
-    512
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct SlurmLauncherConfig {
-    /// Path of the `hpcdesk` binary on the compute nodes.
-    pub agent: String,
-    /// The node part of Slurm session ids (`slurm--user--SIG--n`).
-    pub id_prefix: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub partition: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub account: Option<String>,
-    pub time_limit: String,
-    pub cpus: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub memory: Option<String>,
-    /// More sbatch options, one word each.
-    pub extra_args: Vec<String>,
-    /// Where Xvnc listens in the job: `hostname`, `localhost` or an address.
-    pub listen: String,
-    pub sbatch: String,
-    pub squeue: String,
-    pub scancel: String,
-    pub scontrol: String,
-    pub sinfo: String,
-    /// How long a job hpcdesk submitted may stay in the queue after its session ended (or
-    /// without its id recorded, after a crash) before reconcile cancels it.
-    pub orphan_grace: HumanDuration,
-}
-
-impl Default for SlurmLauncherConfig {
-    fn default() -> Self {
-        SlurmLauncherConfig {
-            agent: "/usr/local/bin/hpcdesk".into(),
-            id_prefix: "slurm".into(),
-            partition: None,
-            account: None,
-            time_limit: "8:00:00".into(),
-            cpus: 1,
-            memory: None,
-            extra_args: Vec::new(),
-            listen: "hostname".into(),
-            sbatch: "sbatch".into(),
-            squeue: "squeue".into(),
-            scancel: "scancel".into(),
-            scontrol: "scontrol".into(),
-            sinfo: "sinfo".into(),
-            orphan_grace: HumanDuration(Duration::from_secs(120)),
-        }
-    }
+    pub slurm: SlurmOptions,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -436,9 +288,9 @@ impl Default for LauncherConfig {
             agent: None,
             display_min: 1,
             display_max: 99,
-            ssh: SshLauncherConfig::default(),
+            ssh: SshOptions::default(),
             nodes: Vec::new(),
-            slurm: SlurmLauncherConfig::default(),
+            slurm: SlurmOptions::default(),
         }
     }
 }
@@ -491,7 +343,10 @@ impl Default for LimitsConfig {
 impl fmt::Debug for StoreConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StoreConfig")
-            .field("url", &self.url.as_deref().map(redact_url_password))
+            .field(
+                "url",
+                &self.url.as_deref().map(hpcdesk_store::redact_password),
+            )
             .finish()
     }
 }
@@ -581,11 +436,12 @@ fn set(v: &mut toml::Value, path: &[String], value: toml::Value) {
 }
 
 impl Config {
-    /// Loads defaults < `file` (if any) < the `HPCDESK_SECTION__KEY` variables of `env`.
+    /// Loads defaults < `file` (if any) < the `HPCDESK_SECTION__KEY` variables of `env`, and
+    /// validates the result.
     pub fn load(
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Config, ConfigError> {
+    ) -> Result<Settings, ConfigError> {
         let mut value =
             toml::Value::try_from(Config::default()).map_err(|e| invalid("defaults", e))?;
         let defaults = value.clone();
@@ -612,15 +468,31 @@ impl Config {
             let v = env_value(&raw, like, &k)?;
             set(&mut value, &path, v);
         }
-        let config: Config = value
-            .try_into()
-            .map_err(|e: toml::de::Error| invalid("configuration", e.message()))?;
-        config.validate()?;
-        Ok(config)
+        // With the path of whatever is wrong (`launcher.nodes[1].name: …`).
+        let config: Config = serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            let message = e.into_inner().message().to_owned();
+            if path == "." {
+                invalid("configuration", message)
+            } else {
+                invalid(path, message)
+            }
+        })?;
+        config.validate()
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
-        self.listen_addr()?;
+    /// Checks what the types alone do not, and parses what start-up, the launchers and
+    /// lifecycle take: the one place the configuration is read.
+    pub fn validate(self) -> Result<Settings, ConfigError> {
+        let listen = self.server.listen.parse().map_err(|_| {
+            invalid(
+                "server.listen",
+                format!(
+                    "{:?} is not an address like 127.0.0.1:65106",
+                    self.server.listen
+                ),
+            )
+        })?;
         if self.auth.cluster_id.trim().is_empty() {
             return Err(invalid("auth.cluster_id", "must not be empty"));
         }
@@ -630,13 +502,8 @@ impl Config {
                 "must not be larger than launcher.display_max",
             ));
         }
-        if let Some(n) = &self.launcher.node_name {
-            hpcdesk_core::NodeName::parse(n).map_err(|e| invalid("launcher.node_name", e))?;
-        }
         let mut seen = std::collections::HashSet::new();
         for n in &self.launcher.nodes {
-            hpcdesk_core::NodeName::parse(&n.name)
-                .map_err(|e| invalid("launcher.nodes", format!("{:?}: {e}", n.name)))?;
             if !seen.insert(n.name.clone()) {
                 return Err(invalid(
                     "launcher.nodes",
@@ -656,33 +523,34 @@ impl Config {
                 "launcher.kind = \"ssh\" needs at least one [[launcher.nodes]] entry",
             ));
         }
-        if self.launcher.kind == LauncherKind::Ssh {
-            let user = self.launcher.ssh.probe_user.as_deref().ok_or_else(|| {
-                invalid(
-                    "launcher.ssh.probe_user",
-                    "launcher.kind = \"ssh\" needs the service account that probes the nodes \
-                     (one the nodes accept hpcdesk's key for, e.g. \"hpcdesk\")",
-                )
-            })?;
-            hpcdesk_core::ComputeUser::parse(user)
-                .map_err(|e| invalid("launcher.ssh.probe_user", e))?;
+        if self.launcher.kind == LauncherKind::Ssh && self.launcher.ssh.probe_user.is_none() {
+            return Err(invalid(
+                "launcher.ssh.probe_user",
+                "launcher.kind = \"ssh\" needs the service account that probes the nodes \
+                 (one the nodes accept hpcdesk's key for, e.g. \"hpcdesk\")",
+            ));
         }
         if self.launcher.ssh.probe_every.0 < Duration::from_secs(1) {
             return Err(invalid("launcher.ssh.probe_every", "must be at least 1s"));
         }
-        hpcdesk_core::NodeName::parse(&self.launcher.slurm.id_prefix)
-            .map_err(|e| invalid("launcher.slurm.id_prefix", e))?;
-        if let Some(url) = &self.server.public_url {
-            let uri: axum::http::Uri = url
-                .parse()
-                .map_err(|e| invalid("server.public_url", format!("{url:?}: {e}")))?;
-            if uri.scheme().is_none() || uri.host().is_none() || uri.query().is_some() {
-                return Err(invalid(
-                    "server.public_url",
-                    format!("{url:?} must be an absolute http(s) URL without a query"),
-                ));
+        let public_url = match &self.server.public_url {
+            Some(url) => {
+                let uri: axum::http::Uri = url
+                    .parse()
+                    .map_err(|e| invalid("server.public_url", format!("{url:?}: {e}")))?;
+                if uri.scheme().is_none() || uri.host().is_none() || uri.query().is_some() {
+                    return Err(invalid(
+                        "server.public_url",
+                        format!("{url:?} must be an absolute http(s) URL without a query"),
+                    ));
+                }
+                Some(PublicUrl {
+                    base: url.trim_end_matches('/').to_owned(),
+                    path: uri.path().trim_end_matches('/').to_owned(),
+                })
             }
-        }
+            None => None,
+        };
         for a in &self.server.frame_ancestors {
             let ok = a == "'self'"
                 || a.parse::<axum::http::Uri>()
@@ -694,7 +562,10 @@ impl Config {
                 ));
             }
         }
-        crate::lifecycle::parse_time_of_day(&self.lifecycle.idle_sweep_at)
+        let idle_sweep_at = self
+            .lifecycle
+            .idle_sweep_at
+            .parse()
             .map_err(|e| invalid("lifecycle.idle_sweep_at", e))?;
         let l = &self.limits;
         for (key, v) in [
@@ -735,34 +606,33 @@ impl Config {
         {
             return Err(invalid("auth.jwt_secret", "the list must not be empty"));
         }
-        Ok(())
-    }
-
-    /// Whether the store may be shared by several instances (PostgreSQL); a SQLite file is
-    /// locked to one.
-    pub fn store_is_shared(&self) -> bool {
-        self.store_url().starts_with("postgres")
-    }
-
-    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
-        self.server.listen.parse().map_err(|_| {
-            invalid(
-                "server.listen",
-                format!(
-                    "{:?} is not an address like 127.0.0.1:65106",
-                    self.server.listen
-                ),
-            )
-        })
-    }
-
-    /// The store URL, defaulting to a SQLite file in the data directory.
-    pub fn store_url(&self) -> String {
-        self.store.url.clone().unwrap_or_else(|| {
-            format!(
-                "sqlite://{}",
-                self.server.data_dir.join("hpcdesk.db").display()
-            )
+        let store_url = match &self.store.url {
+            Some(url) => url.parse().map_err(|e| invalid("store.url", e))?,
+            None => StoreUrl::sqlite_file(&self.server.data_dir.join("hpcdesk.db")),
+        };
+        let l = &self.launcher;
+        let desktop = DesktopSettings {
+            xvnc: l.xvnc.clone(),
+            desktop: l.desktop.clone(),
+            depth: l.depth,
+            display_min: l.display_min,
+            display_max: l.display_max,
+            start_timeout: l.start_timeout.0,
+            tls: l.vnc_tls,
+        };
+        let policy = Policy {
+            min_uid: self.auth.min_uid,
+            deny_users: self.auth.deny_users.clone(),
+            allow_groups: self.auth.allow_groups.clone(),
+        };
+        Ok(Settings {
+            listen,
+            store_url,
+            idle_sweep_at,
+            public_url,
+            desktop,
+            policy,
+            config: self,
         })
     }
 
@@ -779,23 +649,72 @@ impl Config {
             ));
         }
         if let Some(url) = &c.store.url {
-            c.store.url = Some(redact_url_password(url));
+            c.store.url = Some(hpcdesk_store::redact_password(url));
         }
         toml::to_string_pretty(&c).unwrap_or_default()
     }
 }
 
-/// `postgres://user:pw@host/db` → `postgres://user:<redacted>@host/db`.
-fn redact_url_password(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let Some((creds, host)) = rest.split_once('@') else {
-        return url.to_owned();
-    };
-    match creds.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:<redacted>@{host}"),
-        None => url.to_owned(),
+/// A validated configuration: the file's values (through `Deref`), and what validation parsed
+/// out of them, typed, which start-up, the launchers and lifecycle take as they are.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    config: Config,
+    /// `server.listen`.
+    pub listen: SocketAddr,
+    /// `store.url`, or the SQLite file in the data directory.
+    pub store_url: StoreUrl,
+    /// `lifecycle.idle_sweep_at`.
+    pub idle_sweep_at: TimeOfDay,
+    /// `server.public_url`, when set.
+    pub public_url: Option<PublicUrl>,
+    /// How desktops are started (the `[launcher]` keys every launcher shares).
+    pub desktop: DesktopSettings,
+    /// Which accounts may run desktops (`auth.min_uid`, `deny_users`, `allow_groups`).
+    pub policy: Policy,
+}
+
+impl std::ops::Deref for Settings {
+    type Target = Config;
+    fn deref(&self) -> &Config {
+        &self.config
+    }
+}
+
+impl Settings {
+    /// The configuration as written (defaults filled in).
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+}
+
+/// `server.public_url`, split the way launch URLs need it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicUrl {
+    /// Without a trailing slash: `https://hpc.example.org/desktop`.
+    pub base: String,
+    /// Its path, without a trailing slash (`/desktop`), or empty.
+    pub path: String,
+}
+
+/// A time of day, `HH:MM` (24 h), server local time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeOfDay {
+    pub hour: u32,
+    pub minute: u32,
+}
+
+impl std::str::FromStr for TimeOfDay {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?} is not a time of day like 01:00");
+        let (h, m) = s.trim().split_once(':').ok_or_else(bad)?;
+        let hour: u32 = h.parse().map_err(|_| bad())?;
+        let minute: u32 = m.parse().map_err(|_| bad())?;
+        if hour > 23 || minute > 59 {
+            return Err(bad());
+        }
+        Ok(TimeOfDay { hour, minute })
     }
 }
 
@@ -816,7 +735,7 @@ mod tests {
     #[test]
     fn no_file_and_no_env_gives_the_documented_defaults() {
         let c = Config::load(None, env(&[])).unwrap();
-        assert_eq!(c.server.listen, "127.0.0.1:65106");
+        assert_eq!(c.listen, "127.0.0.1:65106".parse().unwrap());
         assert_eq!(c.server.data_dir, PathBuf::from("./data"));
         assert_eq!(c.auth.cluster_id, "11112");
         assert_eq!(c.auth.roles.get("1"), Some(&RoleKind::User));
@@ -826,7 +745,8 @@ mod tests {
         assert_eq!(c.gateway.grant_ttl.0, Duration::from_secs(600));
         assert_eq!(c.lifecycle.idle_sweep_at, "01:00");
         assert_eq!(c.lifecycle.idle_after.0, Duration::from_secs(86400));
-        assert_eq!(c.store_url(), "sqlite://./data/hpcdesk.db");
+        assert_eq!(c.store_url.to_string(), "sqlite://./data/hpcdesk.db");
+        assert_eq!(c.idle_sweep_at, TimeOfDay { hour: 1, minute: 0 });
     }
 
     #[test]
@@ -856,7 +776,7 @@ mod tests {
         assert_eq!(c.auth.cluster_id, "11112");
         assert_eq!(c.auth.roles.get("9"), Some(&RoleKind::Admin));
         assert_eq!(
-            c.auth.jwt_secret.unwrap().to_vec(),
+            c.auth.jwt_secret.clone().unwrap().to_vec(),
             vec![Secret::new("123456")]
         );
         assert_eq!(c.launcher.depth, 16);
@@ -871,7 +791,23 @@ mod tests {
             env(&[("HPCDESK_AUTH__JWT_SECRET", "[\"new\", \"old\"]")]),
         )
         .unwrap();
-        assert_eq!(c.auth.jwt_secret.unwrap().to_vec().len(), 2);
+        assert_eq!(c.auth.jwt_secret.clone().unwrap().to_vec().len(), 2);
+    }
+
+    #[test]
+    fn times_of_day_are_hh_mm() {
+        let t = |s: &str| s.parse::<TimeOfDay>();
+        assert_eq!(t("01:00"), Ok(TimeOfDay { hour: 1, minute: 0 }));
+        assert_eq!(
+            t("23:59"),
+            Ok(TimeOfDay {
+                hour: 23,
+                minute: 59
+            })
+        );
+        for bad in ["24:00", "1", "aa:bb", "12:60"] {
+            assert!(t(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

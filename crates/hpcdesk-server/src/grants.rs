@@ -73,16 +73,17 @@ fn stored_key(token: &str) -> Vec<u8> {
 /// The viewer page's address for a grant: relative to the API's origin, or absolute under
 /// `server.public_url`.
 fn launch_url(app: &AppState, token: &str, mm: &str, view_only: bool) -> LaunchUrl {
+    let public = app.config.public_url.as_ref();
     let mut path = format!(
         "/vnc.html?path={}/vncws?token={token}&mm={mm}&resize=remote",
-        app.path_prefix
+        public.map_or("", |p| p.path.as_str())
     );
     if view_only {
         path.push_str("&view_only=true");
     }
-    match &app.public_base {
-        Some(base) => LaunchUrl {
-            novnc_url: format!("{base}{path}"),
+    match public {
+        Some(p) => LaunchUrl {
+            novnc_url: format!("{}{path}", p.base),
             with_domain: true,
         },
         None => LaunchUrl {

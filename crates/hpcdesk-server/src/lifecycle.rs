@@ -26,6 +26,7 @@ use chrono::{DateTime, Local, NaiveTime, TimeZone, Utc};
 use hpcdesk_core::SessionState;
 use hpcdesk_launcher::Liveness;
 
+use crate::config::TimeOfDay;
 use crate::error::TaskError;
 use crate::sessions;
 use crate::state::{AppState, span};
@@ -40,18 +41,6 @@ pub struct ReconcileReport {
     pub adopted: usize,
     pub orphans: usize,
     pub orphans_stopped: usize,
-}
-
-/// Parses `HH:MM` (24 h).
-pub fn parse_time_of_day(s: &str) -> Result<(u32, u32), String> {
-    let bad = || format!("{s:?} is not a time of day like 01:00");
-    let (h, m) = s.trim().split_once(':').ok_or_else(bad)?;
-    let h: u32 = h.parse().map_err(|_| bad())?;
-    let m: u32 = m.parse().map_err(|_| bad())?;
-    if h > 23 || m > 59 {
-        return Err(bad());
-    }
-    Ok((h, m))
 }
 
 /// One reconcile round.
@@ -306,10 +295,10 @@ pub async fn sweep(app: &AppState) -> Result<SweepReport, TaskError> {
     Ok(report)
 }
 
-/// The next time (after `now`) the local clock shows `hh:mm`.
-pub fn next_sweep(now: DateTime<Utc>, (h, m): (u32, u32)) -> DateTime<Utc> {
+/// The next time (after `now`) the local clock shows `at`.
+pub fn next_sweep(now: DateTime<Utc>, at: TimeOfDay) -> DateTime<Utc> {
     let local = now.with_timezone(&Local);
-    let at = NaiveTime::from_hms_opt(h, m, 0).unwrap_or(NaiveTime::MIN);
+    let at = NaiveTime::from_hms_opt(at.hour, at.minute, 0).unwrap_or(NaiveTime::MIN);
     let mut day = local.date_naive();
     loop {
         // A time skipped by a DST change resolves to the next valid instant.
@@ -328,9 +317,7 @@ pub fn next_sweep(now: DateTime<Utc>, (h, m): (u32, u32)) -> DateTime<Utc> {
 
 /// Runs the sweep daily at `lifecycle.idle_sweep_at` until `shutdown` fires.
 pub async fn sweep_loop(app: AppState, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-    let Ok(at) = parse_time_of_day(&app.config.lifecycle.idle_sweep_at) else {
-        return; // validated at start-up
-    };
+    let at = app.config.idle_sweep_at;
     loop {
         let now = app.clock.now();
         let wait = (next_sweep(now, at) - now)
@@ -358,23 +345,18 @@ mod tests {
         let local = now.with_timezone(&Local);
         let soon = local + chrono::Duration::minutes(2);
         use chrono::Timelike;
-        let next = next_sweep(now, (soon.hour(), soon.minute()));
+        let at = |t: chrono::DateTime<Local>| TimeOfDay {
+            hour: t.hour(),
+            minute: t.minute(),
+        };
+        let next = next_sweep(now, at(soon));
         assert!(
             next > now && next - now <= chrono::Duration::minutes(2),
             "{next} vs {now}"
         );
         let past = local - chrono::Duration::minutes(2);
-        let next = next_sweep(now, (past.hour(), past.minute()));
+        let next = next_sweep(now, at(past));
         assert!(next - now > chrono::Duration::hours(23), "{next} vs {now}");
         assert!(next - now <= chrono::Duration::hours(25));
-    }
-
-    #[test]
-    fn times_of_day_are_hh_mm() {
-        assert_eq!(parse_time_of_day("01:00"), Ok((1, 0)));
-        assert_eq!(parse_time_of_day("23:59"), Ok((23, 59)));
-        assert!(parse_time_of_day("24:00").is_err());
-        assert!(parse_time_of_day("1").is_err());
-        assert!(parse_time_of_day("aa:bb").is_err());
     }
 }

@@ -685,7 +685,7 @@ pub async fn interrupted(app: &AppState, rec: &SessionRecord) -> Result<bool, Ta
     if now - rec.updated_at > start_lifetime(app) {
         return Ok(true);
     }
-    if !app.config.store_is_shared() {
+    if !app.config.store_url.is_shared() {
         return Ok(true);
     }
     // A live instance beats every ten seconds; give a young start the benefit of the doubt

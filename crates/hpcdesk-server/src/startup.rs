@@ -10,15 +10,13 @@ use std::sync::Arc;
 use hpcdesk_core::NodeName;
 use hpcdesk_core::seal::ServerKey;
 use hpcdesk_gateway::{Gateway, GatewayConfig, Registry};
-use hpcdesk_launcher::remote::DesktopSettings;
 use hpcdesk_launcher::{
-    Launcher, LocalConfig, LocalLauncher, NodeSpec, SlurmConfig, SlurmLauncher, SshConfig,
-    SshLauncher,
+    Launcher, LocalConfig, LocalLauncher, SlurmConfig, SlurmLauncher, SshConfig, SshLauncher,
 };
-use hpcdesk_store::Store;
+use hpcdesk_store::{Access, Store};
 
 use crate::auth::TokenVerifier;
-use crate::config::{Config, ConfigError, LauncherKind, Secret};
+use crate::config::{Config, ConfigError, LauncherKind, Secret, Settings};
 use crate::state::{AppState, Clock, Inner, SystemClock};
 use crate::{lifecycle, routes};
 
@@ -36,42 +34,6 @@ pub enum StartupError {
     Store(#[from] hpcdesk_store::StoreError),
     #[error("launcher: {0}")]
     Launcher(String),
-    #[error(
-        "another hpcdesk serve uses {path} (it holds {path}.lock); several instances need \
-         PostgreSQL (store.url = \"postgres://…\")"
-    )]
-    StoreInUse { path: String },
-}
-
-/// Locks a SQLite store's file for this process (`<file>.lock`), held as long as the state:
-/// the store keeps sessions in memory, which is right only while no other `serve` writes
-/// them. `None` for PostgreSQL and in-memory databases.
-fn lock_sqlite_file(url: &str) -> Result<Option<nix::fcntl::Flock<std::fs::File>>, StartupError> {
-    let Some(rest) = url.strip_prefix("sqlite:") else {
-        return Ok(None);
-    };
-    let path = rest.trim_start_matches("//");
-    let path = path.split('?').next().unwrap_or(path);
-    if path.is_empty() || path.contains(":memory:") || url.contains("mode=memory") {
-        return Ok(None);
-    }
-    let lock_path = PathBuf::from(format!("{path}.lock"));
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(data_dir_err(&lock_path))?;
-    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
-        Ok(lock) => Ok(Some(lock)),
-        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(StartupError::StoreInUse {
-            path: path.to_owned(),
-        }),
-        Err((_, e)) => Err(StartupError::DataDir {
-            path: lock_path,
-            source: e.into(),
-        }),
-    }
 }
 
 fn data_dir_err(path: &Path) -> impl FnOnce(std::io::Error) -> StartupError + '_ {
@@ -140,10 +102,10 @@ pub fn server_key(config: &Config) -> Result<ServerKey, StartupError> {
 
 /// This machine's node name: configured, or the short host name.
 pub fn node_name(config: &Config) -> Result<NodeName, StartupError> {
-    let name = match &config.launcher.node_name {
-        Some(n) => n.clone(),
-        None => hpcdesk_launcher::agent::short_hostname(),
-    };
+    if let Some(n) = &config.launcher.node_name {
+        return Ok(n.clone());
+    }
+    let name = hpcdesk_launcher::agent::short_hostname();
     NodeName::parse(&name).map_err(|e| {
         StartupError::Launcher(format!(
             "host name {name:?} cannot be used in session ids ({e}); set launcher.node_name"
@@ -151,136 +113,72 @@ pub fn node_name(config: &Config) -> Result<NodeName, StartupError> {
     })
 }
 
-fn desktop_settings(config: &Config) -> DesktopSettings {
-    let l = &config.launcher;
-    DesktopSettings {
-        xvnc: l.xvnc.clone(),
-        desktop: l.desktop.clone(),
-        depth: l.depth,
-        display_min: l.display_min,
-        display_max: l.display_max,
-        start_timeout: l.start_timeout.0,
-        tls: l.vnc_tls,
-    }
-}
-
-/// The account rules every launcher applies (`auth.min_uid`, `deny_users`, `allow_groups`).
-fn account_policy(config: &Config) -> hpcdesk_launcher::policy::Policy {
-    hpcdesk_launcher::policy::Policy {
-        min_uid: config.auth.min_uid,
-        deny_users: config.auth.deny_users.clone(),
-        allow_groups: config.auth.allow_groups.clone(),
-    }
-}
-
 fn this_binary() -> Result<PathBuf, StartupError> {
     std::env::current_exe()
         .map_err(|e| StartupError::Launcher(format!("cannot find the hpcdesk binary: {e}")))
 }
 
-pub fn build_launcher(config: &Config) -> Result<Arc<dyn Launcher>, StartupError> {
-    let l = &config.launcher;
+pub fn build_launcher(settings: &Settings) -> Result<Arc<dyn Launcher>, StartupError> {
+    let l = &settings.launcher;
     let path = std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".to_owned());
     let local_agent = match &l.agent {
         Some(p) => p.clone(),
         None => this_binary()?,
     };
+    let desktop = settings.desktop.clone();
+    let policy = settings.policy.clone();
     match l.kind {
         LauncherKind::Local => Ok(Arc::new(LocalLauncher::new(LocalConfig {
             agent: local_agent,
-            node: node_name(config)?,
-            desktop: desktop_settings(config),
+            node: node_name(settings)?,
+            desktop,
             path,
-            policy: account_policy(config),
+            policy,
         }))),
         LauncherKind::Ssh => {
-            let s = &l.ssh;
-            let nodes = l
-                .nodes
-                .iter()
-                .map(|n| {
-                    Ok(NodeSpec {
-                        name: NodeName::parse(&n.name)
-                            .map_err(|e| StartupError::Launcher(e.to_string()))?,
-                        address: n.address.clone(),
-                        ssh_port: n.ssh_port,
-                        max_sessions: n.max_sessions,
-                        max_load_per_core: n.max_load_per_core,
-                        min_free_mem_mib: n.min_free_mem_mib,
-                    })
-                })
-                .collect::<Result<Vec<_>, StartupError>>()?;
             let launcher = SshLauncher::new(SshConfig {
-                ssh: s.ssh.clone(),
-                agent: s.agent.clone(),
-                identity: s.identity.clone(),
-                known_hosts: s.known_hosts.clone(),
-                config_file: s.config_file.clone(),
-                control_dir: config.server.data_dir.join("ssh"),
-                control_persist: s.control_persist.0,
-                connect_timeout: s.connect_timeout.0,
-                probe_user: hpcdesk_core::ComputeUser::parse(
-                    s.probe_user.as_deref().unwrap_or_default(),
-                )
-                .map_err(|e| StartupError::Launcher(format!("launcher.ssh.probe_user: {e}")))?,
-                probe_every: s.probe_every.0,
-                max_channels: s.max_channels,
-                nodes,
-                desktop: desktop_settings(config),
-                policy: account_policy(config),
+                options: l.ssh.clone(),
+                nodes: l.nodes.clone(),
+                control_dir: settings.server.data_dir.join("ssh"),
+                desktop,
+                policy,
             })
             .map_err(|e| StartupError::Launcher(e.to_string()))?;
             Ok(Arc::new(launcher))
         }
         LauncherKind::Slurm => {
-            let s = &l.slurm;
             let env = std::env::vars()
                 .filter(|(k, _)| k.starts_with("SLURM_"))
                 .collect();
             Ok(Arc::new(SlurmLauncher::new(SlurmConfig {
+                options: l.slurm.clone(),
                 local_agent,
-                node_agent: s.agent.clone(),
-                id_prefix: NodeName::parse(&s.id_prefix)
-                    .map_err(|e| StartupError::Launcher(e.to_string()))?,
-                sbatch: s.sbatch.clone(),
-                squeue: s.squeue.clone(),
-                scancel: s.scancel.clone(),
-                scontrol: s.scontrol.clone(),
-                sinfo: s.sinfo.clone(),
-                partition: s.partition.clone(),
-                account: s.account.clone(),
-                time_limit: s.time_limit.clone(),
-                cpus: s.cpus,
-                memory: s.memory.clone(),
-                extra_args: s.extra_args.clone(),
-                listen: s.listen.clone(),
-                desktop: desktop_settings(config),
+                desktop,
                 path,
                 env,
-                policy: account_policy(config),
+                policy,
             })))
         }
     }
 }
 
 /// Builds the application state: store (migrated), secrets, launcher, token verifier.
-pub async fn build(config: Config) -> Result<AppState, StartupError> {
-    let launcher = build_launcher(&config)?;
-    build_with(config, launcher, Arc::new(SystemClock)).await
+pub async fn build(settings: Settings) -> Result<AppState, StartupError> {
+    let launcher = build_launcher(&settings)?;
+    build_with(settings, launcher, Arc::new(SystemClock)).await
 }
 
 /// [`build`] with a given launcher and clock (tests).
 pub async fn build_with(
-    config: Config,
+    config: Settings,
     launcher: Arc<dyn Launcher>,
     clock: Arc<dyn Clock>,
 ) -> Result<AppState, StartupError> {
-    let url = config.store_url();
-    if url.starts_with("sqlite:") && config.store.url.is_none() {
+    if config.store.url.is_none() {
+        // The default store is a file in the data directory.
         ensure_data_dir(&config)?;
     }
-    let store_lock = lock_sqlite_file(&url)?;
-    let store: Arc<dyn Store> = hpcdesk_store::open(&url).await?;
+    let store: Arc<dyn Store> = hpcdesk_store::open(&config.store_url, Access::Serve).await?;
     let verifier = TokenVerifier::new(
         &jwt_secrets(&config)?,
         &config.auth.cluster_id,
@@ -304,17 +202,6 @@ pub async fn build_with(
             max_viewers_per_session: config.gateway.max_viewers_per_session,
         },
     ));
-    let (public_base, path_prefix) = match &config.server.public_url {
-        Some(url) => {
-            let base = url.trim_end_matches('/').to_owned();
-            let prefix = base
-                .parse::<axum::http::Uri>()
-                .map(|u| u.path().trim_end_matches('/').to_owned())
-                .unwrap_or_default();
-            (Some(base), prefix)
-        }
-        None => (None, String::new()),
-    };
     let limits = crate::throttle::Limits::new(&config.limits);
     let config_ancestors = config.server.frame_ancestors.clone();
     Ok(AppState::new(Inner {
@@ -329,11 +216,8 @@ pub async fn build_with(
         account_status: crate::accounts::StatusCache::default(),
         metrics: crate::metrics::Metrics::default(),
         presence: crate::presence::Presence::default(),
-        public_base,
-        path_prefix,
         csp: crate::routes::web::content_security_policy(&config_ancestors),
         in_flight: Default::default(),
-        _store_lock: store_lock,
     }))
 }
 
@@ -365,7 +249,7 @@ pub async fn serve(
     let sweep = tokio::spawn(lifecycle::sweep_loop(state.clone(), stop_rx.clone()));
     let queued = tokio::spawn(lifecycle::queued_loop(state.clone(), stop_rx.clone()));
     // Only a shared store can have other instances (a SQLite file is locked to this one).
-    let presence = state.config.store_is_shared().then(|| {
+    let presence = state.config.store_url.is_shared().then(|| {
         tokio::spawn(crate::presence::presence_loop(
             state.clone(),
             stop_rx.clone(),

@@ -10,7 +10,7 @@ use hpcdesk_launcher::Launcher;
 use hpcdesk_store::Store;
 
 use crate::auth::TokenVerifier;
-use crate::config::Config;
+use crate::config::Settings;
 
 /// Where "now" comes from; tests substitute a clock they control.
 pub trait Clock: Send + Sync + 'static {
@@ -38,7 +38,8 @@ pub fn span(d: std::time::Duration) -> chrono::Duration {
 pub struct AppState(Arc<Inner>);
 
 pub struct Inner {
-    pub config: Config,
+    /// The validated configuration (`app.config.launcher…` reads the file's values).
+    pub config: Settings,
     pub store: Arc<dyn Store>,
     pub launcher: Arc<dyn Launcher>,
     pub verifier: TokenVerifier,
@@ -50,16 +51,10 @@ pub struct Inner {
     pub metrics: crate::metrics::Metrics,
     /// Viewers on other instances sharing the store.
     pub presence: crate::presence::Presence,
-    /// `public_url` without a trailing slash, when configured.
-    pub public_base: Option<String>,
-    /// The path part of `public_url` (e.g. `/desktop`), or empty.
-    pub path_prefix: String,
     /// The Content-Security-Policy of the pages (from `server.frame_ancestors`).
     pub csp: String,
     /// The desktop starts this instance is carrying out right now.
     pub in_flight: crate::sessions::InFlight,
-    /// This process's lock on a SQLite store file, released when the state is dropped.
-    pub _store_lock: Option<nix::fcntl::Flock<std::fs::File>>,
 }
 
 impl AppState {

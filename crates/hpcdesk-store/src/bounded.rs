@@ -156,7 +156,11 @@ mod tests {
     async fn a_call_that_never_answers_is_unavailable_after_the_limit() {
         let limit = Duration::from_millis(200);
         let store = Bounded::new(
-            Arc::new(crate::SqliteStore::open("sqlite::memory:").await.unwrap()),
+            Arc::new(
+                crate::SqliteStore::open(&"sqlite::memory:".parse().unwrap(), crate::Access::Serve)
+                    .await
+                    .unwrap(),
+            ),
             limit,
         );
         let started = tokio::time::Instant::now();

@@ -1,5 +1,6 @@
-//! The visible sessions held in memory, for a store that this process alone writes (the
-//! SQLite file of one `hpcdesk serve`; `hpcdesk serve` locks it against a second one).
+//! The visible sessions held in memory, for a store that this process alone writes: the
+//! SQLite file of one `hpcdesk serve`, whose lock on the file ([`SessionCache::new`]) the
+//! cache holds, so that the snapshot and what makes it right live and die together.
 //!
 //! Launch URLs, lists and the gateway read sessions far more often than anything changes
 //! them, and on SQLite each read is a round trip to a connection's worker thread. So reads are
@@ -48,11 +49,24 @@ impl Snapshot {
 
 #[derive(Debug, Default)]
 pub(crate) struct SessionCache {
+    /// This process's exclusive lock on the database file (`None` for a database in
+    /// memory, which no one else can reach): released when the cache is dropped.
+    _lock: Option<std::fs::File>,
     generation: AtomicU64,
     /// `None` until first built. A plain mutex: held only to clone or swap the `Arc`.
     snapshot: Mutex<Option<Arc<Snapshot>>>,
     /// One rebuild at a time; the others wait for it instead of querying too.
     rebuilding: tokio::sync::Mutex<()>,
+}
+
+impl SessionCache {
+    /// A cache kept safe by `lock` (see the field).
+    pub(crate) fn new(lock: Option<std::fs::File>) -> Self {
+        SessionCache {
+            _lock: lock,
+            ..SessionCache::default()
+        }
+    }
 }
 
 /// Advances the cache's generation when dropped (at the end of a session write).

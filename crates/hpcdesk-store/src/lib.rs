@@ -16,6 +16,7 @@ mod cache;
 pub mod postgres;
 pub mod sql;
 pub mod sqlite;
+mod url;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -24,6 +25,19 @@ use hpcdesk_core::{ComputeUser, DisplayNumber, NodeName, SessionId, SessionState
 pub use postgres::PostgresStore;
 pub use sql::{Backend, SqlStore};
 pub use sqlite::SqliteStore;
+pub use url::{StoreUrl, redact_password};
+
+/// How this process uses the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// `hpcdesk serve`: this process runs the sessions. A SQLite file is locked to it (a
+    /// second `serve` is refused with [`StoreError::InUse`]) and its sessions are kept in
+    /// memory.
+    Serve,
+    /// An admin command beside a running `serve` (accounts, keys, the audit log): no lock,
+    /// no session cache.
+    Admin,
+}
 
 /// Errors of the store. Callers treat all of them as internal (10001) except where a
 /// method documents otherwise; the cause goes to the log, never to the client.
@@ -46,6 +60,19 @@ pub enum StoreError {
     /// Holds only the URL's scheme: the rest may carry a password.
     #[error("unsupported store url scheme {0:?} (expected sqlite://… or postgres://…)")]
     UnsupportedUrl(String),
+    /// Another `hpcdesk serve` holds the SQLite file.
+    #[error(
+        "another hpcdesk serve uses {path} (it holds {path}.lock); several instances need \
+         PostgreSQL (store.url = \"postgres://…\")"
+    )]
+    InUse { path: String },
+    /// The SQLite file's lock could not be taken.
+    #[error("cannot lock {path}: {source}")]
+    Lock {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     /// A row with that key exists already (shown to admins as is).
     #[error("{0} already exists")]
     Exists(String),
@@ -98,11 +125,6 @@ impl StoreError {
     /// Whether the database could not be used at all (see [`StoreError::Unavailable`]).
     pub fn is_unavailable(&self) -> bool {
         matches!(self, StoreError::Unavailable(_))
-    }
-
-    pub(crate) fn unsupported(url: &str) -> StoreError {
-        let scheme = url.split_once(':').map_or("", |(scheme, _)| scheme);
-        StoreError::UnsupportedUrl(scheme.to_owned())
     }
 }
 
@@ -452,13 +474,10 @@ pub trait Store: Send + Sync + 'static {
 
 /// Opens the store `url` names: `sqlite://…` (or `sqlite::memory:`) or `postgres://…`.
 /// Every call of the store returned is bounded by [`bounded::CALL_LIMIT`].
-pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>, StoreError> {
-    let store: std::sync::Arc<dyn Store> = if url.starts_with("sqlite:") {
-        std::sync::Arc::new(SqliteStore::open(url).await?)
-    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        std::sync::Arc::new(PostgresStore::open(url).await?)
-    } else {
-        return Err(StoreError::unsupported(url));
+pub async fn open(url: &StoreUrl, access: Access) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+    let store: std::sync::Arc<dyn Store> = match url {
+        StoreUrl::Sqlite { .. } => std::sync::Arc::new(SqliteStore::open(url, access).await?),
+        StoreUrl::Postgres { .. } => std::sync::Arc::new(PostgresStore::open(url).await?),
     };
     Ok(std::sync::Arc::new(bounded::Bounded::new(
         store,

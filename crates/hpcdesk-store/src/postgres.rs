@@ -13,8 +13,8 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, Postgres};
 
-use crate::StoreError;
 use crate::sql::SqlStore;
+use crate::{StoreError, StoreUrl};
 
 /// The store on a PostgreSQL database.
 pub type PostgresStore = SqlStore<Postgres>;
@@ -31,10 +31,10 @@ const MAX_CONNECTIONS: u32 = 16;
 impl SqlStore<Postgres> {
     /// Connects to `url` (`postgres://user:password@host:port/database?sslmode=…`) and brings
     /// the schema up to date. The database must exist; hpcdesk creates its tables.
-    pub async fn open(url: &str) -> Result<Self, StoreError> {
-        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-            return Err(StoreError::unsupported(url));
-        }
+    pub async fn open(url: &StoreUrl) -> Result<Self, StoreError> {
+        let StoreUrl::Postgres { url } = url else {
+            return Err(StoreError::UnsupportedUrl("sqlite".into()));
+        };
         let options = PgConnectOptions::from_str(url)?.application_name("hpcdesk");
         // One connection first, so that a refused connection or a wrong password is reported
         // as such at once rather than as a pool that timed out.
@@ -50,6 +50,7 @@ impl SqlStore<Postgres> {
             .connect_with(options)
             .await?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
-        Ok(Self::with_pools(pool.clone(), pool, false))
+        // Shared by instances: nothing is cached.
+        Ok(Self::with_pools(pool.clone(), pool, None))
     }
 }

@@ -164,17 +164,22 @@ where
     for<'q> &'q [u8]: Encode<'q, DB> + Type<DB>,
     &'static str: ColumnIndex<DB::Row>,
 {
-    /// A store on `pool` (reads) and `writer` (writes), whose schema is up to date; with
-    /// `cached`, sessions are read from memory (only for a database no other process writes
-    /// sessions to). Starts the grant writer, so it must be called inside a Tokio runtime.
-    pub(crate) fn with_pools(pool: Pool<DB>, writer: Pool<DB>, cached: bool) -> Self {
+    /// A store on `pool` (reads) and `writer` (writes), whose schema is up to date; with a
+    /// `cache`, sessions are read from memory (only for a database no other process writes
+    /// sessions to, which the cache's lock ensures). Starts the grant writer, so it must be
+    /// called inside a Tokio runtime.
+    pub(crate) fn with_pools(
+        pool: Pool<DB>,
+        writer: Pool<DB>,
+        cache: Option<SessionCache>,
+    ) -> Self {
         let (tx, rx) = tokio::sync::mpsc::channel(4 * GRANT_BATCH);
         tokio::spawn(Self::grant_writer(writer.clone(), rx));
         SqlStore {
             pool,
             writer,
             grants: tx,
-            cache: cached.then(|| Arc::new(SessionCache::default())),
+            cache: cache.map(Arc::new),
         }
     }
 

@@ -1,6 +1,10 @@
 //! SQLite backend of the [`Store`](crate::Store): one file under the data directory, WAL
 //! journal, a pool of readers beside one writer connection, migrations embedded at build
 //! time (`migrations/sqlite`). The zero-set-up default for a single hpcdesk instance.
+//!
+//! `hpcdesk serve` keeps the sessions in memory ([`crate::cache`]), which is right only while
+//! no other `serve` writes them: it locks `<file>.lock` for as long as the store lives, and
+//! the lock is held by the cache itself.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -8,8 +12,9 @@ use std::time::Duration;
 use sqlx::Sqlite;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
-use crate::StoreError;
+use crate::cache::SessionCache;
 use crate::sql::SqlStore;
+use crate::{Access, StoreError, StoreUrl};
 
 /// How long a call waits for a connection (writers queue for the one writer connection).
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -18,20 +23,25 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 pub type SqliteStore = SqlStore<Sqlite>;
 
 impl SqlStore<Sqlite> {
-    /// Opens (creating if needed) the database at `url` (`sqlite://path` or `sqlite::memory:`)
-    /// and brings its schema up to date.
-    pub async fn open(url: &str) -> Result<Self, StoreError> {
-        if !url.starts_with("sqlite:") {
-            return Err(StoreError::unsupported(url));
-        }
+    /// Opens (creating if needed) the SQLite database `url` names and brings its schema up
+    /// to date; for [`Access::Serve`], first locks its file to this process.
+    pub async fn open(url: &StoreUrl, access: Access) -> Result<Self, StoreError> {
+        let StoreUrl::Sqlite { url, file } = url else {
+            return Err(StoreError::UnsupportedUrl("postgres".into()));
+        };
+        let cache = match (access, file) {
+            (Access::Serve, Some(file)) => Some(SessionCache::new(Some(lock(file)?))),
+            // In memory: no other process can reach it.
+            (Access::Serve, None) => Some(SessionCache::new(None)),
+            (Access::Admin, _) => None,
+        };
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
-        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
-        if in_memory {
+        if file.is_none() {
             // One connection holds the whole database: it reads and writes.
             let pool = SqlitePoolOptions::new()
                 .max_connections(1)
@@ -41,7 +51,7 @@ impl SqlStore<Sqlite> {
                 .connect_with(options)
                 .await?;
             sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-            return Ok(Self::with_pools(pool.clone(), pool, true));
+            return Ok(Self::with_pools(pool.clone(), pool, cache));
         }
         // A checkpoint copies the WAL into the database and syncs both: milliseconds that fall
         // on whichever commit crosses the threshold. Grants rewrite the same few pages with
@@ -67,6 +77,28 @@ impl SqlStore<Sqlite> {
             .max_lifetime(Some(Duration::from_secs(3600)))
             .connect_with(options)
             .await?;
-        Ok(Self::with_pools(pool, writer, true))
+        Ok(Self::with_pools(pool, writer, cache))
+    }
+}
+
+/// Takes the exclusive lock on `<file>.lock` (created if missing) without waiting.
+fn lock(file: &std::path::Path) -> Result<std::fs::File, StoreError> {
+    let path = format!("{}.lock", file.display());
+    let lock_err = |source| StoreError::Lock {
+        path: path.clone(),
+        source,
+    };
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(lock_err)?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::InUse {
+            path: file.display().to_string(),
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(lock_err(e)),
     }
 }

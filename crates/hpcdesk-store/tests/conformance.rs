@@ -7,7 +7,7 @@ use std::sync::Arc;
 use chrono::{Duration, Utc};
 use hpcdesk_core::{ComputeUser, DisplayNumber, NodeName, SessionId, SessionState};
 use hpcdesk_store::{
-    AccessKeyRecord, AuditEvent, AuditFilter, Claim, GrantRecord, NewSession, OrgRecord,
+    Access, AccessKeyRecord, AuditEvent, AuditFilter, Claim, GrantRecord, NewSession, OrgRecord,
     PostgresStore, SqliteStore, Started, Store, StoreError, UserRecord,
 };
 
@@ -58,7 +58,11 @@ fn started(display: u32) -> Started {
 async fn sqlite() -> (Arc<dyn Store>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}/t.db", dir.path().display());
-    (Arc::new(SqliteStore::open(&url).await.unwrap()), dir)
+    let url = url.parse().unwrap();
+    (
+        Arc::new(SqliteStore::open(&url, Access::Serve).await.unwrap()),
+        dir,
+    )
 }
 
 /// A fresh database on the test server, dropped when the value is.
@@ -105,7 +109,7 @@ async fn postgres() -> Option<(Arc<dyn Store>, PgDatabase)> {
         .unwrap();
     let (base, _) = admin_url.rsplit_once('/').unwrap();
     let url = format!("{base}/{name}");
-    let store = PostgresStore::open(&url).await.unwrap();
+    let store = PostgresStore::open(&url.parse().unwrap()).await.unwrap();
     Some((Arc::new(store), PgDatabase { admin_url, name }))
 }
 
@@ -1021,18 +1025,50 @@ on_every_backend!(
     audit_lines_and_grants_at_once_are_all_kept,
 );
 
+/// A SQLite file is locked to the one store that serves it (its sessions live in that
+/// store's memory) for as long as that store lives; admin commands beside it need no lock.
+#[tokio::test]
+async fn a_sqlite_file_serves_one_store_at_a_time_and_admins_beside_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let url: hpcdesk_store::StoreUrl = format!("sqlite://{}/t.db", dir.path().display())
+        .parse()
+        .unwrap();
+    let first = SqliteStore::open(&url, Access::Serve).await.unwrap();
+    let second = SqliteStore::open(&url, Access::Serve).await.unwrap_err();
+    assert!(matches!(second, StoreError::InUse { .. }), "{second:?}");
+    assert!(
+        second.to_string().contains("another hpcdesk serve uses"),
+        "{second}"
+    );
+    let admin = SqliteStore::open(&url, Access::Admin).await.unwrap();
+    admin
+        .add_org(OrgRecord {
+            org_id: "o1".into(),
+            name: "Org".into(),
+            created_at: Utc::now(),
+        })
+        .await
+        .unwrap();
+    drop(first);
+    let again = SqliteStore::open(&url, Access::Serve).await.unwrap();
+    assert_eq!(
+        again.list_orgs().await.unwrap().len(),
+        1,
+        "the admin's write is there"
+    );
+}
+
 /// A SQLite file that refuses writes (read-only here; a full disk is the same to hpcdesk) is
 /// "unavailable", with nothing written, and not an internal error.
 #[tokio::test]
 async fn a_sqlite_file_that_refuses_writes_is_unavailable_and_nothing_is_written() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("t.db");
-    let rw = SqliteStore::open(&format!("sqlite://{}", path.display()))
-        .await
-        .unwrap();
+    let url = |q: &str| format!("sqlite://{}{q}", path.display()).parse().unwrap();
+    let rw = SqliteStore::open(&url(""), Access::Serve).await.unwrap();
     let before = rw.claim_session(new_session("ro0")).await.unwrap();
     drop(rw);
-    let ro = SqliteStore::open(&format!("sqlite://{}?mode=ro", path.display()))
+    let ro = SqliteStore::open(&url("?mode=ro"), Access::Serve)
         .await
         .unwrap();
     let err = ro.claim_session(new_session("ro1")).await.unwrap_err();

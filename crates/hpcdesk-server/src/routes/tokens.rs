@@ -72,8 +72,8 @@ pub async fn center(
     user: AuthUser,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let base = match &app.public_base {
-        Some(b) => b.clone(),
+    let base = match &app.config.public_url {
+        Some(p) => p.base.clone(),
         None => {
             let host = req
                 .headers()

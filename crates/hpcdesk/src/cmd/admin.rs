@@ -11,14 +11,15 @@ use chrono::{DateTime, Utc};
 use clap::Subcommand;
 use hpcdesk_core::wire::local_time;
 use hpcdesk_server::Config;
-use hpcdesk_server::config::RoleKind;
+use hpcdesk_server::config::{RoleKind, Settings};
 use hpcdesk_store::{AccessKeyRecord, AuditFilter, OrgRecord, Store, UserRecord};
 
-async fn open(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+/// The store, beside a `serve` that may be running (no lock, no session cache).
+async fn open(config: &Settings) -> anyhow::Result<Arc<dyn Store>> {
     if config.store.url.is_none() {
         hpcdesk_server::startup::ensure_data_dir(config)?;
     }
-    hpcdesk_store::open(&config.store_url())
+    hpcdesk_store::open(&config.store_url, hpcdesk_store::Access::Admin)
         .await
         .with_context(|| "cannot open the store")
 }

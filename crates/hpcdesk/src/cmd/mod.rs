@@ -10,9 +10,10 @@ pub mod token;
 use std::path::Path;
 
 use hpcdesk_server::Config;
+use hpcdesk_server::config::Settings;
 
 /// Loads the configuration the same way for every command: file (if any) then environment.
-pub fn load_config(file: Option<&Path>) -> anyhow::Result<Config> {
+pub fn load_config(file: Option<&Path>) -> anyhow::Result<Settings> {
     Ok(Config::load(file, std::env::vars())?)
 }
 

@@ -51,7 +51,7 @@ pub fn run(file: Option<&Path>) -> anyhow::Result<ExitCode> {
     let config = super::load_config(file)?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        let addr = config.listen_addr()?;
+        let addr = config.listen;
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
