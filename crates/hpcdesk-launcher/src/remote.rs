@@ -6,6 +6,7 @@ use std::time::Duration;
 use hpcdesk_core::{DisplayNumber, NodeName};
 use serde::{Deserialize, Serialize};
 
+use crate::agent::cli::{DesktopOpts, NodeCommand};
 use crate::agent::{AgentError, ErrorKind, Listing, LiveDesktop, StartedDesktop};
 use crate::process::ProcessError;
 use crate::{LaunchError, Launched, Liveness, Orphan, Survey, Target};
@@ -23,37 +24,7 @@ pub struct DesktopSettings {
     pub tls: bool,
 }
 
-/// The agent's options for starting a desktop (after `node start` / `node job`).
-pub fn desktop_args(s: &DesktopSettings, geometry: &str, listen: &str) -> Vec<String> {
-    let mut a: Vec<String> = vec![
-        "--xvnc".into(),
-        s.xvnc.clone(),
-        "--geometry".into(),
-        geometry.into(),
-        "--depth".into(),
-        s.depth.to_string(),
-        "--display-min".into(),
-        s.display_min.to_string(),
-        "--display-max".into(),
-        s.display_max.to_string(),
-        "--listen".into(),
-        listen.into(),
-        "--timeout".into(),
-        humantime::format_duration(s.start_timeout).to_string(),
-    ];
-    if let Some(d) = &s.desktop {
-        a.push("--desktop".into());
-        a.push(d.clone());
-    }
-    // On loopback the gateway and Xvnc share the machine; elsewhere the leg crosses the
-    // network and is encrypted.
-    if s.tls && listen != "localhost" {
-        a.push("--tls".into());
-    }
-    a
-}
-
-/// `node start --node N --marker M …`.
+/// `node start --node N --marker M …` (see [`NodeCommand`]).
 pub fn start_args(
     node: &NodeName,
     s: &DesktopSettings,
@@ -61,45 +32,19 @@ pub fn start_args(
     listen: &str,
     marker: &str,
 ) -> Vec<String> {
-    let mut a = vec![
-        "node".into(),
-        "start".into(),
-        "--node".into(),
-        node.to_string(),
-        "--marker".into(),
-        marker.into(),
-    ];
-    a.extend(desktop_args(s, geometry, listen));
-    a
+    NodeCommand::Start(DesktopOpts::new(Some(node), s, geometry, listen, marker)).to_args()
 }
 
 pub fn stop_args(node: &NodeName, display: DisplayNumber) -> Vec<String> {
-    vec![
-        "node".into(),
-        "stop".into(),
-        "--node".into(),
-        node.to_string(),
-        "--display".into(),
-        display.to_string(),
-    ]
+    NodeCommand::stop(node, display).to_args()
 }
 
 pub fn list_args(node: &NodeName) -> Vec<String> {
-    vec![
-        "node".into(),
-        "list".into(),
-        "--node".into(),
-        node.to_string(),
-    ]
+    NodeCommand::list(node).to_args()
 }
 
 pub fn probe_args(node: &NodeName) -> Vec<String> {
-    vec![
-        "node".into(),
-        "probe".into(),
-        "--node".into(),
-        node.to_string(),
-    ]
+    NodeCommand::probe(node).to_args()
 }
 
 /// What a launcher stores per desktop the agent started.

@@ -23,6 +23,7 @@ use hpcdesk_core::{ComputeUser, DisplayNumber, HumanDuration, NodeName, SessionI
 use serde::{Deserialize, Serialize};
 
 use crate::agent::Probe;
+use crate::agent::cli::{DesktopOpts, NodeCommand};
 use crate::agent::job::{JobReport, Prepared};
 use crate::local::{account_for, as_user};
 use crate::process::{Cmd, ProcessError, last_line};
@@ -192,20 +193,18 @@ impl SlurmLauncher {
 
     /// The batch script: the agent, `exec`ed so Slurm's signals reach it.
     fn script(&self, key: &str, geometry: &str) -> String {
-        let mut argv = vec![
-            self.cfg.options.agent.clone(),
-            "node".into(),
-            "job".into(),
-            "--key".into(),
-            key.into(),
-            "--marker".into(),
-            key.into(),
-        ];
-        argv.extend(remote::desktop_args(
-            &self.cfg.desktop,
-            geometry,
-            &self.cfg.options.listen,
-        ));
+        let job = NodeCommand::Job {
+            key: key.to_owned(),
+            desktop: DesktopOpts::new(
+                None,
+                &self.cfg.desktop,
+                geometry,
+                &self.cfg.options.listen,
+                key,
+            ),
+        };
+        let mut argv = vec![self.cfg.options.agent.clone()];
+        argv.extend(job.to_args());
         format!("#!/bin/sh\nexec {}\n", shell_words::join(argv))
     }
 
@@ -353,7 +352,7 @@ impl Launcher for SlurmLauncher {
         let pw = req.stdin();
         let prepared: Prepared = agent_reply(
             self.local_agent(user)?
-                .args(["node", "job-prepare", "--key", &key])
+                .args(NodeCommand::JobPrepare { key: key.clone() }.to_args())
                 .stdin(pw)
                 .timeout(Duration::from_secs(20))
                 .output()
@@ -424,7 +423,7 @@ impl Launcher for SlurmLauncher {
             "CONFIGURING" | "RUNNING" => {
                 let report: JobReport = agent_reply(
                     self.local_agent(target.compute_user.as_str())?
-                        .args(["node", "job-report", "--key", &h.key])
+                        .args(NodeCommand::JobReport { key: h.key.clone() }.to_args())
                         .timeout(Duration::from_secs(20))
                         .output()
                         .await,
@@ -477,7 +476,7 @@ impl Launcher for SlurmLauncher {
         }
         let _ = self
             .local_agent(target.compute_user.as_str())?
-            .args(["node", "job-clean", "--key", &h.key])
+            .args(NodeCommand::JobClean { key: h.key.clone() }.to_args())
             .timeout(Duration::from_secs(20))
             .output()
             .await;
@@ -591,7 +590,12 @@ impl Launcher for SlurmLauncher {
         let Some(job) = job else {
             let _ = self
                 .local_agent(user)?
-                .args(["node", "job-clean", "--key", &start.marker])
+                .args(
+                    NodeCommand::JobClean {
+                        key: start.marker.clone(),
+                    }
+                    .to_args(),
+                )
                 .timeout(Duration::from_secs(20))
                 .output()
                 .await;
@@ -662,7 +666,7 @@ impl SlurmLauncher {
     async fn with_log(&self, target: &Target, h: &Handle, why: String) -> String {
         let report: Option<JobReport> = match self.local_agent(target.compute_user.as_str()) {
             Ok(cmd) => agent_reply(
-                cmd.args(["node", "job-report", "--key", &h.key])
+                cmd.args(NodeCommand::JobReport { key: h.key.clone() }.to_args())
                     .timeout(Duration::from_secs(20))
                     .output()
                     .await,

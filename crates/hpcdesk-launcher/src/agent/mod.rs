@@ -11,8 +11,10 @@
 //! - `list`: the hpcdesk Xvnc servers alive on this node.
 //! - `probe`: load, memory and desktop count, for placement.
 //!
-//! Replies are one JSON line on stdout ([`protocol`]); errors are JSON too, with exit code 1.
+//! Its command line is [`cli::NodeCommand`], which launchers render and the binary parses;
+//! replies are one JSON line on stdout ([`protocol`]); errors are JSON too, with exit code 1.
 
+pub mod cli;
 mod display;
 pub mod job;
 pub mod procs;
