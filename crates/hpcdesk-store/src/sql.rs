@@ -12,6 +12,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{DateTime, TimeZone, Utc};
 use hpcdesk_core::{ComputeUser, DisplayNumber, NodeName, SessionId, SessionState, status_reason};
+use macro_rules_attribute::apply;
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, Pool, Type};
 // Dynamic SQL here only ever splices our own column lists and `$N` placeholders, never values.
 use sqlx::{AssertSqlSafe, Row, Transaction};
@@ -23,8 +24,8 @@ use crate::{
 };
 
 /// A sqlx database that can hold hpcdesk's state. The rest of what [`SqlStore`] needs from it
-/// (encoding our column types, executing on its connections) is spelled out where the store
-/// is implemented, since Rust does not carry such bounds along with a trait.
+/// (encoding our column types, executing on its connections) is spelled out once, in
+/// `with_backend_bounds!`, since Rust does not carry such bounds along with a trait.
 pub trait Backend: Database + sqlx::database::HasStatementCache {
     /// Rows changed by an `INSERT`, `UPDATE` or `DELETE`.
     fn rows_affected(done: &Self::QueryResult) -> u64;
@@ -57,6 +58,31 @@ impl Backend for sqlx::Postgres {
     }
 }
 
+/// Adds to an `impl<DB> … SqlStore<DB>` block what the SQL in it needs of the backend
+/// (encoding and decoding our column types, executing on its connections): written once
+/// here, since Rust does not carry bounds on other types along with a trait such as
+/// [`Backend`]. Used as `#[apply(with_backend_bounds!)]`.
+macro_rules! with_backend_bounds {
+    ($(#[$attr:meta])* impl<DB> $(Store $for:tt)? SqlStore<DB> { $($body:tt)* }) => {
+        $(#[$attr])*
+        impl<DB> $(Store $for)? SqlStore<DB>
+        where
+            DB: Backend,
+            for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+            DB::Arguments: IntoArguments<DB>,
+            for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+            for<'q> Option<i64>: Encode<'q, DB>,
+            for<'q> Option<String>: Encode<'q, DB>,
+            for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+            for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+            for<'q> Vec<u8>: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
+            for<'q> &'q [u8]: Encode<'q, DB> + Type<DB>,
+            &'static str: ColumnIndex<DB::Row>,
+        {
+            $($body)*
+        }
+    };
+}
 /// How a batch fared: `Err((unavailable, what))` if it was not written.
 type GrantReply = tokio::sync::oneshot::Sender<Result<(), (bool, String)>>;
 
@@ -150,20 +176,8 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
 }
 
-impl<DB> SqlStore<DB>
-where
-    DB: Backend,
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    DB::Arguments: IntoArguments<DB>,
-    for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
-    for<'q> Option<i64>: Encode<'q, DB>,
-    for<'q> Option<String>: Encode<'q, DB>,
-    for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
-    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
-    for<'q> Vec<u8>: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
-    for<'q> &'q [u8]: Encode<'q, DB> + Type<DB>,
-    &'static str: ColumnIndex<DB::Row>,
-{
+#[apply(with_backend_bounds!)]
+impl<DB> SqlStore<DB> {
     /// A store on `pool` (reads) and `writer` (writes), whose schema is up to date; with a
     /// `cache`, sessions are read from memory (only for a database no other process writes
     /// sessions to, which the cache's lock ensures). Starts the grant writer, so it must be
@@ -540,21 +554,9 @@ where
     }
 }
 
+#[apply(with_backend_bounds!)]
 #[async_trait]
-impl<DB> Store for SqlStore<DB>
-where
-    DB: Backend,
-    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
-    DB::Arguments: IntoArguments<DB>,
-    for<'q> i64: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
-    for<'q> Option<i64>: Encode<'q, DB>,
-    for<'q> Option<String>: Encode<'q, DB>,
-    for<'q> String: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
-    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
-    for<'q> Vec<u8>: Encode<'q, DB> + Decode<'q, DB> + Type<DB>,
-    for<'q> &'q [u8]: Encode<'q, DB> + Type<DB>,
-    &'static str: ColumnIndex<DB::Row>,
-{
+impl<DB> Store for SqlStore<DB> {
     #[tracing::instrument(level = "debug", skip_all, fields(owner = %new.owner))]
     async fn claim_session(&self, new: NewSession) -> Result<Claim, StoreError> {
         let _bump = self.bump();
