@@ -6,12 +6,8 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use hpcdesk_core::{DisplayNumber, NodeName};
-use hpcdesk_launcher::{
-    Launch, LaunchError, Launched, Launcher, Liveness, NodeReport, Orphan, Recovery, StartRequest,
-    Survey, Target,
-};
+use hpcdesk_launcher::LaunchError;
+use hpcdesk_launcher::fake::{FakeLauncher, Plan};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -33,57 +29,6 @@ pub fn raise_open_files_limit() {
     }
 }
 
-/// Points each compute user's desktop at a benchmark server.
-struct FakeLauncher {
-    ports: HashMap<String, u16>,
-}
-
-#[async_trait]
-impl Launcher for FakeLauncher {
-    fn kind(&self) -> &'static str {
-        "local"
-    }
-    fn admit(&self, _: &hpcdesk_core::ComputeUser) -> Result<(), LaunchError> {
-        // Benchmark users are names, not accounts: there is nothing to run as them.
-        Ok(())
-    }
-    async fn start(&self, req: StartRequest) -> Result<Launch, LaunchError> {
-        let port = *self
-            .ports
-            .get(req.compute_user.as_str())
-            .ok_or_else(|| LaunchError::Desktop("no benchmark server for this user".into()))?;
-        Ok(Launch::Ready(Launched {
-            node: NodeName::parse("bench").expect("valid"),
-            display: DisplayNumber::new(u32::from(port) % 1000).expect("valid"),
-            host: "127.0.0.1".into(),
-            port,
-            handle: String::new(),
-            warnings: Vec::new(),
-            tls_pin: None,
-        }))
-    }
-    async fn stop(&self, _: &Target) -> Result<(), LaunchError> {
-        Ok(())
-    }
-    async fn survey(&self, targets: &[Target]) -> Result<Survey, LaunchError> {
-        Ok(Survey {
-            targets: targets.iter().map(|_| Liveness::Alive).collect(),
-            orphans: Vec::new(),
-        })
-    }
-    async fn stop_orphan(&self, _: &Orphan) -> Result<(), LaunchError> {
-        Ok(())
-    }
-    async fn recover(&self, _: &Target) -> Result<Recovery, LaunchError> {
-        Ok(Recovery::Gone(
-            "benchmark desktops are not recovered".into(),
-        ))
-    }
-    async fn nodes(&self, _: &hpcdesk_core::ComputeUser) -> Vec<NodeReport> {
-        Vec::new()
-    }
-}
-
 pub const SECRET: &str = "hpcdesk-bench-secret";
 
 /// A day-long token for `user` (also its compute user), signed with [`SECRET`].
@@ -101,12 +46,20 @@ pub fn token(user: &str) -> String {
 }
 
 /// `hpcdesk --data DIR --map USER=PORT …`: the real hpcdesk server (store, grants, gateway)
-/// with [`FakeLauncher`].
+/// with a [`FakeLauncher`].
 pub async fn hpcdesk_main(data: std::path::PathBuf, maps: Vec<String>) -> Result<(), Error> {
-    let mut ports = HashMap::new();
+    // Each compute user's desktop is a benchmark server.
+    let launcher = FakeLauncher::new(Plan::Fail(LaunchError::Desktop(
+        "no benchmark server for this user".into(),
+    )));
     for m in maps {
         let (user, port) = m.split_once('=').ok_or("--map USER=PORT")?;
-        ports.insert(user.to_owned(), port.parse()?);
+        launcher.plan(
+            user,
+            Plan::Ready {
+                port: port.parse()?,
+            },
+        );
     }
     let env = [
         ("HPCDESK_SERVER__DATA_DIR", data.display().to_string()),
@@ -121,7 +74,7 @@ pub async fn hpcdesk_main(data: std::path::PathBuf, maps: Vec<String>) -> Result
         hpcdesk_server::Config::load(None, env.iter().map(|(k, v)| (k.to_string(), v.clone())))?;
     let state = hpcdesk_server::build_with(
         config,
-        Arc::new(FakeLauncher { ports }),
+        Arc::new(launcher),
         Arc::new(hpcdesk_server::SystemClock),
     )
     .await?;

@@ -4,17 +4,20 @@
 //! - [`local`]: desktops on this machine, by running the node agent as the user.
 //! - [`ssh`]: desktops on a pool of nodes reached with OpenSSH, placed by probed load.
 //! - [`slurm`]: desktops as Slurm jobs.
-//! - [`remote`]: the agent's command lines, shared by the launchers.
+//! - [`remote`]: running the agent and reading its replies, shared by the launchers.
 //! - [`agent`]: the node agent itself (`hpcdesk node …`): the one place that starts and stops
 //!   TigerVNC, shared by every launcher.
 //! - [`policy`]: which Linux accounts may run desktops (checked through `Launcher::admit`).
 //! - [`process`]: the one wrapper through which every external program runs.
 //! - [`capped`]: the one reader for what users control (command output, files in homes).
 //! - [`x11`]: Xauthority cookies and the X11 readiness check.
+//! - `fake` (feature `fake`): a launcher for in-process tests and benchmarks.
 #![deny(unsafe_code)]
 
 pub mod agent;
 pub mod capped;
+#[cfg(feature = "fake")]
+pub mod fake;
 pub mod local;
 pub mod policy;
 pub mod process;

@@ -1,16 +1,19 @@
 //! The hpcdesk service.
 //!
-//! - [`config`]: the TOML + environment configuration and its defaults (DESIGN §5).
+//! - [`config`]: the TOML + environment configuration, its defaults (DESIGN §5) and the
+//!   typed [`config::Settings`] validation makes of it.
 //! - [`auth`]: SCNet token verification and minting (DESIGN §2.2).
 //! - [`accounts`]: issuing tokens (password, access key, renewal) and region info.
 //! - [`passwords`]: argon2id hashing of account passwords.
 //! - [`throttle`]: request-rate limits and failed-login lock-outs (10011).
 //! - [`audit`]: writing the audit log.
 //! - [`metrics`]: counters and gauges for Prometheus (`GET /metrics`).
-//! - [`error`]: [`ApiError`], the one mapping from failures to SCNet codes.
+//! - [`error`]: [`ApiError`], the one map from failures to SCNet codes and HTTP statuses,
+//!   and [`error::TaskError`], what the work behind requests and background tasks fails with.
 //! - [`conn`]: the accept loop; caps and time limits on incomplete requests.
 //! - [`routes`]: the axum router; handlers only translate HTTP.
-//! - [`grants`]: resolving connection grants for the gateway (`hpcdesk-gateway`).
+//! - [`grants`]: connection grants whole: minting, the launch URL, resolving them for the
+//!   gateway (`hpcdesk-gateway`), purging.
 //! - [`sessions`]: orchestration of create / list / delete / launchurl (no HTTP types).
 //! - [`lifecycle`]: reconcile and the idle sweep, run in the background.
 //! - [`presence`]: viewer counts shared with other instances on the same store.

@@ -1,0 +1,309 @@
+//! In-process tests of the router (`oneshot`, no socket): every SCNet code the API answers
+//! with, produced the way a portal or a browser would produce it, with its HTTP status and
+//! `msg`; and that a refused request changed nothing.
+
+mod support;
+
+use std::sync::Arc;
+
+use axum::http::{Method, StatusCode};
+use hpcdesk_launcher::LaunchError;
+use hpcdesk_launcher::fake::{FakeLauncher, Plan};
+use support::{DESKTOPS, call, service, token, token_with_role};
+
+fn fake() -> Arc<FakeLauncher> {
+    Arc::new(FakeLauncher::new(Plan::Ready { port: 5901 }))
+}
+
+#[tokio::test]
+async fn a_create_answers_0_with_the_running_session_and_list_shows_it() {
+    let app = service(fake(), &[]).await;
+    let t = token("alice");
+    let a = call(&app, Method::PUT, DESKTOPS, Some(&t), "{}").await;
+    assert_eq!((a.status, a.code()), (StatusCode::OK, "0"), "{}", a.json);
+    assert_eq!(a.json["data"]["status"], "running");
+    assert_eq!(a.json["data"]["sessionId"], "fake--alice--SIG--1");
+    let l = call(&app, Method::GET, DESKTOPS, Some(&t), "").await;
+    assert_eq!(l.code(), "0");
+    assert_eq!(l.json["data"][0]["sessionId"], "fake--alice--SIG--1");
+    let url = call(
+        &app,
+        Method::GET,
+        &format!("{DESKTOPS}/fake--alice--SIG--1/launchurl"),
+        Some(&t),
+        "",
+    )
+    .await;
+    assert_eq!(url.code(), "0");
+    let novnc = url.json["data"]["novncUrl"].as_str().unwrap();
+    assert!(novnc.starts_with("/vnc.html?path=/vncws?token="), "{novnc}");
+}
+
+#[tokio::test]
+async fn a_panic_inside_a_start_is_10001_internal_error_and_says_nothing_more() {
+    let f = fake();
+    f.plan("alice", Plan::Panic);
+    let app = service(f, &[]).await;
+    let a = call(&app, Method::PUT, DESKTOPS, Some(&token("alice")), "").await;
+    assert_eq!(
+        (a.status, a.code(), a.msg()),
+        (StatusCode::OK, "10001", "internal error")
+    );
+}
+
+#[tokio::test]
+async fn a_missing_token_is_10003() {
+    let app = service(fake(), &[]).await;
+    let a = call(&app, Method::GET, DESKTOPS, None, "").await;
+    assert_eq!((a.status, a.code()), (StatusCode::OK, "10003"));
+    assert!(a.msg().contains("token"), "{}", a.msg());
+}
+
+#[tokio::test]
+async fn a_malformed_session_id_is_10004_and_so_are_unknown_routes_and_methods() {
+    let app = service(fake(), &[]).await;
+    let t = token("alice");
+    let a = call(
+        &app,
+        Method::DELETE,
+        &format!("{DESKTOPS}/not-an-id"),
+        Some(&t),
+        "",
+    )
+    .await;
+    assert_eq!(
+        (a.status, a.code()),
+        (StatusCode::OK, "10004"),
+        "{}",
+        a.json
+    );
+    let a = call(&app, Method::GET, "/hpc/openapi/v2/nothing", Some(&t), "").await;
+    assert_eq!((a.status, a.code()), (StatusCode::NOT_FOUND, "10004"));
+    let a = call(&app, Method::POST, DESKTOPS, Some(&t), "").await;
+    assert_eq!(
+        (a.status, a.code()),
+        (StatusCode::METHOD_NOT_ALLOWED, "10004")
+    );
+    assert!(a.msg().contains("POST"), "{}", a.msg());
+}
+
+#[tokio::test]
+async fn another_users_session_and_a_refused_account_are_10008_and_change_nothing() {
+    let f = fake();
+    f.refuse("daemon");
+    let app = service(f.clone(), &[]).await;
+    let alice = token("alice");
+    call(&app, Method::PUT, DESKTOPS, Some(&alice), "").await;
+    let id = format!("{DESKTOPS}/fake--alice--SIG--1");
+    let bob = token("bob");
+    for (m, uri) in [
+        (Method::DELETE, id.clone()),
+        (Method::GET, format!("{id}/launchurl")),
+    ] {
+        let a = call(&app, m, &uri, Some(&bob), "").await;
+        assert_eq!((a.status, a.code()), (StatusCode::OK, "10008"), "{uri}");
+        assert!(a.msg().contains("another user"), "{}", a.msg());
+    }
+    let a = call(&app, Method::PUT, DESKTOPS, Some(&token("daemon")), "").await;
+    assert_eq!(a.code(), "10008");
+    assert_eq!(f.starts(), 1, "only alice's start ran");
+    let l = call(&app, Method::GET, DESKTOPS, Some(&alice), "").await;
+    assert_eq!(
+        l.json["data"][0]["status"], "running",
+        "alice's desktop is untouched"
+    );
+    assert!(
+        !f.calls()
+            .iter()
+            .any(|c| matches!(c, hpcdesk_launcher::fake::Call::Stop { .. }))
+    );
+}
+
+#[tokio::test]
+async fn another_api_version_is_10009() {
+    let app = service(fake(), &[]).await;
+    let a = call(
+        &app,
+        Method::GET,
+        "/hpc/openapi/v3/desktop/vnc",
+        Some(&token("alice")),
+        "",
+    )
+    .await;
+    assert_eq!((a.status, a.code()), (StatusCode::OK, "10009"));
+}
+
+#[tokio::test]
+async fn a_role_without_a_mapping_is_10010() {
+    let app = service(fake(), &[]).await;
+    let a = call(
+        &app,
+        Method::GET,
+        DESKTOPS,
+        Some(&token_with_role("alice", "7")),
+        "",
+    )
+    .await;
+    assert_eq!(
+        (a.status, a.code()),
+        (StatusCode::OK, "10010"),
+        "{}",
+        a.json
+    );
+}
+
+#[tokio::test]
+async fn calls_over_the_users_rate_are_10011_with_retry_after() {
+    let app = service(
+        fake(),
+        &[
+            ("HPCDESK_LIMITS__USER_PER_SECOND", "1"),
+            ("HPCDESK_LIMITS__USER_BURST", "1"),
+        ],
+    )
+    .await;
+    let t = token("alice");
+    assert_eq!(
+        call(&app, Method::GET, DESKTOPS, Some(&t), "").await.code(),
+        "0"
+    );
+    let a = call(&app, Method::GET, DESKTOPS, Some(&t), "").await;
+    assert_eq!((a.status, a.code()), (StatusCode::OK, "10011"));
+    assert!(a.headers.contains_key("retry-after"));
+    // Another user is not held up by alice's calls.
+    assert_eq!(
+        call(&app, Method::GET, DESKTOPS, Some(&token("bob")), "")
+            .await
+            .code(),
+        "0"
+    );
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_10012_and_starts_nothing() {
+    let f = fake();
+    let app = service(f.clone(), &[("HPCDESK_LIMITS__MAX_BODY_BYTES", "1024")]).await;
+    let a = call(
+        &app,
+        Method::PUT,
+        DESKTOPS,
+        Some(&token("alice")),
+        vec![b'x'; 4096],
+    )
+    .await;
+    assert_eq!((a.status, a.code()), (StatusCode::OK, "10012"));
+    assert_eq!(f.starts(), 0);
+}
+
+#[tokio::test]
+async fn no_node_with_room_is_815201_and_a_failed_start_815008_with_the_launchers_words() {
+    let f = fake();
+    f.plan(
+        "alice",
+        Plan::Fail(LaunchError::NoCapacity(
+            "every node is full (n1: 20 desktops)".into(),
+        )),
+    );
+    f.plan(
+        "bob",
+        Plan::Fail(LaunchError::Desktop("Xvnc: (EE) no fonts".into())),
+    );
+    f.plan(
+        "carol",
+        Plan::Fail(LaunchError::Scheduler("sbatch: invalid partition".into())),
+    );
+    let app = service(f, &[]).await;
+    let a = call(&app, Method::PUT, DESKTOPS, Some(&token("alice")), "").await;
+    assert_eq!(
+        (a.code(), a.msg()),
+        ("815201", "every node is full (n1: 20 desktops)")
+    );
+    let b = call(&app, Method::PUT, DESKTOPS, Some(&token("bob")), "").await;
+    assert_eq!((b.code(), b.msg()), ("815008", "Xvnc: (EE) no fonts"));
+    let c = call(&app, Method::PUT, DESKTOPS, Some(&token("carol")), "").await;
+    assert_eq!((c.code(), c.msg()), ("815008", "sbatch: invalid partition"));
+    // A failed start that had no place is not listed; the caller may simply try again.
+    let l = call(&app, Method::GET, DESKTOPS, Some(&token("bob")), "").await;
+    assert_eq!(l.json["data"], serde_json::json!([]));
+}
+
+#[tokio::test]
+async fn an_unknown_session_is_815010() {
+    let app = service(fake(), &[]).await;
+    let a = call(
+        &app,
+        Method::DELETE,
+        &format!("{DESKTOPS}/fake--alice--SIG--9"),
+        Some(&token("alice")),
+        "",
+    )
+    .await;
+    assert_eq!((a.status, a.code()), (StatusCode::OK, "815010"));
+}
+
+#[tokio::test]
+async fn the_viewer_socket_refuses_bad_links_with_403_and_plain_words() {
+    let app = service(fake(), &[]).await;
+    let a = call(&app, Method::GET, "/vncws", None, "").await;
+    assert_eq!((a.status, a.code()), (StatusCode::FORBIDDEN, "10003"));
+    let a = call(&app, Method::GET, "/vncws?token=nope&mm=nope", None, "").await;
+    assert_eq!((a.status, a.code()), (StatusCode::FORBIDDEN, "10008"));
+    assert_eq!(a.msg(), "the launch link is not valid");
+}
+
+#[tokio::test]
+async fn a_deleted_sessions_link_is_refused_as_deleted() {
+    let f = fake();
+    let app = service(f.clone(), &[]).await;
+    let t = token("alice");
+    call(&app, Method::PUT, DESKTOPS, Some(&t), "").await;
+    let id = format!("{DESKTOPS}/fake--alice--SIG--1");
+    let url = call(&app, Method::GET, &format!("{id}/launchurl"), Some(&t), "").await;
+    let novnc = url.json["data"]["novncUrl"].as_str().unwrap().to_owned();
+    let ws = novnc
+        .split_once("path=")
+        .unwrap()
+        .1
+        .split("&resize")
+        .next()
+        .unwrap()
+        .to_owned();
+    // Before the delete the link checks out (a plain GET, as the viewer page does).
+    assert_eq!(call(&app, Method::GET, &ws, None, "").await.code(), "0");
+    assert_eq!(
+        call(&app, Method::DELETE, &id, Some(&t), "").await.code(),
+        "0"
+    );
+    let a = call(&app, Method::GET, &ws, None, "").await;
+    assert_eq!((a.status, a.code()), (StatusCode::FORBIDDEN, "10008"));
+    assert_eq!(a.msg(), "the desktop session of this link was deleted");
+}
+
+#[tokio::test]
+async fn a_node_that_cannot_stop_the_desktop_leaves_the_session_as_it_was() {
+    let f = fake();
+    let app = service(f.clone(), &[]).await;
+    let t = token("alice");
+    call(&app, Method::PUT, DESKTOPS, Some(&t), "").await;
+    f.fail_stops(true);
+    let id = format!("{DESKTOPS}/fake--alice--SIG--1");
+    let a = call(&app, Method::DELETE, &id, Some(&t), "").await;
+    assert_eq!((a.code(), a.msg()), ("815008", "the node does not answer"));
+    let l = call(&app, Method::GET, DESKTOPS, Some(&t), "").await;
+    assert_eq!(l.json["data"][0]["status"], "running", "nothing lost");
+    f.fail_stops(false);
+    assert_eq!(
+        call(&app, Method::DELETE, &id, Some(&t), "").await.code(),
+        "0"
+    );
+}
+
+#[tokio::test]
+async fn readiness_and_health_answer_with_envelopes() {
+    let app = service(fake(), &[]).await;
+    let r = call(&app, Method::GET, "/readyz", None, "").await;
+    assert_eq!((r.status, r.code()), (StatusCode::OK, "0"));
+    let h = call(&app, Method::GET, "/healthz", None, "").await;
+    assert_eq!(h.json["data"]["launcher"], "fake");
+    assert_eq!(h.json["data"]["store"], "ok");
+}
