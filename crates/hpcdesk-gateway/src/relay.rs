@@ -518,3 +518,328 @@ async fn up(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The relay over loopback socket pairs: a test viewer that speaks WebSocket frames and a
+    //! test desktop that is a plain socket.
+
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::registry::Registry;
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (b, _) = l.accept().await.unwrap();
+        (a, b)
+    }
+
+    /// A masked client frame.
+    fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = [0x12, 0x34, 0x56, 0x78];
+        let mut f = vec![0x80 | opcode];
+        match payload.len() {
+            n if n < 126 => f.push(0x80 | n as u8),
+            n if n <= 0xffff => {
+                f.push(0x80 | 126);
+                f.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                f.push(0x80 | 127);
+                f.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        f.extend_from_slice(&mask);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        f
+    }
+
+    /// Reads one server frame: (opcode, payload).
+    async fn server_frame(s: &mut TcpStream) -> (u8, Vec<u8>) {
+        let mut h = [0u8; 2];
+        s.read_exact(&mut h).await.unwrap();
+        assert_eq!(h[1] & 0x80, 0, "server frames are not masked");
+        let len = match h[1] & 0x7f {
+            126 => {
+                let mut b = [0u8; 2];
+                s.read_exact(&mut b).await.unwrap();
+                u64::from(u16::from_be_bytes(b))
+            }
+            127 => {
+                let mut b = [0u8; 8];
+                s.read_exact(&mut b).await.unwrap();
+                u64::from_be_bytes(b)
+            }
+            n => u64::from(n),
+        };
+        let mut payload = vec![0u8; len as usize];
+        s.read_exact(&mut payload).await.unwrap();
+        (h[0] & 0x0f, payload)
+    }
+
+    /// The next data frame's payload, answering pings on the way.
+    async fn next_data(s: &mut TcpStream) -> Vec<u8> {
+        loop {
+            match server_frame(s).await {
+                (OP_BINARY_FRAME, p) => return p,
+                (ws::OP_PING, p) => s.write_all(&client_frame(ws::OP_PONG, &p)).await.unwrap(),
+                (op, p) => panic!("unexpected frame {op}: {p:?}"),
+            }
+        }
+    }
+
+    const OP_BINARY_FRAME: u8 = ws::OP_BINARY;
+
+    /// The close frame's code and reason, skipping anything before it.
+    async fn close_of(s: &mut TcpStream) -> (u16, String) {
+        loop {
+            let (op, p) = server_frame(s).await;
+            if op == ws::OP_CLOSE {
+                let code = u16::from_be_bytes([p[0], p[1]]);
+                return (code, String::from_utf8_lossy(&p[2..]).into_owned());
+            }
+        }
+    }
+
+    struct Setup {
+        viewer: TcpStream,
+        desktop: TcpStream,
+        registry: Registry,
+        relay: tokio::task::JoinHandle<(End, Counts)>,
+    }
+
+    async fn setup(view_only: bool, heartbeat: Duration, write_timeout: Duration) -> Setup {
+        let (viewer, relay_viewer) = pair().await;
+        let (relay_desktop, desktop) = pair().await;
+        let registry = Registry::new(Arc::new(chrono::Utc::now));
+        let conn = registry.open("s1");
+        let relay = Relay {
+            viewer: relay_viewer,
+            desktop: Desktop::Plain(relay_desktop),
+            reader: FrameReader::new(),
+            early: Vec::new(),
+            view_only,
+            heartbeat,
+            write_timeout,
+        };
+        let relay = tokio::spawn(async move { relay.run(&conn).await });
+        Setup {
+            viewer,
+            desktop,
+            registry,
+            relay,
+        }
+    }
+
+    const LONG: Duration = Duration::from_secs(60);
+
+    #[tokio::test]
+    async fn bytes_flow_both_ways_and_a_desktop_that_closes_closes_the_viewer_with_1000() {
+        let mut s = setup(false, LONG, LONG).await;
+        s.desktop.write_all(b"RFB screen bytes").await.unwrap();
+        assert_eq!(next_data(&mut s.viewer).await, b"RFB screen bytes");
+        // ClientInit, then a key press: unmasked on the desktop's side.
+        let input = [1u8, 4, 1, 0, 0, 0, 0, 0x61];
+        s.viewer
+            .write_all(&client_frame(ws::OP_BINARY, &input))
+            .await
+            .unwrap();
+        let mut got = [0u8; 9];
+        s.desktop.read_exact(&mut got[..8]).await.unwrap();
+        assert_eq!(&got[..8], &input);
+        assert_eq!(s.registry.activity("s1").connections, 1);
+        drop(s.desktop);
+        assert_eq!(
+            close_of(&mut s.viewer).await,
+            (close::NORMAL, "the desktop closed the connection".into())
+        );
+        s.viewer.shutdown().await.unwrap();
+        let (end, counts) = s.relay.await.unwrap();
+        assert_eq!(end, End::DesktopClosed);
+        assert_eq!((counts.down, counts.up), (16, 8));
+        assert_eq!(s.registry.activity("s1").connections, 0);
+    }
+
+    /// Writes `total` bytes to `w` in 64 KiB pieces, counting what has been written.
+    fn writer(
+        mut w: impl AsyncWrite + Unpin + Send + 'static,
+        total: usize,
+        frame: bool,
+    ) -> (Arc<AtomicU64>, tokio::task::JoinHandle<()>) {
+        let written = Arc::new(AtomicU64::new(0));
+        let count = written.clone();
+        let task = tokio::spawn(async move {
+            let piece = vec![7u8; 64 << 10];
+            let chunk = if frame {
+                client_frame(ws::OP_BINARY, &piece)
+            } else {
+                piece.clone()
+            };
+            let mut sent = 0;
+            while sent < total {
+                if w.write_all(&chunk).await.is_err() {
+                    return;
+                }
+                sent += piece.len();
+                count.store(sent as u64, Ordering::Relaxed);
+            }
+        });
+        (written, task)
+    }
+
+    /// Waits until `n` stops growing; returns where it stopped.
+    async fn stalls(n: &AtomicU64) -> u64 {
+        let mut last = n.load(Ordering::Relaxed);
+        loop {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            let now = n.load(Ordering::Relaxed);
+            if now == last {
+                return now;
+            }
+            last = now;
+        }
+    }
+
+    const FLOOD: usize = 64 << 20;
+
+    #[tokio::test]
+    async fn a_viewer_that_does_not_read_holds_the_desktop_back_and_then_gets_everything() {
+        let mut s = setup(false, LONG, LONG).await;
+        let (desktop_r, desktop_w) = s.desktop.into_split();
+        let (written, task) = writer(desktop_w, FLOOD, false);
+        let stuck = stalls(&written).await;
+        assert!(
+            stuck < (FLOOD as u64) / 4,
+            "the relay reads the desktop only as fast as the viewer takes it ({stuck} bytes)"
+        );
+        // The viewer reads again: everything arrives, in order, and the desktop goes on.
+        let mut got = 0u64;
+        while got < FLOOD as u64 {
+            got += next_data(&mut s.viewer).await.len() as u64;
+        }
+        task.await.unwrap();
+        assert_eq!(got, FLOOD as u64);
+        drop(desktop_r);
+    }
+
+    #[tokio::test]
+    async fn a_desktop_that_does_not_read_holds_the_viewer_back() {
+        let s = setup(false, LONG, LONG).await;
+        let (viewer_r, viewer_w) = s.viewer.into_split();
+        let (written, task) = writer(viewer_w, FLOOD, true);
+        let stuck = stalls(&written).await;
+        assert!(
+            stuck < (FLOOD as u64) / 4,
+            "the relay reads the viewer only as fast as the desktop takes it ({stuck} bytes)"
+        );
+        task.abort();
+        drop((viewer_r, s.desktop));
+    }
+
+    #[tokio::test]
+    async fn a_viewer_that_stops_reading_is_dropped_after_the_write_timeout() {
+        let s = setup(false, LONG, Duration::from_millis(300)).await;
+        let (desktop_r, desktop_w) = s.desktop.into_split();
+        let (_written, task) = writer(desktop_w, FLOOD, false);
+        let started = tokio::time::Instant::now();
+        let (end, _) = tokio::time::timeout(Duration::from_secs(10), s.relay)
+            .await
+            .expect("the relay ends")
+            .unwrap();
+        assert_eq!(end, End::ViewerStalled);
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(s.registry.activity("s1").connections, 0);
+        task.abort();
+        drop((desktop_r, s.viewer));
+    }
+
+    #[tokio::test]
+    async fn a_deleted_session_closes_its_viewers_with_4001() {
+        let mut s = setup(false, LONG, LONG).await;
+        s.registry.close_session("s1", CloseReason::SessionDeleted);
+        assert_eq!(
+            close_of(&mut s.viewer).await,
+            (
+                close::SESSION_DELETED,
+                "the desktop session was deleted".into()
+            )
+        );
+        s.viewer.shutdown().await.unwrap();
+        let (end, _) = s.relay.await.unwrap();
+        assert_eq!(end, End::Closed(CloseReason::SessionDeleted));
+    }
+
+    #[tokio::test]
+    async fn a_viewer_close_is_echoed_with_its_code() {
+        let mut s = setup(false, LONG, LONG).await;
+        s.viewer
+            .write_all(&client_frame(ws::OP_CLOSE, &1000u16.to_be_bytes()))
+            .await
+            .unwrap();
+        assert_eq!(close_of(&mut s.viewer).await.0, 1000);
+        let (end, _) = s.relay.await.unwrap();
+        assert_eq!(end, End::ViewerClosed(Some(1000)));
+    }
+
+    #[tokio::test]
+    async fn a_view_only_viewers_input_never_reaches_the_desktop() {
+        let mut s = setup(true, LONG, LONG).await;
+        // ClientInit, a key press, a pointer move, a framebuffer update request: only the
+        // first and the last reach the desktop.
+        let fbur = [3u8, 1, 0, 0, 0, 0, 0, 64, 0, 48];
+        let mut msgs = vec![1u8];
+        msgs.extend_from_slice(&[4, 1, 0, 0, 0, 0, 0, 0x61]);
+        msgs.extend_from_slice(&[5, 1, 0, 10, 0, 10]);
+        msgs.extend_from_slice(&fbur);
+        s.viewer
+            .write_all(&client_frame(ws::OP_BINARY, &msgs))
+            .await
+            .unwrap();
+        let mut got = [0u8; 11];
+        s.desktop.read_exact(&mut got).await.unwrap();
+        assert_eq!(got[0], 1);
+        assert_eq!(&got[1..], &fbur);
+        // What cannot be framed is not passed on blindly, as for a full viewer: closed, 1008.
+        s.viewer
+            .write_all(&client_frame(ws::OP_BINARY, &[0xee, 1, 2, 3]))
+            .await
+            .unwrap();
+        assert_eq!(
+            close_of(&mut s.viewer).await,
+            (close::POLICY, "this viewer may only watch".into())
+        );
+        s.viewer.shutdown().await.unwrap();
+        let (end, _) = s.relay.await.unwrap();
+        assert!(
+            matches!(
+                end,
+                End::Protocol {
+                    code: close::POLICY,
+                    ..
+                }
+            ),
+            "{end:?}"
+        );
+        let mut rest = Vec::new();
+        s.desktop.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(rest, Vec::<u8>::new(), "nothing after the update request");
+    }
+
+    #[tokio::test]
+    async fn a_viewer_that_answers_no_pings_is_closed_with_4002() {
+        let mut s = setup(false, Duration::from_millis(100), LONG).await;
+        let started = tokio::time::Instant::now();
+        assert_eq!(close_of(&mut s.viewer).await.0, close::TIMEOUT);
+        assert!(
+            started.elapsed() >= Duration::from_millis(200),
+            "two pings missed first"
+        );
+        s.viewer.shutdown().await.unwrap();
+        assert_eq!(s.relay.await.unwrap().0, End::Timeout);
+    }
+}
