@@ -42,6 +42,8 @@ impl DerefMut for Buf {
     }
 }
 
+/// A buffer goes back to its thread's free list when dropped, whichever way the relay
+/// that held it ends.
 impl Drop for Buf {
     fn drop(&mut self) {
         if let Some(b) = self.0.take() {

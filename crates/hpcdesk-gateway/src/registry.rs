@@ -34,9 +34,15 @@ pub struct Activity {
 
 struct Entry {
     activity: Activity,
+    /// Tells every relay of the session why it must close. A `watch`, not a broadcast:
+    /// a relay only needs the latest value, one that subscribes after the send still
+    /// sees it, and a sender with no relays left costs nothing.
     close: watch::Sender<Option<CloseReason>>,
 }
 
+/// The open viewer connections of every session, by session key. Shared by every relay
+/// and by the sweep; a plain mutex, held only to update or read an entry, never across
+/// an await.
 #[derive(Clone)]
 pub struct Registry {
     inner: Arc<Mutex<HashMap<String, Entry>>>,
@@ -195,6 +201,8 @@ impl Connection {
     }
 }
 
+/// The count of a session's connections goes down in `drop`, so that every way a relay
+/// ends (an error, a panic, a task cancelled at shutdown) records the disconnect.
 impl Drop for Connection {
     fn drop(&mut self) {
         self.registry.record_close(&self.key);

@@ -84,6 +84,12 @@ struct Pending {
     pong_seen: bool,
 }
 
+/// How the up direction (which reads the viewer) gets a pong written by the down direction
+/// (which owns the viewer's write half): only one task may write frames to the viewer, or
+/// a pong could land in the middle of a screen update. A plain mutex, held only to set or
+/// take a field and never across an await, because both directions run inside one task
+/// (`select!`), so it is never contended; `Notify` wakes the down direction when it is
+/// waiting on the desktop, and keeps a wake-up given while it was busy writing.
 struct Control {
     pending: Mutex<Pending>,
     notify: Notify,

@@ -136,6 +136,9 @@ pub struct SshLauncher {
     cfg: SshConfig,
     /// The account that probes the nodes (`options.probe_user`, required).
     probe_user: ComputeUser,
+    /// The last probe of each node, written by `maintain` and read by every placement. A
+    /// std mutex, not tokio's: it is held only to copy or replace one entry, never while
+    /// a probe runs, so placement never waits on a slow node's ssh.
     probes: Mutex<HashMap<String, Probed>>,
     /// Bounds concurrent ssh channels per node: one ControlMaster serves at most sshd's
     /// MaxSessions channels, and a node should not be flooded by a burst of creates.

@@ -41,6 +41,7 @@ pub struct StoredAccount {
 type Cached = (std::time::Instant, Option<StoredAccount>);
 
 pub struct StatusCache {
+    /// A plain mutex: held for a lookup or an insert, never across the store query.
     entries: std::sync::Mutex<std::collections::HashMap<String, Cached>>,
     ttl: std::time::Duration,
 }

@@ -24,7 +24,12 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::state::AppState;
 
-/// The incomplete-request slot of one connection, as a request extension.
+/// The incomplete-request slot of one connection, as a request extension. A connection
+/// holds a permit of the shared semaphore from its accept (or its next request's first
+/// byte) until its request has arrived whole, so slow senders cannot take every slot. The
+/// permit is freed by the body reader (`done`) while the connection's service still holds
+/// the slot, hence the shared `Option` behind a plain mutex (held for a take or a set,
+/// never across an await); dropping the connection drops the permit too.
 #[derive(Clone, Debug)]
 pub struct RequestSlot(Arc<Mutex<Option<OwnedSemaphorePermit>>>);
 
@@ -79,6 +84,8 @@ pub async fn accept_loop(
     let limits = &app.config.limits;
     let slots = Arc::new(Semaphore::new(limits.max_incomplete_requests));
     let header_timeout = limits.request_timeout.0;
+    // Every connection's task, so that shutdown can wait for them (bounded) and none
+    // outlives the server; finished ones are reaped on each accept.
     let mut connections = tokio::task::JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {

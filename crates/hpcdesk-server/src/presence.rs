@@ -30,6 +30,8 @@ const FRESH: Duration = Duration::from_secs(30);
 #[derive(Debug)]
 pub struct Presence {
     instance: String,
+    /// Replaced by each heartbeat round, read by each viewer admission. A plain mutex:
+    /// held to swap or sum the map, never across an await.
     elsewhere: Mutex<HashMap<String, u32>>,
 }
 

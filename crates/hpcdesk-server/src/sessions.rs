@@ -115,7 +115,8 @@ fn new_marker() -> String {
 /// The starts this instance is carrying out right now, by session marker. A session
 /// `starting` under this instance's name whose marker is not in here was left by a start
 /// that went wrong. A start is entered before its session is claimed, so no reconcile
-/// round can take it for an interrupted one in between.
+/// round can take it for an interrupted one in between. A plain mutex: held for an
+/// insert, a remove or a lookup, never across an await.
 #[derive(Debug, Default)]
 pub struct InFlight(std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>);
 
@@ -135,6 +136,9 @@ impl InFlight {
     }
 }
 
+/// Takes a start out of [`InFlight`] when it ends, whichever way: a start that returns an
+/// error, panics or is cancelled with its request must not stay "in flight" forever, or
+/// reconcile would never settle its session.
 struct InFlightGuard(InFlight, String);
 
 impl Drop for InFlightGuard {

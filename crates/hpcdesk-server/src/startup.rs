@@ -243,6 +243,9 @@ pub async fn serve(
     }
     // Placement needs the nodes' probes before the first create (ssh).
     state.launcher.maintain().await;
+    // The stop signal of the background loops and of every connection: a `watch`, because
+    // each of them only asks "has it been set?" (at any time, however late it subscribed),
+    // and one send reaches them all. `accept_loop` sets it when shutdown starts.
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let reconcile = tokio::spawn(lifecycle::reconcile_loop(state.clone(), stop_rx.clone()));
     let upkeep = tokio::spawn(lifecycle::maintain_loop(state.clone(), stop_rx.clone()));

@@ -83,7 +83,8 @@ macro_rules! with_backend_bounds {
         }
     };
 }
-/// How a batch fared: `Err((unavailable, what))` if it was not written.
+/// How a batch fared: `Err((unavailable, what))` if it was not written. One `oneshot` per
+/// caller, so each launch URL answers only once its own row is durable.
 type GrantReply = tokio::sync::oneshot::Sender<Result<(), (bool, String)>>;
 
 /// A row written by the group-committing writer: the rows written on every launch URL.
@@ -105,6 +106,8 @@ enum Batched {
 pub struct SqlStore<DB: Database> {
     pool: Pool<DB>,
     writer: Pool<DB>,
+    /// The queue of the group-committing writer task. Bounded (four batches), so that a slow
+    /// database holds launch URLs back instead of letting the queue grow without end.
     grants: tokio::sync::mpsc::Sender<(Batched, GrantReply)>,
     /// Visible sessions in memory, when this process is the database's only writer.
     cache: Option<Arc<SessionCache>>,

@@ -129,6 +129,8 @@ pub fn run(key: &str, args: &StartArgs) -> Result<String, AgentError> {
     let _ = fs::remove_file(&pw_file);
     let password = super::read_password(&password[..])?;
 
+    // Set by the signal handler (Slurm's scancel and time limit send SIGTERM): a flag the
+    // loop below reads, since a handler may do nothing but store to an atomic.
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [
         signal_hook::consts::SIGTERM,
