@@ -1,5 +1,6 @@
-//! What every launcher says to the node agent and how it reads the answer: the agent's
-//! command lines, its JSON replies, and matching what it sees alive against the store.
+//! What every launcher says to the node agent and how it reads the answer: the argument
+//! lists of each command (built from [`NodeCommand`], which owns the command line), the
+//! agent's JSON replies, and matching what it sees alive against the store.
 
 use std::time::Duration;
 

@@ -5,6 +5,11 @@
 //! Layering: built-in defaults < the TOML file < environment. Unknown keys are errors, so a
 //! typo in an operator's file is reported instead of silently ignored. Secrets are wrapped
 //! in [`Secret`] and never printed.
+//!
+//! Parsed once: [`Config::load`] reads the layers, [`Config::validate`] checks every value
+//! and returns [`Settings`], with ids, addresses, the store URL, the sweep time and the
+//! public URL already typed, which start-up, the launchers and lifecycle take as they are.
+//! An error names the key's path (`launcher.nodes[0].name: …`).
 
 use std::collections::BTreeMap;
 use std::fmt;

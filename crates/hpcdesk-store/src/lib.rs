@@ -5,6 +5,9 @@
 //! - [`sql`]: the store over SQL, once for both backends; [`sqlite`] (the zero-set-up
 //!   default) and [`postgres`] open their pools and carry their migrations.
 //! - [`bounded`]: a time limit on every call ([`open`] hands out bounded stores).
+//! - `url`: [`StoreUrl`], the one reader of the `store.url` text.
+//! - `cache`: the sessions in memory for the store one process alone writes, holding
+//!   the lock that makes that so.
 //!
 //! Rules that must hold across several hpcdesk instances live in the database, not in
 //! memory: one live session per user is a unique index, a session id names one desktop

@@ -20,7 +20,7 @@ use crate::{StoreError, StoreUrl};
 pub type PostgresStore = SqlStore<Postgres>;
 
 /// How long a call waits for a connection. While PostgreSQL is down every call fails after
-/// this long (as [`StoreError::Unavailable`](crate::StoreError::Unavailable)), so the API
+/// this long (as [`StoreError::Unavailable`]), so the API
 /// answers within a couple of seconds instead of hanging.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
 
