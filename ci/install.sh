@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what hpcdesk needs on Debian (bookworm or later).
-#   ci/install.sh          what `hpcdesk serve` needs: TigerVNC, fonts, a window manager, xterm,
+#   ci/install.sh          what `hpcdesk serve` needs: TigerVNC, fonts, XFCE (and twm, xterm),
 #                          and noVNC from npm into web/node_modules (embedded by the build)
 #   ci/install.sh --test   plus what the test suite needs: Chromium, Playwright, python3-requests,
 #                          OpenSSH (test nodes), Slurm with munge, PostgreSQL
@@ -8,7 +8,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-runtime=(tigervnc-standalone-server tigervnc-tools xfonts-base x11-xserver-utils xterm twm)
+# The default desktop is XFCE, started in its own D-Bus session (dbus-x11); twm and xterm stay
+# as the minimal choice and the fallback. No recommends: no screensaver, locker or power manager.
+runtime=(tigervnc-standalone-server tigervnc-tools xfonts-base x11-xserver-utils xterm twm
+         xfce4-session xfwm4 xfce4-panel xfdesktop4 xfce4-terminal thunar xfce4-settings
+         dbus-x11 fonts-dejavu-core adwaita-icon-theme)
 test_only=(python3-requests chromium openssh-server openssh-client iproute2 xclip
            slurmctld slurmd slurm-client munge postgresql)
 

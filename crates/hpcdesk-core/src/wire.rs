@@ -30,6 +30,21 @@ pub struct SessionItem {
     /// Open viewer connections.
     pub connections: u32,
     pub geometry: String,
+    /// The desktop chosen at create (a name from `GET /hpcdesk/v1/desktops`); empty for the
+    /// node's own default.
+    #[serde(default)]
+    pub desktop: String,
+}
+
+/// One element of `data` of `GET /hpcdesk/v1/desktops`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DesktopEntry {
+    /// What a create names (`{"desktop": "xfce"}`).
+    pub name: String,
+    pub title: String,
+    /// The desktop of a create that names none.
+    pub default: bool,
 }
 
 /// `data` of the launch-URL call.

@@ -11,12 +11,14 @@
 //! - [`registry`]: open connections per session, last input, closing on delete.
 //! - [`pool`]: buffers held only while data flows.
 //! - [`tls`]: TLS to desktops off loopback, accepting only the desktop's own certificate.
+//! - [`screenshot`]: one frame of a desktop as a PNG, through hpcdesk's own RFB connection.
 
 #![forbid(unsafe_code)]
 
 pub mod pool;
 pub mod registry;
 pub mod relay;
+pub mod screenshot;
 pub mod tls;
 pub mod viewer;
 pub mod ws;
@@ -47,6 +49,51 @@ pub struct Grant {
     /// The SHA-256 (hex) of the desktop's TLS certificate: when set, the gateway speaks TLS
     /// to it (VeNCrypt X509Vnc) and accepts only that certificate.
     pub tls_pin: Option<String>,
+}
+
+impl Grant {
+    /// Where its desktop is, and how to authenticate to it.
+    pub fn addr(&self) -> DesktopAddr<'_> {
+        DesktopAddr {
+            host: &self.host,
+            port: self.port,
+            password: &self.password,
+            tls_pin: self.tls_pin.as_deref(),
+        }
+    }
+}
+
+/// A desktop's VNC server, as a grant or a session record names it.
+#[derive(Clone, Copy)]
+pub struct DesktopAddr<'a> {
+    pub host: &'a str,
+    pub port: u16,
+    /// The VNC password to answer its challenge with.
+    pub password: &'a [u8],
+    /// The SHA-256 (hex) of its TLS certificate: TLS (VeNCrypt X509Vnc) when set.
+    pub tls_pin: Option<&'a str>,
+}
+
+/// Connects to the desktop at `addr` and authenticates with its password (inside TLS when it
+/// has a certificate pin). The caller bounds the time.
+pub async fn connect_desktop(addr: DesktopAddr<'_>) -> std::io::Result<relay::Desktop> {
+    use hpcdesk_rfb::handshake;
+    let mut s = TcpStream::connect((addr.host, addr.port)).await?;
+    let _ = s.set_nodelay(true);
+    let Some(pin) = addr.tls_pin else {
+        handshake::authenticate_to_server(&mut s, addr.password)
+            .await
+            .map_err(std::io::Error::other)?;
+        return Ok(relay::Desktop::Plain(s));
+    };
+    let version = handshake::start_x509_vnc(&mut s)
+        .await
+        .map_err(std::io::Error::other)?;
+    let mut tls = tls::connect(s, pin).await?;
+    handshake::vnc_auth(&mut tls, addr.password, version)
+        .await
+        .map_err(std::io::Error::other)?;
+    Ok(relay::Desktop::Tls(Box::new(tls)))
 }
 
 impl std::fmt::Debug for Grant {
@@ -260,26 +307,8 @@ impl Gateway {
         leftover: &[u8],
         grant: &Grant,
     ) -> Result<(relay::Desktop, ws::FrameReader, Vec<u8>), End> {
-        use hpcdesk_rfb::handshake;
-        let desktop = tokio::time::timeout(self.cfg.connect_timeout, async {
-            let mut s = TcpStream::connect((grant.host.as_str(), grant.port)).await?;
-            let _ = s.set_nodelay(true);
-            let Some(pin) = &grant.tls_pin else {
-                handshake::authenticate_to_server(&mut s, &grant.password)
-                    .await
-                    .map_err(std::io::Error::other)?;
-                return Ok::<_, std::io::Error>(relay::Desktop::Plain(s));
-            };
-            let version = handshake::start_x509_vnc(&mut s)
-                .await
-                .map_err(std::io::Error::other)?;
-            let mut tls = tls::connect(s, pin).await?;
-            handshake::vnc_auth(&mut tls, &grant.password, version)
-                .await
-                .map_err(std::io::Error::other)?;
-            Ok(relay::Desktop::Tls(Box::new(tls)))
-        })
-        .await;
+        let desktop =
+            tokio::time::timeout(self.cfg.connect_timeout, connect_desktop(grant.addr())).await;
         let desktop = match desktop {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {

@@ -16,6 +16,7 @@
 
 pub mod agent;
 pub mod capped;
+pub mod desktops;
 #[cfg(feature = "fake")]
 pub mod fake;
 pub mod local;
@@ -83,6 +84,9 @@ pub struct StartRequest {
     /// Its view-only password (8 characters), for view-only launch URLs.
     pub view_password: Option<Vec<u8>>,
     pub geometry: String,
+    /// The command lines of the chosen desktop ([`desktops::DesktopChoice::command`]);
+    /// empty: the agent's own fallback (a window manager and an xterm).
+    pub desktop: Vec<String>,
     /// The session's marker, already stored with it: the desktop carries it (and a Slurm
     /// job its name), so that it can be found after a crash ([`Launcher::recover`]).
     pub marker: String,
@@ -101,12 +105,26 @@ impl StartRequest {
     }
 }
 
+/// A request for unit tests of how launchers render it.
+#[cfg(test)]
+pub(crate) fn test_request(geometry: &str, desktop: &[&str], marker: &str) -> StartRequest {
+    StartRequest {
+        compute_user: hpcdesk_core::ComputeUser::parse("alice").unwrap(),
+        password: b"12345678".to_vec(),
+        view_password: None,
+        geometry: geometry.into(),
+        desktop: desktop.iter().map(|d| d.to_string()).collect(),
+        marker: marker.into(),
+    }
+}
+
 impl std::fmt::Debug for StartRequest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StartRequest")
             .field("compute_user", &self.compute_user)
             .field("password", &"<redacted>")
             .field("geometry", &self.geometry)
+            .field("desktop", &self.desktop)
             .field("marker", &self.marker)
             .finish()
     }

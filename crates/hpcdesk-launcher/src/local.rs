@@ -133,9 +133,8 @@ impl Launcher for LocalLauncher {
             .args(remote::start_args(
                 &self.cfg.node,
                 &self.cfg.desktop,
-                &req.geometry,
+                &req,
                 "localhost",
-                &req.marker,
             ))
             .stdin(stdin)
             .timeout(self.cfg.desktop.start_timeout + Duration::from_secs(10));

@@ -16,7 +16,6 @@ use crate::{LaunchError, Launched, Liveness, Orphan, Survey, Target};
 #[derive(Debug, Clone)]
 pub struct DesktopSettings {
     pub xvnc: String,
-    pub desktop: Option<String>,
     pub depth: u8,
     pub display_min: u32,
     pub display_max: u32,
@@ -29,11 +28,10 @@ pub struct DesktopSettings {
 pub fn start_args(
     node: &NodeName,
     s: &DesktopSettings,
-    geometry: &str,
+    req: &crate::StartRequest,
     listen: &str,
-    marker: &str,
 ) -> Vec<String> {
-    NodeCommand::Start(DesktopOpts::new(Some(node), s, geometry, listen, marker)).to_args()
+    NodeCommand::Start(DesktopOpts::new(Some(node), s, req, listen)).to_args()
 }
 
 pub fn stop_args(node: &NodeName, display: DisplayNumber) -> Vec<String> {
@@ -446,7 +444,6 @@ mod tests {
     fn desktop_args_carry_every_setting() {
         let s = DesktopSettings {
             xvnc: "Xvnc".into(),
-            desktop: Some("xterm -T 'a b'".into()),
             depth: 24,
             display_min: 5,
             display_max: 9,
@@ -456,9 +453,8 @@ mod tests {
         let a = start_args(
             &NodeName::parse("n1").unwrap(),
             &s,
-            "800x600",
+            &crate::test_request("800x600", &["twm", "xterm -T 'a b'"], "mark0001"),
             "10.0.0.2",
-            "mark0001",
         );
         let joined = a.join(" ");
         assert!(
@@ -466,6 +462,9 @@ mod tests {
                 "node start --node n1 --marker mark0001 --xvnc Xvnc --geometry 800x600"
             )
         );
-        assert!(joined.contains("--listen 10.0.0.2 --timeout 30s --desktop xterm -T 'a b'"));
+        assert!(
+            joined
+                .contains("--listen 10.0.0.2 --timeout 30s --desktop twm --desktop xterm -T 'a b'")
+        );
     }
 }

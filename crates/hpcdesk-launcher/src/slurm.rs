@@ -192,16 +192,11 @@ impl SlurmLauncher {
     }
 
     /// The batch script: the agent, `exec`ed so Slurm's signals reach it.
-    fn script(&self, key: &str, geometry: &str) -> String {
+    /// The job directory is keyed by the session's marker.
+    fn script(&self, req: &StartRequest) -> String {
         let job = NodeCommand::Job {
-            key: key.to_owned(),
-            desktop: DesktopOpts::new(
-                None,
-                &self.cfg.desktop,
-                geometry,
-                &self.cfg.options.listen,
-                key,
-            ),
+            key: req.marker.clone(),
+            desktop: DesktopOpts::new(None, &self.cfg.desktop, req, &self.cfg.options.listen),
         };
         let mut argv = vec![self.cfg.options.agent.clone()];
         argv.extend(job.to_args());
@@ -376,7 +371,7 @@ impl Launcher for SlurmLauncher {
         if let Some(m) = &self.cfg.options.memory {
             sbatch = sbatch.args(["--mem", m]);
         }
-        let script = self.script(&key, &req.geometry);
+        let script = self.script(&req);
         let out = sbatch
             .args(&self.cfg.options.extra_args)
             .stdin(script.into_bytes())
@@ -699,7 +694,6 @@ mod tests {
             local_agent: "/usr/local/bin/hpcdesk".into(),
             desktop: DesktopSettings {
                 xvnc: "Xvnc".into(),
-                desktop: Some("xterm -e 'top; bash'".into()),
                 depth: 24,
                 display_min: 1,
                 display_max: 99,
@@ -710,7 +704,11 @@ mod tests {
             env: Vec::new(),
             policy: Default::default(),
         });
-        let s = l.script("abc12345", "1024x768");
+        let s = l.script(&crate::test_request(
+            "1024x768",
+            &["xterm -e 'top; bash'"],
+            "abc12345",
+        ));
         assert!(
             s.starts_with(
                 "#!/bin/sh\nexec '/opt/hpc desk/hpcdesk' node job --key abc12345 --marker abc12345 "

@@ -419,13 +419,7 @@ impl Launcher for SshLauncher {
                 .run(
                     node,
                     user,
-                    remote::start_args(
-                        &node.name,
-                        &self.cfg.desktop,
-                        &req.geometry,
-                        &node.address,
-                        &req.marker,
-                    ),
+                    remote::start_args(&node.name, &self.cfg.desktop, &req, &node.address),
                     Some(stdin.clone()),
                     self.cfg.desktop.start_timeout + Duration::from_secs(10),
                 )
@@ -756,7 +750,6 @@ mod tests {
             nodes: vec![spec()],
             desktop: DesktopSettings {
                 xvnc: "Xvnc".into(),
-                desktop: Some("xterm -e 'a; b'".into()),
                 depth: 24,
                 display_min: 1,
                 display_max: 9,
@@ -772,9 +765,8 @@ mod tests {
             remote::start_args(
                 &spec().name,
                 &l.cfg.desktop,
-                "800x600",
+                &crate::test_request("800x600", &["xterm -e 'a; b'"], "mark0001"),
                 "10.0.0.2",
-                "mark0001",
             ),
         );
         let dbg = format!("{cmd:?}");

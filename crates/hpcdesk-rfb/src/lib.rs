@@ -6,9 +6,12 @@
 //!   to filter view-only viewers. Pure and fuzzable.
 //! - [`handshake`]: the gateway's two handshakes: authenticating to the VNC server with the
 //!   session's password, and offering the browser security type None.
+//! - [`capture`]: one frame of the screen, as a shared viewer that sends no input
+//!   (screenshots), and scaling it down.
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod capture;
 pub mod client_messages;
 pub mod handshake;
 

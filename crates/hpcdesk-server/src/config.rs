@@ -19,6 +19,7 @@ use std::time::Duration;
 
 pub use hpcdesk_core::HumanDuration;
 use hpcdesk_core::NodeName;
+use hpcdesk_launcher::desktops::{DesktopChoice, DesktopName, Desktops, DesktopsError, Geometry};
 use hpcdesk_launcher::remote::DesktopSettings;
 use hpcdesk_launcher::{NodeSpec, SlurmOptions, SshOptions, policy::Policy};
 use hpcdesk_store::StoreUrl;
@@ -166,9 +167,19 @@ pub enum LauncherKind {
 pub struct LauncherConfig {
     pub kind: LauncherKind,
     pub xvnc: String,
+    /// One desktop command line, the only desktop offered (older files; prefer
+    /// `[[launcher.desktops]]`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub desktop: Option<String>,
-    pub geometry: String,
+    /// The desktops users choose from; default: those installed here (XFCE, MATE, KDE,
+    /// Openbox, twm).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub desktops: Vec<DesktopChoice>,
+    /// The desktop of a create that names none; default: the first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default_desktop: Option<DesktopName>,
+    /// The screen size of a create that asks for none.
+    pub geometry: Geometry,
     pub depth: u8,
     pub start_timeout: HumanDuration,
     /// TLS (VeNCrypt X509Vnc, a certificate per desktop that the gateway pins) between the
@@ -229,6 +240,9 @@ pub struct LimitsConfig {
     /// Requests per second to the token endpoints from one client address.
     pub peer_per_second: u32,
     pub peer_burst: u32,
+    /// Screenshots per second of one desktop (each is a VNC connection and a full frame).
+    pub screenshot_per_second: u32,
+    pub screenshot_burst: u32,
     /// Failed logins of one user name from one client address within `login_window` that
     /// lock further attempts of that name from there for `login_lockout`.
     pub login_failures: u32,
@@ -285,7 +299,12 @@ impl Default for LauncherConfig {
             kind: LauncherKind::Local,
             xvnc: "Xvnc".into(),
             desktop: None,
-            geometry: "1920x1080".into(),
+            desktops: Vec::new(),
+            default_desktop: None,
+            geometry: Geometry {
+                width: 1920,
+                height: 1080,
+            },
             depth: 24,
             start_timeout: HumanDuration(Duration::from_secs(30)),
             vnc_tls: true,
@@ -334,6 +353,8 @@ impl Default for LimitsConfig {
             invoker_burst: 400,
             peer_per_second: 10,
             peer_burst: 20,
+            screenshot_per_second: 1,
+            screenshot_burst: 5,
             login_failures: 5,
             login_failures_per_address: 20,
             login_failures_per_user: 100,
@@ -580,6 +601,8 @@ impl Config {
             ("limits.invoker_burst", l.invoker_burst),
             ("limits.peer_per_second", l.peer_per_second),
             ("limits.peer_burst", l.peer_burst),
+            ("limits.screenshot_per_second", l.screenshot_per_second),
+            ("limits.screenshot_burst", l.screenshot_burst),
             ("limits.login_failures", l.login_failures),
             (
                 "limits.login_failures_per_address",
@@ -616,9 +639,30 @@ impl Config {
             None => StoreUrl::sqlite_file(&self.server.data_dir.join("hpcdesk.db")),
         };
         let l = &self.launcher;
+        let list = match (&l.desktop, l.desktops.is_empty()) {
+            (Some(_), false) => {
+                return Err(invalid(
+                    "launcher.desktop",
+                    "set either launcher.desktop or [[launcher.desktops]], not both",
+                ));
+            }
+            (Some(command), true) => {
+                vec![DesktopChoice::single(command).map_err(|e| invalid("launcher.desktop", e))?]
+            }
+            (None, false) => l.desktops.clone(),
+            (None, true) => hpcdesk_launcher::desktops::installed(
+                &std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()),
+            ),
+        };
+        let desktops = Desktops::new(list, l.default_desktop.as_ref()).map_err(|e| {
+            let key = match e {
+                DesktopsError::Twice(_) => "launcher.desktops",
+                DesktopsError::NoSuchDefault { .. } => "launcher.default_desktop",
+            };
+            invalid(key, e)
+        })?;
         let desktop = DesktopSettings {
             xvnc: l.xvnc.clone(),
-            desktop: l.desktop.clone(),
             depth: l.depth,
             display_min: l.display_min,
             display_max: l.display_max,
@@ -636,6 +680,7 @@ impl Config {
             idle_sweep_at,
             public_url,
             desktop,
+            desktops,
             policy,
             config: self,
         })
@@ -675,6 +720,8 @@ pub struct Settings {
     pub public_url: Option<PublicUrl>,
     /// How desktops are started (the `[launcher]` keys every launcher shares).
     pub desktop: DesktopSettings,
+    /// The desktops users choose from (`launcher.desktops`, `default_desktop`).
+    pub desktops: Desktops,
     /// Which accounts may run desktops (`auth.min_uid`, `deny_users`, `allow_groups`).
     pub policy: Policy,
 }
@@ -745,7 +792,7 @@ mod tests {
         assert_eq!(c.auth.cluster_id, "11112");
         assert_eq!(c.auth.roles.get("1"), Some(&RoleKind::User));
         assert_eq!(c.launcher.kind, LauncherKind::Local);
-        assert_eq!(c.launcher.geometry, "1920x1080");
+        assert_eq!(c.launcher.geometry.to_string(), "1920x1080");
         assert_eq!(c.launcher.start_timeout.0, Duration::from_secs(30));
         assert_eq!(c.gateway.grant_ttl.0, Duration::from_secs(600));
         assert_eq!(c.lifecycle.idle_sweep_at, "01:00");

@@ -24,6 +24,7 @@ use std::time::Duration;
 use hpcdesk_core::claims::Action;
 use hpcdesk_core::wire::{LaunchUrl, SessionItem, local_time};
 use hpcdesk_core::{SessionId, SessionState};
+use hpcdesk_launcher::desktops::Geometry;
 use hpcdesk_launcher::{
     Launch, LaunchError, Launched, Progress, Queued, Recovery, StartRequest, Target,
 };
@@ -89,6 +90,7 @@ pub fn item(rec: &SessionRecord, connections: u32) -> SessionItem {
         last_active_time: local_time(rec.last_input_at.unwrap_or(rec.created_at)),
         connections,
         geometry: rec.geometry.clone(),
+        desktop: rec.desktop.clone(),
     }
 }
 
@@ -348,9 +350,34 @@ async fn account_allowed(app: &AppState, user: &AuthUser) -> Result<(), ApiError
 /// How many times a create claims again after finding an interrupted start in its way.
 const CLAIM_ROUNDS: usize = 3;
 
-/// `PUT …/desktop/vnc`: the caller's session, started if they have none.
-pub async fn create(app: &AppState, user: &AuthUser) -> Result<SessionItem, ApiError> {
+/// What a create may ask for beyond the SCNet API; a portal that sends nothing (as SCNet
+/// portals do) gets the defaults. Checked before anything is written or started.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CreateOptions {
+    /// A name of `launcher.desktops`.
+    pub desktop: Option<String>,
+    /// `WIDTHxHEIGHT`.
+    pub geometry: Option<String>,
+}
+
+/// `PUT …/desktop/vnc`: the caller's session, started if they have none. A caller who has
+/// one gets it unchanged, whatever `opts` asks.
+pub async fn create(
+    app: &AppState,
+    user: &AuthUser,
+    opts: &CreateOptions,
+) -> Result<SessionItem, ApiError> {
     user.require(Action::CreateDesktop)?;
+    let choice = app
+        .config
+        .desktops
+        .choose(opts.desktop.as_deref())
+        .map_err(ApiError::InvalidParameter)?;
+    let geometry = match &opts.geometry {
+        Some(g) => g.parse::<Geometry>().map_err(ApiError::InvalidParameter)?,
+        None => app.config.launcher.geometry,
+    };
+    let desktop = choice.map(|c| c.name.to_string()).unwrap_or_default();
     account_allowed(app, user).await?;
     for _ in 0..CLAIM_ROUNDS {
         // The full-access password, then the view-only one (view-only launch URLs carry it,
@@ -366,7 +393,8 @@ pub async fn create(app: &AppState, user: &AuthUser) -> Result<SessionItem, ApiE
                 user_id: user.claims.user_id.clone(),
                 invoker: user.claims.invoker.clone(),
                 compute_user: user.compute_user.clone(),
-                geometry: app.config.launcher.geometry.clone(),
+                geometry: geometry.to_string(),
+                desktop: desktop.clone(),
                 launcher: app.launcher.kind().to_owned(),
                 state: SessionState::Starting,
                 node: app.launcher.home_node(),
@@ -433,6 +461,12 @@ async fn start(
             password: full.to_vec(),
             view_password: (!view.is_empty()).then(|| view.to_vec()),
             geometry: rec.geometry.clone(),
+            desktop: app
+                .config
+                .desktops
+                .find(&rec.desktop)
+                .map(|d| d.command.clone())
+                .unwrap_or_default(),
             marker: rec.marker.clone(),
         })
         .await;
@@ -805,6 +839,60 @@ pub async fn list(app: &AppState, user: &AuthUser) -> Result<Vec<SessionItem>, A
 }
 
 /// Finds a visible session the caller may act on: unknown → 815010, another user's → 10008.
+/// Refuses a session that is not running (815008, with its state and reason).
+fn require_running(rec: &SessionRecord, id: &SessionId) -> Result<(), ApiError> {
+    if rec.state == SessionState::Running {
+        return Ok(());
+    }
+    let why = if rec.status_reason.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", rec.status_reason)
+    };
+    Err(ApiError::Desktop(format!(
+        "desktop session {id} is {}{why}",
+        rec.state
+    )))
+}
+
+/// `GET /hpcdesk/v1/desktop/vnc/{id}/screenshot`: a PNG of the desktop, `width` pixels
+/// wide, for its owner or an admin. hpcdesk takes it through its own VNC connection (no
+/// viewer, so it is not activity); rate-limited per desktop.
+pub async fn screenshot(
+    app: &AppState,
+    user: &AuthUser,
+    id: &SessionId,
+    width: u16,
+) -> Result<Vec<u8>, ApiError> {
+    user.require(Action::UseDesktop)?;
+    let rec = owned_session(app, user, id).await?;
+    require_running(&rec, id)?;
+    app.limits.check_screenshot(&rec.key)?;
+    let stored = rec
+        .vnc_password_sealed
+        .as_deref()
+        .and_then(|s| app.server_key.open_at_rest(s).ok())
+        .ok_or_else(|| ApiError::invariant("a running session whose password cannot be opened"))?;
+    let (Some(host), Some(port)) = (rec.host.as_deref(), rec.port) else {
+        return Err(ApiError::invariant("a running session without an address"));
+    };
+    let addr = hpcdesk_gateway::DesktopAddr {
+        host,
+        port,
+        password: grants::password_for(&stored, false),
+        tls_pin: rec.tls_pin.as_deref(),
+    };
+    let timeout = app.config.gateway.connect_timeout.0 + Duration::from_secs(5);
+    hpcdesk_gateway::screenshot::png(addr, width, timeout)
+        .await
+        .map_err(|e| {
+            tracing::warn!(session = %id, source = "node", error = %e, "screenshot failed");
+            ApiError::Desktop(format!(
+                "cannot take a screenshot of desktop session {id}: {e}"
+            ))
+        })
+}
+
 async fn owned_session(
     app: &AppState,
     user: &AuthUser,
@@ -854,17 +942,7 @@ pub async fn launch_url(
 ) -> Result<LaunchUrl, ApiError> {
     user.require(Action::UseDesktop)?;
     let rec = owned_session(app, user, id).await?;
-    if rec.state != SessionState::Running {
-        let why = if rec.status_reason.is_empty() {
-            String::new()
-        } else {
-            format!(": {}", rec.status_reason)
-        };
-        return Err(ApiError::Desktop(format!(
-            "desktop session {id} is {}{why}",
-            rec.state
-        )));
-    }
+    require_running(&rec, id)?;
     let url = grants::issue(app, &rec, view_only).await?;
     // Who asked, not whose desktop it is: an admin's link to someone's desktop says so.
     let detail = match (view_only, rec.owner == user.name()) {

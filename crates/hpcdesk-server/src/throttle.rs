@@ -44,6 +44,7 @@ pub struct Limits {
     users: DefaultKeyedRateLimiter<String>,
     invokers: DefaultKeyedRateLimiter<String>,
     peers: DefaultKeyedRateLimiter<String>,
+    screenshots: DefaultKeyedRateLimiter<String>,
     clock: DefaultClock,
     /// Failed logins per key (see [`failure_keys`]). A plain mutex: held for a lookup,
     /// never across an await.
@@ -77,6 +78,7 @@ impl Limits {
             users: RateLimiter::keyed(quota(cfg.user_per_second, cfg.user_burst)),
             invokers: RateLimiter::keyed(quota(cfg.invoker_per_second, cfg.invoker_burst)),
             peers: RateLimiter::keyed(quota(cfg.peer_per_second, cfg.peer_burst)),
+            screenshots: RateLimiter::keyed(quota(cfg.screenshot_per_second, cfg.screenshot_burst)),
             clock: DefaultClock::default(),
             failures: Mutex::new(HashMap::new()),
             max_failures: cfg.login_failures.max(1),
@@ -105,6 +107,15 @@ impl Limits {
             self.check(&self.invokers, invoker, "this organisation")?;
         }
         Ok(())
+    }
+
+    /// One screenshot of the session stored under `session_key`.
+    pub fn check_screenshot(&self, session_key: &str) -> Result<(), ApiError> {
+        self.check(
+            &self.screenshots,
+            session_key,
+            "screenshots of this desktop",
+        )
     }
 
     /// One request to a token endpoint from `peer`.
@@ -178,6 +189,7 @@ impl Limits {
         self.users.retain_recent();
         self.invokers.retain_recent();
         self.peers.retain_recent();
+        self.screenshots.retain_recent();
         let now = Instant::now();
         self.with_failures(|m| {
             m.retain(|_, f| now - f.since <= self.window || f.locked_until.is_some_and(|u| u > now))

@@ -151,6 +151,8 @@ pub struct SessionRecord {
     pub state: SessionState,
     pub status_reason: String,
     pub geometry: String,
+    /// The desktop chosen at create (a name of `launcher.desktops`; empty: the agent's own).
+    pub desktop: String,
     /// The VNC password, sealed with the server key (see `hpcdesk_core::seal`).
     pub vnc_password_sealed: Option<Vec<u8>>,
     /// Launcher kind that started it (`local`, `ssh`, `slurm`).
@@ -181,6 +183,8 @@ pub struct NewSession {
     pub invoker: String,
     pub compute_user: ComputeUser,
     pub geometry: String,
+    /// See [`SessionRecord::desktop`].
+    pub desktop: String,
     pub launcher: String,
     /// `starting`, or `pending` for launchers that queue.
     pub state: SessionState,

@@ -129,7 +129,7 @@ const GRANT_BATCH: usize = 256;
 
 const SESSION_COLUMNS: &str = "key, session_id, owner, user_id, invoker, compute_user, node, \
      display, host, port, state, status_reason, geometry, vnc_password, launcher, handle, \
-     marker, starter, queued, tls_pin, created_at, updated_at, last_input_at";
+     marker, starter, queued, tls_pin, desktop, created_at, updated_at, last_input_at";
 
 const USER_COLUMNS: &str = "name, user_id, password_hash, compute_user, role, account_status, \
      home_path, created_at, updated_at, tokens_valid_after";
@@ -421,6 +421,7 @@ impl<DB> SqlStore<DB> {
                 .ok_or_else(|| corrupt(format!("state {state:?}")))?,
             status_reason: row.try_get("status_reason")?,
             geometry: row.try_get("geometry")?,
+            desktop: row.try_get("desktop")?,
             vnc_password_sealed: row.try_get("vnc_password")?,
             launcher: row.try_get("launcher")?,
             handle: row.try_get("handle")?,
@@ -572,8 +573,9 @@ impl<DB> Store for SqlStore<DB> {
             let now = millis(new.now);
             let inserted = sqlx::query(
                 "INSERT INTO sessions (key, owner, user_id, invoker, compute_user, state, \
-                 geometry, launcher, created_at, updated_at, marker, starter, vnc_password, node) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10, $11, $12, $13)",
+                 geometry, launcher, created_at, updated_at, marker, starter, vnc_password, node, \
+                 desktop) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10, $11, $12, $13, $14)",
             )
             .bind(&key)
             .bind(&new.owner)
@@ -588,6 +590,7 @@ impl<DB> Store for SqlStore<DB> {
             .bind(&new.starter)
             .bind(&new.vnc_password_sealed)
             .bind(new.node.as_ref().map(ToString::to_string))
+            .bind(&new.desktop)
             .execute(&mut *tx)
             .await;
             match inserted {

@@ -18,6 +18,7 @@ fn new_session(owner: &str) -> NewSession {
         invoker: "org".into(),
         compute_user: ComputeUser::parse("alice").unwrap(),
         geometry: "1024x768".into(),
+        desktop: "twm".into(),
         launcher: "local".into(),
         state: SessionState::Starting,
         node: None,

@@ -19,9 +19,10 @@ pub struct DesktopOpts {
     pub node: Option<String>,
     #[arg(long, default_value = "Xvnc")]
     pub xvnc: String,
-    /// Desktop command line; default: a window manager and an xterm.
+    /// A desktop command line (repeat for several; the first is the session); default: a
+    /// window manager and an xterm.
     #[arg(long)]
-    pub desktop: Option<String>,
+    pub desktop: Vec<String>,
     #[arg(long, default_value = "1920x1080")]
     pub geometry: String,
     #[arg(long, default_value_t = 24)]
@@ -47,19 +48,19 @@ pub struct DesktopOpts {
 }
 
 impl DesktopOpts {
-    /// The options a launcher passes for a desktop of `settings`, listening on `listen`.
+    /// The options a launcher passes for the desktop `req` asks for, with `settings`,
+    /// listening on `listen`.
     pub fn new(
         node: Option<&NodeName>,
         settings: &DesktopSettings,
-        geometry: &str,
+        req: &crate::StartRequest,
         listen: &str,
-        marker: &str,
     ) -> Self {
         DesktopOpts {
             node: node.map(ToString::to_string),
             xvnc: settings.xvnc.clone(),
-            desktop: settings.desktop.clone(),
-            geometry: geometry.to_owned(),
+            desktop: req.desktop.clone(),
+            geometry: req.geometry.clone(),
             depth: settings.depth,
             display_min: settings.display_min,
             display_max: settings.display_max,
@@ -68,7 +69,7 @@ impl DesktopOpts {
             // On loopback the gateway and Xvnc share the machine; elsewhere the leg crosses
             // the network and is encrypted.
             tls: settings.tls && listen != "localhost",
-            marker: Some(marker.to_owned()),
+            marker: Some(req.marker.clone()),
         }
     }
 
@@ -115,7 +116,7 @@ impl DesktopOpts {
             "timeout",
             humantime::format_duration(self.timeout).to_string(),
         );
-        if let Some(d) = &self.desktop {
+        for d in &self.desktop {
             opt("desktop", d.clone());
         }
         if self.tls {
@@ -266,7 +267,6 @@ mod tests {
         let node = NodeName::parse("gv101").unwrap();
         let settings = DesktopSettings {
             xvnc: "/opt/tiger vnc/Xvnc".into(),
-            desktop: Some("xterm -T 'a b' -e \"top\"".into()),
             depth: 16,
             display_min: 3,
             display_max: 40,
@@ -274,29 +274,36 @@ mod tests {
             tls: true,
         };
         let mut plain = settings.clone();
-        plain.desktop = None;
         plain.tls = false;
+        let twm = ["twm", "xterm -T 'a b' -e \"top\""];
+        let req = crate::test_request;
         let commands = [
             NodeCommand::Start(DesktopOpts::new(
                 Some(&node),
                 &settings,
-                "800x600",
+                &req("800x600", &twm, "mark0001"),
                 "10.0.0.2",
-                "mark0001",
             )),
             NodeCommand::Start(DesktopOpts::new(
                 Some(&node),
                 &settings,
-                "1920x1080",
+                &req("1920x1080", &["xfce4-session"], "mark0002"),
                 "localhost",
-                "mark0002",
             )),
             NodeCommand::Start(DesktopOpts::new(
-                None, &plain, "1x1", "hostname", "m3m3m3m3",
+                None,
+                &plain,
+                &req("1x1", &[], "m3m3m3m3"),
+                "hostname",
             )),
             NodeCommand::Job {
                 key: "abc12345".into(),
-                desktop: DesktopOpts::new(None, &settings, "1024x768", "hostname", "abc12345"),
+                desktop: DesktopOpts::new(
+                    None,
+                    &settings,
+                    &req("1024x768", &twm, "abc12345"),
+                    "hostname",
+                ),
             },
             NodeCommand::JobPrepare { key: "k1".into() },
             NodeCommand::JobReport { key: "k2".into() },
@@ -316,15 +323,15 @@ mod tests {
     fn tls_is_asked_for_only_off_loopback() {
         let s = DesktopSettings {
             xvnc: "Xvnc".into(),
-            desktop: None,
             depth: 24,
             display_min: 1,
             display_max: 9,
             start_timeout: Duration::from_secs(30),
             tls: true,
         };
-        assert!(!DesktopOpts::new(None, &s, "1x1", "localhost", "m0000000").tls);
-        assert!(DesktopOpts::new(None, &s, "1x1", "10.0.0.2", "m0000000").tls);
+        let req = crate::test_request("1x1", &[], "m0000000");
+        assert!(!DesktopOpts::new(None, &s, &req, "localhost").tls);
+        assert!(DesktopOpts::new(None, &s, &req, "10.0.0.2").tls);
     }
 
     #[test]

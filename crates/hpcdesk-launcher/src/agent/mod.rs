@@ -19,6 +19,7 @@ mod display;
 pub mod job;
 pub mod procs;
 pub mod protocol;
+mod session;
 
 use std::fs;
 use std::io::{Read, Write};
@@ -109,9 +110,9 @@ fn own_address() -> Result<IpAddr, String> {
 pub struct StartArgs {
     pub node: String,
     pub xvnc: String,
-    /// The desktop command line (split like a shell would, but never run by one);
-    /// `None` picks a window manager and an xterm.
-    pub desktop: Option<String>,
+    /// The desktop's command lines (split like a shell would, but never run by one), the
+    /// session first; empty picks a window manager and an xterm.
+    pub desktop: Vec<String>,
     pub geometry: String,
     pub depth: u8,
     pub display_min: u32,
@@ -181,19 +182,6 @@ fn io_err(what: &str, path: &Path, e: std::io::Error) -> AgentError {
         ErrorKind::Failed,
         format!("cannot {what} {}: {e}", path.display()),
     )
-}
-
-fn valid_geometry(g: &str) -> bool {
-    let Some((w, h)) = g.split_once('x') else {
-        return false;
-    };
-    let ok = |s: &str| {
-        !s.is_empty()
-            && s.len() <= 5
-            && s.bytes().all(|b| b.is_ascii_digit())
-            && s.parse::<u32>().is_ok_and(|n| (16..=16384).contains(&n))
-    };
-    ok(w) && ok(h)
 }
 
 /// A desktop's VNC passwords: full access, and optionally view-only (Xvnc lets a viewer that
@@ -312,11 +300,8 @@ fn make_certificate(dir: &Path, node: &str) -> Result<String, AgentError> {
 /// Starts a desktop. On success the desktop's processes run detached; on failure nothing
 /// of it is left running.
 pub fn start(args: &StartArgs, password: &Passwords) -> Result<StartedDesktop, AgentError> {
-    if !valid_geometry(&args.geometry) {
-        return Err(err(
-            ErrorKind::Usage,
-            format!("geometry must look like 1920x1080, not {:?}", args.geometry),
-        ));
+    if let Err(e) = args.geometry.parse::<crate::desktops::Geometry>() {
+        return Err(err(ErrorKind::Usage, e));
     }
     if args.display_min > args.display_max || args.display_max > hpcdesk_core::DisplayNumber::MAX {
         return Err(err(ErrorKind::Usage, "invalid display range"));
@@ -329,7 +314,7 @@ pub fn start(args: &StartArgs, password: &Passwords) -> Result<StartedDesktop, A
             "--marker must be 8 to 64 letters and digits",
         ));
     }
-    let desktop = desktop_argvs(args.desktop.as_deref())?;
+    let desktop = desktop_argvs(&args.desktop)?;
     let me = Account::current().map_err(|e| err(ErrorKind::Failed, e.to_string()))?;
     let root = desktops_root(&me.home);
     make_private_dir(&root)?;
@@ -416,6 +401,8 @@ fn xvnc_cmd(args: &StartArgs, me: &Account, dir: &Path, d: u32, port: u16, marke
             &args.depth.to_string(),
         ])
         .args(["-nolisten", "tcp", "-AlwaysShared"])
+        // No X screensaver: it would blank the screen of a desktop left open in a tab.
+        .args(["-s", "0"])
         // Only the gateway authenticates, always with the right password; a blacklist
         // would let any local account lock every viewer out with five bad attempts.
         .arg("-UseBlacklist=0")
@@ -567,14 +554,27 @@ fn try_display(
     }
     let desktop_log = dir.join("desktop.log");
     let mut warnings = Vec::new();
-    for argv in desktop {
+    let session_env = match session::prepare(&dir, me.uid.as_raw()) {
+        Ok(env) => env,
+        Err(e) => return Err(cleanup(e)),
+    };
+    let path = search_path();
+    for (i, argv) in desktop.iter().enumerate() {
         let is_twm = Path::new(&argv[0]).file_name().is_some_and(|n| n == "twm");
+        // The first command is the session: it gets the D-Bus session the others share.
+        let argv = match i {
+            0 => session::in_dbus_session(argv, &path),
+            _ => argv.clone(),
+        };
         let mut cmd = Cmd::new(&argv[0])
             .args(&argv[1..])
             .env("DISPLAY", format!(":{d}"))
             .env("XAUTHORITY", &xauth)
             .env(procs::MARKER_VAR, &marker)
             .current_dir(&me.home);
+        for (k, v) in &session_env {
+            cmd = cmd.env(k, v);
+        }
         if is_twm {
             // twm cannot load its font set under a UTF-8 locale and exits at once.
             cmd = cmd.env("LANG", "C").env("LC_ALL", "C");
@@ -639,36 +639,34 @@ pub fn rfb_banner(addr: SocketAddr) -> Option<String> {
     text.starts_with("RFB ").then_some(text)
 }
 
-/// The argv of each desktop process to start.
-fn desktop_argvs(configured: Option<&str>) -> Result<Vec<Vec<String>>, AgentError> {
-    if let Some(cmdline) = configured.filter(|c| !c.trim().is_empty()) {
-        let argv = shell_words::split(cmdline).map_err(|e| {
-            err(
-                ErrorKind::Usage,
-                format!("cannot split the desktop command {cmdline:?}: {e}"),
-            )
-        })?;
-        return Ok(vec![argv]);
-    }
-    let mut out = Vec::new();
-    if let Some(wm) = ["xfce4-session", "openbox-session", "twm"]
-        .into_iter()
-        .find_map(find_in_path)
-    {
-        out.push(vec![wm]);
-    }
-    if let Some(xterm) = find_in_path("xterm") {
-        out.push(vec![xterm, "-geometry".into(), "100x30+20+20".into()]);
-    }
-    Ok(out)
+/// The argv of each desktop process to start: the configured command lines, or the first
+/// desktop installed here ([`crate::desktops::installed`]).
+fn desktop_argvs(configured: &[String]) -> Result<Vec<Vec<String>>, AgentError> {
+    let lines: Vec<String> = match configured.iter().any(|c| !c.trim().is_empty()) {
+        true => configured.to_vec(),
+        false => crate::desktops::installed(&search_path())
+            .into_iter()
+            .next()
+            .map(|d| d.command)
+            .unwrap_or_default(),
+    };
+    lines
+        .iter()
+        .filter(|c| !c.trim().is_empty())
+        .map(|cmdline| {
+            shell_words::split(cmdline).map_err(|e| {
+                err(
+                    ErrorKind::Usage,
+                    format!("cannot split the desktop command {cmdline:?}: {e}"),
+                )
+            })
+        })
+        .collect()
 }
 
-fn find_in_path(name: &str) -> Option<String> {
-    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
-    std::env::split_paths(&path)
-        .map(|p| p.join(name))
-        .find(|p| p.is_file())
-        .map(|p| p.to_string_lossy().into_owned())
+/// The agent's `PATH` (set by the launcher), where desktop programs are looked up.
+fn search_path() -> String {
+    std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into())
 }
 
 /// Signals every process of a desktop, then escalates to SIGKILL after `grace`.
@@ -837,16 +835,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn geometry_must_be_w_x_h() {
-        assert!(valid_geometry("1920x1080"));
-        assert!(!valid_geometry("1920x"));
-        assert!(!valid_geometry("1920*1080"));
-        assert!(!valid_geometry("8x8"));
-        assert!(!valid_geometry("-1x100"));
-        assert!(!valid_geometry("100x100;rm"));
-    }
-
-    #[test]
     fn the_password_comes_from_stdin_without_newline() {
         let one = read_password(&b"abcdefgh\n"[..]).unwrap();
         assert_eq!(
@@ -875,12 +863,12 @@ mod tests {
 
     #[test]
     fn a_configured_desktop_is_split_without_a_shell() {
-        let v = desktop_argvs(Some("/usr/bin/xterm -T 'my term' -e 'sleep 1; x'")).unwrap();
+        let v = desktop_argvs(&["/usr/bin/xterm -T 'my term' -e 'sleep 1; x'".into()]).unwrap();
         assert_eq!(
             v,
             vec![vec!["/usr/bin/xterm", "-T", "my term", "-e", "sleep 1; x"]]
         );
-        assert!(desktop_argvs(Some("xterm 'unclosed")).is_err());
+        assert!(desktop_argvs(&["xterm 'unclosed".into()]).is_err());
     }
 
     #[test]

@@ -1,8 +1,12 @@
-//! The SCNet desktop endpoints (DESIGN §2.3). Bodies are ignored: clients send none, `{}`
-//! or text.
+//! The SCNet desktop endpoints (DESIGN §2.3), and hpcdesk's additions to them: the choice of
+//! desktop and screen size at create, the list of desktops, and screenshots.
+//!
+//! SCNet clients send a create with no body, `{}` or text; those get the defaults. A JSON
+//! object body (or the query string) may name `desktop` and `geometry`.
 
 use axum::extract::{Query, State};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
+use hpcdesk_core::wire::DesktopEntry;
 
 use super::extract::{SessionPath, V2};
 use crate::auth::AuthUser;
@@ -10,14 +14,71 @@ use crate::error::{ApiError, ok};
 use crate::sessions;
 use crate::state::AppState;
 
-/// `PUT /hpc/openapi/v2/desktop/vnc`
+/// The options of a create, from the query string (`?desktop=twm&geometry=1280x720`).
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct CreateQuery {
+    desktop: Option<String>,
+    geometry: Option<String>,
+}
+
+/// The options of a create: the query string's, and a JSON object body's. A body that is not
+/// a JSON object (none, text) asks for nothing, as SCNet clients expect.
+fn create_options(query: CreateQuery, body: &[u8]) -> Result<sessions::CreateOptions, ApiError> {
+    let text = std::str::from_utf8(body).unwrap_or("").trim();
+    let mut from_body = CreateQuery::default();
+    if text.starts_with('{') {
+        let v: serde_json::Value = serde_json::from_str(text)
+            .map_err(|e| ApiError::InvalidParameter(format!("the body is not valid JSON: {e}")))?;
+        let field = |name: &str| match v.get(name) {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(ApiError::InvalidParameter(format!(
+                "{name} must be a string"
+            ))),
+        };
+        from_body.desktop = field("desktop")?;
+        from_body.geometry = field("geometry")?;
+    }
+    let merge = |name: &str, q: Option<String>, b: Option<String>| match (q, b) {
+        (Some(q), Some(b)) if q != b => Err(ApiError::InvalidParameter(format!(
+            "{name} is given twice, differently, in the query string and the body"
+        ))),
+        (q, b) => Ok(b.or(q)),
+    };
+    Ok(sessions::CreateOptions {
+        desktop: merge("desktop", query.desktop, from_body.desktop)?,
+        geometry: merge("geometry", query.geometry, from_body.geometry)?,
+    })
+}
+
+/// `PUT /hpc/openapi/v2/desktop/vnc[?desktop=…&geometry=…]`
 #[tracing::instrument(skip_all, fields(user = %user.name()))]
 pub async fn create(
     State(app): State<AppState>,
     _: V2,
     user: AuthUser,
+    Query(query): Query<CreateQuery>,
+    body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    Ok(ok(sessions::create(&app, &user).await?))
+    let opts = create_options(query, &body)?;
+    Ok(ok(sessions::create(&app, &user, &opts).await?))
+}
+
+/// `GET /hpcdesk/v1/desktops`: the desktops a create may name.
+#[tracing::instrument(skip_all, fields(user = %user.name()))]
+pub async fn desktops(State(app): State<AppState>, user: AuthUser) -> Result<Response, ApiError> {
+    let d = &app.config.desktops;
+    let default = d.default_choice().map(|c| c.name.clone());
+    let list: Vec<DesktopEntry> = d
+        .list()
+        .iter()
+        .map(|c| DesktopEntry {
+            name: c.name.to_string(),
+            title: c.title.clone(),
+            default: Some(&c.name) == default.as_ref(),
+        })
+        .collect();
+    Ok(ok(list))
 }
 
 /// `GET /hpc/openapi/v2/desktop/vnc`
@@ -70,4 +131,45 @@ pub async fn launch_url(
     Ok(ok(
         sessions::launch_url(&app, &user, &id.0, view_only).await?
     ))
+}
+
+/// Options of a screenshot.
+#[derive(Debug, serde::Deserialize)]
+pub struct ScreenshotOptions {
+    width: Option<String>,
+}
+
+/// `GET /hpcdesk/v1/desktop/vnc/{sessionId}/screenshot[?width=320]`: a PNG (`image/png`);
+/// errors are the usual envelope.
+#[tracing::instrument(skip_all, fields(user = %user.name(), session = %id.0))]
+pub async fn screenshot(
+    State(app): State<AppState>,
+    user: AuthUser,
+    id: SessionPath,
+    Query(opts): Query<ScreenshotOptions>,
+) -> Result<Response, ApiError> {
+    use hpcdesk_gateway::screenshot::WIDTHS;
+    let width = match opts.width.as_deref() {
+        None => 320,
+        Some(w) => w
+            .parse::<u16>()
+            .ok()
+            .filter(|w| WIDTHS.contains(w))
+            .ok_or_else(|| {
+                ApiError::InvalidParameter(format!(
+                    "width must be a whole number of pixels from {} to {}, not {w:?}",
+                    WIDTHS.start(),
+                    WIDTHS.end()
+                ))
+            })?,
+    };
+    let png = sessions::screenshot(&app, &user, &id.0, width).await?;
+    Ok((
+        [
+            (axum::http::header::CONTENT_TYPE, "image/png"),
+            (axum::http::header::CACHE_CONTROL, "no-store"),
+        ],
+        png,
+    )
+        .into_response())
 }

@@ -1,13 +1,14 @@
 //! HTTP routes. Handlers only translate HTTP: extract and parse, call `sessions`, wrap the
 //! result in an envelope. Modules are named by resource.
 //!
-//! - [`desktop`]: the four SCNet desktop endpoints under `/hpc/openapi/v2/desktop/vnc`.
+//! - [`desktop`]: the four SCNet desktop endpoints under `/hpc/openapi/v2/desktop/vnc`, with
+//!   hpcdesk's create options, `GET /hpcdesk/v1/desktops` and screenshots.
 //! - [`tokens`]: the AC token and region endpoints (`/ac/openapi/v2/…`, `/api/user/v3/tokens`).
 //! - [`health`]: `GET /healthz`, `GET /readyz`; `GET /metrics` is served by [`crate::metrics`].
 //! - [`extract`]: the API-version check, the authenticated caller, the session id path part.
 //! - [`limits`]: header and body size limits (10012).
 //! - [`vncws`]: the viewer's WebSocket (`/vncws`), handed to the gateway.
-//! - [`admin`]: operator endpoints (`/hpcdesk/v1/…`).
+//! - [`admin`]: operator endpoints (`/hpcdesk/v1/sweep`, `/hpcdesk/v1/nodes`).
 //! - [`web`]: the viewer page and noVNC's modules (everything else that is a file).
 
 pub mod admin;
@@ -62,6 +63,11 @@ pub fn router(state: AppState) -> Router {
         .route("/vncws", get(vncws::connect))
         .route("/hpcdesk/v1/sweep", axum::routing::post(admin::sweep))
         .route("/hpcdesk/v1/nodes", get(admin::nodes))
+        .route("/hpcdesk/v1/desktops", get(desktop::desktops))
+        .route(
+            "/hpcdesk/v1/desktop/vnc/{session_id}/screenshot",
+            get(desktop::screenshot),
+        )
         .fallback(web::file_or_404)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
