@@ -40,12 +40,21 @@ struct Entry {
     close: watch::Sender<Option<CloseReason>>,
 }
 
+/// How many times viewers asked for each JPEG quality and compression level (0-9), for
+/// `/metrics`: what image settings users choose. Counters, so no lock.
+#[derive(Debug, Default)]
+pub struct EncodingCounts {
+    pub quality: [AtomicU64; 10],
+    pub compression: [AtomicU64; 10],
+}
+
 /// The open viewer connections of every session, by session key. Shared by every relay
 /// and by the sweep; a plain mutex, held only to update or read an entry, never across
 /// an await.
 #[derive(Clone)]
 pub struct Registry {
     inner: Arc<Mutex<HashMap<String, Entry>>>,
+    encodings: Arc<EncodingCounts>,
     now: Now,
 }
 
@@ -62,6 +71,7 @@ impl Registry {
     pub fn new(now: Now) -> Self {
         Registry {
             inner: Arc::new(Mutex::new(HashMap::new())),
+            encodings: Arc::default(),
             now,
         }
     }
@@ -108,6 +118,11 @@ impl Registry {
             closed,
             last_input_ms: AtomicU64::new(0),
         })
+    }
+
+    /// The image settings viewers asked for, counted by level.
+    pub fn encoding_counts(&self) -> &EncodingCounts {
+        &self.encodings
     }
 
     pub fn activity(&self, session_key: &str) -> Activity {
@@ -179,6 +194,17 @@ impl Connection {
         if last == 0 || now_ms - last >= INPUT_EVERY.as_millis() as u64 {
             self.last_input_ms.store(now_ms, Ordering::Relaxed);
             self.registry.record_input(&self.key);
+        }
+    }
+
+    /// Records the image settings the viewer asked for (a SetEncodings).
+    pub fn encodings(&self, e: hpcdesk_rfb::Encodings) {
+        let counts = &self.registry.encodings;
+        if let Some(q) = e.quality {
+            counts.quality[q as usize].fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(c) = e.compression {
+            counts.compression[c as usize].fetch_add(1, Ordering::Relaxed);
         }
     }
 

@@ -421,6 +421,9 @@ impl Up<'_> {
                     }
                 })
                 .map_err(|_| view_only_violation())?;
+            if let Some(e) = scanner.take_encodings() {
+                self.conn.encodings(e);
+            }
             if !self.filtered.is_empty() {
                 write_desktop(desktop, &self.filtered).await?;
             }
@@ -436,6 +439,8 @@ impl Up<'_> {
                     // An extension we cannot frame: relay blindly from now on.
                     self.scanner = None;
                     input = true;
+                } else if let Some(e) = scanner.take_encodings() {
+                    self.conn.encodings(e);
                 }
                 if input {
                     self.conn.input();

@@ -56,13 +56,41 @@ enum State {
         class: Class,
         remaining: u64,
     },
+    /// Inside a SetEncodings list: `left` encodings to go, the current one's first `have`
+    /// bytes in `part`, and the quality and compression levels seen so far.
+    Encodings {
+        left: u16,
+        part: [u8; 4],
+        have: usize,
+        seen: Encodings,
+    },
     Failed(ScanError),
+}
+
+/// The image settings a viewer asked for in a SetEncodings message: the JPEG quality
+/// (pseudo-encodings -32..=-23) and compression level (-256..=-247), 0-9 each.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Encodings {
+    pub quality: Option<u8>,
+    pub compression: Option<u8>,
+}
+
+impl Encodings {
+    fn see(&mut self, encoding: i32) {
+        match encoding {
+            -32..=-23 => self.quality = Some((encoding + 32) as u8),
+            -256..=-247 => self.compression = Some((encoding + 256) as u8),
+            _ => {}
+        }
+    }
 }
 
 /// Streaming framer of client → server RFB messages.
 #[derive(Debug, Clone)]
 pub struct ClientScanner {
     state: State,
+    /// The settings of the last complete SetEncodings not yet taken.
+    encodings: Option<Encodings>,
 }
 
 impl Default for ClientScanner {
@@ -138,7 +166,15 @@ fn frame(h: &[u8]) -> Result<Need, ScanError> {
 impl ClientScanner {
     /// A scanner at the start of the stream (the next byte is ClientInit).
     pub fn new() -> Self {
-        ClientScanner { state: State::Init }
+        ClientScanner {
+            state: State::Init,
+            encodings: None,
+        }
+    }
+
+    /// The image settings of the last SetEncodings completed since the last call, if any.
+    pub fn take_encodings(&mut self) -> Option<Encodings> {
+        self.encodings.take()
     }
 
     /// Feeds `data` and hands every byte of it, in order, to `out` together with the class
@@ -171,7 +207,24 @@ impl ClientScanner {
                         Ok(Need::Known(class, len)) => {
                             let header_len = *have;
                             out(&buf[..header_len], class);
-                            self.state = if len > header_len as u64 {
+                            let set_encodings = buf[0] == 2;
+                            self.state = if set_encodings {
+                                let left = ((len - 4) / 4) as u16;
+                                if left == 0 {
+                                    self.encodings = Some(Encodings::default());
+                                    State::Header {
+                                        buf: [0; 12],
+                                        have: 0,
+                                    }
+                                } else {
+                                    State::Encodings {
+                                        left,
+                                        part: [0; 4],
+                                        have: 0,
+                                        seen: Encodings::default(),
+                                    }
+                                }
+                            } else if len > header_len as u64 {
                                 State::Body {
                                     class,
                                     remaining: len - header_len as u64,
@@ -187,6 +240,34 @@ impl ClientScanner {
                             self.state = State::Failed(e);
                             return Err(e);
                         }
+                    }
+                }
+                State::Encodings {
+                    left,
+                    part,
+                    have,
+                    seen,
+                } => {
+                    // Whole encodings at a time, but never more than this list holds.
+                    let want = (*left as usize * 4 - *have).min(data.len() - pos);
+                    let chunk = &data[pos..pos + want];
+                    out(chunk, Class::Protocol);
+                    pos += want;
+                    for &b in chunk {
+                        part[*have] = b;
+                        *have += 1;
+                        if *have == 4 {
+                            seen.see(i32::from_be_bytes(*part));
+                            *have = 0;
+                            *left -= 1;
+                        }
+                    }
+                    if *left == 0 {
+                        self.encodings = Some(*seen);
+                        self.state = State::Header {
+                            buf: [0; 12],
+                            have: 0,
+                        };
                     }
                 }
                 State::Body { class, remaining } => {
@@ -280,6 +361,42 @@ mod tests {
             .unwrap();
         }
         (all, kept, act)
+    }
+
+    #[test]
+    fn the_quality_and_compression_a_viewer_asks_for_are_seen_whatever_the_chunking() {
+        let mut first = vec![1u8];
+        let encodings: [i32; 5] = [7, -32 + 6, 16, -256 + 2, -224];
+        first.extend_from_slice(&[2, 0, 0, encodings.len() as u8]);
+        for e in encodings {
+            first.extend_from_slice(&e.to_be_bytes());
+        }
+        first.extend_from_slice(&[3, 1, 0, 0, 0, 0, 0, 10, 0, 10]);
+        // A later SetEncodings with neither level.
+        let second = [2u8, 0, 0, 1, 0, 0, 0, 0];
+        for n in [1, 2, 3, 5, 7, 64] {
+            let mut sc = ClientScanner::new();
+            let mut all = Vec::new();
+            let mut feed = |bytes: &[u8], sc: &mut ClientScanner| {
+                let mut seen = Vec::new();
+                for chunk in bytes.chunks(n) {
+                    sc.feed(chunk, |b, c| {
+                        assert!(c.allowed_view_only());
+                        all.extend_from_slice(b);
+                    })
+                    .unwrap();
+                    seen.extend(sc.take_encodings());
+                }
+                seen
+            };
+            let asked = Encodings {
+                quality: Some(6),
+                compression: Some(2),
+            };
+            assert_eq!(feed(&first, &mut sc), [asked], "chunk size {n}");
+            assert_eq!(feed(&second, &mut sc), [Encodings::default()]);
+            assert_eq!(all, [&first[..], &second[..]].concat(), "chunk size {n}");
+        }
     }
 
     #[test]

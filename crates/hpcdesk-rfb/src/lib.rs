@@ -16,4 +16,4 @@ pub mod client_messages;
 pub mod handshake;
 
 pub use auth::{PASSWORD_LEN, obfuscated_password_file, vnc_auth_response};
-pub use client_messages::{Class, ClientScanner, ScanError};
+pub use client_messages::{Class, ClientScanner, Encodings, ScanError};

@@ -84,6 +84,28 @@ pub async fn render(State(app): State<AppState>) -> Result<Response, ApiError> {
             n.load(Ordering::Relaxed)
         );
     }
+    let asked = app.gateway.registry.encoding_counts();
+    for (name, help, counts) in [
+        (
+            "hpcdesk_viewer_quality_requests_total",
+            "Viewers' requests for a JPEG quality level (SetEncodings), by level.",
+            &asked.quality,
+        ),
+        (
+            "hpcdesk_viewer_compression_requests_total",
+            "Viewers' requests for a compression level (SetEncodings), by level.",
+            &asked.compression,
+        ),
+    ] {
+        family(&mut out, name, "counter", help);
+        for (level, n) in counts.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "{name}{{level=\"{level}\"}} {}",
+                n.load(Ordering::Relaxed)
+            );
+        }
+    }
     for (name, help, v) in [
         (
             "hpcdesk_desktops_started_total",

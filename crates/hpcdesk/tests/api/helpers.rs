@@ -137,6 +137,9 @@ pub struct Options {
     pub extra_toml: String,
     /// Extra keys of the `[launcher]` table (e.g. `kind = "ssh"`).
     pub launcher_toml: String,
+    /// `launcher.default_desktop`: twm unless a test wants the real default (XFCE, which
+    /// takes more memory and start-up time than most tests need); `None` leaves it unset.
+    pub default_desktop: Option<&'static str>,
     /// Environment of the server process.
     pub env: Vec<(String, String)>,
     /// A command the server is started under (e.g. `setpriv …`), its argv before `hpcdesk`.
@@ -153,6 +156,7 @@ impl Default for Options {
             reconcile_every: "1s",
             extra_toml: String::new(),
             launcher_toml: String::new(),
+            default_desktop: Some("twm"),
             env: Vec::new(),
             wrapper: Vec::new(),
         }
@@ -209,6 +213,7 @@ depth = {depth}
 start_timeout = "20s"
 display_min = {dmin}
 display_max = {dmax}
+{default_desktop}
 {launcher_extra}
 
 [lifecycle]
@@ -224,6 +229,10 @@ reconcile_every = "{reconcile}"
             reconcile = opts.reconcile_every,
             extra = opts.extra_toml,
             launcher_extra = opts.launcher_toml,
+            default_desktop = opts
+                .default_desktop
+                .map(|d| format!("default_desktop = \"{d}\""))
+                .unwrap_or_default(),
         );
         std::fs::write(&config, text).unwrap();
         let log = dir.path().join("serve.log");
