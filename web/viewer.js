@@ -8,8 +8,34 @@ import RFB from './novnc/core/rfb.js';
 const params = new URLSearchParams(location.search);
 const path = params.get('path');
 const mm = params.get('mm');
-const resize = params.get('resize') || 'remote';
 const viewOnly = params.get('view_only') === 'true';
+
+// Image settings, kept per browser: JPEG quality and compression level (0-9, noVNC's defaults
+// 6 and 2) and scaling (remote resize, scale, none). A saved choice wins over the link's
+// `resize`.
+const SETTINGS_KEY = 'hpcdesk.viewer';
+const SCALINGS = ['remote', 'scale', 'off'];
+function loadSettings() {
+  let saved = {};
+  try {
+    saved = JSON.parse(localStorage.getItem(SETTINGS_KEY) || '{}') || {};
+  } catch (e) {
+    saved = {};
+  }
+  const level = (v, d) => (Number.isInteger(v) && v >= 0 && v <= 9 ? v : d);
+  const linkResize = SCALINGS.includes(params.get('resize')) ? params.get('resize') : 'remote';
+  return {
+    quality: level(saved.quality, 6),
+    compression: level(saved.compression, 2),
+    scaling: SCALINGS.includes(saved.scaling) ? saved.scaling : linkResize,
+  };
+}
+const settings = loadSettings();
+function saveSettings() {
+  try {
+    localStorage.setItem(SETTINGS_KEY, JSON.stringify(settings));
+  } catch (e) { /* private mode: the settings last for this page */ }
+}
 
 const $ = (id) => document.getElementById(id);
 const statusEl = $('status');
@@ -17,7 +43,7 @@ const overlay = $('overlay');
 const overlayText = $('overlay-text');
 const reconnectBtn = $('btn-reconnect');
 
-const state = { status: 'starting', message: '', rfb: null, attempts: 0, connectedOnce: false };
+const state = { status: 'starting', message: '', rfb: null, attempts: 0, connectedOnce: false, settings, viewOnly };
 window.hpcdesk = state;
 
 const BACKOFF_MS = [1000, 2000, 4000, 8000, 15000, 30000];
@@ -116,9 +142,7 @@ async function connect() {
   }
   state.rfb = rfb;
   rfb.viewOnly = viewOnly;
-  rfb.resizeSession = resize === 'remote';
-  rfb.scaleViewport = resize === 'scale';
-  rfb.clipViewport = resize === 'off';
+  applySettings(rfb);
   rfb.focusOnClick = true;
   rfb.background = '#2b2b2b';
 
@@ -152,15 +176,95 @@ async function connect() {
   });
   rfb.addEventListener('clipboard', (e) => {
     $('clip-text').value = e.detail.text;
-    if (navigator.clipboard && window.isSecureContext) {
-      navigator.clipboard.writeText(e.detail.text).catch(() => {});
+    lastLocalClip = e.detail.text;
+    if (navigator.clipboard && navigator.clipboard.writeText && window.isSecureContext) {
+      navigator.clipboard.writeText(e.detail.text)
+        .then(() => { $('clip-auto').textContent = 'Copied to your clipboard too.'; })
+        .catch(() => { $('clip-auto').textContent = ''; });
     }
   });
 }
 
-$('btn-clipboard').addEventListener('click', () => {
-  $('clipboard').hidden = !$('clipboard').hidden;
+// Applies the image settings to `rfb` (live: noVNC sends new encodings at once).
+function applySettings(rfb) {
+  if (!rfb) return;
+  rfb.qualityLevel = settings.quality;
+  rfb.compressionLevel = settings.compression;
+  rfb.resizeSession = settings.scaling === 'remote';
+  rfb.scaleViewport = settings.scaling === 'scale';
+  rfb.clipViewport = settings.scaling === 'off';
+}
+
+function showSettings() {
+  $('quality').value = settings.quality;
+  $('quality-value').textContent = settings.quality;
+  $('compression').value = settings.compression;
+  $('compression-value').textContent = settings.compression;
+  $('scaling').value = settings.scaling;
+}
+
+for (const key of ['quality', 'compression']) {
+  $(key).addEventListener('input', () => {
+    settings[key] = Number($(key).value);
+    $(`${key}-value`).textContent = settings[key];
+    saveSettings();
+    applySettings(state.rfb);
+  });
+}
+$('scaling').addEventListener('change', () => {
+  settings.scaling = $('scaling').value;
+  saveSettings();
+  applySettings(state.rfb);
 });
+showSettings();
+
+// Your clipboard → the desktop's, where the browser allows reading it (a secure context and
+// the user's permission): whenever this page gets the focus back, e.g. after copying
+// something in another window. Otherwise the clipboard panel does it by hand.
+let lastLocalClip = null;
+async function clipboardFromLocal() {
+  if (viewOnly || !state.rfb || !navigator.clipboard || !navigator.clipboard.readText || !window.isSecureContext) return;
+  try {
+    const text = await navigator.clipboard.readText();
+    if (text && text !== lastLocalClip) {
+      lastLocalClip = text;
+      state.rfb.clipboardPasteFrom(text);
+      $('clip-text').value = text;
+    }
+  } catch (e) { /* not allowed: the panel remains */ }
+}
+window.addEventListener('focus', clipboardFromLocal);
+
+function toggle(id) {
+  $(id).hidden = !$(id).hidden;
+}
+function fullscreen() {
+  if (document.fullscreenElement) {
+    document.exitFullscreen();
+  } else {
+    document.documentElement.requestFullscreen().catch(() => {});
+  }
+}
+
+// Shortcuts of the page itself, taken before noVNC sends the keys to the desktop.
+window.addEventListener('keydown', (e) => {
+  if (!(e.ctrlKey && e.altKey && e.shiftKey)) return;
+  const action = { KeyF: fullscreen, KeyC: () => toggle('clipboard'), KeyS: () => toggle('settings'), KeyH: () => toggle('help') }[e.code];
+  if (!action) return;
+  e.preventDefault();
+  e.stopPropagation();
+  action();
+}, true);
+
+if (viewOnly) {
+  $('badge-view-only').hidden = false;
+  $('btn-cad').hidden = true;
+  $('btn-clip-send').disabled = true;
+}
+
+$('btn-clipboard').addEventListener('click', () => toggle('clipboard'));
+$('btn-settings').addEventListener('click', () => toggle('settings'));
+$('btn-help').addEventListener('click', () => toggle('help'));
 $('btn-clip-send').addEventListener('click', () => {
   if (state.rfb) {
     state.rfb.clipboardPasteFrom($('clip-text').value);
@@ -173,13 +277,7 @@ $('btn-cad').addEventListener('click', () => {
     state.rfb.focus();
   }
 });
-$('btn-fullscreen').addEventListener('click', () => {
-  if (document.fullscreenElement) {
-    document.exitFullscreen();
-  } else {
-    document.documentElement.requestFullscreen().catch(() => {});
-  }
-});
+$('btn-fullscreen').addEventListener('click', fullscreen);
 reconnectBtn.addEventListener('click', () => {
   state.attempts = 0;
   connect();

@@ -1,38 +1,89 @@
-// Drives hpcdesk's portal page (/) in Debian's Chromium: uses a token, creates a desktop,
-// opens it (the viewer must connect in the new tab), then deletes it.
-//   node portal.mjs <base URL> <token>
+// Drives hpcdesk's portal page (/) in Debian's Chromium: uses a token, creates a desktop with
+// a chosen desktop and screen size, waits for its card's live thumbnail, opens a view-only
+// link from "Share view-only link" and types into it, opens the desktop itself and types
+// into it, then deletes it.
+//   node portal.mjs <base URL> <token> <desktop> <geometry> <view-only command> <command> [portal.png]
+// Prints one JSON line; the caller checks what the commands did.
 import { chromium } from 'playwright-core';
 
-const [, , base, token] = process.argv;
+const [, , base, token, desktop, geometry, viewOnlyCommand, command, shot] = process.argv;
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
   args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
     '--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1',
     '--disable-background-networking', '--disable-component-update', '--disable-sync'],
 });
+
+// Opens `url` in a new page of `context`, waits for the viewer, types `text` and Enter into
+// the xterm at +20+20; returns what the viewer page says about itself.
+async function typeIn(context, url, text) {
+  const page = await context.newPage();
+  page.on('pageerror', (e) => console.error(`pageerror: ${e.message}`));
+  await page.goto(url);
+  await page.waitForFunction(() => window.hpcdesk && window.hpcdesk.status === 'connected',
+    null, { timeout: 20000 });
+  await page.waitForTimeout(1500);
+  const box = await page.locator('#screen canvas').first().boundingBox();
+  await page.mouse.click(box.x + 200, box.y + 150);
+  await page.waitForTimeout(300);
+  await page.keyboard.type(text, { delay: 20 });
+  await page.keyboard.press('Enter');
+  await page.waitForTimeout(800);
+  const seen = await page.evaluate(() => ({
+    viewOnly: window.hpcdesk.viewOnly,
+    badge: !document.getElementById('badge-view-only').hidden,
+  }));
+  await page.close();
+  return seen;
+}
+
 let code = 0;
 try {
-  const context = await browser.newContext({ viewport: { width: 1000, height: 700 } });
+  const context = await browser.newContext({ viewport: { width: 1200, height: 800 } });
   const page = await context.newPage();
   page.on('dialog', (d) => d.accept());
   page.on('pageerror', (e) => console.error(`pageerror: ${e.message}`));
   await page.goto(base + '/');
   await page.fill('#token', token);
   await page.click('#token-form button[type=submit]');
+  await page.locator(`#desktop option[value="${desktop}"]`).waitFor({ state: 'attached', timeout: 10000 });
+  const offered = await page.$$eval('#desktop option', (os) => os.map((o) => o.value));
+  await page.selectOption('#desktop', desktop);
+  await page.selectOption('#geometry', geometry);
   await page.click('#create');
-  const row = page.locator('#sessions tbody tr[data-status="running"]');
-  await row.waitFor({ timeout: 30000 });
-  const id = await row.getAttribute('data-session');
-  const [viewer] = await Promise.all([
+  const card = page.locator('#sessions .card[data-status="running"]');
+  await card.waitFor({ timeout: 30000 });
+  const id = await card.getAttribute('data-session');
+  const kind = await card.locator('.kind').textContent();
+  const screen = await card.locator('.geometry').textContent();
+  // The thumbnail: a real picture, loaded from the screenshot endpoint.
+  await page.waitForFunction(() => {
+    const img = document.querySelector('#sessions .card .thumb');
+    return img && !img.hidden && img.complete && img.naturalWidth > 0;
+  }, null, { timeout: 20000 });
+  const thumb = await card.locator('.thumb').evaluate((img) => ({ w: img.naturalWidth, h: img.naturalHeight }));
+  if (shot) await page.screenshot({ path: shot });
+
+  await card.locator('button.share').click();
+  const link = card.locator('.share-link');
+  await page.waitForFunction(() => {
+    const i = document.querySelector('#sessions .card .share-link');
+    return i && i.value.length > 0;
+  }, null, { timeout: 10000 });
+  const viewOnlyUrl = await link.inputValue();
+  const viewOnly = await typeIn(context, viewOnlyUrl, viewOnlyCommand);
+
+  const [opened] = await Promise.all([
     context.waitForEvent('page'),
-    row.locator('button.open').click(),
+    card.locator('button.open').click(),
   ]);
-  await viewer.waitForFunction(() => window.hpcdesk && window.hpcdesk.status === 'connected',
-    null, { timeout: 20000 });
-  await viewer.close();
-  await row.locator('button.delete').click();
-  await page.locator(`#sessions tbody tr[data-session="${id}"]`).waitFor({ state: 'detached', timeout: 20000 });
-  console.log(JSON.stringify({ created: id, opened: true, deleted: true }));
+  const openUrl = opened.url();
+  await opened.close();
+  const full = await typeIn(context, openUrl, command);
+
+  await card.locator('button.delete').click();
+  await page.locator(`#sessions .card[data-session="${id}"]`).waitFor({ state: 'detached', timeout: 20000 });
+  console.log(JSON.stringify({ created: id, offered, kind, screen, thumb, viewOnlyUrl, viewOnly, full, deleted: true }));
 } catch (e) {
   console.error(String(e && e.stack || e));
   code = 1;

@@ -111,34 +111,182 @@ fn a_command_typed_in_the_browser_runs_in_the_desktop() {
     assert_eq!(app.delete(&token, &id)["code"], "0");
 }
 
-#[test]
-fn the_portal_page_creates_opens_and_deletes_a_desktop() {
-    if !real_parts("portal") || !browser_parts("portal") {
-        return;
-    }
-    let app = TestApp::spawn();
-    let token = app.token("rita");
+/// Where the browser tests leave their screenshots (the README's pictures are made here):
+/// `target/screenshots/`.
+fn screenshot_path(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+/// Runs a browser script with `args`; returns its JSON line.
+fn run_script(app: &TestApp, script: &str, args: &[&str]) -> serde_json::Value {
     let out = {
         let _one_at_a_time = browser_lock();
         Command::new("node")
-            .arg(browser_dir().join("portal.mjs"))
-            .arg(&app.base)
-            .arg(&token)
+            .arg(browser_dir().join(script))
+            .args(args)
             .output()
             .unwrap()
     };
     assert!(
         out.status.success(),
-        "portal run failed\nstdout: {}\nstderr: {}\nserver log:\n{}",
+        "{script} failed\nstdout: {}\nstderr: {}\nserver log:\n{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),
         app.log_text()
     );
-    let result: serde_json::Value =
-        serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
-    assert_eq!(result["deleted"], true);
+    serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap()
+}
+
+#[test]
+fn the_portal_creates_a_chosen_desktop_shows_its_thumbnail_shares_a_view_only_link_and_deletes_it()
+{
+    if !real_parts("portal") || !browser_parts("portal") {
+        return;
+    }
+    let app = TestApp::spawn();
+    let token = app.token("rita");
+    let home = home_of(&compute_user());
+    let probe = |what: &str| format!("hpcdesk-portal-{what}-{}", uuid::Uuid::new_v4().simple());
+    let (watched, typed) = (probe("view-only"), probe("full"));
+    let shot = screenshot_path("portal.png");
+    let r = run_script(
+        &app,
+        "portal.mjs",
+        &[
+            &app.base,
+            &token,
+            "twm",
+            "1280x720",
+            &format!("touch ~/{watched}"),
+            &format!("touch ~/{typed}"),
+            shot.to_str().unwrap(),
+        ],
+    );
+    let offered: Vec<&str> = r["offered"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(offered.contains(&"xfce") && offered.contains(&"twm"), "{r}");
+    assert_eq!(r["kind"], "twm (minimal)", "{r}");
+    assert_eq!(r["screen"], "1280x720", "{r}");
+    assert_eq!(
+        r["thumb"]["w"], 480,
+        "a thumbnail of the screenshot endpoint: {r}"
+    );
+    assert_eq!(r["thumb"]["h"], 270, "{r}");
+    assert!(
+        r["viewOnlyUrl"]
+            .as_str()
+            .unwrap()
+            .contains("view_only=true"),
+        "{r}"
+    );
+    assert_eq!(r["viewOnly"]["viewOnly"], true, "{r}");
+    assert_eq!(r["viewOnly"]["badge"], true, "the view-only badge: {r}");
+    assert_eq!(r["full"]["badge"], false, "{r}");
+    // What was typed in the full viewer ran; what was typed in the view-only one did not.
+    assert!(
+        eventually(Duration::from_secs(5), || home.join(&typed).exists()),
+        "typing in the opened desktop did nothing"
+    );
+    let _ = std::fs::remove_file(home.join(&typed));
+    assert!(
+        !home.join(&watched).exists(),
+        "typing in a view-only link reached the desktop"
+    );
+    assert_eq!(r["deleted"], true);
     assert!(app.list(&token).is_empty());
     assert!(app.xvnc_pids().is_empty());
+}
+
+#[test]
+fn the_default_desktop_is_xfce_and_the_viewer_keeps_and_applies_its_image_settings() {
+    if !real_parts("xfce") || !browser_parts("xfce") {
+        return;
+    }
+    let app = TestApp::spawn_with(Options {
+        default_desktop: None,
+        ..Options::default()
+    });
+    let token = app.token("saul");
+    let created = app.create(&token);
+    assert_eq!(created["code"], "0", "{created}\n{}", app.log_text());
+    assert_eq!(created["data"]["desktop"], "xfce", "{created}");
+    let id = created["data"]["sessionId"].as_str().unwrap().to_owned();
+    let display = created["data"]["displayNumber"].as_u64().unwrap();
+    let launch = app.launch_url(&token, &id);
+    let url = format!(
+        "{}{}",
+        app.base,
+        launch["data"]["novncUrl"].as_str().unwrap()
+    );
+    let metric = |name: &str| -> f64 {
+        let text = reqwest::blocking::get(app.url("/metrics"))
+            .unwrap()
+            .text()
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing in\n{text}"))
+    };
+    let quality2 = "hpcdesk_viewer_quality_requests_total{level=\"2\"}";
+    let compression7 = "hpcdesk_viewer_compression_requests_total{level=\"7\"}";
+    assert_eq!(metric(quality2), 0.0);
+
+    let shot = screenshot_path("viewer-xfce.png");
+    let r = run_script(&app, "viewer-settings.mjs", &[&url, shot.to_str().unwrap()]);
+    // XFCE's panel is drawn: its band is not the background's colour.
+    assert!(
+        r["distance"].as_f64().unwrap() >= 40.0,
+        "no panel in the top band: {r}"
+    );
+    let commands: Vec<String> = app
+        .desktop_pids(display)
+        .into_iter()
+        .map(|p| cmdline(p).join(" "))
+        .collect();
+    for part in ["xfce4-session", "xfce4-panel", "xfwm4", "dbus-launch"] {
+        assert!(
+            commands.iter().any(|c| c.contains(part)),
+            "no {part} in {commands:?}"
+        );
+    }
+    for absent in [
+        "light-locker",
+        "xfce4-screensaver",
+        "xfce4-power-manager",
+        "ssh-agent",
+        "gpg-agent",
+    ] {
+        assert!(
+            !commands.iter().any(|c| c.contains(absent)),
+            "{absent} runs: {commands:?}"
+        );
+    }
+    // The quality control changed what the viewer asked the desktop for (the gateway saw it
+    // in a SetEncodings), live, and the choice was kept for the reload.
+    assert_eq!(r["live"]["quality"], 2, "{r}");
+    assert_eq!(r["live"]["compression"], 7, "{r}");
+    assert!(
+        metric(quality2) >= 1.0,
+        "the gateway saw no request for quality 2"
+    );
+    assert!(
+        metric(compression7) >= 1.0,
+        "the gateway saw no request for compression 7"
+    );
+    assert_eq!(r["kept"]["quality"], 2, "{r}");
+    assert_eq!(r["kept"]["compression"], 7, "{r}");
+    assert_eq!(r["kept"]["rfbQuality"], 2, "{r}");
+
+    assert_eq!(app.delete(&token, &id)["code"], "0");
+    assert!(eventually(Duration::from_secs(10), || app
+        .desktop_pids(display)
+        .is_empty()));
 }
 
 #[test]

@@ -3,6 +3,7 @@
 
 mod accounts;
 mod browser;
+mod choices;
 mod cli;
 mod crash;
 mod desktop;
