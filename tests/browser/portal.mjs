@@ -62,6 +62,24 @@ try {
     return img && !img.hidden && img.complete && img.naturalWidth > 0;
   }, null, { timeout: 20000 });
   const thumb = await card.locator('.thumb').evaluate((img) => ({ w: img.naturalWidth, h: img.naturalHeight }));
+  // Live: the picture is fetched again every few seconds, and shows the desktop as it draws
+  // (the xterm appears on twm's black screen).
+  const first = await card.locator('.thumb').getAttribute('src');
+  await page.waitForFunction((src) => {
+    const img = document.querySelector('#sessions .card .thumb');
+    if (!img || img.getAttribute('src') === src || !img.complete || img.naturalWidth === 0) return false;
+    const c = document.createElement('canvas');
+    c.width = img.naturalWidth;
+    c.height = img.naturalHeight;
+    const g = c.getContext('2d');
+    g.drawImage(img, 0, 0);
+    const d = g.getImageData(0, 0, c.width, c.height).data;
+    for (let i = 4; i < d.length; i += 4) {
+      if (d[i] !== d[0] || d[i + 1] !== d[1] || d[i + 2] !== d[2]) return true;
+    }
+    return false;
+  }, first, { timeout: 20000 });
+  thumb.refreshed = true;
   if (shot) await page.screenshot({ path: shot });
 
   await card.locator('button.share').click();
@@ -81,9 +99,19 @@ try {
   await opened.close();
   const full = await typeIn(context, openUrl, command);
 
+  // On a phone's screen the page fits its width (nothing to scroll sideways).
+  await page.setViewportSize({ width: 390, height: 844 });
+  await page.waitForTimeout(300);
+  const phone = await page.evaluate(() => ({
+    fits: document.documentElement.scrollWidth <= window.innerWidth,
+    scrollWidth: document.documentElement.scrollWidth,
+  }));
+  if (shot) await page.screenshot({ path: shot.replace(/\.png$/, '-phone.png'), fullPage: true });
+  await page.setViewportSize({ width: 1200, height: 800 });
+
   await card.locator('button.delete').click();
   await page.locator(`#sessions .card[data-session="${id}"]`).waitFor({ state: 'detached', timeout: 20000 });
-  console.log(JSON.stringify({ created: id, offered, kind, screen, thumb, viewOnlyUrl, viewOnly, full, deleted: true }));
+  console.log(JSON.stringify({ created: id, offered, kind, screen, thumb, viewOnlyUrl, viewOnly, full, phone, deleted: true }));
 } catch (e) {
   console.error(String(e && e.stack || e));
   code = 1;

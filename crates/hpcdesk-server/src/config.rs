@@ -893,6 +893,59 @@ mod tests {
     }
 
     #[test]
+    fn desktops_are_read_checked_and_refused_with_their_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let load = |text: &str| {
+            let f = dir.path().join("d.toml");
+            std::fs::write(&f, text).unwrap();
+            Config::load(Some(&f), env(&[]))
+        };
+        let two = r#"
+[launcher]
+default_desktop = "twm"
+[[launcher.desktops]]
+name = "xfce"
+title = "XFCE"
+command = "xfce4-session"
+[[launcher.desktops]]
+name = "twm"
+title = "twm"
+command = ["twm", "xterm -e top"]
+"#;
+        let s = load(two).unwrap();
+        assert_eq!(s.desktops.list().len(), 2);
+        assert_eq!(s.desktops.default_choice().unwrap().name.as_str(), "twm");
+        let err = |text: &str| load(text).unwrap_err().to_string();
+        let e = err(&two.replace("\"twm\"\ntitle", "\"xfce\"\ntitle"));
+        assert!(
+            e.contains("launcher.desktops") && e.contains("twice"),
+            "{e}"
+        );
+        let e = err(&two.replace("default_desktop = \"twm\"", "default_desktop = \"kde\""));
+        assert!(
+            e.contains("launcher.default_desktop") && e.contains("xfce, twm"),
+            "{e}"
+        );
+        let e = err(&two.replace("[launcher]", "[launcher]\ndesktop = \"twm\""));
+        assert!(
+            e.contains("launcher.desktop") && e.contains("not both"),
+            "{e}"
+        );
+        let e = err(&two.replace("name = \"xfce\"", "name = \"X F\""));
+        assert!(e.contains("launcher.desktops[0].name"), "{e}");
+        let e = err(&two.replace("command = \"xfce4-session\"", "command = []"));
+        assert!(e.contains("launcher.desktops[0].command"), "{e}");
+        let e = err("[launcher]\ngeometry = \"big\"");
+        assert!(
+            e.contains("launcher.geometry") && e.contains("WIDTHxHEIGHT"),
+            "{e}"
+        );
+        let one = load("[launcher]\ndesktop = \"xterm -e top\"").unwrap();
+        assert_eq!(one.desktops.list()[0].name.as_str(), "default");
+        assert_eq!(one.desktops.list()[0].command, ["xterm -e top"]);
+    }
+
+    #[test]
     fn the_example_file_is_a_valid_configuration() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("example.toml");

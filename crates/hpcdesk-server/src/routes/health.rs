@@ -83,6 +83,8 @@ mod tests {
             "/vncws",
             "/hpcdesk/v1/sweep",
             "/hpcdesk/v1/nodes",
+            "/hpcdesk/v1/desktops",
+            "/hpcdesk/v1/desktop/vnc/{sessionId}/screenshot",
             "/healthz",
             "/readyz",
             "/metrics",

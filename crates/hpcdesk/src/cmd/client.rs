@@ -1,11 +1,11 @@
-//! `hpcdesk desktop create|list|url|delete`: a client of a running hpcdesk (or of any
+//! `hpcdesk desktop create|list|desktops|url|delete`: a client of a running hpcdesk (or of any
 //! SCNet-compatible desktop API). Human tables by default, `--json` for scripts.
 
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Subcommand;
-use hpcdesk_core::wire::{LaunchUrl, SessionItem};
+use hpcdesk_core::wire::{DesktopEntry, LaunchUrl, SessionItem};
 use hpcdesk_core::{ApiCode, Envelope};
 use serde::de::DeserializeOwned;
 
@@ -27,7 +27,16 @@ pub struct Args {
 #[derive(Debug, Subcommand)]
 enum Action {
     /// Create your desktop (or show the one you have).
-    Create,
+    Create {
+        /// Which desktop (a name from `hpcdesk desktop desktops`); default: the site's.
+        #[arg(long)]
+        desktop: Option<String>,
+        /// Screen size, WIDTHxHEIGHT (e.g. 1920x1080); default: the site's.
+        #[arg(long)]
+        geometry: Option<String>,
+    },
+    /// List the desktops this site offers.
+    Desktops,
     /// List your desktops (all of them for an admin).
     List,
     /// Print a launch URL for a desktop.
@@ -67,7 +76,7 @@ fn admin_call(
             api: args.api.trim_end_matches('/').to_owned(),
             token: args.token.clone(),
         };
-        client.call_url(method, path).await
+        client.call_url(method, path, None).await
     })
 }
 
@@ -172,20 +181,25 @@ impl Client {
         method: reqwest::Method,
         path: &str,
     ) -> anyhow::Result<Answer<T>> {
-        self.call_url(method, &format!("/hpc/openapi/v2/desktop/vnc{path}"))
+        self.call_url(method, &format!("/hpc/openapi/v2/desktop/vnc{path}"), None)
             .await
     }
 
+    /// Calls `path` with `body` (JSON) if there is one.
     async fn call_url<T: DeserializeOwned>(
         &self,
         method: reqwest::Method,
         path: &str,
+        body: Option<serde_json::Value>,
     ) -> anyhow::Result<Answer<T>> {
         let url = format!("{}{path}", self.api);
-        let resp = self
-            .http
-            .request(method, &url)
-            .header("token", &self.token)
+        let mut req = self.http.request(method, &url).header("token", &self.token);
+        if let Some(body) = body {
+            req = req
+                .header("content-type", "application/json")
+                .body(body.to_string());
+        }
+        let resp = req
             .send()
             .await
             .with_context(|| format!("cannot reach {}", self.api))?;
@@ -209,6 +223,8 @@ fn table(items: &[SessionItem]) -> String {
             vec![
                 s.session_id.clone(),
                 s.status.clone(),
+                s.desktop.clone(),
+                s.geometry.clone(),
                 s.host_name.clone(),
                 format!(":{}", s.display_number),
                 s.user_name.clone(),
@@ -220,7 +236,8 @@ fn table(items: &[SessionItem]) -> String {
         .collect();
     super::table(
         &[
-            "SESSION", "STATUS", "HOST", "DISPLAY", "USER", "CONN", "CREATED", "REASON",
+            "SESSION", "STATUS", "DESKTOP", "SCREEN", "HOST", "DISPLAY", "USER", "CONN", "CREATED",
+            "REASON",
         ],
         &rows,
     )
@@ -261,9 +278,40 @@ async fn run_async(args: Args) -> anyhow::Result<ExitCode> {
         }
     };
     Ok(match args.action {
-        Action::Create => {
-            let (raw, r) = client.call::<SessionItem>(reqwest::Method::PUT, "").await?;
+        Action::Create { desktop, geometry } => {
+            let mut options = serde_json::Map::new();
+            if let Some(d) = desktop {
+                options.insert("desktop".into(), d.into());
+            }
+            if let Some(g) = geometry {
+                options.insert("geometry".into(), g.into());
+            }
+            let (raw, r) = client
+                .call_url::<SessionItem>(
+                    reqwest::Method::PUT,
+                    "/hpc/openapi/v2/desktop/vnc",
+                    Some(options.into()),
+                )
+                .await?;
             finish(raw, r.map(|s| table(&[s])))
+        }
+        Action::Desktops => {
+            let (raw, r) = client
+                .call_url::<Vec<DesktopEntry>>(reqwest::Method::GET, "/hpcdesk/v1/desktops", None)
+                .await?;
+            finish(
+                raw,
+                r.map(|list| {
+                    let rows: Vec<Vec<String>> = list
+                        .into_iter()
+                        .map(|d| {
+                            let mark = if d.default { "yes" } else { "" };
+                            vec![d.name, d.title, mark.to_owned()]
+                        })
+                        .collect();
+                    super::table(&["NAME", "TITLE", "DEFAULT"], &rows)
+                }),
+            )
         }
         Action::List => {
             let (raw, r) = client

@@ -178,6 +178,11 @@ fn the_portal_creates_a_chosen_desktop_shows_its_thumbnail_shares_a_view_only_li
         "a thumbnail of the screenshot endpoint: {r}"
     );
     assert_eq!(r["thumb"]["h"], 270, "{r}");
+    assert_eq!(r["thumb"]["refreshed"], true, "{r}");
+    assert_eq!(
+        r["phone"]["fits"], true,
+        "the page is wider than a phone: {r}"
+    );
     assert!(
         r["viewOnlyUrl"]
             .as_str()

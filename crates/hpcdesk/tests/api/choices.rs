@@ -269,3 +269,56 @@ fn a_screenshot_shows_the_screen_to_its_owner_only_and_is_no_activity() {
     let e = screenshot(&app, &token, &id, "").unwrap_err();
     assert_eq!(e["code"], "815010", "{e}");
 }
+
+#[test]
+fn the_cli_lists_the_desktops_and_creates_the_one_asked_for() {
+    if !real_parts("desktop choice cli") {
+        return;
+    }
+    let app = TestApp::spawn();
+    let token = app.token("gus");
+    let env = [("HPCDESK_TOKEN", token.as_str())];
+    let cli = |args: &[&str]| {
+        let mut all = vec!["desktop", "--api", &app.base];
+        all.extend_from_slice(args);
+        run_cli(&all, &env)
+    };
+    let (ok, out, err) = cli(&["desktops"]);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("NAME"), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("xfce ") && l.contains("XFCE")),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("twm ") && l.trim_end().ends_with("yes")),
+        "{out}"
+    );
+
+    let (ok, _, err) = cli(&["create", "--desktop", "nope"]);
+    assert!(!ok);
+    assert!(
+        err.contains("error 10004") && err.contains("xfce, twm"),
+        "{err}"
+    );
+    let (ok, _, err) = cli(&["create", "--geometry", "huge"]);
+    assert!(!ok);
+    assert!(err.contains("error 10004"), "{err}");
+    assert!(app.list(&token).is_empty());
+
+    let (ok, out, err) = cli(&["create", "--desktop", "twm", "--geometry", "1024x600"]);
+    assert!(ok, "{err}\n{}", app.log_text());
+    assert!(
+        out.contains("DESKTOP") && out.contains(" twm ") && out.contains("1024x600"),
+        "{out}"
+    );
+    let s = &app.list(&token)[0];
+    assert_eq!(
+        (s["desktop"].as_str(), s["geometry"].as_str()),
+        (Some("twm"), Some("1024x600"))
+    );
+    let id = s["sessionId"].as_str().unwrap().to_owned();
+    assert_eq!(app.delete(&token, &id)["code"], "0");
+}
