@@ -2,17 +2,10 @@
 // and message once it has given up (or connected), and the page's security-policy header.
 //   node crafted-link.mjs <absolute viewer URL>
 // Prints one JSON line.
-import { chromium } from 'playwright-core';
+import { run } from './chromium.mjs';
 
 const [, , url] = process.argv;
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-    '--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1',
-    '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-});
-let code = 0;
-try {
+await run(async (browser) => {
   const page = await browser.newPage();
   const requests = [];
   page.on('request', (r) => requests.push(r.url()));
@@ -22,15 +15,9 @@ try {
     () => window.hpcdesk && ['failed', 'connected'].includes(window.hpcdesk.status),
     null, { timeout: 20000 });
   const state = await page.evaluate(() => ({ status: window.hpcdesk.status, message: window.hpcdesk.message }));
-  console.log(JSON.stringify({
+  return {
     ...state,
     csp: response.headers()['content-security-policy'] || '',
     requests,
-  }));
-} catch (e) {
-  console.error(String(e && e.stack || e));
-  code = 1;
-} finally {
-  await browser.close();
-}
-process.exit(code);
+  };
+});

@@ -4,15 +4,9 @@
 // into it, then deletes it.
 //   node portal.mjs <base URL> <token> <desktop> <geometry> <view-only command> <command> [portal.png]
 // Prints one JSON line; the caller checks what the commands did.
-import { chromium } from 'playwright-core';
+import { connected, run, typeIntoXterm } from './chromium.mjs';
 
 const [, , base, token, desktop, geometry, viewOnlyCommand, command, shot] = process.argv;
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-    '--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1',
-    '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-});
 
 // Opens `url` in a new page of `context`, waits for the viewer, types `text` and Enter into
 // the xterm at +20+20; returns what the viewer page says about itself.
@@ -20,15 +14,9 @@ async function typeIn(context, url, text) {
   const page = await context.newPage();
   page.on('pageerror', (e) => console.error(`pageerror: ${e.message}`));
   await page.goto(url);
-  await page.waitForFunction(() => window.hpcdesk && window.hpcdesk.status === 'connected',
-    null, { timeout: 20000 });
+  await connected(page);
   await page.waitForTimeout(1500);
-  const box = await page.locator('#screen canvas').first().boundingBox();
-  await page.mouse.click(box.x + 200, box.y + 150);
-  await page.waitForTimeout(300);
-  await page.keyboard.type(text, { delay: 20 });
-  await page.keyboard.press('Enter');
-  await page.waitForTimeout(800);
+  await typeIntoXterm(page, text);
   const seen = await page.evaluate(() => ({
     viewOnly: window.hpcdesk.viewOnly,
     badge: !document.getElementById('badge-view-only').hidden,
@@ -37,8 +25,7 @@ async function typeIn(context, url, text) {
   return seen;
 }
 
-let code = 0;
-try {
+await run(async (browser) => {
   const context = await browser.newContext({ viewport: { width: 1200, height: 800 } });
   const page = await context.newPage();
   page.on('dialog', (d) => d.accept());
@@ -111,11 +98,5 @@ try {
 
   await card.locator('button.delete').click();
   await page.locator(`#sessions .card[data-session="${id}"]`).waitFor({ state: 'detached', timeout: 20000 });
-  console.log(JSON.stringify({ created: id, offered, kind, screen, thumb, viewOnlyUrl, viewOnly, full, phone, deleted: true }));
-} catch (e) {
-  console.error(String(e && e.stack || e));
-  code = 1;
-} finally {
-  await browser.close();
-}
-process.exit(code);
+  return { created: id, offered, kind, screen, thumb, viewOnlyUrl, viewOnly, full, phone, deleted: true };
+});

@@ -1,22 +1,17 @@
 // Opens a launch URL in Debian's Chromium and checks what the viewer shows and keeps:
-//   node viewer-settings.mjs <absolute launch URL> [viewer.png]
+//   node viewer-settings.mjs <absolute launch URL> <clipboard text> [viewer.png]
 // 1. Waits until the desktop has drawn a panel: the mean colour of the top band of the screen
 //    (rows 2-20) differs from the middle's (the background). Reports both.
 // 2. Moves the image-quality control to 2 and compression to 7 (applied live: the gateway
 //    sees the viewer's new SetEncodings), reloads, and reports the controls' values then.
+// 3. With the browser's clipboard permission: puts <clipboard text> in the browser's clipboard
+//    and gives the page the focus back (the viewer sends it to the desktop, which the caller
+//    checks), then reports what the browser's clipboard holds after the desktop's clipboard
+//    changed (the caller changes it while this waits for `<clipboard text>-back`).
 // Prints one JSON line.
-import { chromium } from 'playwright-core';
+import { connected, run } from './chromium.mjs';
 
-const [, , url, shot] = process.argv;
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-    '--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1',
-    '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-});
-
-const connected = (page) => page.waitForFunction(
-  () => window.hpcdesk && window.hpcdesk.status === 'connected', null, { timeout: 20000 });
+const [, , url, clip, shot] = process.argv;
 
 // Mean RGB of rows [y0, y1) of the noVNC canvas, and of the middle band.
 const bands = (page) => page.evaluate(() => {
@@ -34,9 +29,10 @@ const bands = (page) => page.evaluate(() => {
 });
 const distance = (a, b) => Math.hypot(a[0] - b[0], a[1] - b[1], a[2] - b[2]);
 
-let code = 0;
-try {
-  const page = await browser.newPage({ viewport: { width: 1100, height: 800 } });
+await run(async (browser) => {
+  const context = await browser.newContext({ viewport: { width: 1100, height: 800 } });
+  await context.grantPermissions(['clipboard-read', 'clipboard-write'], { origin: new URL(url).origin });
+  const page = await context.newPage();
   page.on('pageerror', (e) => console.error(`pageerror: ${e.message}`));
   await page.goto(url);
   await connected(page);
@@ -65,11 +61,16 @@ try {
     compression: Number(document.getElementById('compression').value),
     rfbQuality: window.hpcdesk.rfb.qualityLevel,
   }));
-  console.log(JSON.stringify({ bands: b, distance: distance(b.top, b.middle), live, kept }));
-} catch (e) {
-  console.error(String(e && e.stack || e));
-  code = 1;
-} finally {
-  await browser.close();
-}
-process.exit(code);
+  // Clipboard: the browser's → the desktop's on focus; the desktop's → the browser's when it
+  // changes.
+  await page.evaluate((text) => navigator.clipboard.writeText(text), clip);
+  await page.evaluate(() => window.dispatchEvent(new Event('focus')));
+  let back = '';
+  const untilBack = Date.now() + 20000;
+  while (Date.now() < untilBack && back !== `${clip}-back`) {
+    await page.waitForTimeout(250);
+    back = await page.evaluate(() => navigator.clipboard.readText());
+  }
+  const panel = await page.evaluate(() => document.getElementById('clip-text').value);
+  return { bands: b, distance: distance(b.top, b.middle), live, kept, clipboard: { back, panel } };
+});

@@ -307,3 +307,67 @@ async fn readiness_and_health_answer_with_envelopes() {
     assert_eq!(h.json["data"]["launcher"], "fake");
     assert_eq!(h.json["data"]["store"], "ok");
 }
+
+#[tokio::test]
+async fn create_options_are_checked_before_anything_starts() {
+    let f = fake();
+    let app = service(f.clone(), &[("HPCDESK_LAUNCHER__DESKTOP", "xterm")]).await;
+    let t = token("alice");
+    for (path, body, says) in [
+        (
+            DESKTOPS.to_owned(),
+            r#"{"desktop":"xfce"}"#,
+            "desktop must be one of default",
+        ),
+        (format!("{DESKTOPS}?geometry=1x1"), "", "between 640x480"),
+        (DESKTOPS.to_owned(), "{nope", "not valid JSON"),
+    ] {
+        let a = call(&app, Method::PUT, &path, Some(&t), body).await;
+        assert_eq!(
+            (a.status, a.code()),
+            (StatusCode::OK, "10004"),
+            "{}",
+            a.json
+        );
+        assert!(a.msg().contains(says), "{}", a.msg());
+    }
+    assert!(
+        f.calls().is_empty(),
+        "a refused create reached the launcher"
+    );
+    let a = call(&app, Method::PUT, DESKTOPS, Some(&t), "some text").await;
+    assert_eq!(a.code(), "0", "{}", a.json);
+    assert_eq!(a.json["data"]["desktop"], "default");
+    let d = call(&app, Method::GET, "/hpcdesk/v1/desktops", Some(&t), "").await;
+    assert_eq!(
+        d.json["data"],
+        serde_json::json!([{"name": "default", "title": "Desktop", "default": true}])
+    );
+}
+
+#[tokio::test]
+async fn a_screenshot_of_a_desktop_that_is_not_running_is_815008_and_of_none_815010() {
+    let f = fake();
+    f.plan(
+        "alice",
+        Plan::Queued {
+            steps: vec![hpcdesk_launcher::Progress::Pending("Resources".into())],
+        },
+    );
+    // A create answers `pending` once the start timeout has passed with the job queued.
+    let app = service(f, &[("HPCDESK_LAUNCHER__START_TIMEOUT", "1s")]).await;
+    let t = token("alice");
+    let a = call(&app, Method::PUT, DESKTOPS, Some(&t), "").await;
+    assert_eq!(a.json["data"]["status"], "pending", "{}", a.json);
+    let id = a.json["data"]["sessionId"].as_str().unwrap().to_owned();
+    let shot = |id: &str| format!("/hpcdesk/v1/desktop/vnc/{id}/screenshot");
+    let s = call(&app, Method::GET, &shot(&id), Some(&t), "").await;
+    assert_eq!(s.code(), "815008", "{}", s.json);
+    assert!(s.msg().contains("is pending"), "{}", s.msg());
+    let s = call(&app, Method::GET, &shot("fake--bob--SIG--3"), Some(&t), "").await;
+    assert_eq!(s.code(), "815010", "{}", s.json);
+    let s = call(&app, Method::GET, &shot("a--b"), Some(&t), "").await;
+    assert_eq!(s.code(), "10004", "{}", s.json);
+    let s = call(&app, Method::GET, &shot(&id), None, "").await;
+    assert_eq!(s.code(), "10003", "{}", s.json);
+}

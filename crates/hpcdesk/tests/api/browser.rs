@@ -243,7 +243,36 @@ fn the_default_desktop_is_xfce_and_the_viewer_keeps_and_applies_its_image_settin
     assert_eq!(metric(quality2), 0.0);
 
     let shot = screenshot_path("viewer-xfce.png");
-    let r = run_script(&app, "viewer-settings.mjs", &[&url, shot.to_str().unwrap()]);
+    let clip = format!("hpcdesk-clip-{}", uuid::Uuid::new_v4().simple());
+    // While the browser runs: once the browser's clipboard text reaches the desktop's
+    // clipboard, copy `<text>-back` in the desktop, as an application there would.
+    let watcher = {
+        let (clip, node) = (clip.clone(), app.node.clone());
+        std::thread::spawn(move || {
+            let reached = eventually(Duration::from_secs(60), || {
+                desktop_clipboard(&node, display, None) == clip
+            });
+            if reached {
+                desktop_clipboard(&node, display, Some(&format!("{clip}-back")));
+            }
+            reached
+        })
+    };
+    let r = run_script(
+        &app,
+        "viewer-settings.mjs",
+        &[&url, &clip, shot.to_str().unwrap()],
+    );
+    assert!(
+        watcher.join().unwrap(),
+        "the browser's clipboard never reached the desktop: {r}"
+    );
+    assert_eq!(
+        r["clipboard"]["back"],
+        format!("{clip}-back"),
+        "the desktop's clipboard never reached the browser's: {r}"
+    );
+    assert_eq!(r["clipboard"]["panel"], format!("{clip}-back"), "{r}");
     // XFCE's panel is drawn: its band is not the background's colour.
     assert!(
         r["distance"].as_f64().unwrap() >= 40.0,

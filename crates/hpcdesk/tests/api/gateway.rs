@@ -399,48 +399,6 @@ fn the_viewer_past_the_per_session_limit_is_refused() {
     assert_eq!(app.delete(&token, &id)["code"], "0");
 }
 
-/// Copies `text` into the desktop's clipboard as an X client of it (as an application the
-/// user copies from would), or prints what the clipboard holds (`text` `None`).
-fn clipboard(app: &TestApp, display: u64, text: Option<&str>) -> String {
-    use std::io::Write;
-    let user = compute_user();
-    let home = nix::unistd::User::from_name(&user).unwrap().unwrap().dir;
-    let xauth = home.join(format!(
-        ".hpcdesk/desktops/{}-{display}/Xauthority",
-        app.node
-    ));
-    let mut cmd = if nix::unistd::Uid::effective().is_root() {
-        let mut c = std::process::Command::new("runuser");
-        c.args(["-u", &user, "--", "xclip"]);
-        c
-    } else {
-        std::process::Command::new("xclip")
-    };
-    cmd.args(["-selection", "clipboard"])
-        .env("DISPLAY", format!(":{display}"))
-        .env("XAUTHORITY", xauth)
-        .stderr(std::process::Stdio::null());
-    match text {
-        Some(t) => {
-            // xclip -i stays in the background to serve the selection (and keeps whatever
-            // output it was given open): give it none, and wait only for its parent.
-            let mut child = cmd
-                .arg("-i")
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::null())
-                .spawn()
-                .expect("xclip (apt-get install xclip)");
-            child.stdin.take().unwrap().write_all(t.as_bytes()).unwrap();
-            assert!(child.wait().unwrap().success(), "xclip -i failed");
-            String::new()
-        }
-        None => {
-            let out = cmd.arg("-o").output().expect("xclip");
-            String::from_utf8_lossy(&out.stdout).into_owned()
-        }
-    }
-}
-
 /// A view-only viewer authenticates with the desktop's view-only password, so Xvnc itself
 /// keeps the clipboard from it: it receives no ServerCutText while a full viewer of the same
 /// desktop does, and what it sends as ClientCutText never reaches the desktop.
@@ -468,7 +426,7 @@ fn a_view_only_viewer_neither_receives_nor_sends_the_clipboard() {
         rt.block_on(v.send(&[2, 0, 0, 1, 0, 0, 0, 0]));
     }
     std::thread::sleep(Duration::from_millis(300));
-    clipboard(&app, display, Some("hpcdesk clipboard secret"));
+    desktop_clipboard(&app.node, display, Some("hpcdesk clipboard secret"));
 
     let head = rt.block_on(full.recv_exact(8)).unwrap();
     assert_eq!(head[0], 3, "the full viewer gets ServerCutText");
@@ -488,7 +446,10 @@ fn a_view_only_viewer_neither_receives_nor_sends_the_clipboard() {
     cut.extend_from_slice(b"from watcher");
     rt.block_on(watcher.send(&cut));
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(clipboard(&app, display, None), "hpcdesk clipboard secret");
+    assert_eq!(
+        desktop_clipboard(&app.node, display, None),
+        "hpcdesk clipboard secret"
+    );
     drop((full, watcher));
     assert_eq!(app.delete(&token, &id)["code"], "0");
 }

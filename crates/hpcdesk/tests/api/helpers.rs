@@ -723,3 +723,42 @@ pub fn create_in_background(
         (answer, started.elapsed())
     })
 }
+
+/// Copies `text` into the desktop's clipboard as an X client of it (as an application the
+/// user copies from would), or prints what the clipboard holds (`text` `None`).
+pub fn desktop_clipboard(node: &str, display: u64, text: Option<&str>) -> String {
+    use std::io::Write;
+    let user = compute_user();
+    let home = nix::unistd::User::from_name(&user).unwrap().unwrap().dir;
+    let xauth = home.join(format!(".hpcdesk/desktops/{node}-{display}/Xauthority"));
+    let mut cmd = if nix::unistd::Uid::effective().is_root() {
+        let mut c = std::process::Command::new("runuser");
+        c.args(["-u", &user, "--", "xclip"]);
+        c
+    } else {
+        std::process::Command::new("xclip")
+    };
+    cmd.args(["-selection", "clipboard"])
+        .env("DISPLAY", format!(":{display}"))
+        .env("XAUTHORITY", xauth)
+        .stderr(std::process::Stdio::null());
+    match text {
+        Some(t) => {
+            // xclip -i stays in the background to serve the selection (and keeps whatever
+            // output it was given open): give it none, and wait only for its parent.
+            let mut child = cmd
+                .arg("-i")
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("xclip (apt-get install xclip)");
+            child.stdin.take().unwrap().write_all(t.as_bytes()).unwrap();
+            assert!(child.wait().unwrap().success(), "xclip -i failed");
+            String::new()
+        }
+        None => {
+            let out = cmd.arg("-o").output().expect("xclip");
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        }
+    }
+}

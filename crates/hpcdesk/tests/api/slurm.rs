@@ -33,16 +33,27 @@ fn slurm(program: &str, args: &[&str]) -> (bool, String) {
     }
 }
 
-/// Slurm answers; skips loudly outside CI, fails in CI.
+/// Slurm answers; skips loudly outside CI, fails in CI. A node still `completing` the job of
+/// the test before (its processes being cleaned up) is waited for, up to 30 s.
 fn slurm_parts(test: &str) -> bool {
     if !real_parts(test) {
         return false;
     }
-    let (ok, out) = slurm("sinfo", &["-h", "-o", "%T"]);
-    let up = ok
-        && ["idle", "mixed", "allocated"]
-            .iter()
-            .any(|s| out.contains(s));
+    let state = || {
+        let (ok, out) = slurm("sinfo", &["-h", "-o", "%T"]);
+        let up = ok
+            && ["idle", "mixed", "allocated"]
+                .iter()
+                .any(|s| out.contains(s));
+        (up, ok && out.contains("completing"), out)
+    };
+    let mut seen = state();
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    while !seen.0 && seen.1 && std::time::Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(500));
+        seen = state();
+    }
+    let (up, _, out) = seen;
     if !up {
         let msg = format!(
             "{test}: no Slurm (run `ci/slurm.sh up` as root): {}",
