@@ -69,6 +69,7 @@ function newCard(id) {
   el.querySelector('.open').addEventListener('click', () => openDesktop(id));
   el.querySelector('.share').addEventListener('click', () => share(id));
   el.querySelector('.delete').addEventListener('click', () => remove(id));
+  el.querySelector('.extend').addEventListener('click', () => extend(id));
   const card = { el, session: null, thumbUrl: null, thumbAt: 0 };
   cards.set(id, card);
   $('sessions').append(el);
@@ -89,10 +90,12 @@ function fill(card, s) {
   el.querySelector('.geometry').textContent = s.geometry || '';
   el.querySelector('.created').textContent = when(s.createTime);
   el.querySelector('.active').textContent = when(s.lastActiveTime);
+  el.querySelector('.ends').textContent = s.endTime ? when(s.endTime) : 'no time limit';
   el.querySelector('.viewers').textContent = String(s.connections);
   const running = s.status === 'running';
   el.querySelector('.open').hidden = !running;
   el.querySelector('.share').hidden = !running;
+  el.querySelector('.extend').hidden = !running || !s.endTime;
   if (!running) showThumb(card, null);
 }
 
@@ -212,6 +215,16 @@ async function share(id) {
   } catch (e) {
     say(`Could not make a link for ${id}: ${e.message}`, true);
   }
+}
+
+async function extend(id) {
+  try {
+    const s = await call('POST', `${EXTRA}/desktop/vnc/${encodeURIComponent(id)}/extend`, {});
+    say(`Extended ${id}: it ends at ${when(s.endTime)}.`);
+  } catch (e) {
+    say(`Could not extend ${id}: ${e.message}`, true);
+  }
+  await refresh();
 }
 
 async function remove(id) {

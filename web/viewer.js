@@ -84,17 +84,112 @@ function gatewayPath() {
 
 const wsUrl = () => `${location.protocol === 'https:' ? 'wss:' : 'ws:'}//${location.host}${gatewayPath()}`;
 const checkUrl = () => `${location.origin}${gatewayPath()}`;
+const extendUrl = () => {
+  const p = gatewayPath();
+  const q = p.indexOf('?');
+  return `${location.origin}${p.slice(0, q)}/extend${p.slice(q)}`;
+};
 
-// Asks the gateway whether the link still opens a desktop; returns null if it does, or the
-// reason in plain words if it does not. Network trouble is not a verdict (returns null).
+// Asks the gateway whether the link still opens a desktop; returns null if it does (and
+// takes note of the desktop's time limit), or the reason in plain words if it does not.
+// Network trouble is not a verdict (returns null).
 async function linkProblem() {
   try {
     const r = await fetch(checkUrl(), { cache: 'no-store' });
     const body = await r.json().catch(() => ({}));
-    if (r.ok && body.code === '0') return null;
+    if (r.ok && body.code === '0') {
+      takeLimit(body.data || {});
+      return null;
+    }
     return body.msg || `the desktop link was refused (HTTP ${r.status})`;
   } catch (e) {
     return null;
+  }
+}
+
+// The desktop's time limit: the time left shows from `warnBefore` seconds before its end,
+// with a warning then and again at 5 minutes, and an Extend button where the link may.
+const limit = { end: null, warnBefore: 900, canExtend: false, extendBy: '1h', warned: new Set() };
+state.limit = limit;
+function takeLimit(d) {
+  const end = d.endTime ? Date.parse(d.endTime) : null;
+  if (end !== limit.end) limit.warned.clear();
+  limit.end = end;
+  limit.warnBefore = Number(d.warnBefore) || 900;
+  limit.canExtend = !!d.canExtend && !viewOnly;
+  limit.extendBy = d.extendBy || '1h';
+  tickLimit();
+}
+const mmss = (ms) => {
+  const s = Math.max(0, Math.ceil(ms / 1000));
+  const h = Math.floor(s / 3600);
+  const m = Math.floor((s % 3600) / 60);
+  const r = String(s % 60).padStart(2, '0');
+  return h > 0 ? `${h}:${String(m).padStart(2, '0')}:${r}` : `${m}:${r}`;
+};
+function warn(text) {
+  $('limit-text').textContent = text;
+  $('btn-extend').hidden = !limit.canExtend;
+  $('btn-extend').textContent = `Extend by ${limit.extendBy}`;
+  $('limit-banner').hidden = false;
+  state.warning = text;
+}
+function tickLimit() {
+  const badge = $('time-left');
+  if (!limit.end) {
+    badge.hidden = true;
+    return;
+  }
+  const left = limit.end - Date.now();
+  state.timeLeft = left;
+  if (left <= 0) {
+    badge.hidden = false;
+    badge.textContent = 'Time is up';
+    badge.className = 'badge urgent';
+    if (!limit.warned.has('ended')) {
+      limit.warned.add('ended');
+      warn('This desktop has reached its time limit and is being ended.');
+      $('btn-extend').hidden = true;
+    }
+    return;
+  }
+  const showFrom = limit.warnBefore * 1000;
+  badge.hidden = left > showFrom;
+  badge.textContent = `Ends in ${mmss(left)}`;
+  badge.className = left <= 5 * 60 * 1000 ? 'badge urgent' : 'badge';
+  for (const [key, at] of [['first', showFrom], ['five', 5 * 60 * 1000]]) {
+    if (left <= at && !limit.warned.has(key)) {
+      // A desktop that starts inside both gets one warning.
+      limit.warned.add('first');
+      if (left <= 5 * 60 * 1000) limit.warned.add('five');
+      warn(`This desktop ends in ${mmss(left)} (its time limit). Save your work${limit.canExtend ? ', or extend it' : ''}.`);
+      break;
+    }
+  }
+}
+setInterval(tickLimit, 1000);
+// The end can move (an extension from the portal, a Slurm limit changed): look again now
+// and then while connected.
+setInterval(() => { if (state.status === 'connected') linkProblem(); }, 30000);
+
+async function extendDesktop() {
+  $('btn-extend').disabled = true;
+  try {
+    const r = await fetch(extendUrl(), { method: 'POST', cache: 'no-store' });
+    const body = await r.json().catch(() => ({}));
+    if (body.code === '0') {
+      $('limit-banner').hidden = true;
+      state.warning = '';
+      const end = body.data && body.data.endTime;
+      show(state.status, end ? `Extended: ends at ${new Date(Date.parse(end)).toLocaleTimeString()}` : 'Extended', 'ok');
+      await linkProblem();
+    } else {
+      warn(`Cannot extend: ${body.msg || `HTTP ${r.status}`}`);
+    }
+  } catch (e) {
+    warn(`Cannot extend: ${e.message}`);
+  } finally {
+    $('btn-extend').disabled = false;
   }
 }
 
@@ -263,6 +358,8 @@ if (viewOnly) {
 }
 
 $('btn-clipboard').addEventListener('click', () => toggle('clipboard'));
+$('btn-extend').addEventListener('click', extendDesktop);
+$('btn-limit-close').addEventListener('click', () => { $('limit-banner').hidden = true; });
 $('btn-settings').addEventListener('click', () => toggle('settings'));
 $('btn-help').addEventListener('click', () => toggle('help'));
 $('btn-clip-send').addEventListener('click', () => {

@@ -34,6 +34,10 @@ pub struct SessionItem {
     /// node's own default.
     #[serde(default)]
     pub desktop: String,
+    /// ISO 8601 with offset: when the desktop ends by its time limit (a Slurm job's end, or
+    /// `lifecycle.max_lifetime` and extensions); empty when there is no limit.
+    #[serde(default)]
+    pub end_time: String,
 }
 
 /// One element of `data` of `GET /hpcdesk/v1/desktops`.

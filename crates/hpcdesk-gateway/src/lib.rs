@@ -122,6 +122,8 @@ pub enum Refusal {
     Expired,
     #[error("the desktop session of this link was deleted")]
     Revoked,
+    #[error("the desktop session of this link ended: it reached its time limit")]
+    TimeLimit,
     #[error("the desktop session is not running")]
     NotRunning,
     #[error("the launch link is damaged (mm does not match)")]

@@ -21,6 +21,8 @@ pub type Now = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CloseReason {
     SessionDeleted,
+    /// The session ended by its time limit (4001, like a delete: do not reconnect).
+    TimeLimit,
     Shutdown,
 }
 

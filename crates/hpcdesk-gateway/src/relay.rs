@@ -72,6 +72,10 @@ impl End {
             End::Closed(CloseReason::SessionDeleted) => {
                 (close::SESSION_DELETED, "the desktop session was deleted")
             }
+            End::Closed(CloseReason::TimeLimit) => (
+                close::SESSION_DELETED,
+                "the desktop session reached its time limit",
+            ),
             End::Closed(CloseReason::Shutdown) => (close::GOING_AWAY, "the gateway is restarting"),
         })
     }

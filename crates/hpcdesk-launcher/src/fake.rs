@@ -128,6 +128,7 @@ impl FakeLauncher {
             handle: marker.to_owned(),
             warnings: Vec::new(),
             tls_pin: None,
+            ends_at: None,
         }
     }
 }

@@ -3,7 +3,7 @@
 //! - this file: the [`Launcher`] trait the server talks to, and its request/reply types.
 //! - [`local`]: desktops on this machine, by running the node agent as the user.
 //! - [`ssh`]: desktops on a pool of nodes reached with OpenSSH, placed by probed load.
-//! - [`slurm`]: desktops as Slurm jobs.
+//! - [`slurm`]: desktops as Slurm jobs; [`slurm_time`]: Slurm's durations and end times.
 //! - [`remote`]: running the agent and reading its replies, shared by the launchers.
 //! - [`agent`]: the node agent itself (`hpcdesk node …`): the one place that starts and stops
 //!   TigerVNC, shared by every launcher.
@@ -24,8 +24,11 @@ pub mod policy;
 pub mod process;
 pub mod remote;
 pub mod slurm;
+pub mod slurm_time;
 pub mod ssh;
 pub mod x11;
+
+use std::time::Duration;
 
 use async_trait::async_trait;
 use hpcdesk_core::{ComputeUser, DisplayNumber, NodeName, SessionId};
@@ -51,6 +54,10 @@ pub enum LaunchError {
     /// The account may not run desktops (`policy`): 10008.
     #[error("{0}")]
     Refused(String),
+    /// A longer time limit than the site allows was asked for (an extension): 10004, the
+    /// message says the most that is allowed.
+    #[error("{0}")]
+    OverLimit(String),
     /// The desktop was tried on a display of a node and failed there: 815008. The session
     /// keeps that place in its id so its `statusReason` can be listed.
     #[error("{reason}")]
@@ -70,7 +77,7 @@ impl LaunchError {
                 ErrorSource::Node
             }
             LaunchError::Scheduler(_) => ErrorSource::Slurm,
-            LaunchError::Refused(_) => ErrorSource::Client,
+            LaunchError::Refused(_) | LaunchError::OverLimit(_) => ErrorSource::Client,
         }
     }
 }
@@ -143,6 +150,9 @@ pub struct Launched {
     pub warnings: Vec<String>,
     /// With TLS: the SHA-256 of the desktop's certificate, which the gateway pins.
     pub tls_pin: Option<String>,
+    /// When the desktop ends by a time limit of the launcher's own (a Slurm job's end);
+    /// `None`: the launcher sets none.
+    pub ends_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// What [`Launcher::start`] achieved.
@@ -226,6 +236,8 @@ pub enum Liveness {
     Gone(String),
     /// Ended in an orderly way outside hpcdesk, e.g. its Slurm job ended (→ stopped).
     Ended(String),
+    /// Ended by its time limit (a Slurm job's TIMEOUT), with the reason (→ stopped).
+    TimeLimit(String),
     /// Could not be checked this time (node unreachable…); try again later.
     Unknown(String),
 }
@@ -324,4 +336,23 @@ pub trait Launcher: Send + Sync + 'static {
 
     /// Every node's probe, probing as `user` where a login is needed.
     async fn nodes(&self, user: &ComputeUser) -> Vec<NodeReport>;
+
+    /// Extends the time limit the launcher itself keeps for the target's desktop (a Slurm
+    /// job's) by `by`, within the site's bounds ([`LaunchError::OverLimit`] past them), and
+    /// returns the new end. `Ok(None)`: this launcher keeps no time limit of its own (the
+    /// server's `lifecycle.max_lifetime` applies).
+    async fn extend(
+        &self,
+        target: &Target,
+        by: Duration,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>, LaunchError> {
+        let _ = (target, by);
+        Ok(None)
+    }
+
+    /// Shows `message` inside the target's desktop as a notification, best effort (a
+    /// desktop without a notification daemon shows nothing, and that is no error).
+    async fn notify(&self, target: &Target, message: &str) {
+        let _ = (target, message);
+    }
 }

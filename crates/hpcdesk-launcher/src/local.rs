@@ -161,6 +161,21 @@ impl Launcher for LocalLauncher {
         Some(self.cfg.node.clone())
     }
 
+    async fn notify(&self, target: &Target, message: &str) {
+        let Ok((node, display)) = target.place() else {
+            return;
+        };
+        let Ok(cmd) = self.agent_as(target.compute_user.as_str()) else {
+            return;
+        };
+        let args = crate::agent::cli::NodeCommand::notify(node, display, message).to_args();
+        let _ = cmd
+            .args(args)
+            .timeout(Duration::from_secs(10))
+            .output()
+            .await;
+    }
+
     /// This machine's desktops only (and starts with no node recorded, from before nodes
     /// were recorded at creation).
     fn watches(&self, target: &Target) -> bool {

@@ -148,6 +148,7 @@ pub fn launched(
         handle,
         warnings: started.warnings,
         tls_pin: started.tls_pin,
+        ends_at: None,
     })
 }
 
@@ -229,6 +230,7 @@ pub fn find_start(t: &Target, node: &NodeName, host: &str, listing: &Listing) ->
         handle,
         warnings: Vec::new(),
         tls_pin: d.tls_pin.clone(),
+        ends_at: None,
     })
 }
 

@@ -45,7 +45,11 @@ pub struct SlurmOptions {
     pub partition: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub account: Option<String>,
+    /// The job's time limit at submission (`sbatch --time`).
     pub time_limit: String,
+    /// The most an extension may bring a desktop's job to, in all (the partition's MaxTime
+    /// bounds it too).
+    pub max_time_limit: HumanDuration,
     pub cpus: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory: Option<String>,
@@ -72,6 +76,7 @@ impl Default for SlurmOptions {
             partition: None,
             account: None,
             time_limit: "8:00:00".into(),
+            max_time_limit: HumanDuration::secs(24 * 3600),
             cpus: 1,
             memory: None,
             extra_args: Vec::new(),
@@ -133,6 +138,23 @@ struct JobState {
     state: String,
     reason: String,
     nodes: String,
+    /// `EndTime` (the start plus the time limit, once it runs).
+    end: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// How a job that left the queue ended.
+enum JobEnd {
+    /// Completed or cancelled (→ stopped).
+    Orderly(String),
+    /// Killed at its time limit (→ stopped, "time limit reached").
+    TimeLimit(String),
+    /// Anything else (→ failed).
+    Failed(String),
+}
+
+/// The reason of a session whose job reached its time limit.
+fn timed_out(job: u64) -> String {
+    format!("time limit reached (Slurm job {job}: TIMEOUT)")
 }
 
 fn slurm_err(program: &str, e: ProcessError) -> LaunchError {
@@ -214,7 +236,7 @@ impl SlurmLauncher {
             .collect::<Vec<_>>()
             .join(",");
         let out = Cmd::new(&self.cfg.options.squeue)
-            .args(["-h", "-j", &list, "-o", "%i|%T|%r|%N"])
+            .args(["-h", "-j", &list, "-o", "%i|%T|%r|%N|%e"])
             .timeout(Duration::from_secs(20))
             .output()
             .await;
@@ -231,7 +253,7 @@ impl SlurmLauncher {
         let mut found = std::collections::HashMap::new();
         for line in text.lines() {
             let f: Vec<&str> = line.split('|').collect();
-            if let [id, state, reason, nodes] = f.as_slice()
+            if let [id, state, reason, nodes, end] = f.as_slice()
                 && let Ok(id) = id.trim().parse::<u64>()
             {
                 found.insert(
@@ -240,6 +262,7 @@ impl SlurmLauncher {
                         state: state.trim().to_owned(),
                         reason: reason.trim().to_owned(),
                         nodes: nodes.trim().to_owned(),
+                        end: crate::slurm_time::parse_end(end),
                     },
                 );
             }
@@ -247,8 +270,8 @@ impl SlurmLauncher {
         Ok(jobs.iter().map(|j| found.remove(j)).collect())
     }
 
-    /// How a job that left the queue ended: `Ok` = orderly (stopped), `Err` = failed.
-    async fn ending(&self, job: u64) -> Result<String, String> {
+    /// How a job that left the queue ended, with the reason to show.
+    async fn ending(&self, job: u64) -> JobEnd {
         let out = Cmd::new(&self.cfg.options.scontrol)
             .args(["show", "job", "-o", &job.to_string()])
             .timeout(Duration::from_secs(20))
@@ -263,14 +286,17 @@ impl SlurmLauncher {
         };
         let state = field("JobState");
         let reason = field("Reason");
+        if state == "TIMEOUT" {
+            return JobEnd::TimeLimit(timed_out(job));
+        }
         let text = match (state.as_str(), reason.as_str()) {
             ("", _) => format!("Slurm job {job} ended"),
             (s, "None" | "") => format!("Slurm job {job} ended: {s}"),
             (s, r) => format!("Slurm job {job} ended: {s} ({r})"),
         };
         match state.as_str() {
-            "" | "COMPLETED" | "CANCELLED" => Ok(text),
-            _ => Err(text),
+            "" | "COMPLETED" | "CANCELLED" => JobEnd::Orderly(text),
+            _ => JobEnd::Failed(text),
         }
     }
 
@@ -407,8 +433,8 @@ impl Launcher for SlurmLauncher {
         let state = self.states(&[h.job]).await?.pop().flatten();
         let Some(state) = state else {
             return Ok(match self.ending(h.job).await {
-                Ok(why) => Progress::Ended(why),
-                Err(why) => Progress::Failed(self.with_log(target, &h, why).await),
+                JobEnd::Orderly(why) | JobEnd::TimeLimit(why) => Progress::Ended(why),
+                JobEnd::Failed(why) => Progress::Failed(self.with_log(target, &h, why).await),
             });
         };
         match state.state.as_str() {
@@ -425,13 +451,18 @@ impl Launcher for SlurmLauncher {
                     &self.cfg.options.id_prefix,
                 )?;
                 match report.desktop {
-                    Some(d) => Ok(Progress::Ready(self.launched(&h, d, &state.nodes).await?)),
+                    Some(d) => {
+                        let mut l = self.launched(&h, d, &state.nodes).await?;
+                        l.ends_at = state.end;
+                        Ok(Progress::Ready(l))
+                    }
                     None => Ok(Progress::Starting(format!(
                         "Slurm job {} runs on {}; the desktop is starting",
                         h.job, state.nodes
                     ))),
                 }
             }
+            "TIMEOUT" => Ok(Progress::Ended(timed_out(h.job))),
             "COMPLETING" | "COMPLETED" | "CANCELLED" => Ok(Progress::Ended(format!(
                 "Slurm job {} ended: {}",
                 h.job, state.state
@@ -508,6 +539,7 @@ impl Launcher for SlurmLauncher {
                 Some(s) if s.state == "COMPLETING" => {
                     Liveness::Ended(format!("Slurm job {} is ending", h.job))
                 }
+                Some(s) if s.state == "TIMEOUT" => Liveness::TimeLimit(timed_out(h.job)),
                 Some(s) if matches!(s.state.as_str(), "COMPLETED" | "CANCELLED") => {
                     Liveness::Ended(format!("Slurm job {} ended: {}", h.job, s.state))
                 }
@@ -515,8 +547,9 @@ impl Launcher for SlurmLauncher {
                     Liveness::Gone(format!("Slurm job {} is {}: {}", h.job, s.state, s.reason))
                 }
                 None => match self.ending(h.job).await {
-                    Ok(why) => Liveness::Ended(why),
-                    Err(why) => Liveness::Gone(why),
+                    JobEnd::TimeLimit(why) => Liveness::TimeLimit(why),
+                    JobEnd::Orderly(why) => Liveness::Ended(why),
+                    JobEnd::Failed(why) => Liveness::Gone(why),
                 },
             });
         }
@@ -654,9 +687,115 @@ impl Launcher for SlurmLauncher {
                 .collect(),
         }
     }
+
+    /// `scontrol update JobId=… TimeLimit=…` as hpcdesk's own account, once the job is seen
+    /// to be the session's user's, within `max_time_limit` and the partition's MaxTime.
+    async fn extend(
+        &self,
+        target: &Target,
+        by: Duration,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>, LaunchError> {
+        use crate::slurm_time::{format_duration, minutes_up, parse_duration};
+        let h = handle_of(target)?;
+        let job = h.job.to_string();
+        let (user, limit, partition, state) = self.job_limits(&job).await?;
+        if user != target.compute_user.as_str() {
+            return Err(LaunchError::Refused(format!(
+                "Slurm job {job} is not {}'s",
+                target.compute_user
+            )));
+        }
+        if !matches!(state.as_str(), "RUNNING" | "PENDING" | "CONFIGURING") {
+            return Err(LaunchError::Desktop(format!(
+                "Slurm job {job} is {state}; only a queued or running desktop can be extended"
+            )));
+        }
+        let current = parse_duration(&limit)
+            .map_err(|e| LaunchError::Scheduler(format!("squeue: {e}")))?
+            .ok_or_else(|| LaunchError::OverLimit(format!("Slurm job {job} has no time limit")))?;
+        // Slurm counts in whole minutes.
+        let wanted = Duration::from_secs(minutes_up(current + by) * 60);
+        let mut most = (
+            self.cfg.options.max_time_limit.0,
+            "launcher.slurm.max_time_limit".to_owned(),
+        );
+        if let Some(p) = self.partition_max(&partition).await?
+            && p < most.0
+        {
+            most = (p, format!("the MaxTime of partition {partition}"));
+        }
+        if wanted > most.0 {
+            let left = most.0.saturating_sub(current);
+            return Err(LaunchError::OverLimit(format!(
+                "a desktop may have at most {} in all ({}); this one has {}, so it can be \
+                 extended by at most {}",
+                format_duration(most.0),
+                most.1,
+                format_duration(current),
+                format_duration(left)
+            )));
+        }
+        Cmd::new(&self.cfg.options.scontrol)
+            .args(["update", &format!("JobId={job}")])
+            .arg(format!("TimeLimit={}", minutes_up(wanted)))
+            .timeout(Duration::from_secs(20))
+            .output()
+            .await
+            .map_err(|e| slurm_err("scontrol", e))?;
+        let state = self.states(&[h.job]).await?.pop().flatten();
+        match state.and_then(|s| s.end) {
+            Some(end) => Ok(Some(end)),
+            None => Err(LaunchError::Scheduler(format!(
+                "Slurm job {job} was extended, but squeue gives no end time for it"
+            ))),
+        }
+    }
 }
 
 impl SlurmLauncher {
+    /// A job's user, time limit, partition and state (`squeue`).
+    async fn job_limits(&self, job: &str) -> Result<(String, String, String, String), LaunchError> {
+        let out = Cmd::new(&self.cfg.options.squeue)
+            .args(["-h", "-j", job, "-o", "%u|%l|%P|%T"])
+            .timeout(Duration::from_secs(20))
+            .output()
+            .await
+            .map_err(|e| slurm_err("squeue", e))?;
+        let line = out.lines().next().unwrap_or("");
+        match line
+            .split('|')
+            .map(str::trim)
+            .collect::<Vec<_>>()
+            .as_slice()
+        {
+            [user, limit, partition, state] => Ok((
+                (*user).to_owned(),
+                (*limit).to_owned(),
+                (*partition).to_owned(),
+                (*state).to_owned(),
+            )),
+            _ => Err(LaunchError::Desktop(format!(
+                "Slurm no longer lists job {job}"
+            ))),
+        }
+    }
+
+    /// The MaxTime of `partition` (`None`: unlimited).
+    async fn partition_max(&self, partition: &str) -> Result<Option<Duration>, LaunchError> {
+        let out = Cmd::new(&self.cfg.options.scontrol)
+            .args(["show", "partition", partition, "-o"])
+            .timeout(Duration::from_secs(20))
+            .output()
+            .await
+            .map_err(|e| slurm_err("scontrol", e))?;
+        let max = out
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("MaxTime="))
+            .unwrap_or("UNLIMITED");
+        crate::slurm_time::parse_duration(max)
+            .map_err(|e| LaunchError::Scheduler(format!("scontrol show partition: {e}")))
+    }
+
     /// Adds the tail of the job's output to a failure reason.
     async fn with_log(&self, target: &Target, h: &Handle, why: String) -> String {
         let report: Option<JobReport> = match self.local_agent(target.compute_user.as_str()) {

@@ -575,6 +575,25 @@ impl Launcher for SshLauncher {
         Ok(result)
     }
 
+    async fn notify(&self, target: &Target, message: &str) {
+        let Ok((name, display)) = target.place() else {
+            return;
+        };
+        let Ok(node) = self.node(name) else {
+            return;
+        };
+        let args = crate::agent::cli::NodeCommand::notify(name, display, message).to_args();
+        let _ = self
+            .run(
+                node,
+                target.compute_user.as_str(),
+                args,
+                None,
+                Duration::from_secs(10),
+            )
+            .await;
+    }
+
     async fn stop_orphan(&self, orphan: &Orphan) -> Result<(), LaunchError> {
         let node = self.node(&orphan.node)?;
         let display =

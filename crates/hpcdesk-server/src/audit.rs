@@ -14,12 +14,16 @@ pub enum Kind {
     SessionFailed,
     SessionDeleted,
     SessionSwept,
-    /// Ended outside hpcdesk in an orderly way (its Slurm job completed or was cancelled).
+    /// Ended outside hpcdesk in an orderly way (its Slurm job completed or was cancelled), or
+    /// by its time limit.
     SessionEnded,
     /// A desktop whose start was interrupted by a crash, adopted by its session.
     SessionAdopted,
     /// A launch URL (connection grant) was issued.
     LaunchUrlIssued,
+    /// A desktop's time limit was extended (detail: by how much, until when, or the refusal).
+    SessionExtended,
+    ExtendRefused,
     /// A desktop was refused for the account (`auth.min_uid`, `deny_users`, `allow_groups`).
     AccountRefused,
     ViewerConnected,
@@ -38,6 +42,8 @@ impl Kind {
             Kind::SessionEnded => "session_ended",
             Kind::SessionAdopted => "session_adopted",
             Kind::LaunchUrlIssued => "launch_url_issued",
+            Kind::SessionExtended => "session_extended",
+            Kind::ExtendRefused => "extend_refused",
             Kind::AccountRefused => "account_refused",
             Kind::ViewerConnected => "viewer_connected",
             Kind::ViewerDisconnected => "viewer_disconnected",

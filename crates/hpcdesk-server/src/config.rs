@@ -222,6 +222,16 @@ pub struct LifecycleConfig {
     pub kill_orphans: bool,
     pub idle_sweep_at: String,
     pub idle_after: HumanDuration,
+    /// How long a `local` or `ssh` desktop may live from its creation (unset: no limit).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_lifetime: Option<HumanDuration>,
+    /// How much extensions may add to `max_lifetime`, in all.
+    pub max_extend: HumanDuration,
+    /// The viewer shows the time left from this long before the end (and warns again at
+    /// 5 minutes); the desktop gets a notification then too.
+    pub warn_before: HumanDuration,
+    /// What the viewer's and the portal's Extend button asks for.
+    pub extend_by: HumanDuration,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -338,6 +348,10 @@ impl Default for LifecycleConfig {
             kill_orphans: false,
             idle_sweep_at: "01:00".into(),
             idle_after: HumanDuration(Duration::from_secs(24 * 3600)),
+            max_lifetime: None,
+            max_extend: HumanDuration(Duration::from_secs(8 * 3600)),
+            warn_before: HumanDuration(Duration::from_secs(15 * 60)),
+            extend_by: HumanDuration(Duration::from_secs(3600)),
         }
     }
 }

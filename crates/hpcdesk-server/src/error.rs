@@ -126,6 +126,7 @@ impl ApiError {
             ApiError::Launch(e) => match e {
                 LaunchError::NoCapacity(_) => ApiCode::NoNodeAvailable,
                 LaunchError::Refused(_) => ApiCode::PermissionDenied,
+                LaunchError::OverLimit(_) => ApiCode::InvalidParameter,
                 LaunchError::Desktop(_)
                 | LaunchError::Scheduler(_)
                 | LaunchError::FailedAt { .. } => ApiCode::DesktopService,
@@ -136,6 +137,7 @@ impl ApiError {
                 Refusal::UnknownGrant
                 | Refusal::Expired
                 | Refusal::Revoked
+                | Refusal::TimeLimit
                 | Refusal::NotRunning
                 | Refusal::BadMm
                 | Refusal::TooManyViewers(_) => ApiCode::PermissionDenied,
@@ -343,6 +345,11 @@ mod tests {
             (
                 LaunchError::Refused("system account".into()),
                 ApiCode::PermissionDenied,
+                ErrorSource::Client,
+            ),
+            (
+                LaunchError::OverLimit("at most 24:00:00".into()),
+                ApiCode::InvalidParameter,
                 ErrorSource::Client,
             ),
             (

@@ -140,9 +140,41 @@ pub struct StoreGrants {
     pub clock: Arc<dyn Clock>,
 }
 
+/// A grant that resolved, with its session, and whether it has expired (see
+/// [`StoreGrants::resolve_with`]).
+pub struct Resolved {
+    pub grant: Grant,
+    pub session: SessionRecord,
+    pub expired: bool,
+}
+
 #[async_trait]
 impl GrantResolver for StoreGrants {
     async fn resolve(&self, token: &str, mm: &str) -> Result<Grant, Refusal> {
+        self.resolve_with(token, mm, false).await.map(|r| r.grant)
+    }
+}
+
+impl StoreGrants {
+    /// The resolver over `app`'s store.
+    pub fn of(app: &crate::state::AppState) -> Self {
+        StoreGrants {
+            store: app.store.clone(),
+            key: app.server_key.clone(),
+            clock: app.clock.clone(),
+        }
+    }
+
+    /// Resolves a grant; with `expired_ok`, one past its expiry too (and says so): an open
+    /// viewer may still act on its desktop (extend it) after its link stopped opening new
+    /// connections. Revoked grants and ended sessions never resolve; a session ended by its
+    /// time limit says so ([`Refusal::TimeLimit`]).
+    pub async fn resolve_with(
+        &self,
+        token: &str,
+        mm: &str,
+        expired_ok: bool,
+    ) -> Result<Resolved, Refusal> {
         if token.len() > MAX_TOKEN || mm.len() > MAX_MM {
             return Err(Refusal::UnknownGrant);
         }
@@ -156,20 +188,32 @@ impl GrantResolver for StoreGrants {
             .await
             .map_err(internal)?
             .ok_or(Refusal::UnknownGrant)?;
+        let session = || async {
+            self.store
+                .session_by_key(&grant.session_key)
+                .await
+                .map_err(internal)?
+                .ok_or(Refusal::UnknownGrant)
+        };
+        let timed_out = |s: &SessionRecord| {
+            s.state == SessionState::Stopped
+                && s.status_reason
+                    .starts_with(crate::sessions::TIME_LIMIT_REACHED)
+        };
         if grant.revoked {
-            return Err(Refusal::Revoked);
+            return Err(match session().await {
+                Ok(s) if timed_out(&s) => Refusal::TimeLimit,
+                _ => Refusal::Revoked,
+            });
         }
-        if grant.expires_at <= self.clock.now() {
+        let expired = grant.expires_at <= self.clock.now();
+        if expired && !expired_ok {
             return Err(Refusal::Expired);
         }
-        let session = self
-            .store
-            .session_by_key(&grant.session_key)
-            .await
-            .map_err(internal)?
-            .ok_or(Refusal::UnknownGrant)?;
+        let session = session().await?;
         match session.state {
             SessionState::Running => {}
+            SessionState::Stopped if timed_out(&session) => return Err(Refusal::TimeLimit),
             SessionState::Stopped => return Err(Refusal::Revoked),
             _ => return Err(Refusal::NotRunning),
         }
@@ -193,7 +237,7 @@ impl GrantResolver for StoreGrants {
         ) else {
             return Err(Refusal::NotRunning);
         };
-        Ok(Grant {
+        let grant = Grant {
             session_key: session.key.clone(),
             session_id: id.to_string(),
             owner: session.owner.clone(),
@@ -202,6 +246,11 @@ impl GrantResolver for StoreGrants {
             password,
             view_only: grant.view_only,
             tls_pin: session.tls_pin.clone(),
+        };
+        Ok(Resolved {
+            grant,
+            session,
+            expired,
         })
     }
 }

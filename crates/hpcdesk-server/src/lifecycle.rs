@@ -100,6 +100,7 @@ pub async fn reconcile(app: &AppState) -> Result<ReconcileReport, TaskError> {
                 continue;
             }
             Liveness::Ended(reason) => (sessions::Ending::EndedOutside, reason),
+            Liveness::TimeLimit(reason) => (sessions::Ending::TimeLimit, reason),
             Liveness::Gone(reason) => (sessions::Ending::Died, reason),
         };
         if sessions::end(app, rec, how, reason).await? {
@@ -192,6 +193,76 @@ pub async fn queued_loop(app: AppState, mut shutdown: tokio::sync::watch::Receiv
             _ = tick.tick() => {
                 if let Err(e) = follow_queued(&app).await {
                     tracing::error!(source = %e.origin(), error = %e, "following queued desktops failed");
+                }
+            }
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Time limits, once: a running desktop of this instance's launcher whose end has passed is
+/// stopped and its session ended ([`sessions::Ending::TimeLimit`], viewers closed 4001);
+/// one within `lifecycle.warn_before`, or 5 minutes, of its end gets a notification inside
+/// the desktop, once each (`warned` remembers which were sent). A Slurm job is ended by
+/// Slurm itself; reconcile then records it. Returns how many sessions ended.
+pub async fn enforce_time_limits(
+    app: &AppState,
+    warned: &mut std::collections::HashSet<(String, u64)>,
+) -> Result<usize, TaskError> {
+    let now = app.clock.now();
+    let recs = app.store.sessions_in(&[SessionState::Running]).await?;
+    let mut ended = 0;
+    warned.retain(|(key, _)| recs.iter().any(|r| &r.key == key));
+    for rec in &recs {
+        let Some(end) = rec.ends_at else { continue };
+        if rec.launcher != app.launcher.kind() || !app.launcher.watches(&sessions::target(rec)) {
+            continue;
+        }
+        let left = (end - now).to_std().unwrap_or_default();
+        if end <= now {
+            if rec.launcher == "slurm" {
+                continue;
+            }
+            let reason = sessions::TIME_LIMIT_REACHED;
+            if sessions::stop_and_end(app, rec, sessions::Ending::TimeLimit, reason).await? {
+                ended += 1;
+            }
+            continue;
+        }
+        // One notification per threshold crossed; a desktop that starts inside both gets one.
+        let due: Vec<(String, u64)> =
+            [app.config.lifecycle.warn_before.0, Duration::from_secs(300)]
+                .into_iter()
+                .filter(|w| left <= *w)
+                .map(|w| (rec.key.clone(), w.as_secs()))
+                .collect();
+        if due.iter().any(|m| !warned.contains(m)) {
+            warned.extend(due);
+            {
+                let minutes = left.as_secs().div_ceil(60);
+                let message = format!(
+                    "This desktop ends in {minutes} min (its time limit). Save your work, or \
+                     extend it from the viewer or the portal."
+                );
+                let (app, target) = (app.clone(), sessions::target(rec));
+                // Best effort and never in the way of the next round.
+                tokio::spawn(async move { app.launcher.notify(&target, &message).await });
+            }
+        }
+    }
+    Ok(ended)
+}
+
+/// Runs [`enforce_time_limits`] every second until `shutdown` fires.
+pub async fn time_limit_loop(app: AppState, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut warned = std::collections::HashSet::new();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                if let Err(e) = enforce_time_limits(&app, &mut warned).await {
+                    tracing::error!(source = %e.origin(), error = %e, "enforcing time limits failed");
                 }
             }
             _ = shutdown.changed() => return,

@@ -25,17 +25,21 @@ pub struct Metrics {
     pub gateway_bytes_up: AtomicU64,
     /// Connections closed at accept because too many requests were incomplete.
     pub connections_refused: AtomicU64,
+    /// Time-limit extensions granted and refused.
+    pub extends_granted: AtomicU64,
+    pub extends_refused: AtomicU64,
     ended: [AtomicU64; ENDINGS.len()],
 }
 
 /// How sessions end (`sessions::Ending`), as metric labels.
-const ENDINGS: [&str; 6] = [
+const ENDINGS: [&str; 7] = [
     "deleted",
     "swept",
     "died",
     "ended_outside",
     "start_failed",
     "interrupted",
+    "time_limit",
 ];
 
 impl Metrics {
@@ -136,6 +140,16 @@ pub async fn render(State(app): State<AppState>) -> Result<Response, ApiError> {
             "hpcdesk_http_connections_refused_total",
             "Connections closed at once because limits.max_incomplete_requests were in progress.",
             &m.connections_refused,
+        ),
+        (
+            "hpcdesk_extends_granted_total",
+            "Desktop time limits extended.",
+            &m.extends_granted,
+        ),
+        (
+            "hpcdesk_extends_refused_total",
+            "Extensions refused (past the site's limits, or not possible).",
+            &m.extends_refused,
         ),
     ] {
         family(&mut out, name, "counter", help);

@@ -91,6 +91,7 @@ pub fn item(rec: &SessionRecord, connections: u32) -> SessionItem {
         connections,
         geometry: rec.geometry.clone(),
         desktop: rec.desktop.clone(),
+        end_time: rec.ends_at.map(local_time).unwrap_or_default(),
     }
 }
 
@@ -174,7 +175,13 @@ pub enum Ending {
     /// Its start was interrupted by a crash and nothing of it could be adopted: stopped, not
     /// listed (no create ever answered with it).
     Interrupted,
+    /// It reached its time limit (`lifecycle.max_lifetime`, or its Slurm job's): stopped,
+    /// listed with the reason ([`TIME_LIMIT_REACHED`]) until deleted or replaced.
+    TimeLimit,
 }
+
+/// The reason of a session that ended by its time limit (its `statusReason` starts with it).
+pub const TIME_LIMIT_REACHED: &str = "time limit reached";
 
 impl Ending {
     fn label(&self) -> &'static str {
@@ -185,8 +192,30 @@ impl Ending {
             Ending::EndedOutside => "ended_outside",
             Ending::StartFailed { .. } => "start_failed",
             Ending::Interrupted => "interrupted",
+            Ending::TimeLimit => "time_limit",
         }
     }
+
+    /// What its viewers are told as they are closed.
+    fn close_reason(&self) -> hpcdesk_gateway::CloseReason {
+        match self {
+            Ending::TimeLimit => hpcdesk_gateway::CloseReason::TimeLimit,
+            _ => hpcdesk_gateway::CloseReason::SessionDeleted,
+        }
+    }
+}
+
+/// When a desktop created at `now` ends by `lifecycle.max_lifetime` (`None`: no limit, or a
+/// launcher with a limit of its own, like Slurm's).
+fn lifetime_end(
+    app: &AppState,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Option<chrono::DateTime<chrono::Utc>> {
+    if app.launcher.kind() == "slurm" {
+        return None;
+    }
+    let l = app.config.lifecycle.max_lifetime?;
+    Some(now + chrono::Duration::from_std(l.0).ok()?)
 }
 
 /// Ends a session: its state (from whatever live or failed state it is in), its grants
@@ -213,7 +242,7 @@ pub async fn end(
                 .transition(&rec.key, &live, Failed, reason, now)
                 .await?
         }
-        Ending::EndedOutside | Ending::Interrupted => {
+        Ending::EndedOutside | Ending::Interrupted | Ending::TimeLimit => {
             app.store
                 .transition(&rec.key, &live, Stopped, reason, now)
                 .await?
@@ -246,7 +275,7 @@ pub async fn end(
     app.store.revoke_grants(&rec.key).await?;
     app.gateway
         .registry
-        .close_session(&rec.key, hpcdesk_gateway::CloseReason::SessionDeleted);
+        .close_session(&rec.key, how.close_reason());
     app.metrics.session_ended(how.label());
     let id = rec
         .session_id
@@ -272,7 +301,7 @@ pub async fn end(
             String::new(),
             reason.to_owned(),
         ),
-        Ending::EndedOutside => (
+        Ending::EndedOutside | Ending::TimeLimit => (
             Kind::SessionEnded,
             rec.owner.clone(),
             String::new(),
@@ -308,7 +337,7 @@ pub async fn stop_and_end(
     // before its desktop disappears under them.
     app.gateway
         .registry
-        .close_session(&rec.key, hpcdesk_gateway::CloseReason::SessionDeleted);
+        .close_session(&rec.key, how.close_reason());
     let has_desktop = rec.node.is_some() && rec.display.is_some() || !rec.handle.is_empty();
     if has_desktop {
         match app.launcher.stop(&target(rec)).await {
@@ -401,6 +430,7 @@ pub async fn create(
                 marker,
                 starter: app.presence.instance().to_owned(),
                 vnc_password_sealed: app.server_key.seal_at_rest(&password),
+                ends_at: lifetime_end(app, app.clock.now()),
                 now: app.clock.now(),
             })
             .await?;
@@ -525,6 +555,7 @@ async fn ready(
                 handle: launched.handle.clone(),
                 state: SessionState::Running,
                 tls_pin: launched.tls_pin.clone(),
+                ends_at: launched.ends_at,
                 now: app.clock.now(),
             },
         )
@@ -891,6 +922,143 @@ pub async fn screenshot(
                 "cannot take a screenshot of desktop session {id}: {e}"
             ))
         })
+}
+
+/// Longest extension asked for at once.
+const MAX_EXTENSION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// An extension's `by` (`1h`, `30m`…), from a minute to a week.
+pub fn parse_extension(by: &str) -> Result<Duration, ApiError> {
+    let bad = || {
+        ApiError::InvalidParameter(format!(
+            "by must be a duration from 1m to 7d, such as 30m or 1h, not {:?}",
+            by.chars().take(40).collect::<String>()
+        ))
+    };
+    let d = humantime::parse_duration(by.trim()).map_err(|_| bad())?;
+    if d < Duration::from_secs(60) || d > MAX_EXTENSION {
+        return Err(bad());
+    }
+    Ok(d)
+}
+
+/// `POST /hpcdesk/v1/desktop/vnc/{id}/extend`: moves the desktop's time limit by `by`, for
+/// its owner or an admin, within the site's limits (10004 past them, with the most allowed).
+pub async fn extend(
+    app: &AppState,
+    user: &AuthUser,
+    id: &SessionId,
+    by: Duration,
+) -> Result<SessionItem, ApiError> {
+    user.require(Action::UseDesktop)?;
+    let rec = owned_session(app, user, id).await?;
+    extend_session(app, &rec, by, user.name(), &user.peer).await
+}
+
+/// Extends `rec`'s time limit by `by` for `who` (from `peer`), counting and auditing the
+/// outcome either way.
+pub async fn extend_session(
+    app: &AppState,
+    rec: &SessionRecord,
+    by: Duration,
+    who: &str,
+    peer: &str,
+) -> Result<SessionItem, ApiError> {
+    let id = rec
+        .session_id
+        .as_ref()
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    let result = extended(app, rec, by).await;
+    let by_text = humantime::format_duration(by).to_string();
+    match &result {
+        Ok(r) => {
+            app.metrics
+                .extends_granted
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let until = r.ends_at.map(local_time).unwrap_or_default();
+            audit::record(
+                app,
+                Kind::SessionExtended,
+                who,
+                &id,
+                peer,
+                format!("by {by_text}, until {until}"),
+            )
+            .await;
+            tracing::info!(session = %id, by = %by_text, %until, "desktop extended");
+        }
+        Err(e) => {
+            app.metrics
+                .extends_refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            audit::record(
+                app,
+                Kind::ExtendRefused,
+                who,
+                &id,
+                peer,
+                format!("by {by_text}: {e}"),
+            )
+            .await;
+        }
+    }
+    let rec = result?;
+    Ok(item(
+        &rec,
+        app.gateway.registry.activity(&rec.key).connections,
+    ))
+}
+
+async fn extended(
+    app: &AppState,
+    rec: &SessionRecord,
+    by: Duration,
+) -> Result<SessionRecord, ApiError> {
+    let id = rec
+        .session_id
+        .as_ref()
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    if rec.state != SessionState::Running {
+        return Err(ApiError::Desktop(format!(
+            "desktop session {id} is {}; only a running desktop can be extended",
+            rec.state
+        )));
+    }
+    let end = match app.launcher.extend(&target(rec), by).await? {
+        Some(end) => end,
+        None => {
+            let no_limit = || {
+                ApiError::InvalidParameter(format!(
+                    "desktop session {id} has no time limit, so there is nothing to extend"
+                ))
+            };
+            let (Some(end), Some(life)) = (rec.ends_at, app.config.lifecycle.max_lifetime) else {
+                return Err(no_limit());
+            };
+            let std = |d: Duration| chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
+            let extra = app.config.lifecycle.max_extend.0;
+            let most = rec.created_at + std(life.0) + std(extra);
+            let wanted = end + std(by);
+            if wanted > most {
+                let left = (most - end).to_std().unwrap_or_default();
+                return Err(ApiError::InvalidParameter(format!(
+                    "desktop session {id} may run until {} at most (lifecycle.max_lifetime {} \
+                     plus lifecycle.max_extend {}); it can be extended by at most {}",
+                    local_time(most),
+                    humantime::format_duration(life.0),
+                    humantime::format_duration(extra),
+                    humantime::format_duration(Duration::from_secs(left.as_secs()))
+                )));
+            }
+            wanted
+        }
+    };
+    app.store
+        .set_ends_at(&rec.key, Some(end), app.clock.now())
+        .await?
+        .ok_or_else(|| ApiError::Desktop(format!("desktop session {id} ended meanwhile")))
 }
 
 async fn owned_session(

@@ -251,6 +251,7 @@ pub async fn serve(
     let upkeep = tokio::spawn(lifecycle::maintain_loop(state.clone(), stop_rx.clone()));
     let sweep = tokio::spawn(lifecycle::sweep_loop(state.clone(), stop_rx.clone()));
     let queued = tokio::spawn(lifecycle::queued_loop(state.clone(), stop_rx.clone()));
+    let limits = tokio::spawn(lifecycle::time_limit_loop(state.clone(), stop_rx.clone()));
     // Only a shared store can have other instances (a SQLite file is locked to this one).
     let presence = state.config.store_url.is_shared().then(|| {
         tokio::spawn(crate::presence::presence_loop(
@@ -265,6 +266,7 @@ pub async fn serve(
     let _ = upkeep.await;
     let _ = sweep.await;
     let _ = queued.await;
+    let _ = limits.await;
     if let Some(presence) = presence {
         let _ = presence.await;
     }

@@ -120,6 +120,7 @@ fn launched() -> Launched {
         handle: "job".into(),
         warnings: Vec::new(),
         tls_pin: None,
+        ends_at: None,
     }
 }
 

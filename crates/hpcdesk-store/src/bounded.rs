@@ -108,6 +108,7 @@ bounded! {
     fn session_by_marker(&self, marker: &str) -> Option<SessionRecord>;
     fn fresh_instances(&self, fresh_after: DateTime<Utc>) -> Vec<String>;
     fn ping(&self) -> ();
+    fn set_ends_at(&self, key: &str, ends_at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Option<SessionRecord>;
     fn record_activity(&self, key: &str, last_input: DateTime<Utc>) -> ();
     fn insert_grant(&self, grant: GrantRecord) -> ();
     fn grant(&self, token_hash: &[u8]) -> Option<GrantRecord>;

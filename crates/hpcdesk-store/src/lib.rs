@@ -173,6 +173,9 @@ pub struct SessionRecord {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub last_input_at: Option<DateTime<Utc>>,
+    /// When the desktop ends by its time limit (a Slurm job's end, or the lifetime the site
+    /// allows and the extensions granted); `None`: no limit.
+    pub ends_at: Option<DateTime<Utc>>,
 }
 
 /// What a create request asks the store to reserve.
@@ -196,6 +199,8 @@ pub struct NewSession {
     pub starter: String,
     /// The desktop's VNC password, sealed, chosen before it is launched.
     pub vnc_password_sealed: Vec<u8>,
+    /// See [`SessionRecord::ends_at`] (a lifetime known at create).
+    pub ends_at: Option<DateTime<Utc>>,
     pub now: DateTime<Utc>,
 }
 
@@ -221,6 +226,8 @@ pub struct Started {
     pub state: SessionState,
     /// See [`SessionRecord::tls_pin`].
     pub tls_pin: Option<String>,
+    /// The end the launcher reports (a Slurm job's); `None` keeps the one stored.
+    pub ends_at: Option<DateTime<Utc>>,
     pub now: DateTime<Utc>,
 }
 
@@ -380,6 +387,15 @@ pub trait Store: Send + Sync + 'static {
 
     /// Whether the database answers (readiness).
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Sets when a live session ends by its time limit (an extension, a job's new end).
+    /// `None` if the session is no longer live.
+    async fn set_ends_at(
+        &self,
+        key: &str,
+        ends_at: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<SessionRecord>, StoreError>;
 
     /// Records the last client input seen for a session (kept if an earlier time is given).
     async fn record_activity(&self, key: &str, last_input: DateTime<Utc>)

@@ -129,7 +129,7 @@ const GRANT_BATCH: usize = 256;
 
 const SESSION_COLUMNS: &str = "key, session_id, owner, user_id, invoker, compute_user, node, \
      display, host, port, state, status_reason, geometry, vnc_password, launcher, handle, \
-     marker, starter, queued, tls_pin, desktop, created_at, updated_at, last_input_at";
+     marker, starter, queued, tls_pin, desktop, created_at, updated_at, last_input_at, ends_at";
 
 const USER_COLUMNS: &str = "name, user_id, password_hash, compute_user, role, account_status, \
      home_path, created_at, updated_at, tokens_valid_after";
@@ -390,6 +390,7 @@ impl<DB> SqlStore<DB> {
         let state: String = row.try_get("state")?;
         let compute_user: String = row.try_get("compute_user")?;
         let last_input: Option<i64> = row.try_get("last_input_at")?;
+        let ends_at: Option<i64> = row.try_get("ends_at")?;
         Ok(SessionRecord {
             key: row.try_get("key")?,
             session_id: session_id
@@ -432,6 +433,7 @@ impl<DB> SqlStore<DB> {
             created_at: from_millis(row.try_get("created_at")?, "sessions")?,
             updated_at: from_millis(row.try_get("updated_at")?, "sessions")?,
             last_input_at: last_input.map(|t| from_millis(t, "sessions")).transpose()?,
+            ends_at: ends_at.map(|t| from_millis(t, "sessions")).transpose()?,
         })
     }
 
@@ -574,8 +576,8 @@ impl<DB> Store for SqlStore<DB> {
             let inserted = sqlx::query(
                 "INSERT INTO sessions (key, owner, user_id, invoker, compute_user, state, \
                  geometry, launcher, created_at, updated_at, marker, starter, vnc_password, node, \
-                 desktop) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10, $11, $12, $13, $14)",
+                 desktop, ends_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10, $11, $12, $13, $14, $15)",
             )
             .bind(&key)
             .bind(&new.owner)
@@ -591,6 +593,7 @@ impl<DB> Store for SqlStore<DB> {
             .bind(&new.vnc_password_sealed)
             .bind(new.node.as_ref().map(ToString::to_string))
             .bind(&new.desktop)
+            .bind(new.ends_at.map(millis))
             .execute(&mut *tx)
             .await;
             match inserted {
@@ -635,7 +638,8 @@ impl<DB> Store for SqlStore<DB> {
         let done = sqlx::query(
             "UPDATE sessions SET session_id = $2, node = $3, display = $4, host = $5, port = $6, \
              vnc_password = $7, handle = $8, state = $9, status_reason = '', updated_at = $10, \
-             tls_pin = $11 WHERE key = $1 AND state IN ('pending', 'starting')",
+             tls_pin = $11, ends_at = COALESCE($12, ends_at) \
+             WHERE key = $1 AND state IN ('pending', 'starting')",
         )
         .bind(key)
         .bind(&id)
@@ -648,6 +652,7 @@ impl<DB> Store for SqlStore<DB> {
         .bind(started.state.as_str())
         .bind(now)
         .bind(started.tls_pin.as_deref().unwrap_or_default())
+        .bind(started.ends_at.map(millis))
         .execute(&mut *tx)
         .await?;
         Self::commit_updated(tx, done, key).await
@@ -913,6 +918,26 @@ impl<DB> Store for SqlStore<DB> {
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+
+    async fn set_ends_at(
+        &self,
+        key: &str,
+        ends_at: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<SessionRecord>, StoreError> {
+        let _bump = self.bump();
+        let mut tx = self.writer.begin().await?;
+        let done = sqlx::query(
+            "UPDATE sessions SET ends_at = $2, updated_at = $3 \
+             WHERE key = $1 AND state IN ('pending', 'starting', 'running')",
+        )
+        .bind(key)
+        .bind(ends_at.map(millis))
+        .bind(millis(now))
+        .execute(&mut *tx)
+        .await?;
+        Self::commit_updated(tx, done, key).await
     }
 
     async fn record_activity(

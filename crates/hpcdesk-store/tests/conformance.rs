@@ -25,6 +25,7 @@ fn new_session(owner: &str) -> NewSession {
         marker: format!("m{}", uuid_like()),
         starter: "instance-a".into(),
         vnc_password_sealed: vec![9, 9],
+        ends_at: None,
         now: Utc::now(),
     }
 }
@@ -52,6 +53,7 @@ fn started(display: u32) -> Started {
         handle: "{\"pid\":1}".into(),
         state: SessionState::Running,
         tls_pin: Some("ab12".into()),
+        ends_at: None,
         now: Utc::now(),
     }
 }
@@ -372,6 +374,58 @@ async fn activity_only_moves_forward(store: Arc<dyn Store>) {
         got.last_input_at.unwrap().timestamp_millis(),
         t.timestamp_millis()
     );
+}
+
+async fn a_time_limit_is_kept_moved_and_ends_with_the_session(store: Arc<dyn Store>) {
+    let ms = |t: Option<chrono::DateTime<Utc>>| t.map(|t| t.timestamp_millis());
+    let end = Utc::now() + Duration::minutes(20);
+    let mut new = new_session("u10");
+    new.ends_at = Some(end);
+    let rec = claimed(store.claim_session(new).await.unwrap());
+    assert_eq!(ms(rec.ends_at), ms(Some(end)));
+    // A start that reports no end keeps the one stored; one that does (a job) sets it.
+    let got = store
+        .session_started(&rec.key, started(31))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ms(got.ends_at), ms(Some(end)));
+    let later = end + Duration::hours(1);
+    let moved = store
+        .set_ends_at(&rec.key, Some(later), Utc::now())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ms(moved.ends_at), ms(Some(later)));
+    let read = store.session_by_key(&rec.key).await.unwrap().unwrap();
+    assert_eq!(ms(read.ends_at), ms(Some(later)));
+    assert!(
+        store
+            .transition(
+                &rec.key,
+                &[SessionState::Running],
+                SessionState::Stopped,
+                "time limit reached",
+                Utc::now()
+            )
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .set_ends_at(&rec.key, Some(later + Duration::hours(1)), Utc::now())
+            .await
+            .unwrap()
+            .is_none(),
+        "an ended session's limit moved"
+    );
+    let mut queued = new_session("u11");
+    queued.ends_at = None;
+    let rec = claimed(store.claim_session(queued).await.unwrap());
+    let mut s = started(32);
+    s.ends_at = Some(end);
+    let got = store.session_started(&rec.key, s).await.unwrap().unwrap();
+    assert_eq!(ms(got.ends_at), ms(Some(end)));
 }
 
 async fn viewers_count_per_instance_while_its_heartbeat_is_fresh(store: Arc<dyn Store>) {
@@ -1012,6 +1066,7 @@ on_every_backend!(
     grants_are_found_by_hash_and_revoked,
     a_failed_start_is_listed_under_its_id_with_the_reason,
     activity_only_moves_forward,
+    a_time_limit_is_kept_moved_and_ends_with_the_session,
     accounts_orgs_and_keys_are_kept,
     a_signature_can_be_used_once,
     the_audit_log_filters_by_user_and_time,

@@ -170,6 +170,15 @@ pub enum NodeCommand {
         #[arg(long)]
         node: Option<String>,
     },
+    /// Show a notification inside the desktop on a display (best effort).
+    Notify {
+        #[arg(long)]
+        node: Option<String>,
+        #[arg(long)]
+        display: u32,
+        #[arg(long)]
+        message: String,
+    },
 }
 
 impl NodeCommand {
@@ -189,6 +198,14 @@ impl NodeCommand {
     pub fn probe(node: &NodeName) -> Self {
         NodeCommand::Probe {
             node: Some(node.to_string()),
+        }
+    }
+
+    pub fn notify(node: &NodeName, display: DisplayNumber, message: &str) -> Self {
+        NodeCommand::Notify {
+            node: Some(node.to_string()),
+            display: display.get(),
+            message: message.to_owned(),
         }
     }
 
@@ -230,6 +247,16 @@ impl NodeCommand {
             NodeCommand::Probe { node: n } => {
                 a.push("probe".into());
                 node(&mut a, n);
+            }
+            NodeCommand::Notify {
+                node: n,
+                display,
+                message,
+            } => {
+                a.push("notify".into());
+                node(&mut a, n);
+                a.extend(["--display".into(), display.to_string()]);
+                a.extend(["--message".into(), message.clone()]);
             }
         }
         a
@@ -312,6 +339,11 @@ mod tests {
             NodeCommand::list(&node),
             NodeCommand::probe(&node),
             NodeCommand::Probe { node: None },
+            NodeCommand::notify(
+                &node,
+                DisplayNumber::new(7).unwrap(),
+                "Your desktop ends in 5 min — it's 'time'; save your work",
+            ),
         ];
         for c in commands {
             let args = c.to_args();

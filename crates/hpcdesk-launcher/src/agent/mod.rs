@@ -699,6 +699,60 @@ pub(crate) fn kill_desktop(uid: u32, marker: &str, extra: &[i32], grace: Duratio
     count
 }
 
+/// Shows `message` inside the desktop on `display` as a notification: `notify-send` in the
+/// desktop's own D-Bus session (found in the environment of one of its processes), within
+/// 5 s. Best effort: `false` when there is no such desktop, bus, `notify-send` or daemon.
+pub fn notify(node: &str, display: u32, message: &str) -> bool {
+    let Ok(me) = Account::current() else {
+        return false;
+    };
+    let dir = desktop_dir(&me.home, node, display);
+    let Some(state) = capped::small_file(&dir.join("state.json"), 4096)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<DesktopState>(&b).ok())
+    else {
+        return false;
+    };
+    let Some(bus) = procs::marked(me.uid.as_raw(), &state.marker)
+        .into_iter()
+        .find_map(|p| procs::env_var(p, "DBUS_SESSION_BUS_ADDRESS"))
+    else {
+        return false;
+    };
+    let Some(notify_send) = crate::desktops::find_in(&search_path(), "notify-send") else {
+        return false;
+    };
+    let message: String = message.chars().take(500).collect();
+    let child = Cmd::new(notify_send)
+        .args([
+            "--app-name=hpcdesk",
+            "--urgency=critical",
+            "--expire-time=30000",
+        ])
+        .arg("Desktop")
+        .arg(message)
+        .env("DISPLAY", format!(":{display}"))
+        .env("DBUS_SESSION_BUS_ADDRESS", bus)
+        .env(procs::MARKER_VAR, &state.marker)
+        .current_dir(&me.home)
+        .spawn_detached(&dir.join("desktop.log"));
+    let Ok(mut child) = child else {
+        return false;
+    };
+    let until = Instant::now() + Duration::from_secs(5);
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return status.success(),
+            Ok(None) if Instant::now() < until => std::thread::sleep(Duration::from_millis(20)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return false;
+            }
+        }
+    }
+}
+
 /// Stops the desktop on `display`: every process carrying its marker, then its leftovers.
 /// Stopping a desktop that is already gone succeeds.
 pub fn stop(node: &str, display: u32) -> Result<Stopped, AgentError> {

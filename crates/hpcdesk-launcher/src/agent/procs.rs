@@ -62,6 +62,11 @@ pub fn cmdline(pid: i32) -> Option<Vec<String>> {
 
 /// The value of [`MARKER_VAR`] in `pid`'s environment, if readable.
 pub fn marker_of(pid: i32) -> Option<String> {
+    env_var(pid, MARKER_VAR)
+}
+
+/// The value of the variable `name` in `pid`'s environment, if readable.
+pub fn env_var(pid: i32, name: &str) -> Option<String> {
     use std::io::Read;
     // A process's environment is bounded by the kernel's argument limit; read no more.
     let mut env = Vec::new();
@@ -70,7 +75,7 @@ pub fn marker_of(pid: i32) -> Option<String> {
         .take(4 << 20)
         .read_to_end(&mut env)
         .ok()?;
-    let prefix = format!("{MARKER_VAR}=");
+    let prefix = format!("{name}=");
     env.split(|b| *b == 0)
         .find_map(|kv| kv.strip_prefix(prefix.as_bytes()))
         .map(|v| String::from_utf8_lossy(v).into_owned())

@@ -173,3 +173,51 @@ pub async fn screenshot(
     )
         .into_response())
 }
+
+/// `by` of an extend, from the query string or a JSON object body (`{"by": "1h"}`); neither:
+/// `lifecycle.extend_by`.
+pub fn extension_of(
+    app: &AppState,
+    query: Option<String>,
+    body: &[u8],
+) -> Result<std::time::Duration, ApiError> {
+    let text = std::str::from_utf8(body).unwrap_or("").trim();
+    let from_body = if text.starts_with('{') {
+        let v: serde_json::Value = serde_json::from_str(text)
+            .map_err(|e| ApiError::InvalidParameter(format!("the body is not valid JSON: {e}")))?;
+        match v.get("by") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::String(s)) => Some(s.clone()),
+            Some(_) => {
+                return Err(ApiError::InvalidParameter(
+                    "by must be a string such as \"1h\"".into(),
+                ));
+            }
+        }
+    } else {
+        None
+    };
+    match from_body.or(query) {
+        Some(by) => sessions::parse_extension(&by),
+        None => Ok(app.config.lifecycle.extend_by.0),
+    }
+}
+
+/// The query of an extend.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct ExtendQuery {
+    by: Option<String>,
+}
+
+/// `POST /hpcdesk/v1/desktop/vnc/{sessionId}/extend[?by=1h]`, or `{"by": "1h"}`.
+#[tracing::instrument(skip_all, fields(user = %user.name(), session = %id.0))]
+pub async fn extend(
+    State(app): State<AppState>,
+    user: AuthUser,
+    id: SessionPath,
+    Query(q): Query<ExtendQuery>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let by = extension_of(&app, q.by, &body)?;
+    Ok(ok(sessions::extend(&app, &user, &id.0, by).await?))
+}

@@ -68,6 +68,11 @@ pub fn router(state: AppState) -> Router {
             "/hpcdesk/v1/desktop/vnc/{session_id}/screenshot",
             get(desktop::screenshot),
         )
+        .route(
+            "/hpcdesk/v1/desktop/vnc/{session_id}/extend",
+            axum::routing::post(desktop::extend),
+        )
+        .route("/vncws/extend", axum::routing::post(vncws::extend))
         .fallback(web::file_or_404)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(

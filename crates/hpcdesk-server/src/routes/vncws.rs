@@ -3,7 +3,13 @@
 //! The grant is checked before the upgrade: a refusal is an HTTP 403 with an envelope that
 //! says why in plain words (and is logged without the token). A plain GET with a valid grant
 //! (no upgrade headers) answers `code 0`, so the viewer page can check a link before
-//! connecting. After the upgrade the connection is handed to the gateway as a raw TCP stream.
+//! connecting, with the desktop's time limit (`endTime`, `warnBefore`, `canExtend`). After
+//! the upgrade the connection is handed to the gateway as a raw TCP stream.
+//!
+//! `POST /vncws/extend?token=…&mm=…[&by=1h]`: the viewer's Extend button. A full (not
+//! view-only) grant of a running session may extend it while its viewer is open, even once
+//! the link has stopped opening new connections (`gateway.grant_ttl`); it acts as the
+//! desktop's owner, within the same limits as the API.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -55,10 +61,7 @@ pub async fn connect(
     let upgrade = match ws::check_upgrade(req.headers()) {
         Ok(u) => u,
         Err(_) if !req.headers().contains_key(header::UPGRADE) => {
-            return ok(serde_json::json!({
-                "sessionId": grant.session_id,
-                "viewOnly": grant.view_only,
-            }));
+            return link_info(&app, &grant).await;
         }
         Err(why) => return ApiError::BadUpgrade(why.to_owned()).into_response(),
     };
@@ -132,4 +135,70 @@ pub async fn connect(
         h.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(p));
     }
     resp
+}
+
+/// What the viewer page learns from a plain GET of its link.
+async fn link_info(app: &AppState, grant: &hpcdesk_gateway::Grant) -> Response {
+    let session = app
+        .store
+        .session_by_key(&grant.session_key)
+        .await
+        .ok()
+        .flatten();
+    let end_time = session
+        .as_ref()
+        .and_then(|s| s.ends_at)
+        .map(hpcdesk_core::wire::local_time)
+        .unwrap_or_default();
+    let can_extend = !grant.view_only && !end_time.is_empty();
+    ok(serde_json::json!({
+        "sessionId": grant.session_id,
+        "viewOnly": grant.view_only,
+        "endTime": end_time,
+        "warnBefore": app.config.lifecycle.warn_before.0.as_secs(),
+        "canExtend": can_extend,
+        "extendBy": humantime::format_duration(app.config.lifecycle.extend_by.0).to_string(),
+    }))
+}
+
+/// `POST /vncws/extend`: see the module documentation.
+pub async fn extend(
+    State(app): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let peer = crate::routes::extract::client_addr(req.headers(), req.extensions(), &app);
+    let (token, mm) = match (q.get("token"), q.get("mm")) {
+        (Some(t), Some(m)) if !t.is_empty() && !m.is_empty() => (t, m),
+        _ => return Err(hpcdesk_gateway::Refusal::Missing.into()),
+    };
+    let resolved = crate::grants::StoreGrants::of(&app)
+        .resolve_with(token, mm, true)
+        .await?;
+    if resolved.grant.view_only {
+        return Err(ApiError::Permission(
+            "a view-only link cannot extend the desktop".into(),
+        ));
+    }
+    let open = app
+        .gateway
+        .registry
+        .activity(&resolved.grant.session_key)
+        .connections;
+    if resolved.expired && open == 0 {
+        return Err(hpcdesk_gateway::Refusal::Expired.into());
+    }
+    let body = axum::body::to_bytes(req.into_body(), 4096)
+        .await
+        .unwrap_or_default();
+    let by = super::desktop::extension_of(&app, q.get("by").cloned(), &body)?;
+    let who = resolved.session.owner.clone();
+    Ok(ok(crate::sessions::extend_session(
+        &app,
+        &resolved.session,
+        by,
+        &who,
+        &format!("{peer} (viewer)"),
+    )
+    .await?))
 }

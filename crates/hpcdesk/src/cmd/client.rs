@@ -1,4 +1,4 @@
-//! `hpcdesk desktop create|list|desktops|url|delete`: a client of a running hpcdesk (or of any
+//! `hpcdesk desktop create|list|desktops|url|extend|delete`: a client of a running hpcdesk (or of any
 //! SCNet-compatible desktop API). Human tables by default, `--json` for scripts.
 
 use std::process::ExitCode;
@@ -43,6 +43,8 @@ enum Action {
     Url { session_id: String },
     /// Stop a desktop.
     Delete { session_id: String },
+    /// Move a desktop's time limit (e.g. `extend <id> 1h`), within the site's limits.
+    Extend { session_id: String, by: String },
 }
 
 /// `hpcdesk sweep` / `hpcdesk nodes`: an admin call to a running server.
@@ -230,6 +232,11 @@ fn table(items: &[SessionItem]) -> String {
                 s.user_name.clone(),
                 s.connections.to_string(),
                 s.create_time.clone(),
+                if s.end_time.is_empty() {
+                    "-".to_owned()
+                } else {
+                    s.end_time.clone()
+                },
                 s.status_reason.clone(),
             ]
         })
@@ -237,7 +244,7 @@ fn table(items: &[SessionItem]) -> String {
     super::table(
         &[
             "SESSION", "STATUS", "DESKTOP", "SCREEN", "HOST", "DISPLAY", "USER", "CONN", "CREATED",
-            "REASON",
+            "ENDS", "REASON",
         ],
         &rows,
     )
@@ -334,6 +341,16 @@ async fn run_async(args: Args) -> anyhow::Result<ExitCode> {
                     }
                 }),
             )
+        }
+        Action::Extend { session_id, by } => {
+            let (raw, r) = client
+                .call_url::<SessionItem>(
+                    reqwest::Method::POST,
+                    &format!("/hpcdesk/v1/desktop/vnc/{session_id}/extend"),
+                    Some(serde_json::json!({ "by": by })),
+                )
+                .await?;
+            finish(raw, r.map(|s| table(&[s])))
         }
         Action::Delete { session_id } => {
             let (raw, r) = client

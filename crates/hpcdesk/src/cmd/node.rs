@@ -1,4 +1,4 @@
-//! `hpcdesk node start|stop|list|probe`: the node agent's command line. It runs on the node
+//! `hpcdesk node start|stop|list|probe|notify|job…`: the node agent's command line. It runs on the node
 //! as the desktop's user and prints one JSON object (see `hpcdesk_launcher::agent`).
 
 use std::process::ExitCode;
@@ -61,5 +61,12 @@ pub fn run(c: Command) -> ExitCode {
         Command::Stop { node, display } => reply(agent::stop(&node_or_host(node), display)),
         Command::List { node } => reply(Ok::<_, AgentError>(agent::list(&node_or_host(node)))),
         Command::Probe { node } => reply(Ok::<_, AgentError>(agent::probe(&node_or_host(node)))),
+        Command::Notify {
+            node,
+            display,
+            message,
+        } => reply(Ok::<_, AgentError>(serde_json::json!({
+            "shown": agent::notify(&node_or_host(node), display, &message)
+        }))),
     }
 }
