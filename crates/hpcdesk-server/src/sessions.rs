@@ -242,12 +242,14 @@ pub async fn end(
                 .transition(&rec.key, &live, Failed, reason, now)
                 .await?
         }
-        Ending::EndedOutside | Ending::Interrupted | Ending::TimeLimit => {
+        Ending::EndedOutside | Ending::Interrupted => {
             app.store
                 .transition(&rec.key, &live, Stopped, reason, now)
                 .await?
         }
-        Ending::Deleted { .. } | Ending::Swept => {
+        // Like a delete, from `failed` too: reconcile may have seen the desktop gone between
+        // its stop and this.
+        Ending::Deleted { .. } | Ending::Swept | Ending::TimeLimit => {
             app.store
                 .transition(
                     &rec.key,

@@ -20,4 +20,5 @@ mod seed;
 mod slurm;
 mod ssh;
 mod sweep;
+mod timelimit;
 mod viewer;
