@@ -253,6 +253,9 @@ async function connect() {
     const problem = await linkProblem();
     if (problem) {
       fatal(`The desktop is no longer available: ${problem}.`);
+    } else if (limit.end && Date.now() >= limit.end - 2000) {
+      // The scheduler ended it at its limit before hpcdesk recorded that: no reconnecting.
+      fatal('The desktop has ended: it reached its time limit.');
     } else if (!e.detail.clean || state.connectedOnce) {
       scheduleRetry();
     } else {

@@ -96,8 +96,13 @@ pub fn slurm_app_opts(slurm_toml: &str, opts: Options) -> TestApp {
     TestApp::spawn_with(Options {
         launcher_toml: "kind = \"slurm\"".into(),
         extra_toml: format!(
-            "[launcher.slurm]\nagent = \"{}\"\nlisten = \"localhost\"\ntime_limit = \"10:00\"\n{slurm_toml}\n",
-            agent_binary().display()
+            "[launcher.slurm]\nagent = \"{}\"\nlisten = \"localhost\"\n{}{slurm_toml}\n",
+            agent_binary().display(),
+            if slurm_toml.contains("time_limit =") {
+                ""
+            } else {
+                "time_limit = \"10:00\"\n"
+            }
         ),
         env,
         ..opts
@@ -586,4 +591,125 @@ fn a_job_output_linked_to_dev_zero_is_refused_and_slows_no_one_else() {
     let id = s["sessionId"].as_str().unwrap().to_owned();
     assert_eq!(app.delete(&calm, &id)["code"], "0");
     assert!(eventually(Duration::from_secs(15), || hpcdesk_jobs().is_empty()));
+}
+
+/// The job's time limit as squeue prints it.
+fn squeue_limit(job: &str) -> String {
+    let (_, out) = slurm("squeue", &["-h", "-j", job, "-o", "%l"]);
+    out.trim().to_owned()
+}
+
+#[test]
+fn a_slurm_desktop_ends_when_its_job_does_and_extends_within_max_time_limit() {
+    if !slurm_parts("slurm time limit") {
+        return;
+    }
+    use crate::timelimit::{extend, metric, time};
+    let _x = exclusive();
+    let app = slurm_app_with("time_limit = \"3:00\"\nmax_time_limit = \"6m\"");
+    let token = app.token("slurm-walltime");
+    assert_eq!(app.create(&token)["code"], "0");
+    let s = running(&app, &token);
+    let id = s["sessionId"].as_str().unwrap().to_owned();
+    let now = chrono::Utc::now().fixed_offset();
+    let left = (time(&s["endTime"]) - now).num_seconds();
+    assert!(
+        (150..=182).contains(&left),
+        "endTime is not 3 min after the start: {s}"
+    );
+    let jobs = hpcdesk_jobs();
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    let job = jobs[0].0.clone();
+    assert_eq!(squeue_limit(&job), "3:00");
+
+    // Another user; past max_time_limit: refused, nothing changed.
+    assert_eq!(
+        extend(&app, &app.token("slurm-other"), &id, "2m")["code"],
+        "10008"
+    );
+    let too_much = extend(&app, &token, &id, "4m");
+    assert_eq!(too_much["code"], "10004", "{too_much}");
+    let msg = too_much["msg"].as_str().unwrap();
+    assert!(
+        msg.contains("at most 0:06:00") && msg.contains("launcher.slurm.max_time_limit"),
+        "{msg}"
+    );
+    assert_eq!(
+        squeue_limit(&job),
+        "3:00",
+        "a refused extend changed the job"
+    );
+
+    let r = extend(&app, &token, &id, "2m");
+    assert_eq!(r["code"], "0", "{r}\n{}", app.log_text());
+    assert_eq!(squeue_limit(&job), "5:00");
+    let moved = (time(&r["data"]["endTime"]) - time(&s["endTime"])).num_seconds();
+    assert!(
+        (118..=122).contains(&moved),
+        "endTime moved by {moved} s: {r}"
+    );
+    assert_eq!(app.list(&token)[0]["endTime"], r["data"]["endTime"]);
+    assert_eq!(metric(&app, "hpcdesk_extends_granted_total"), 1.0);
+    assert_eq!(metric(&app, "hpcdesk_extends_refused_total"), 1.0);
+    assert_eq!(app.delete(&token, &id)["code"], "0");
+}
+
+#[test]
+fn a_slurm_desktop_that_reaches_its_time_limit_is_stopped_and_its_viewer_told() {
+    if !slurm_parts("slurm timeout") {
+        return;
+    }
+    let _x = exclusive();
+    // One minute: Slurm's smallest limit.
+    let app = slurm_app_with("time_limit = \"1\"");
+    let token = app.token("slurm-timeout");
+    assert_eq!(app.create(&token)["code"], "0");
+    let id = running(&app, &token)["sessionId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let link = app.launch_url(&token, &id)["data"]["novncUrl"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let rt = crate::viewer::runtime();
+    let Connect::Open(mut v) = rt.block_on(connect(&ws_url(&app.base, &link))) else {
+        panic!("viewer refused")
+    };
+    let started = std::time::Instant::now();
+    let code = rt.block_on(async {
+        v.handshake().await;
+        tokio::time::timeout(Duration::from_secs(180), v.closed()).await
+    });
+    eprintln!("the job's viewer was closed after {:?}", started.elapsed());
+    // Slurm kills the job at its limit, so the viewer usually sees the desktop close (1000)
+    // just before reconcile ends the session (4001); either way it is closed, and the link
+    // then says why.
+    let code = code.expect("the viewer stayed open past the limit");
+    assert!(matches!(code, Some(1000 | 4001)), "{code:?}");
+    let mut last = serde_json::Value::Null;
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            last = app.list(&token).first().cloned().unwrap_or_default();
+            last["status"] == "stopped"
+        }),
+        "{last}"
+    );
+    let reason = last["statusReason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("time limit reached") && reason.contains("TIMEOUT"),
+        "{reason}"
+    );
+    // The viewer page's link check says it plainly.
+    let (status, check) = app.call("GET", &crate::timelimit::link_path(&link), None);
+    assert_eq!(status, 403, "{check}");
+    assert!(
+        check["msg"].as_str().unwrap().contains("time limit"),
+        "{check}"
+    );
+    assert_eq!(
+        crate::timelimit::metric(&app, "hpcdesk_sessions_ended_total{how=\"time_limit\"}"),
+        1.0
+    );
+    assert!(eventually(Duration::from_secs(10), || job_xvnc() == 0));
 }
