@@ -113,9 +113,19 @@ const limit = { end: null, warnBefore: 900, canExtend: false, extendBy: '1h', wa
 state.limit = limit;
 function takeLimit(d) {
   const end = d.endTime ? Date.parse(d.endTime) : null;
-  if (end !== limit.end) limit.warned.clear();
-  limit.end = end;
   limit.warnBefore = Number(d.warnBefore) || 900;
+  if (end !== limit.end) {
+    // A moved end (an extension) warns again at the thresholds still ahead of it, not at
+    // once for those it is already past.
+    const had = limit.end !== null;
+    limit.warned.clear();
+    if (had && end) {
+      const left = end - Date.now();
+      if (left <= limit.warnBefore * 1000) limit.warned.add('first');
+      if (left <= 5 * 60 * 1000) limit.warned.add('five');
+    }
+  }
+  limit.end = end;
   limit.canExtend = !!d.canExtend && !viewOnly;
   limit.extendBy = d.extendBy || '1h';
   tickLimit();

@@ -352,3 +352,59 @@ fn the_viewer_page_and_novnc_are_served_by_hpcdesk() {
     let traversal = client.get(app.url("/../Cargo.toml")).send().unwrap();
     assert_eq!(traversal.status(), 404);
 }
+
+#[test]
+fn the_viewer_counts_down_to_the_time_limit_warns_and_extends() {
+    if !real_parts("viewer time limit") || !browser_parts("viewer time limit") {
+        return;
+    }
+    let app = TestApp::spawn_with(Options {
+        env: vec![
+            ("HPCDESK_LIFECYCLE__MAX_LIFETIME".into(), "90s".into()),
+            ("HPCDESK_LIFECYCLE__WARN_BEFORE".into(), "85s".into()),
+            ("HPCDESK_LIFECYCLE__EXTEND_BY".into(), "1m".into()),
+            ("HPCDESK_LIFECYCLE__MAX_EXTEND".into(), "5m".into()),
+        ],
+        ..Options::default()
+    });
+    let token = app.token("vera");
+    let created = app.create(&token);
+    assert_eq!(created["code"], "0", "{created}");
+    let id = created["data"]["sessionId"].as_str().unwrap().to_owned();
+    let end = crate::timelimit::time(&created["data"]["endTime"]);
+    let launch = app.launch_url(&token, &id);
+    let url = format!(
+        "{}{}",
+        app.base,
+        launch["data"]["novncUrl"].as_str().unwrap()
+    );
+    let shot = screenshot_path("viewer-time-limit.png");
+    let r = run_script(&app, "time-limit.mjs", &[&url, shot.to_str().unwrap()]);
+    let countdown = r["countdown"].as_str().unwrap();
+    assert!(countdown.starts_with("Ends in 1:"), "{r}");
+    let warning = r["warning"].as_str().unwrap();
+    assert!(
+        warning.contains("ends in") && warning.contains("time limit") && warning.contains("extend"),
+        "{r}"
+    );
+    assert_eq!(r["button"], "Extend by 1m", "{r}");
+    let moved = r["after"].as_f64().unwrap() - r["before"].as_f64().unwrap();
+    assert!(
+        (59_000.0..=61_000.0).contains(&moved),
+        "the viewer's end moved by {moved} ms: {r}"
+    );
+    assert_eq!(r["bannerHidden"], true, "{r}");
+    // The server's record moved with it, and says who asked.
+    let now_end = crate::timelimit::time(&app.list(&token)[0]["endTime"]);
+    assert_eq!((now_end - end).num_seconds(), 60);
+    let events = audit(&app, "vera");
+    let extended = events
+        .iter()
+        .find(|e| e["kind"] == "session_extended")
+        .unwrap_or_else(|| panic!("no extend in {events:?}"));
+    assert!(
+        extended["peer"].as_str().unwrap().ends_with("(viewer)"),
+        "{extended}"
+    );
+    assert_eq!(app.delete(&token, &id)["code"], "0");
+}
