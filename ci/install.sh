@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 # as the minimal choice and the fallback. No recommends: no screensaver, locker or power manager.
 runtime=(tigervnc-standalone-server tigervnc-tools xfonts-base x11-xserver-utils xterm twm
          xfce4-session xfwm4 xfce4-panel xfdesktop4 xfce4-terminal thunar xfce4-settings
-         dbus-x11 fonts-dejavu-core adwaita-icon-theme)
+         dbus-x11 fonts-dejavu-core adwaita-icon-theme xfce4-notifyd libnotify-bin)
 test_only=(python3-requests chromium openssh-server openssh-client iproute2 xclip
            slurmctld slurmd slurm-client munge postgresql)
 

@@ -158,3 +158,66 @@ fn a_local_desktop_ends_at_its_lifetime_with_viewers_closed_and_an_extended_one_
     assert!(kinds.contains(&"extend_refused".to_owned()), "{kinds:?}");
     assert_eq!(app.delete(&tb, &id_b)["code"], "0");
 }
+
+/// The desktop's D-Bus session address, from the environment of one of its processes.
+fn session_bus(app: &TestApp, display: u64) -> Option<String> {
+    app.desktop_pids(display).into_iter().find_map(|p| {
+        environ(p).into_iter().find_map(|kv| {
+            kv.strip_prefix("DBUS_SESSION_BUS_ADDRESS=")
+                .map(str::to_owned)
+        })
+    })
+}
+
+#[test]
+fn the_desktop_is_notified_inside_before_its_time_limit() {
+    if !real_parts("time limit notification") {
+        return;
+    }
+    if !nix::unistd::Uid::effective().is_root() {
+        let msg = "time limit notification: needs root to watch the user's D-Bus session";
+        assert!(!in_ci(), "{msg} — required in CI");
+        eprintln!("SKIPPED {msg}");
+        return;
+    }
+    // The default desktop (XFCE, with its notification daemon); both warnings (warn_before and
+    // 5 minutes) are due at once, 20 s after the start.
+    let app = TestApp::spawn_with(Options {
+        default_desktop: None,
+        env: vec![
+            ("HPCDESK_LIFECYCLE__MAX_LIFETIME".into(), "320s".into()),
+            ("HPCDESK_LIFECYCLE__WARN_BEFORE".into(), "300s".into()),
+        ],
+        ..Options::default()
+    });
+    let token = app.token("wren");
+    let created = app.create(&token);
+    assert_eq!(created["code"], "0", "{created}");
+    let id = created["data"]["sessionId"].as_str().unwrap().to_owned();
+    let display = created["data"]["displayNumber"].as_u64().unwrap();
+    let mut bus = None;
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            bus = session_bus(&app, display);
+            bus.is_some()
+        }),
+        "the desktop has no D-Bus session"
+    );
+    // Watch the session's notifications as the user until the warning has been due a while.
+    let out = std::process::Command::new("runuser")
+        .args(["-u", &compute_user(), "--", "timeout", "35", "dbus-monitor"])
+        .arg("interface='org.freedesktop.Notifications',member='Notify'")
+        .env("DBUS_SESSION_BUS_ADDRESS", bus.unwrap())
+        .output()
+        .expect("dbus-monitor");
+    let seen = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        seen.contains("This desktop ends in") && seen.contains("hpcdesk"),
+        "no notification in the desktop:\n{seen}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // One notification for the two thresholds crossed together, and it says how long.
+    assert_eq!(seen.matches("This desktop ends in").count(), 1, "{seen}");
+    assert!(seen.contains("ends in 5 min"), "{seen}");
+    assert_eq!(app.delete(&token, &id)["code"], "0");
+}
