@@ -43,6 +43,8 @@ await run(async (browser) => {
   const id = await card.getAttribute('data-session');
   const kind = await card.locator('.kind').textContent();
   const screen = await card.locator('.geometry').textContent();
+  const ends = await card.locator('.ends').textContent();
+  const extendShown = await card.locator('button.extend').isVisible();
   // The thumbnail: a real picture, loaded from the screenshot endpoint.
   await page.waitForFunction(() => {
     const img = document.querySelector('#sessions .card .thumb');
@@ -98,5 +100,5 @@ await run(async (browser) => {
 
   await card.locator('button.delete').click();
   await page.locator(`#sessions .card[data-session="${id}"]`).waitFor({ state: 'detached', timeout: 20000 });
-  return { created: id, offered, kind, screen, thumb, viewOnlyUrl, viewOnly, full, phone, deleted: true };
+  return { created: id, offered, kind, screen, ends, extendShown, thumb, viewOnlyUrl, viewOnly, full, phone, deleted: true };
 });

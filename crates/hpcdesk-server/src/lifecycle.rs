@@ -19,6 +19,10 @@
 //! deletes sessions with no open viewer whose last activity — creation, last client input,
 //! last viewer disconnect — is older than `lifecycle.idle_after`. A session with an open
 //! viewer is never swept. Failed sessions that old are cleared too.
+//!
+//! **Time limits** (every second): a `local` or `ssh` desktop past its `endTime` is stopped
+//! and its session ended (`Ending::TimeLimit`); desktops near their end get a notification
+//! inside at `lifecycle.warn_before` and at 5 minutes. Slurm ends its jobs itself.
 
 use std::time::Duration;
 

@@ -85,6 +85,8 @@ mod tests {
             "/hpcdesk/v1/nodes",
             "/hpcdesk/v1/desktops",
             "/hpcdesk/v1/desktop/vnc/{sessionId}/screenshot",
+            "/hpcdesk/v1/desktop/vnc/{sessionId}/extend",
+            "/vncws/extend",
             "/healthz",
             "/readyz",
             "/metrics",

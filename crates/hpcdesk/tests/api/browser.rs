@@ -173,6 +173,11 @@ fn the_portal_creates_a_chosen_desktop_shows_its_thumbnail_shares_a_view_only_li
     assert!(offered.contains(&"xfce") && offered.contains(&"twm"), "{r}");
     assert_eq!(r["kind"], "twm (minimal)", "{r}");
     assert_eq!(r["screen"], "1280x720", "{r}");
+    assert_eq!(r["ends"], "no time limit", "{r}");
+    assert_eq!(
+        r["extendShown"], false,
+        "nothing to extend without a limit: {r}"
+    );
     assert_eq!(
         r["thumb"]["w"], 480,
         "a thumbnail of the screenshot endpoint: {r}"
