@@ -119,16 +119,19 @@ fn screenshot_path(name: &str) -> PathBuf {
     dir.join(name)
 }
 
-/// Runs a browser script with `args`; returns its JSON line.
+/// Runs a browser script with `args` (one browser at a time); returns its JSON line.
 fn run_script(app: &TestApp, script: &str, args: &[&str]) -> serde_json::Value {
-    let out = {
-        let _one_at_a_time = browser_lock();
-        Command::new("node")
-            .arg(browser_dir().join(script))
-            .args(args)
-            .output()
-            .unwrap()
-    };
+    let _one_at_a_time = browser_lock();
+    run_script_holding_lock(app, script, args)
+}
+
+/// [`run_script`] for a caller that holds [`browser_lock`] already.
+fn run_script_holding_lock(app: &TestApp, script: &str, args: &[&str]) -> serde_json::Value {
+    let out = Command::new("node")
+        .arg(browser_dir().join(script))
+        .args(args)
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "{script} failed\nstdout: {}\nstderr: {}\nserver log:\n{}",
@@ -365,8 +368,9 @@ fn the_viewer_counts_down_to_the_time_limit_warns_and_extends() {
     }
     let app = TestApp::spawn_with(Options {
         env: vec![
-            ("HPCDESK_LIFECYCLE__MAX_LIFETIME".into(), "90s".into()),
-            ("HPCDESK_LIFECYCLE__WARN_BEFORE".into(), "85s".into()),
+            // Long enough to wait for the one browser at a time; warned from the start.
+            ("HPCDESK_LIFECYCLE__MAX_LIFETIME".into(), "300s".into()),
+            ("HPCDESK_LIFECYCLE__WARN_BEFORE".into(), "295s".into()),
             ("HPCDESK_LIFECYCLE__EXTEND_BY".into(), "1m".into()),
             ("HPCDESK_LIFECYCLE__MAX_EXTEND".into(), "5m".into()),
         ],
@@ -385,8 +389,15 @@ fn the_viewer_counts_down_to_the_time_limit_warns_and_extends() {
     );
     let shot = screenshot_path("viewer-time-limit.png");
     let r = run_script(&app, "time-limit.mjs", &[&url, shot.to_str().unwrap()]);
+    // "Ends in M:SS", within the warning time (how much is left depends on how long this
+    // test waited for the browser).
     let countdown = r["countdown"].as_str().unwrap();
-    assert!(countdown.starts_with("Ends in 1:"), "{r}");
+    let left = countdown
+        .strip_prefix("Ends in ")
+        .and_then(|t| t.split_once(':'))
+        .and_then(|(m, s)| Some(m.parse::<u64>().ok()? * 60 + s.parse::<u64>().ok()?))
+        .unwrap_or_else(|| panic!("not a countdown: {r}"));
+    assert!((1..=295).contains(&left), "{r}");
     let warning = r["warning"].as_str().unwrap();
     assert!(
         warning.contains("ends in") && warning.contains("time limit") && warning.contains("extend"),
@@ -412,4 +423,33 @@ fn the_viewer_counts_down_to_the_time_limit_warns_and_extends() {
         "{extended}"
     );
     assert_eq!(app.delete(&token, &id)["code"], "0");
+}
+
+#[test]
+fn the_viewer_says_plainly_that_the_desktop_ended_for_its_time_limit() {
+    if !real_parts("viewer time limit end") || !browser_parts("viewer time limit end") {
+        return;
+    }
+    let app = TestApp::spawn_with(Options {
+        env: vec![("HPCDESK_LIFECYCLE__MAX_LIFETIME".into(), "20s".into())],
+        ..Options::default()
+    });
+    // The browser first: the 20 s must not go by waiting for it.
+    let _one_at_a_time = browser_lock();
+    let token = app.token("willa");
+    let created = app.create(&token);
+    assert_eq!(created["code"], "0", "{created}");
+    let id = created["data"]["sessionId"].as_str().unwrap().to_owned();
+    let launch = app.launch_url(&token, &id);
+    let url = format!(
+        "{}{}",
+        app.base,
+        launch["data"]["novncUrl"].as_str().unwrap()
+    );
+    let r = run_script_holding_lock(&app, "time-limit.mjs", &[&url, "-", "ended"]);
+    assert_eq!(r["status"], "failed", "{r}");
+    let message = r["message"].as_str().unwrap();
+    assert!(message.contains("time limit"), "{r}");
+    assert!(!message.contains("Reconnecting"), "{r}");
+    assert_eq!(app.list(&token)[0]["status"], "stopped");
 }

@@ -126,6 +126,8 @@ fn hpcdesk_jobs() -> Vec<(String, String)> {
         .collect()
 }
 
+/// Live Xvnc of Slurm jobs' desktops: only those started inside a job (with the job's
+/// `SLURM_JOB_ID`), so a desktop someone started on this machine by hand is not counted.
 fn job_xvnc() -> usize {
     let host = nix::unistd::gethostname()
         .unwrap()
@@ -143,6 +145,7 @@ fn job_xvnc() -> usize {
                 && argv
                     .iter()
                     .any(|a| a.contains(&format!("/.hpcdesk/desktops/{host}-")))
+                && environ(*p).iter().any(|kv| kv.starts_with("SLURM_JOB_ID="))
         })
         .count()
 }
