@@ -7,12 +7,14 @@
 //! - [`claims`]: the claims of an SCNet token and the account rules attached to them.
 //! - [`wire`]: JSON shapes shared by the server and the CLI client.
 //! - [`duration`]: [`HumanDuration`], spans of time as the configuration writes them.
+//! - [`histogram`]: latency histograms for `/metrics`.
 //! - [`seal`]: AES-GCM sealing of VNC passwords, at rest and inside launch URLs (`mm`).
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod claims;
 pub mod duration;
+pub mod histogram;
 pub mod ids;
 pub mod seal;
 pub mod state;

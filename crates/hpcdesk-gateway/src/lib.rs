@@ -259,12 +259,19 @@ impl Gateway {
         grant: &Grant,
         conn: &Connection,
     ) -> (End, Counts) {
+        let started = Instant::now();
         let opened = tokio::select! {
             r = self.open(&mut viewer, leftover, grant) => r,
             reason = conn.closed() => Err(End::Closed(reason)),
         };
         let (desktop, reader, early) = match opened {
-            Ok(parts) => parts,
+            Ok(parts) => {
+                self.registry
+                    .viewer_stats()
+                    .setup
+                    .observe(started.elapsed());
+                parts
+            }
             Err(end) => {
                 if let Some((code, reason)) = end.close_frame() {
                     let frame = ws::close_frame(code, reason);

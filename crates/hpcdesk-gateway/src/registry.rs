@@ -42,12 +42,16 @@ struct Entry {
     close: watch::Sender<Option<CloseReason>>,
 }
 
-/// How many times viewers asked for each JPEG quality and compression level (0-9), for
-/// `/metrics`: what image settings users choose. Counters, so no lock.
+/// What the gateway measures of its viewers, for `/metrics`: how many times they asked for
+/// each JPEG quality and compression level (0-9, what image settings users choose), and how
+/// long their set-up took. Atomics, so no lock.
 #[derive(Debug, Default)]
-pub struct EncodingCounts {
+pub struct ViewerStats {
     pub quality: [AtomicU64; 10],
     pub compression: [AtomicU64; 10],
+    /// How long a viewer's set-up took: from the upgrade to the relay running (reaching and
+    /// authenticating to the desktop, and the browser's RFB handshake).
+    pub setup: hpcdesk_core::histogram::Histogram,
 }
 
 /// The open viewer connections of every session, by session key. Shared by every relay
@@ -56,7 +60,7 @@ pub struct EncodingCounts {
 #[derive(Clone)]
 pub struct Registry {
     inner: Arc<Mutex<HashMap<String, Entry>>>,
-    encodings: Arc<EncodingCounts>,
+    encodings: Arc<ViewerStats>,
     now: Now,
 }
 
@@ -123,7 +127,7 @@ impl Registry {
     }
 
     /// The image settings viewers asked for, counted by level.
-    pub fn encoding_counts(&self) -> &EncodingCounts {
+    pub fn viewer_stats(&self) -> &ViewerStats {
         &self.encodings
     }
 

@@ -29,6 +29,9 @@ pub struct Metrics {
     pub extends_granted: AtomicU64,
     pub extends_refused: AtomicU64,
     ended: [AtomicU64; ENDINGS.len()],
+    /// How long creates and launch URLs took to answer (whatever the answer).
+    pub create_seconds: hpcdesk_core::histogram::Histogram,
+    pub launchurl_seconds: hpcdesk_core::histogram::Histogram,
 }
 
 /// How sessions end (`sessions::Ending`), as metric labels.
@@ -88,7 +91,22 @@ pub async fn render(State(app): State<AppState>) -> Result<Response, ApiError> {
             n.load(Ordering::Relaxed)
         );
     }
-    let asked = app.gateway.registry.encoding_counts();
+    m.create_seconds.render(
+        &mut out,
+        "hpcdesk_create_seconds",
+        "Time to answer a create (a new desktop's start included).",
+    );
+    m.launchurl_seconds.render(
+        &mut out,
+        "hpcdesk_launchurl_seconds",
+        "Time to answer a launch URL.",
+    );
+    app.gateway.registry.viewer_stats().setup.render(
+        &mut out,
+        "hpcdesk_viewer_setup_seconds",
+        "Time from a viewer's upgrade to its relay running (desktop reached and authenticated, browser handshake done).",
+    );
+    let asked = app.gateway.registry.viewer_stats();
     for (name, help, counts) in [
         (
             "hpcdesk_viewer_quality_requests_total",

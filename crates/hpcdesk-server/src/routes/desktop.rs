@@ -61,7 +61,10 @@ pub async fn create(
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     let opts = create_options(query, &body)?;
-    Ok(ok(sessions::create(&app, &user, &opts).await?))
+    let started = std::time::Instant::now();
+    let created = sessions::create(&app, &user, &opts).await;
+    app.metrics.create_seconds.observe(started.elapsed());
+    Ok(ok(created?))
 }
 
 /// `GET /hpcdesk/v1/desktops`: the desktops a create may name.
@@ -128,9 +131,10 @@ pub async fn launch_url(
             )));
         }
     };
-    Ok(ok(
-        sessions::launch_url(&app, &user, &id.0, view_only).await?
-    ))
+    let started = std::time::Instant::now();
+    let url = sessions::launch_url(&app, &user, &id.0, view_only).await;
+    app.metrics.launchurl_seconds.observe(started.elapsed());
+    Ok(ok(url?))
 }
 
 /// Options of a screenshot.

@@ -99,6 +99,15 @@ fn a_viewer_gets_a_framebuffer_update_through_the_launch_url() {
     assert_eq!(value("hpcdesk_viewers_open"), 0.0);
     assert!(value("hpcdesk_gateway_bytes_down_total") > 1000.0);
     assert!(value("hpcdesk_api_responses_total{code=\"0\"}") >= 3.0);
+    // Latency histograms: one create, one launch URL, one viewer set-up, each in a bucket.
+    assert_eq!(value("hpcdesk_create_seconds_count"), 1.0);
+    assert_eq!(value("hpcdesk_launchurl_seconds_count"), 1.0);
+    assert_eq!(value("hpcdesk_viewer_setup_seconds_count"), 1.0);
+    assert_eq!(
+        value("hpcdesk_viewer_setup_seconds_bucket{le=\"+Inf\"}"),
+        1.0
+    );
+    assert!(value("hpcdesk_create_seconds_sum") > 0.0);
     // The VNC password was never in a log, nor the grant.
     let grant = url
         .split("token=")
