@@ -24,3 +24,8 @@ if [ "$(id -u)" -eq 0 ]; then
 fi
 
 cargo test --workspace --locked "$@"
+
+# The Debian package of the build just tested: install, run, remove (root only).
+if [ "$(id -u)" -eq 0 ]; then
+  ci/package-test.sh target/debug/hpcdesk
+fi

@@ -371,3 +371,35 @@ async fn a_screenshot_of_a_desktop_that_is_not_running_is_815008_and_of_none_815
     let s = call(&app, Method::GET, &shot(&id), None, "").await;
     assert_eq!(s.code(), "10003", "{}", s.json);
 }
+
+/// Every metric the shipped Grafana dashboard queries is one `/metrics` serves.
+#[tokio::test]
+async fn the_grafana_dashboard_asks_only_for_metrics_that_exist() {
+    let app = service(fake(), &[]).await;
+    let r = call(&app, Method::GET, "/metrics", None, "").await;
+    let served = r.text;
+    let dashboard = include_str!("../../../packaging/grafana-dashboard.json");
+    let v: serde_json::Value = serde_json::from_str(dashboard).unwrap();
+    let mut names = Vec::new();
+    for panel in v["panels"].as_array().unwrap() {
+        for t in panel["targets"].as_array().unwrap() {
+            let expr = t["expr"].as_str().unwrap();
+            let mut rest = expr;
+            while let Some(i) = rest.find("hpcdesk_") {
+                let name: String = rest[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                rest = &rest[i + name.len()..];
+                names.push(name);
+            }
+        }
+    }
+    assert!(names.len() >= 12, "{names:?}");
+    for name in names {
+        assert!(
+            served.lines().any(|l| l.starts_with(&name)),
+            "the dashboard asks for {name}, which /metrics does not serve"
+        );
+    }
+}

@@ -53,11 +53,13 @@ pub fn token(user: &str) -> String {
     token_with_role(user, "1")
 }
 
-/// An answer: the HTTP status, its headers and the JSON envelope (`Null` if not JSON).
+/// An answer: the HTTP status, its headers, the JSON envelope (`Null` if not JSON) and the
+/// body as text.
 pub struct Answer {
     pub status: StatusCode,
     pub headers: axum::http::HeaderMap,
     pub json: serde_json::Value,
+    pub text: String,
 }
 
 impl Answer {
@@ -92,6 +94,7 @@ pub async fn call(
         status,
         headers,
         json: serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+        text: String::from_utf8_lossy(&bytes).into_owned(),
     }
 }
 
