@@ -8,11 +8,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# libpam0g-dev: the build links libpam (auth.password_backend = "pam").
 # The default desktop is XFCE, started in its own D-Bus session (dbus-x11); twm and xterm stay
 # as the minimal choice and the fallback. No recommends: no screensaver, locker or power manager.
 runtime=(tigervnc-standalone-server tigervnc-tools xfonts-base x11-xserver-utils xterm twm
          xfce4-session xfwm4 xfce4-panel xfdesktop4 xfce4-terminal thunar xfce4-settings
-         dbus-x11 fonts-dejavu-core adwaita-icon-theme xfce4-notifyd libnotify-bin)
+         dbus-x11 fonts-dejavu-core adwaita-icon-theme xfce4-notifyd libnotify-bin
+         libpam0g-dev)
 test_only=(python3-requests chromium openssh-server openssh-client iproute2 xclip
            slurmctld slurmd slurm-client munge postgresql)
 

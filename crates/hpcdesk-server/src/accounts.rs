@@ -23,6 +23,7 @@ use subtle::ConstantTimeEq;
 
 use crate::audit::{self, Kind};
 use crate::auth::{self, AuthUser};
+use crate::config::PasswordBackend;
 use crate::error::ApiError;
 use crate::passwords;
 use crate::state::AppState;
@@ -165,13 +166,38 @@ pub async fn password_login(
 ) -> Result<Vec<TokenEntry>, ApiError> {
     app.limits.login_allowed(user, peer)?;
     let org = app.store.org(org_id).await?;
-    let account = app.store.user(user).await?;
-    // Verify even for unknown names (against a decoy) so timing does not tell them apart.
-    let matches = passwords::verify_async(
-        password.to_owned(),
-        account.as_ref().map(|a| a.password_hash.clone()),
-    )
-    .await;
+    let mut account = app.store.user(user).await?;
+    let matches = match app.config.auth.password_backend {
+        // Verify even for unknown names (against a decoy) so timing does not tell them apart.
+        PasswordBackend::Store => {
+            passwords::verify_async(
+                password.to_owned(),
+                account.as_ref().map(|a| a.password_hash.clone()),
+            )
+            .await
+        }
+        // The site's account, as its other services check it; hpcdesk's record gives the
+        // role and organisations, and the login name is the account desktops run as.
+        PasswordBackend::Pam => {
+            let accepted =
+                crate::pam_auth::accepts(&app.config.auth.pam_service, user, password).await;
+            if let Some(a) = account.as_mut() {
+                match hpcdesk_core::ComputeUser::parse(user) {
+                    Ok(login) => a.compute_user = login,
+                    Err(_) => {
+                        return Err(refuse(
+                            app,
+                            user,
+                            peer,
+                            "password login: the login name is no Linux account name",
+                        )
+                        .await);
+                    }
+                }
+            }
+            accepted && account.is_some()
+        }
+    };
     let (Some(account), true, Some(_)) = (account, matches, org) else {
         return Err(refuse(
             app,

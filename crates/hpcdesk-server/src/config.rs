@@ -132,6 +132,12 @@ pub enum RoleKind {
 pub struct AuthConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub jwt_secret: Option<SecretList>,
+    /// What checks the passwords of `POST /ac/openapi/v2/tokens`: hpcdesk's own accounts
+    /// (`store`) or the site's through PAM (`pam`, service `pam_service`). With `pam` the
+    /// account must still be in hpcdesk's store (its role and organisations), and the
+    /// token's `computeUser` is the login name.
+    pub password_backend: PasswordBackend,
+    pub pam_service: String,
     pub cluster_id: String,
     /// Token `role` value → permission set.
     pub roles: BTreeMap<String, RoleKind>,
@@ -152,6 +158,14 @@ pub struct AuthConfig {
     pub allow_groups: Option<Vec<String>>,
     /// Renewal stops this long after the login a token descends from.
     pub max_session_age: HumanDuration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PasswordBackend {
+    #[default]
+    Store,
+    Pam,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -289,6 +303,8 @@ impl Default for AuthConfig {
     fn default() -> Self {
         AuthConfig {
             jwt_secret: None,
+            password_backend: PasswordBackend::Store,
+            pam_service: "hpcdesk".into(),
             cluster_id: "11112".into(),
             roles: BTreeMap::from([("1".to_owned(), RoleKind::User)]),
             max_token_bytes: 8192,

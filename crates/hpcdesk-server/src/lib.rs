@@ -4,7 +4,8 @@
 //!   typed [`config::Settings`] validation makes of it.
 //! - [`auth`]: SCNet token verification and minting (DESIGN §2.2).
 //! - [`accounts`]: issuing tokens (password, access key, renewal) and region info.
-//! - [`passwords`]: argon2id hashing of account passwords.
+//! - [`passwords`]: argon2id hashing of account passwords; [`pam_auth`]: password logins
+//!   through PAM.
 //! - [`throttle`]: request-rate limits and failed-login lock-outs (10011).
 //! - [`audit`]: writing the audit log.
 //! - [`metrics`]: counters and gauges for Prometheus (`GET /metrics`).
@@ -30,6 +31,7 @@ pub mod error;
 pub mod grants;
 pub mod lifecycle;
 pub mod metrics;
+pub mod pam_auth;
 pub mod passwords;
 pub mod presence;
 pub mod routes;

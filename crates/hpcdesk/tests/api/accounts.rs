@@ -534,3 +534,124 @@ fn password_changes_disables_and_revoked_keys_void_older_tokens_and_renewal_is_b
         "0"
     );
 }
+
+/// Runs a command as root for the test's own set-up; panics with its output if it fails.
+fn root_cmd(program: &str, args: &[&str], stdin: Option<&str>) {
+    use std::io::Write;
+    let mut child = std::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    if let Some(s) = stdin {
+        child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn pam_logins_check_the_sites_accounts_and_refuse_locked_and_expired_ones() {
+    if !real_parts("pam") {
+        return;
+    }
+    if !nix::unistd::Uid::effective().is_root() {
+        let msg = "pam: needs root to make the accounts it logs in with";
+        assert!(!in_ci(), "{msg} — required in CI");
+        eprintln!("SKIPPED {msg}");
+        return;
+    }
+    // The site's accounts, made as an operator would, and the shipped PAM service.
+    std::fs::write(
+        "/etc/pam.d/hpcdesk-test",
+        include_str!("../../../../packaging/pam.d-hpcdesk"),
+    )
+    .unwrap();
+    const SITE_PASSWORD: &str = "Site-Pass-42";
+    for name in ["hdpam", "hdpamlock", "hdpamold"] {
+        if nix::unistd::User::from_name(name).unwrap().is_none() {
+            root_cmd(
+                "useradd",
+                &["--create-home", "--shell", "/bin/bash", name],
+                None,
+            );
+        }
+        root_cmd("chpasswd", &[], Some(&format!("{name}:{SITE_PASSWORD}\n")));
+        root_cmd("chage", &["-E", "-1", name], None);
+    }
+    root_cmd("usermod", &["-L", "hdpamlock"], None);
+    root_cmd("chage", &["-E", "0", "hdpamold"], None);
+
+    let app = TestApp::spawn_with(Options {
+        env: vec![
+            ("HPCDESK_AUTH__PASSWORD_BACKEND".into(), "pam".into()),
+            ("HPCDESK_AUTH__PAM_SERVICE".into(), "hpcdesk-test".into()),
+        ],
+        ..Options::default()
+    });
+    // hpcdesk's records give the role and organisation; their own password is not used.
+    provision(&app, "hdpam", "org-pam");
+    let cfg = path_of(&app.config);
+    for name in ["hdpamlock", "hdpamold"] {
+        let (ok, out, err) = run_cli_stdin(
+            &[
+                "--config",
+                &cfg,
+                "user",
+                "add",
+                name,
+                "--compute-user",
+                name,
+                "--password-stdin",
+            ],
+            &format!("{PASSWORD}\n"),
+        );
+        assert!(ok, "user add: {out}{err}");
+    }
+    assert_eq!(
+        login(&app, "hdpam", PASSWORD, "org-pam").1["code"],
+        "10008",
+        "hpcdesk's password works with pam"
+    );
+    let (_, v) = login(&app, "hdpam", SITE_PASSWORD, "org-pam");
+    let token = token_of(&v);
+    // A desktop for the login name.
+    let created = app.create(&token);
+    assert_eq!(created["code"], "0", "{created}\n{}", app.log_text());
+    assert_eq!(created["data"]["userName"], "hdpam");
+    let id = created["data"]["sessionId"].as_str().unwrap().to_owned();
+    assert!(id.contains("--hdpam--"), "{id}");
+    assert_eq!(app.delete(&token, &id)["code"], "0");
+
+    for (user, password, why) in [
+        ("hdpam", "wrong", "a wrong password"),
+        ("hdpamlock", SITE_PASSWORD, "a locked account"),
+        ("hdpamold", SITE_PASSWORD, "an expired account"),
+        ("hdpam", SITE_PASSWORD, "an organisation it is not in"),
+    ] {
+        let org = if why.contains("organisation") {
+            "org-none"
+        } else {
+            "org-pam"
+        };
+        let (_, v) = login(&app, user, password, org);
+        assert_eq!(v["code"], "10008", "{why}: {v}");
+        assert_eq!(v["msg"], "wrong user name, password or orgId", "{why}: {v}");
+    }
+    // Refusals count towards the lock-outs, as with hpcdesk's own passwords.
+    let events = audit(&app, "hdpamlock");
+    assert!(
+        kinds(&events).contains(&"token_refused".to_owned()),
+        "{events:?}"
+    );
+    assert!(
+        !app.log_text().contains(SITE_PASSWORD),
+        "a password was logged"
+    );
+}
