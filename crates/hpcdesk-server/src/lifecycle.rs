@@ -227,9 +227,15 @@ pub async fn enforce_time_limits(
             if rec.launcher == "slurm" {
                 continue;
             }
+            // The session ends first, then its desktop stops: so reconcile, seeing the desktop
+            // go, cannot take it for one that died. A desktop that fails to stop carries the
+            // marker of an ended session, which reconcile always stops.
             let reason = sessions::TIME_LIMIT_REACHED;
-            if sessions::stop_and_end(app, rec, sessions::Ending::TimeLimit, reason).await? {
+            if sessions::end(app, rec, sessions::Ending::TimeLimit, reason).await? {
                 ended += 1;
+                if let Err(e) = app.launcher.stop(&sessions::target(rec)).await {
+                    tracing::warn!(key = %rec.key, error = %e, "a desktop past its time limit did not stop; reconcile will");
+                }
             }
             continue;
         }
