@@ -554,24 +554,9 @@ mod tests {
         (a, b)
     }
 
-    /// A masked client frame.
+    /// A whole masked client frame.
     fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
-        let mask = [0x12, 0x34, 0x56, 0x78];
-        let mut f = vec![0x80 | opcode];
-        match payload.len() {
-            n if n < 126 => f.push(0x80 | n as u8),
-            n if n <= 0xffff => {
-                f.push(0x80 | 126);
-                f.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                f.push(0x80 | 127);
-                f.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        f.extend_from_slice(&mask);
-        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        f
+        ws::client_frame(opcode, true, payload, [0x12, 0x34, 0x56, 0x78])
     }
 
     /// Reads one server frame: (opcode, payload).

@@ -31,21 +31,7 @@ fn feed(data: &[u8], cuts: &[usize]) -> (Vec<u8>, bool) {
 
 /// A masked binary client frame (FIN set) carrying `payload`.
 fn client_frame(payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
-    let mut f = vec![0x82];
-    match payload.len() {
-        n if n < 126 => f.push(0x80 | n as u8),
-        n if n <= 0xffff => {
-            f.push(0x80 | 126);
-            f.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            f.push(0x80 | 127);
-            f.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    f.extend_from_slice(&mask);
-    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    f
+    hpcdesk_gateway::ws::client_frame(0x2, true, payload, mask)
 }
 
 /// Inputs met before, tried first: a frame length that overflows, an unmasked client frame,

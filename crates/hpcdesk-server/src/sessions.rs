@@ -926,6 +926,14 @@ pub async fn screenshot(
         })
 }
 
+/// The session's id as text (empty before a display was picked).
+fn id_text(rec: &SessionRecord) -> String {
+    rec.session_id
+        .as_ref()
+        .map(ToString::to_string)
+        .unwrap_or_default()
+}
+
 /// Longest extension asked for at once.
 const MAX_EXTENSION: Duration = Duration::from_secs(7 * 24 * 3600);
 
@@ -966,11 +974,7 @@ pub async fn extend_session(
     who: &str,
     peer: &str,
 ) -> Result<SessionItem, ApiError> {
-    let id = rec
-        .session_id
-        .as_ref()
-        .map(ToString::to_string)
-        .unwrap_or_default();
+    let id = id_text(rec);
     let result = extended(app, rec, by).await;
     let by_text = humantime::format_duration(by).to_string();
     match &result {
@@ -1017,11 +1021,7 @@ async fn extended(
     rec: &SessionRecord,
     by: Duration,
 ) -> Result<SessionRecord, ApiError> {
-    let id = rec
-        .session_id
-        .as_ref()
-        .map(ToString::to_string)
-        .unwrap_or_default();
+    let id = id_text(rec);
     if rec.state != SessionState::Running {
         return Err(ApiError::Desktop(format!(
             "desktop session {id} is {}; only a running desktop can be extended",
