@@ -213,6 +213,10 @@ pub async fn enforce_time_limits(
     app: &AppState,
     warned: &mut std::collections::HashSet<(String, u64)>,
 ) -> Result<usize, TaskError> {
+    // Only Slurm jobs and a configured lifetime give desktops an end: otherwise no query.
+    if app.launcher.kind() != "slurm" && app.config.lifecycle.max_lifetime.is_none() {
+        return Ok(0);
+    }
     let now = app.clock.now();
     let recs = app.store.sessions_in(&[SessionState::Running]).await?;
     let mut ended = 0;
@@ -248,16 +252,14 @@ pub async fn enforce_time_limits(
                 .collect();
         if due.iter().any(|m| !warned.contains(m)) {
             warned.extend(due);
-            {
-                let minutes = left.as_secs().div_ceil(60);
-                let message = format!(
-                    "This desktop ends in {minutes} min (its time limit). Save your work, or \
-                     extend it from the viewer or the portal."
-                );
-                let (app, target) = (app.clone(), sessions::target(rec));
-                // Best effort and never in the way of the next round.
-                tokio::spawn(async move { app.launcher.notify(&target, &message).await });
-            }
+            let minutes = left.as_secs().div_ceil(60);
+            let message = format!(
+                "This desktop ends in {minutes} min (its time limit). Save your work, or \
+                 extend it from the viewer or the portal."
+            );
+            let (app, target) = (app.clone(), sessions::target(rec));
+            // Best effort and never in the way of the next round.
+            tokio::spawn(async move { app.launcher.notify(&target, &message).await });
         }
     }
     Ok(ended)
