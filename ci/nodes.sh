@@ -91,14 +91,28 @@ CONF
 down() { # name
   local n=$1
   ip netns list | grep -qw "$n" || return 0
-  for p in $(ip netns pids "$n"); do kill -9 "$p" 2>/dev/null || true; done
+  # Kill until none is left: a connection sshd accepted just before it died is served by a
+  # child forked after the first listing, and one survivor keeps the node on the network
+  # (an ssh ControlMaster then reaches it for as long as it is used).
+  local pids left=1
+  for _ in $(seq 1 100); do
+    pids=$(ip netns pids "$n")
+    [ -n "$pids" ] || { left=0; break; }
+    kill -9 $pids 2>/dev/null || true
+    sleep 0.05
+  done
+  [ "$left" = 0 ] || { echo "processes of $n survive: $(ip netns pids "$n")" >&2; exit 1; }
   ip netns del "$n"
   # The kernel tears the namespace down after `del` returns: wait until its link is gone,
   # so that an `up` right after starts from nothing.
-  for _ in $(seq 1 100); do
+  for _ in $(seq 1 200); do
     ip link show "vh-$n" >/dev/null 2>&1 || break
     sleep 0.05
   done
+  if ip link show "vh-$n" >/dev/null 2>&1; then
+    echo "$n: its link vh-$n is still there 10 s after the namespace was deleted" >&2
+    exit 1
+  fi
   rm -rf "${DIR:?}/$n-tmp"
 }
 

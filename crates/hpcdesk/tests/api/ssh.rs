@@ -216,14 +216,29 @@ fn a_stopped_node_gets_no_desktops_and_no_node_at_all_is_815201() {
     // Placement goes by the background probes: wait until they have seen the node go (a
     // create in between may still be sent to it and fail there).
     let admin = token_with("ssh-admin", &compute_user(), |c| c.role = "9".into());
+    let mut last = serde_json::Value::Null;
     let seen_down = eventually(Duration::from_secs(30), || {
         let (_, nodes) = app.call("GET", "/hpcdesk/v1/nodes", Some(&admin));
-        nodes["data"].as_array().is_some_and(|a| {
+        let down = nodes["data"].as_array().is_some_and(|a| {
             a.iter()
                 .any(|n| n["name"] == "vnode1" && n["reachable"] == false)
-        })
+        });
+        last = nodes;
+        down
     });
-    assert!(seen_down, "the probes never saw vnode1 go");
+    let netns = Command::new("sh")
+        .args([
+            "-c",
+            "ip netns list; ip -br link; ps -eo pid,netns,args | grep -v ' - '",
+        ])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    assert!(
+        seen_down,
+        "the probes never saw vnode1 go: {last}\n{netns}\n{}",
+        app.log_text()
+    );
     let tc = app.token("ssh-c");
     let c = app.create(&tc);
     assert_eq!(c["code"], "0", "{c}\n{}", app.log_text());
