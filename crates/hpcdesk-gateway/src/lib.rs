@@ -33,6 +33,7 @@ use tokio::net::TcpStream;
 
 pub use registry::{Activity, CloseReason, Connection, Now, Registry};
 pub use relay::{Counts, End};
+pub use viewer::ClientStream;
 
 /// What a valid grant lets a viewer reach.
 #[derive(Clone)]
@@ -213,12 +214,12 @@ impl Gateway {
     /// server read past the upgrade request.
     pub async fn serve(
         &self,
-        viewer: TcpStream,
+        viewer: ClientStream,
         leftover: &[u8],
         grant: Grant,
         peer: SocketAddr,
     ) -> (End, Counts) {
-        let _ = viewer.set_nodelay(true);
+        let _ = viewer.tcp().set_nodelay(true);
         let started = Instant::now();
         // Checked again here, atomically: several viewers may have passed `admit` at once.
         let Some(conn) = self
@@ -254,7 +255,7 @@ impl Gateway {
 
     async fn run(
         &self,
-        mut viewer: TcpStream,
+        mut viewer: ClientStream,
         leftover: &[u8],
         grant: &Grant,
         conn: &Connection,
@@ -312,7 +313,7 @@ impl Gateway {
     /// certificate pin), then greets the viewer.
     async fn open(
         &self,
-        viewer: &mut TcpStream,
+        viewer: &mut ClientStream,
         leftover: &[u8],
         grant: &Grant,
     ) -> Result<(relay::Desktop, ws::FrameReader, Vec<u8>), End> {

@@ -17,7 +17,8 @@
 //!
 //! A desktop reached over TLS ([`Desktop::Tls`]) is read through the TLS stream instead of
 //! the raw socket: the down direction then holds one buffer while it waits, as TLS records
-//! cannot be waited for without reading them.
+//! cannot be waited for without reading them. The same holds for the up direction of a
+//! viewer that came over TLS ([`ClientStream::Tls`]); its writes are flushed through TLS.
 
 use std::io;
 use std::sync::Mutex;
@@ -26,11 +27,12 @@ use std::time::Duration;
 use hpcdesk_rfb::{Class, ClientScanner};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::Notify;
 
 use crate::pool::Buf;
 use crate::registry::{CloseReason, Connection};
+use crate::viewer::ClientStream;
 use crate::ws::{self, Event, FrameReader, MAX_SERVER_HEADER, close};
 
 /// Reads a direction makes in a row before looking at its other duties.
@@ -109,8 +111,8 @@ impl Control {
 /// more may be written). A write that takes longer than `timeout` fails: a viewer that has
 /// stopped reading (a zero TCP window) must not hold the relay forever, and while this
 /// direction waits on it, it sends no pings that could notice.
-struct Out {
-    w: OwnedWriteHalf,
+struct Out<W> {
+    w: W,
     torn: bool,
     timeout: Duration,
 }
@@ -120,10 +122,24 @@ fn stalled() -> io::Error {
     io::Error::new(io::ErrorKind::TimedOut, "the viewer takes no data")
 }
 
-impl Out {
+impl<W: AsyncWrite + Unpin> Out<W> {
+    fn new(w: W, timeout: Duration) -> Self {
+        Out {
+            w,
+            torn: false,
+            timeout,
+        }
+    }
+
+    /// Writes a whole frame and flushes it (a TLS stream holds written data until flushed;
+    /// a socket has nothing to flush).
     async fn write(&mut self, frame: &[u8]) -> io::Result<()> {
         self.torn = true;
-        tokio::time::timeout(self.timeout, self.w.write_all(frame))
+        let written = async {
+            self.w.write_all(frame).await?;
+            self.w.flush().await
+        };
+        tokio::time::timeout(self.timeout, written)
             .await
             .map_err(|_| stalled())??;
         self.torn = false;
@@ -150,7 +166,7 @@ pub enum Desktop {
 
 /// Everything a relay needs.
 pub struct Relay {
-    pub viewer: TcpStream,
+    pub viewer: ClientStream,
     pub desktop: Desktop,
     /// The frame parser's state after the handshake.
     pub reader: FrameReader,
@@ -172,95 +188,138 @@ pub struct Counts {
 impl Relay {
     /// Runs until either side ends or the connection is told to close.
     pub async fn run(self, conn: &Connection) -> (End, Counts) {
-        let (viewer_r, viewer_w) = self.viewer.into_split();
-        let mut out = Out {
-            w: viewer_w,
-            torn: false,
-            timeout: self.write_timeout,
-        };
-        let ctl = Control {
-            pending: Mutex::new(Pending::default()),
-            notify: Notify::new(),
-        };
-        let mut up_state = Up {
+        let mut st = Up {
             reader: self.reader,
             scanner: Some(ClientScanner::new()),
             view_only: self.view_only,
             filtered: Vec::new(),
             conn,
         };
-        let early = self.early;
-        let heartbeat = self.heartbeat;
-        let (mut down_bytes, mut up_bytes) = (0u64, 0u64);
-        let end = match self.desktop {
-            Desktop::Plain(desktop) => {
-                let (desktop_r, mut desktop_w) = desktop.into_split();
-                let end = {
-                    let closed = conn.closed();
-                    let down = down(&desktop_r, &mut out, &ctl, heartbeat, &mut down_bytes);
-                    let up = up(
-                        &viewer_r,
-                        &mut desktop_w,
-                        &mut up_state,
-                        &ctl,
-                        early,
-                        &mut up_bytes,
-                    );
-                    tokio::pin!(closed, down, up);
-                    tokio::select! {
-                        r = &mut closed => End::Closed(r),
-                        e = &mut down => e,
-                        e = &mut up => e,
+        let ctl = Control {
+            pending: Mutex::new(Pending::default()),
+            notify: Notify::new(),
+        };
+        let timeout = self.write_timeout;
+        let (early, heartbeat) = (self.early, self.heartbeat);
+        let mut n = Counts::default();
+        // Each pairing of the two sides; the plain ones wait on socket readiness and hold no
+        // buffer while idle.
+        let end = match (self.viewer, self.desktop) {
+            (ClientStream::Plain(viewer), desktop) => {
+                let (viewer_r, viewer_w) = viewer.into_split();
+                let mut out = Out::new(viewer_w, timeout);
+                let end = match desktop {
+                    Desktop::Plain(desktop) => {
+                        let (desktop_r, mut desktop_w) = desktop.into_split();
+                        let down = down(&desktop_r, &mut out, &ctl, heartbeat, &mut n.down);
+                        let up = up(&viewer_r, &mut desktop_w, &mut st, &ctl, early, &mut n.up);
+                        let end = race(conn, down, up).await;
+                        let _ = desktop_w.shutdown().await;
+                        end
+                    }
+                    Desktop::Tls(tls) => {
+                        let (mut desktop_r, mut desktop_w) = tokio::io::split(*tls);
+                        let down =
+                            down_stream(&mut desktop_r, &mut out, &ctl, heartbeat, &mut n.down);
+                        let up = up(&viewer_r, &mut desktop_w, &mut st, &ctl, early, &mut n.up);
+                        let end = race(conn, down, up).await;
+                        let _ = desktop_w.shutdown().await;
+                        end
                     }
                 };
-                let _ = desktop_w.shutdown().await;
+                close_viewer(&end, &mut out, drain(&viewer_r)).await;
                 end
             }
-            Desktop::Tls(tls) => {
-                let (mut desktop_r, mut desktop_w) = tokio::io::split(*tls);
-                let end = {
-                    let closed = conn.closed();
-                    let down =
-                        down_stream(&mut desktop_r, &mut out, &ctl, heartbeat, &mut down_bytes);
-                    let up = up(
-                        &viewer_r,
-                        &mut desktop_w,
-                        &mut up_state,
-                        &ctl,
-                        early,
-                        &mut up_bytes,
-                    );
-                    tokio::pin!(closed, down, up);
-                    tokio::select! {
-                        r = &mut closed => End::Closed(r),
-                        e = &mut down => e,
-                        e = &mut up => e,
+            (ClientStream::Tls(viewer), desktop) => {
+                let (mut viewer_r, viewer_w) = tokio::io::split(*viewer);
+                let mut out = Out::new(viewer_w, timeout);
+                let end = match desktop {
+                    Desktop::Plain(desktop) => {
+                        let (desktop_r, mut desktop_w) = desktop.into_split();
+                        let down = down(&desktop_r, &mut out, &ctl, heartbeat, &mut n.down);
+                        let up = up_stream(
+                            &mut viewer_r,
+                            &mut desktop_w,
+                            &mut st,
+                            &ctl,
+                            early,
+                            &mut n.up,
+                        );
+                        let end = race(conn, down, up).await;
+                        let _ = desktop_w.shutdown().await;
+                        end
+                    }
+                    Desktop::Tls(tls) => {
+                        let (mut desktop_r, mut desktop_w) = tokio::io::split(*tls);
+                        let down =
+                            down_stream(&mut desktop_r, &mut out, &ctl, heartbeat, &mut n.down);
+                        let up = up_stream(
+                            &mut viewer_r,
+                            &mut desktop_w,
+                            &mut st,
+                            &ctl,
+                            early,
+                            &mut n.up,
+                        );
+                        let end = race(conn, down, up).await;
+                        let _ = desktop_w.shutdown().await;
+                        end
                     }
                 };
-                let _ = desktop_w.shutdown().await;
+                close_viewer(&end, &mut out, drain_stream(&mut viewer_r)).await;
                 end
             }
         };
-        let counts = Counts {
-            down: down_bytes,
-            up: up_bytes,
-        };
-        if !out.torn
-            && let Some((code, reason)) = end.close_frame()
-        {
-            let sent = tokio::time::timeout(
-                Duration::from_secs(2),
-                out.write(&ws::close_frame(code, reason)),
-            )
-            .await;
-            if matches!(sent, Ok(Ok(()))) && !matches!(end, End::ViewerClosed(_)) {
-                // The closing handshake: let the viewer read our close frame and answer it
-                // before the socket goes, or it may see a reset instead of the reason.
-                let _ = tokio::time::timeout(Duration::from_secs(1), drain(&viewer_r)).await;
-            }
+        (end, n)
+    }
+}
+
+/// Runs both directions until one ends or the connection is told to close.
+async fn race(
+    conn: &Connection,
+    down: impl Future<Output = End>,
+    up: impl Future<Output = End>,
+) -> End {
+    let closed = conn.closed();
+    tokio::pin!(closed, down, up);
+    tokio::select! {
+        r = &mut closed => End::Closed(r),
+        e = &mut down => e,
+        e = &mut up => e,
+    }
+}
+
+/// Sends the viewer the close frame `end` calls for, lets it answer (`drain` reads it to
+/// its end), and shuts its side down.
+async fn close_viewer<W: AsyncWrite + Unpin>(
+    end: &End,
+    out: &mut Out<W>,
+    drain: impl Future<Output = ()>,
+) {
+    if !out.torn
+        && let Some((code, reason)) = end.close_frame()
+    {
+        let sent = tokio::time::timeout(
+            Duration::from_secs(2),
+            out.write(&ws::close_frame(code, reason)),
+        )
+        .await;
+        if matches!(sent, Ok(Ok(()))) && !matches!(end, End::ViewerClosed(_)) {
+            // The closing handshake: let the viewer read our close frame and answer it
+            // before the socket goes, or it may see a reset instead of the reason.
+            let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
         }
-        let _ = out.w.shutdown().await;
-        (end, counts)
+    }
+    let _ = out.w.shutdown().await;
+}
+
+/// Reads and discards until the peer closes (a stream: TLS).
+async fn drain_stream(r: &mut (impl AsyncRead + Unpin)) {
+    let mut buf = [0u8; 512];
+    while let Ok(n) = r.read(&mut buf).await {
+        if n == 0 {
+            return;
+        }
     }
 }
 
@@ -281,7 +340,11 @@ pub(crate) async fn drain(r: &OwnedReadHalf) {
 }
 
 /// Sends the pong the up direction asked for, and notes an answered ping.
-async fn on_control(ctl: &Control, out: &mut Out, unanswered: &mut u32) -> Result<(), End> {
+async fn on_control<W: AsyncWrite + Unpin>(
+    ctl: &Control,
+    out: &mut Out<W>,
+    unanswered: &mut u32,
+) -> Result<(), End> {
     let (pong, seen) = ctl.with(|p| (p.pong.take(), std::mem::take(&mut p.pong_seen)));
     if seen {
         *unanswered = 0;
@@ -295,7 +358,11 @@ async fn on_control(ctl: &Control, out: &mut Out, unanswered: &mut u32) -> Resul
 }
 
 /// A heartbeat: drops a viewer that missed two pings, or sends the next one.
-async fn on_tick(ctl: &Control, out: &mut Out, unanswered: &mut u32) -> Result<(), End> {
+async fn on_tick<W: AsyncWrite + Unpin>(
+    ctl: &Control,
+    out: &mut Out<W>,
+    unanswered: &mut u32,
+) -> Result<(), End> {
     if ctl.with(|p| std::mem::take(&mut p.pong_seen)) {
         *unanswered = 0;
     }
@@ -309,7 +376,11 @@ async fn on_tick(ctl: &Control, out: &mut Out, unanswered: &mut u32) -> Result<(
 }
 
 /// Wraps `n` desktop bytes at `buf[MAX_SERVER_HEADER..]` in a frame and sends it.
-async fn send_frame(out: &mut Out, buf: &mut [u8], n: usize) -> Result<(), End> {
+async fn send_frame<W: AsyncWrite + Unpin>(
+    out: &mut Out<W>,
+    buf: &mut [u8],
+    n: usize,
+) -> Result<(), End> {
     let mut header = [0u8; MAX_SERVER_HEADER];
     let h = ws::encode_header(ws::OP_BINARY, n, &mut header);
     buf[MAX_SERVER_HEADER - h..MAX_SERVER_HEADER].copy_from_slice(&header[MAX_SERVER_HEADER - h..]);
@@ -320,9 +391,9 @@ async fn send_frame(out: &mut Out, buf: &mut [u8], n: usize) -> Result<(), End> 
 
 /// The down direction from a desktop read as a stream (TLS): one pooled buffer is held
 /// while waiting.
-async fn down_stream(
+async fn down_stream<W: AsyncWrite + Unpin>(
     desktop: &mut (impl AsyncRead + Unpin),
-    out: &mut Out,
+    out: &mut Out<W>,
     ctl: &Control,
     heartbeat: Duration,
     bytes: &mut u64,
@@ -351,9 +422,9 @@ async fn down_stream(
     }
 }
 
-async fn down(
+async fn down<W: AsyncWrite + Unpin>(
     desktop: &OwnedReadHalf,
-    out: &mut Out,
+    out: &mut Out<W>,
     ctl: &Control,
     heartbeat: Duration,
     bytes: &mut u64,
@@ -473,6 +544,61 @@ fn view_only_violation() -> End {
     }
 }
 
+/// Forwards what the viewer sent before the relay started.
+async fn forward_early(
+    early: Vec<u8>,
+    desktop: &mut (impl AsyncWrite + Unpin),
+    st: &mut Up<'_>,
+    bytes: &mut u64,
+) -> Result<(), End> {
+    if !early.is_empty() {
+        st.forward(&early, desktop).await?;
+        *bytes += early.len() as u64;
+    }
+    Ok(())
+}
+
+/// Handles `raw`, the bytes of one read from the viewer: unmasks and forwards data, hands
+/// pings and pongs to the down direction, and ends on a close frame or a protocol error.
+async fn on_viewer_bytes(
+    raw: &mut [u8],
+    desktop: &mut (impl AsyncWrite + Unpin),
+    st: &mut Up<'_>,
+    ctl: &Control,
+    bytes: &mut u64,
+) -> Result<(), End> {
+    let mut pos = 0;
+    loop {
+        let ev = match st.reader.next(raw, &mut pos) {
+            Ok(Some(ev)) => ev,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                return Err(End::Protocol {
+                    code: e.code,
+                    reason: e.reason.to_owned(),
+                });
+            }
+        };
+        match ev {
+            Event::Data(d) => {
+                let len = d.len() as u64;
+                st.forward(d, desktop).await?;
+                *bytes += len;
+            }
+            Event::Ping(p) => {
+                ctl.with(|c| c.pong = Some(p.as_slice().to_vec()));
+                ctl.notify.notify_one();
+            }
+            Event::Pong => {
+                ctl.with(|c| c.pong_seen = true);
+                ctl.notify.notify_one();
+            }
+            Event::Close { code } => return Err(End::ViewerClosed(code)),
+        }
+    }
+}
+
+/// The up direction from a plain viewer socket: waits for readiness with no buffer held.
 async fn up(
     viewer: &OwnedReadHalf,
     desktop: &mut (impl AsyncWrite + Unpin),
@@ -481,11 +607,8 @@ async fn up(
     early: Vec<u8>,
     bytes: &mut u64,
 ) -> End {
-    if !early.is_empty() {
-        if let Err(end) = st.forward(&early, desktop).await {
-            return end;
-        }
-        *bytes += early.len() as u64;
+    if let Err(end) = forward_early(early, desktop, st, bytes).await {
+        return end;
     }
     loop {
         if let Err(e) = viewer.readable().await {
@@ -499,37 +622,35 @@ async fn up(
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => return End::ViewerError(e.to_string()),
             };
-            let mut pos = 0;
-            loop {
-                let ev = match st.reader.next(&mut buf[..n], &mut pos) {
-                    Ok(Some(ev)) => ev,
-                    Ok(None) => break,
-                    Err(e) => {
-                        return End::Protocol {
-                            code: e.code,
-                            reason: e.reason.to_owned(),
-                        };
-                    }
-                };
-                match ev {
-                    Event::Data(d) => {
-                        let len = d.len() as u64;
-                        if let Err(end) = st.forward(d, desktop).await {
-                            return end;
-                        }
-                        *bytes += len;
-                    }
-                    Event::Ping(p) => {
-                        ctl.with(|c| c.pong = Some(p.as_slice().to_vec()));
-                        ctl.notify.notify_one();
-                    }
-                    Event::Pong => {
-                        ctl.with(|c| c.pong_seen = true);
-                        ctl.notify.notify_one();
-                    }
-                    Event::Close { code } => return End::ViewerClosed(code),
-                }
+            if let Err(end) = on_viewer_bytes(&mut buf[..n], desktop, st, ctl, bytes).await {
+                return end;
             }
+        }
+    }
+}
+
+/// The up direction from a viewer read as a stream (TLS): one pooled buffer is held while
+/// waiting.
+async fn up_stream(
+    viewer: &mut (impl AsyncRead + Unpin),
+    desktop: &mut (impl AsyncWrite + Unpin),
+    st: &mut Up<'_>,
+    ctl: &Control,
+    early: Vec<u8>,
+    bytes: &mut u64,
+) -> End {
+    if let Err(end) = forward_early(early, desktop, st, bytes).await {
+        return end;
+    }
+    let mut buf = Buf::take();
+    loop {
+        let n = match viewer.read(&mut buf).await {
+            Ok(0) => return End::ViewerClosed(None),
+            Ok(n) => n,
+            Err(e) => return End::ViewerError(e.to_string()),
+        };
+        if let Err(end) = on_viewer_bytes(&mut buf[..n], desktop, st, ctl, bytes).await {
+            return end;
         }
     }
 }
@@ -560,7 +681,7 @@ mod tests {
     }
 
     /// Reads one server frame: (opcode, payload).
-    async fn server_frame(s: &mut TcpStream) -> (u8, Vec<u8>) {
+    async fn server_frame(s: &mut (impl AsyncRead + Unpin)) -> (u8, Vec<u8>) {
         let mut h = [0u8; 2];
         s.read_exact(&mut h).await.unwrap();
         assert_eq!(h[1] & 0x80, 0, "server frames are not masked");
@@ -583,11 +704,14 @@ mod tests {
     }
 
     /// The next data frame's payload, answering pings on the way.
-    async fn next_data(s: &mut TcpStream) -> Vec<u8> {
+    async fn next_data(s: &mut (impl AsyncRead + AsyncWrite + Unpin)) -> Vec<u8> {
         loop {
             match server_frame(s).await {
                 (OP_BINARY_FRAME, p) => return p,
-                (ws::OP_PING, p) => s.write_all(&client_frame(ws::OP_PONG, &p)).await.unwrap(),
+                (ws::OP_PING, p) => {
+                    s.write_all(&client_frame(ws::OP_PONG, &p)).await.unwrap();
+                    s.flush().await.unwrap();
+                }
                 (op, p) => panic!("unexpected frame {op}: {p:?}"),
             }
         }
@@ -596,7 +720,7 @@ mod tests {
     const OP_BINARY_FRAME: u8 = ws::OP_BINARY;
 
     /// The close frame's code and reason, skipping anything before it.
-    async fn close_of(s: &mut TcpStream) -> (u16, String) {
+    async fn close_of(s: &mut (impl AsyncRead + Unpin)) -> (u16, String) {
         loop {
             let (op, p) = server_frame(s).await;
             if op == ws::OP_CLOSE {
@@ -619,7 +743,7 @@ mod tests {
         let registry = Registry::new(Arc::new(chrono::Utc::now));
         let conn = registry.open("s1");
         let relay = Relay {
-            viewer: relay_viewer,
+            viewer: ClientStream::Plain(relay_viewer),
             desktop: Desktop::Plain(relay_desktop),
             reader: FrameReader::new(),
             early: Vec::new(),
@@ -706,6 +830,83 @@ mod tests {
     }
 
     const FLOOD: usize = 64 << 20;
+
+    /// A viewer that came over TLS (`server.tls_cert`): the same bytes both ways, whatever
+    /// the record boundaries, and the same close.
+    #[tokio::test]
+    async fn a_viewer_over_tls_gets_the_same_bytes_both_ways_and_its_close() {
+        use sha2::Digest;
+        let made = rcgen::generate_simple_self_signed(vec!["hpcdesk".to_owned()]).unwrap();
+        let pin = hex::encode(sha2::Sha256::digest(made.cert.der()));
+        let key =
+            rustls::pki_types::PrivateKeyDer::try_from(made.signing_key.serialize_der()).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![made.cert.der().clone()], key)
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let (viewer_tcp, relay_tcp) = pair().await;
+        let (viewer, relay_viewer) = tokio::join!(
+            crate::tls::connect(viewer_tcp, &pin),
+            acceptor.accept(relay_tcp)
+        );
+        let (mut viewer, relay_viewer) = (viewer.unwrap(), relay_viewer.unwrap());
+        let (relay_desktop, mut desktop) = pair().await;
+        let registry = Registry::new(Arc::new(chrono::Utc::now));
+        let conn = registry.open("s1");
+        let relay = tokio::spawn(async move {
+            Relay {
+                viewer: ClientStream::Tls(Box::new(relay_viewer)),
+                desktop: Desktop::Plain(relay_desktop),
+                reader: FrameReader::new(),
+                early: Vec::new(),
+                view_only: false,
+                heartbeat: LONG,
+                write_timeout: LONG,
+            }
+            .run(&conn)
+            .await
+        });
+
+        // 1 MiB of screen, more than any TLS record or pooled buffer.
+        let screen: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();
+        let sent = screen.clone();
+        let writer = tokio::spawn(async move {
+            desktop.write_all(&sent).await.unwrap();
+            desktop
+        });
+        let mut got = Vec::new();
+        while got.len() < screen.len() {
+            got.extend(next_data(&mut viewer).await);
+        }
+        assert!(got == screen, "the screen bytes arrive exactly");
+        let mut desktop = writer.await.unwrap();
+
+        // Input split across two writes (and so across TLS records).
+        let frame = client_frame(ws::OP_BINARY, &[1u8, 4, 1, 0, 0, 0, 0, 0x61]);
+        for half in [&frame[..5], &frame[5..]] {
+            viewer.write_all(half).await.unwrap();
+            viewer.flush().await.unwrap();
+        }
+        let mut input = [0u8; 8];
+        desktop.read_exact(&mut input).await.unwrap();
+        assert_eq!(input, [1u8, 4, 1, 0, 0, 0, 0, 0x61]);
+
+        drop(desktop);
+        assert_eq!(
+            close_of(&mut viewer).await,
+            (close::NORMAL, "the desktop closed the connection".into())
+        );
+        viewer.shutdown().await.unwrap();
+        let (end, counts) = relay.await.unwrap();
+        assert_eq!(end, End::DesktopClosed);
+        assert_eq!((counts.down, counts.up), (1 << 20, 8));
+        assert_eq!(registry.activity("s1").connections, 0);
+    }
 
     #[tokio::test]
     async fn a_viewer_that_does_not_read_holds_the_desktop_back_and_then_gets_everything() {

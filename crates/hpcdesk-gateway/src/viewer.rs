@@ -1,8 +1,11 @@
-//! The viewer's side of the connection during the RFB handshake: a byte stream over
-//! WebSocket frames ([`WsStream`]), so the same `accept_viewer` that speaks to a plain
-//! socket in tests speaks to the browser here. Only used for the few bytes of the
-//! handshake; the relay then takes over the frame parser's state and any payload the
-//! viewer already sent.
+//! The viewer's side of the connection.
+//!
+//! - [`ClientStream`]: a browser's connection as the HTTP server accepted it, plain TCP or
+//!   TLS. The server serves HTTP on it; after a WebSocket upgrade the gateway takes it over.
+//! - [`WsStream`]: during the RFB handshake, a byte stream over WebSocket frames, so the same
+//!   `accept_viewer` that speaks to a plain socket in tests speaks to the browser here. Only
+//!   used for the few bytes of the handshake; the relay then takes over the frame parser's
+//!   state and any payload the viewer already sent.
 
 use std::io;
 use std::pin::Pin;
@@ -13,9 +16,83 @@ use tokio::net::TcpStream;
 
 use crate::ws::{self, Event, FrameReader, WsError};
 
+/// A browser's connection: plain, or TLS terminated by hpcdesk (`server.tls_cert`).
+pub enum ClientStream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl ClientStream {
+    /// The TCP socket underneath.
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            ClientStream::Plain(t) => t,
+            ClientStream::Tls(t) => t.get_ref().0,
+        }
+    }
+}
+
+impl AsyncRead for ClientStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(t) => Pin::new(t).poll_read(cx, buf),
+            ClientStream::Tls(t) => Pin::new(t.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for ClientStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ClientStream::Plain(t) => Pin::new(t).poll_write(cx, data),
+            ClientStream::Tls(t) => Pin::new(t.as_mut()).poll_write(cx, data),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ClientStream::Plain(t) => Pin::new(t).poll_write_vectored(cx, bufs),
+            ClientStream::Tls(t) => Pin::new(t.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            ClientStream::Plain(t) => t.is_write_vectored(),
+            ClientStream::Tls(t) => t.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(t) => Pin::new(t).poll_flush(cx),
+            ClientStream::Tls(t) => Pin::new(t.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(t) => Pin::new(t).poll_shutdown(cx),
+            ClientStream::Tls(t) => Pin::new(t.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
 /// Byte-stream view of a WebSocket connection (binary frames).
 pub struct WsStream<'a> {
-    tcp: &'a mut TcpStream,
+    tcp: &'a mut ClientStream,
     reader: FrameReader,
     /// Raw bytes not yet parsed (the upgrade's leftover first, then reads).
     raw: Vec<u8>,
@@ -35,7 +112,7 @@ fn to_io(e: WsError) -> io::Error {
 }
 
 impl<'a> WsStream<'a> {
-    pub fn new(tcp: &'a mut TcpStream, leftover: &[u8]) -> Self {
+    pub fn new(tcp: &'a mut ClientStream, leftover: &[u8]) -> Self {
         WsStream {
             tcp,
             reader: FrameReader::new(),

@@ -110,6 +110,12 @@ pub struct ServerConfig {
     /// Origins that may show hpcdesk's pages in a frame (CSP `frame-ancestors`), e.g. the
     /// portal's `https://portal.example.org`; none: only hpcdesk's own origin.
     pub frame_ancestors: Vec<String>,
+    /// TLS on the listener: a PEM certificate chain (leaf first) and its PEM private key.
+    /// Both or neither; read again on SIGHUP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -295,6 +301,8 @@ impl Default for ServerConfig {
             web_dir: None,
             trust_forwarded_for: false,
             frame_ancestors: Vec::new(),
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -551,6 +559,21 @@ impl Config {
         })?;
         if self.auth.cluster_id.trim().is_empty() {
             return Err(invalid("auth.cluster_id", "must not be empty"));
+        }
+        match (&self.server.tls_cert, &self.server.tls_key) {
+            (Some(_), None) => {
+                return Err(invalid(
+                    "server.tls_key",
+                    "server.tls_cert needs its private key in server.tls_key",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "server.tls_cert",
+                    "server.tls_key needs its certificate chain in server.tls_cert",
+                ));
+            }
+            _ => {}
         }
         if self.launcher.display_min > self.launcher.display_max {
             return Err(invalid(

@@ -2,7 +2,9 @@
 //! the server.
 //!
 //! - hyper's HTTP/1 connections are driven here (rather than by `axum::serve`) so that an
-//!   upgraded WebSocket reaches the gateway as the plain `TcpStream` it is.
+//!   upgraded WebSocket reaches the gateway as the [`ClientStream`] it is: the plain
+//!   `TcpStream`, or the TLS stream when the listener has TLS ([`crate::tls`]; the handshake
+//!   is made in the connection's own task, within `limits.request_timeout`, holding its slot).
 //! - **Incomplete requests are capped** (`limits.max_incomplete_requests`, for all clients
 //!   together: behind nginx they all share one address). A connection holds a slot from its
 //!   accept until its first request has arrived whole (headers and body), and again for each
@@ -20,6 +22,7 @@ use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
+use hpcdesk_gateway::ClientStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::state::AppState;
@@ -129,11 +132,26 @@ pub async fn accept_loop(
                 }
             });
         let mut stop = stop.clone();
+        let tls = app.tls.clone();
         connections.spawn(async move {
+            let io = match tls {
+                None => ClientStream::Plain(tcp),
+                Some(tls) => match tokio::time::timeout(header_timeout, tls.accept(tcp)).await {
+                    Ok(Ok(s)) => ClientStream::Tls(Box::new(s)),
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                },
+            };
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(header_timeout)
-                .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                .serve_connection(hyper_util::rt::TokioIo::new(io), service)
                 .with_upgrades();
             let mut conn = std::pin::pin!(conn);
             tokio::select! {

@@ -12,6 +12,7 @@
 //! - [`error`]: [`ApiError`], the one map from failures to SCNet codes and HTTP statuses,
 //!   and [`error::TaskError`], what the work behind requests and background tasks fails with.
 //! - [`conn`]: the accept loop; caps and time limits on incomplete requests.
+//! - [`tls`]: TLS on the listener (`server.tls_cert`), reloaded on SIGHUP.
 //! - [`routes`]: the axum router; handlers only translate HTTP.
 //! - [`grants`]: connection grants whole: minting, the launch URL, resolving them for the
 //!   gateway (`hpcdesk-gateway`), purging.
@@ -39,9 +40,10 @@ pub mod sessions;
 pub mod startup;
 pub mod state;
 pub mod throttle;
+pub mod tls;
 
 pub use config::Config;
 pub use error::ApiError;
 pub use routes::router;
-pub use startup::{StartupError, build, build_with, serve};
+pub use startup::{StartupError, build, build_with, reload, serve};
 pub use state::{AppState, Clock, SystemClock};

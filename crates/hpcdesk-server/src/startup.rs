@@ -34,6 +34,8 @@ pub enum StartupError {
     Store(#[from] hpcdesk_store::StoreError),
     #[error("launcher: {0}")]
     Launcher(String),
+    #[error("server.tls_cert / server.tls_key: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 fn data_dir_err(path: &Path) -> impl FnOnce(std::io::Error) -> StartupError + '_ {
@@ -204,6 +206,10 @@ pub async fn build_with(
     ));
     let limits = crate::throttle::Limits::new(&config.limits);
     let config_ancestors = config.server.frame_ancestors.clone();
+    let tls = match (&config.server.tls_cert, &config.server.tls_key) {
+        (Some(cert), Some(key)) => Some(Arc::new(crate::tls::ServerTls::new(cert, key)?)),
+        _ => None,
+    };
     Ok(AppState::new(Inner {
         config,
         store,
@@ -218,6 +224,7 @@ pub async fn build_with(
         presence: crate::presence::Presence::default(),
         csp: crate::routes::web::content_security_policy(&config_ancestors),
         in_flight: Default::default(),
+        tls,
     }))
 }
 
@@ -276,4 +283,22 @@ pub async fn serve(
         .close_all(hpcdesk_gateway::CloseReason::Shutdown);
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     Ok(())
+}
+
+/// What SIGHUP (`systemctl reload`) does: reads the TLS certificate and key again (see
+/// [`crate::tls`]) and says what came of it in the log. Without TLS there is nothing to
+/// reload. `hpcdesk serve` handles the signal from before it says it is listening, so a
+/// reload never ends the server, as SIGHUP would by default.
+pub fn reload(state: &AppState) {
+    match &state.tls {
+        None => tracing::info!("SIGHUP: nothing to reload (no server.tls_cert)"),
+        Some(tls) => match tls.reload() {
+            Ok(fingerprint) => {
+                tracing::info!(%fingerprint, "SIGHUP: TLS certificate reloaded; new connections get it")
+            }
+            Err(e) => {
+                tracing::error!(error = %e, fingerprint = %tls.fingerprint(), "SIGHUP: cannot reload the TLS certificate; the one in use stays")
+            }
+        },
+    }
 }

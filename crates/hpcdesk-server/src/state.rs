@@ -55,6 +55,8 @@ pub struct Inner {
     pub csp: String,
     /// The desktop starts this instance is carrying out right now.
     pub in_flight: crate::sessions::InFlight,
+    /// TLS on the listener, when `server.tls_cert` is set.
+    pub tls: Option<Arc<crate::tls::ServerTls>>,
 }
 
 impl AppState {

@@ -19,9 +19,8 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, Query, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use hpcdesk_gateway::ws;
+use hpcdesk_gateway::{ClientStream, ws};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 
 use crate::audit::{self, Kind};
 use crate::error::{ApiError, ok};
@@ -79,12 +78,12 @@ pub async fn connect(
                 return;
             }
         };
-        match upgraded.downcast::<TokioIo<TcpStream>>() {
+        match upgraded.downcast::<TokioIo<ClientStream>>() {
             Ok(parts) => {
                 // Copy the (usually empty) bytes read past the request: holding `read_buf`
                 // would keep hyper's whole read buffer alive for the life of the viewer.
                 let leftover = parts.read_buf.to_vec();
-                let tcp = parts.io.into_inner();
+                let viewer = parts.io.into_inner();
                 drop(parts.read_buf);
                 let (owner, id) = (grant.owner.clone(), grant.session_id.clone());
                 let how = if grant.view_only { "view only" } else { "" };
@@ -101,7 +100,7 @@ pub async fn connect(
                     .metrics
                     .viewers_connected
                     .fetch_add(1, Ordering::Relaxed);
-                let (end, counts) = gateway.serve(tcp, &leftover, grant, peer).await;
+                let (end, counts) = gateway.serve(viewer, &leftover, grant, peer).await;
                 audit_app
                     .metrics
                     .gateway_bytes_down
@@ -120,7 +119,7 @@ pub async fn connect(
                 )
                 .await;
             }
-            Err(_) => tracing::error!(%peer, "the upgraded connection is not a TCP stream"),
+            Err(_) => tracing::error!(%peer, "the upgraded connection is not a client stream"),
         }
     });
     let mut resp = Response::new(Body::empty());

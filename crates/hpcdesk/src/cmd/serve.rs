@@ -1,4 +1,5 @@
-//! `hpcdesk serve`: run the service until SIGINT or SIGTERM.
+//! `hpcdesk serve`: run the service until SIGINT or SIGTERM; SIGHUP reloads its TLS
+//! certificate (`hpcdesk_server::reload`).
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -70,14 +71,25 @@ pub fn run(file: Option<&Path>) -> anyhow::Result<ExitCode> {
                 .map(|u| u.name)
                 .unwrap_or_else(|| "$USER".into())
         };
+        // Handled from here on: SIGHUP must never end the server (its default action).
+        let mut hangups =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                .context("cannot handle SIGHUP")?;
         let state = hpcdesk_server::build(config).await?;
+        let reload_state = state.clone();
+        tokio::spawn(async move {
+            while hangups.recv().await.is_some() {
+                hpcdesk_server::reload(&reload_state);
+            }
+        });
+        let scheme = if state.tls.is_some() { "https" } else { "http" };
         eprintln!(
-            "hpcdesk {} listening on http://{local}",
+            "hpcdesk {} listening on {scheme}://{local}",
             env!("CARGO_PKG_VERSION")
         );
         eprintln!(
             "  get a token:      hpcdesk{config_hint} token --user {me} --compute-user {me}\n  \
-             create a desktop: HPCDESK_TOKEN=<token> hpcdesk desktop --api http://{local} create"
+             create a desktop: HPCDESK_TOKEN=<token> hpcdesk desktop --api {scheme}://{local} create"
         );
         hpcdesk_server::serve(listener, state, shutdown_signal()).await?;
         Ok(ExitCode::SUCCESS)

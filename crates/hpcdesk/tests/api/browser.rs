@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::helpers::*;
 
-fn browser_dir() -> PathBuf {
+pub fn browser_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/browser")
 }
 
@@ -80,7 +80,7 @@ pub fn type_in_desktop(
     content
 }
 
-fn home_of(user: &str) -> PathBuf {
+pub fn home_of(user: &str) -> PathBuf {
     nix::unistd::User::from_name(user).unwrap().unwrap().dir
 }
 

@@ -21,4 +21,5 @@ mod slurm;
 mod ssh;
 mod sweep;
 mod timelimit;
+mod tls;
 mod viewer;
