@@ -3,6 +3,7 @@
 #   ci/install.sh          what `hpcdesk serve` needs: TigerVNC, fonts, XFCE (and twm, xterm),
 #                          and noVNC from npm into web/node_modules (embedded by the build)
 #   ci/install.sh --test   plus what the test suite needs: Chromium, Playwright, python3-requests,
+#                          python3-venv (schemathesis: ci/schemathesis.sh),
 #                          OpenSSH (test nodes), Slurm with munge, PostgreSQL
 # Idempotent: only missing packages are installed. Uses sudo when not run as root.
 set -euo pipefail
@@ -15,7 +16,7 @@ runtime=(tigervnc-standalone-server tigervnc-tools xfonts-base x11-xserver-utils
          xfce4-session xfwm4 xfce4-panel xfdesktop4 xfce4-terminal thunar xfce4-settings
          dbus-x11 fonts-dejavu-core adwaita-icon-theme xfce4-notifyd libnotify-bin
          libpam0g-dev)
-test_only=(python3-requests chromium openssh-server openssh-client iproute2 xclip
+test_only=(python3-requests python3-venv chromium openssh-server openssh-client iproute2 xclip
            slurmctld slurmd slurm-client munge postgresql)
 
 testing=0

@@ -25,6 +25,9 @@ fi
 
 cargo test --workspace --locked "$@"
 
+# The API against its OpenAPI document: schemathesis on a live server (the binary just tested).
+ci/schemathesis.sh run target/debug/hpcdesk
+
 # The Debian package of the build just tested: install, run, remove (root only).
 if [ "$(id -u)" -eq 0 ]; then
   ci/package-test.sh target/debug/hpcdesk

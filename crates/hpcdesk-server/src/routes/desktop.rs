@@ -4,11 +4,11 @@
 //! SCNet clients send a create with no body, `{}` or text; those get the defaults. A JSON
 //! object body (or the query string) may name `desktop` and `geometry`.
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use hpcdesk_core::wire::DesktopEntry;
 
-use super::extract::{SessionPath, V2};
+use super::extract::{QueryOf, SessionPath, V2};
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ok};
 use crate::sessions;
@@ -57,7 +57,7 @@ pub async fn create(
     State(app): State<AppState>,
     _: V2,
     user: AuthUser,
-    Query(query): Query<CreateQuery>,
+    QueryOf(query): QueryOf<CreateQuery>,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     let opts = create_options(query, &body)?;
@@ -120,7 +120,7 @@ pub async fn launch_url(
     _: V2,
     user: AuthUser,
     id: SessionPath,
-    Query(opts): Query<LaunchOptions>,
+    QueryOf(opts): QueryOf<LaunchOptions>,
 ) -> Result<Response, ApiError> {
     let view_only = match opts.view_only.as_deref() {
         None | Some("false") => false,
@@ -150,7 +150,7 @@ pub async fn screenshot(
     State(app): State<AppState>,
     user: AuthUser,
     id: SessionPath,
-    Query(opts): Query<ScreenshotOptions>,
+    QueryOf(opts): QueryOf<ScreenshotOptions>,
 ) -> Result<Response, ApiError> {
     use hpcdesk_gateway::screenshot::WIDTHS;
     let width = match opts.width.as_deref() {
@@ -219,7 +219,7 @@ pub async fn extend(
     State(app): State<AppState>,
     user: AuthUser,
     id: SessionPath,
-    Query(q): Query<ExtendQuery>,
+    QueryOf(q): QueryOf<ExtendQuery>,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     let by = extension_of(&app, q.by, &body)?;

@@ -1,6 +1,6 @@
 //! Extractors that run, in handler-argument order, the checks every desktop call shares:
 //! API version (10009), then the `token` header (10003 / 10008 / 10010), then the session
-//! id in the path (10004).
+//! id in the path (10004); and [`QueryOf`], the one reader of query strings (10004).
 
 use std::collections::HashMap;
 
@@ -19,6 +19,22 @@ async fn path_params(parts: &mut Parts, state: &AppState) -> HashMap<String, Str
         .await
         .map(|Path(p)| p)
         .unwrap_or_default()
+}
+
+/// The query string read as `T`. One that does not fit (a parameter given twice, say) is
+/// 10004 with the reason, like any other bad input, never axum's plain-text 400.
+#[derive(Debug)]
+pub struct QueryOf<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned + Send> FromRequestParts<AppState> for QueryOf<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(q)| QueryOf(q))
+            .map_err(|e| ApiError::InvalidParameter(e.body_text()))
+    }
 }
 
 /// Proof that the path names API version 2 (`/hpc/openapi/v2/…`).

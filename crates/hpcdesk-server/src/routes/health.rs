@@ -107,5 +107,56 @@ mod tests {
                 c.as_str()
             );
         }
+        let errors: Vec<&str> = v["components"]["schemas"]["ErrorCode"]["enum"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap())
+            .collect();
+        assert_eq!(
+            errors.len(),
+            codes.len() - 1,
+            "every code but 0 is an error"
+        );
+        assert!(!errors.contains(&"0"));
+    }
+
+    /// Every operation's JSON 200 is one of its success envelope (code "0") and the error
+    /// envelope, since business errors answer 200; and the transport statuses are there.
+    #[test]
+    fn every_json_answer_is_documented_as_success_or_error_envelope() {
+        let v: serde_json::Value = serde_json::from_str(OPENAPI).unwrap();
+        let error = serde_json::json!({"$ref": "#/components/schemas/ErrorEnvelope"});
+        for (path, item) in v["paths"].as_object().unwrap() {
+            for (method, op) in item.as_object().unwrap() {
+                let responses = &op["responses"];
+                for status in ["404", "405", "408"] {
+                    assert!(
+                        responses.get(status).is_some(),
+                        "{method} {path}: {status} not documented"
+                    );
+                }
+                let Some(schema) = responses["200"]["content"]["application/json"].get("schema")
+                else {
+                    continue;
+                };
+                if path == "/openapi.json" {
+                    continue;
+                }
+                let one_of = schema["oneOf"]
+                    .as_array()
+                    .unwrap_or_else(|| panic!("{method} {path}: 200 is not oneOf"));
+                assert_eq!(one_of.len(), 2, "{method} {path}");
+                assert_eq!(
+                    one_of[0]["properties"]["code"]["const"], "0",
+                    "{method} {path}"
+                );
+                assert_eq!(one_of[1], error, "{method} {path}");
+            }
+        }
+        assert_eq!(
+            v["paths"]["/vncws"]["get"]["responses"]["403"]["content"]["application/json"]["schema"],
+            error
+        );
     }
 }

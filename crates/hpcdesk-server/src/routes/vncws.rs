@@ -16,19 +16,20 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Query, Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use hpcdesk_gateway::{ClientStream, ws};
 use hyper_util::rt::TokioIo;
 
+use super::extract::QueryOf;
 use crate::audit::{self, Kind};
 use crate::error::{ApiError, ok};
 use crate::state::AppState;
 
 pub async fn connect(
     State(app): State<AppState>,
-    Query(q): Query<HashMap<String, String>>,
+    QueryOf(q): QueryOf<HashMap<String, String>>,
     mut req: Request,
 ) -> Response {
     let peer = req
@@ -163,7 +164,7 @@ async fn link_info(app: &AppState, grant: &hpcdesk_gateway::Grant) -> Response {
 /// `POST /vncws/extend`: see the module documentation.
 pub async fn extend(
     State(app): State<AppState>,
-    Query(q): Query<HashMap<String, String>>,
+    QueryOf(q): QueryOf<HashMap<String, String>>,
     req: Request,
 ) -> Result<Response, ApiError> {
     let peer = crate::routes::extract::client_addr(req.headers(), req.extensions(), &app);
