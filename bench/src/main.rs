@@ -14,6 +14,7 @@
 //! - [`procs`]: the relay and hpcdesk child processes, and memory readings.
 //! - [`measure`]: the measurements and the report.
 //! - [`api`]: the API (requests/s) and create → ready benchmarks.
+//! - [`desktop`]: one real TigerVNC desktop through four paths (`bench/desktop.sh`).
 
 /// The allocator of the `hpcdesk` binary, so that the in-process server measures the same.
 /// (The plain relay baseline is `hpcdesk-bench-relay`, with the default allocator.)
@@ -22,6 +23,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod api;
 mod client;
+mod desktop;
 mod measure;
 mod procs;
 mod servers;
@@ -45,6 +47,9 @@ enum Command {
     Api(api::ApiOptions),
     /// Create → ready with the local launcher against Xvnc's own start time (as root).
     Create(api::CreateOptions),
+    /// One real desktop through hpcdesk serve, measured direct, through socat, websockify
+    /// and hpcdesk's launch URL.
+    Desktop(desktop::DesktopOptions),
     /// (internal) The benchmark's VNC-like servers.
     Servers,
     /// (internal) hpcdesk's server with a launcher that points users at given ports:
@@ -69,6 +74,7 @@ fn main() {
             Command::Run(opts) => measure::run(opts).await,
             Command::Api(opts) => api::api(opts).await,
             Command::Create(opts) => api::create(opts).await,
+            Command::Desktop(opts) => desktop::run(opts).await,
             Command::Servers => servers::main().await,
             Command::Hpcdesk { data, maps } => procs::hpcdesk_main(data, maps).await,
         }

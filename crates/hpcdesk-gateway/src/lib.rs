@@ -19,6 +19,7 @@ pub mod pool;
 pub mod registry;
 pub mod relay;
 pub mod screenshot;
+pub mod splice;
 pub mod tls;
 pub mod viewer;
 pub mod ws;

@@ -3,10 +3,13 @@
 //!
 //! Two directions run concurrently in one task, each waiting only on its own sockets, so a
 //! slow viewer never delays input and a burst of input never delays the screen:
-//! - **down** (desktop → viewer): waits until the desktop socket is readable, takes a pooled
-//!   buffer, reads into it behind room for the frame header, and writes header and payload in
-//!   one write. It also sends pings, pongs and the final close frame: it owns the viewer's
-//!   write half.
+//! - **down** (desktop → viewer): waits until the desktop socket is readable, then moves
+//!   what it has to the viewer as one binary frame per batch. Between two plain sockets the
+//!   payload never enters user space ([`crate::splice`]: desktop → pipe → viewer, the frame
+//!   header sent just before); otherwise (TLS on either side, or no pipe to be had) it takes
+//!   a pooled buffer, reads into it behind room for the frame header, and writes header and
+//!   payload in one write. It also sends pings, pongs and the final close frame: it owns the
+//!   viewer's write half.
 //! - **up** (viewer → desktop): reads raw WebSocket bytes into a pooled buffer, unmasks
 //!   payload in place and writes it to the desktop as it arrives; a frame split across reads
 //!   needs no reassembly. Input is noted for the idle sweep; for view-only viewers only
@@ -27,11 +30,12 @@ use std::time::Duration;
 use hpcdesk_rfb::{Class, ClientScanner};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedReadHalf;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::Notify;
 
 use crate::pool::Buf;
 use crate::registry::{CloseReason, Connection};
+use crate::splice::{self, Pipe};
 use crate::viewer::ClientStream;
 use crate::ws::{self, Event, FrameReader, MAX_SERVER_HEADER, close};
 
@@ -147,6 +151,22 @@ impl<W: AsyncWrite + Unpin> Out<W> {
     }
 }
 
+impl Out<OwnedWriteHalf> {
+    /// Sends a frame `header` and then the batch's payload from its pipe, within the same
+    /// time limit as [`Out::write`].
+    async fn send_batch(&mut self, header: &[u8], batch: splice::Batch) -> io::Result<()> {
+        self.torn = true;
+        tokio::time::timeout(
+            self.timeout,
+            splice::send_batch(self.w.as_ref(), header, batch),
+        )
+        .await
+        .map_err(|_| stalled())??;
+        self.torn = false;
+        Ok(())
+    }
+}
+
 /// The end of a relay whose write to the viewer failed with `e`.
 fn viewer_write_error(e: io::Error) -> End {
     if e.kind() == io::ErrorKind::TimedOut {
@@ -211,7 +231,8 @@ impl Relay {
                 let end = match desktop {
                     Desktop::Plain(desktop) => {
                         let (desktop_r, mut desktop_w) = desktop.into_split();
-                        let down = down(&desktop_r, &mut out, &ctl, heartbeat, &mut n.down);
+                        let down =
+                            down_spliced(&desktop_r, &mut out, &ctl, heartbeat, &mut n.down);
                         let up = up(&viewer_r, &mut desktop_w, &mut st, &ctl, early, &mut n.up);
                         let end = race(conn, down, up).await;
                         let _ = desktop_w.shutdown().await;
@@ -446,17 +467,94 @@ async fn down<W: AsyncWrite + Unpin>(
                 }
                 let mut buf = Buf::take();
                 for _ in 0..READ_BUDGET {
-                    match desktop.try_read(&mut buf[MAX_SERVER_HEADER..]) {
-                        Ok(0) => return End::DesktopClosed,
-                        Ok(n) => {
-                            if let Err(end) = send_frame(out, &mut buf, n).await {
-                                return end;
-                            }
-                            *bytes += n as u64;
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                        Err(e) => return End::DesktopError(e.to_string()),
+                    match copy_batch(desktop, &mut buf, out, bytes).await {
+                        Ok(true) => {}
+                        Ok(false) => break,
+                        Err(end) => return end,
                     }
+                }
+            }
+            _ = tick.tick() => {
+                if let Err(end) = on_tick(ctl, out, &mut unanswered).await {
+                    return end;
+                }
+            }
+        }
+    }
+}
+
+/// Reads one batch the desktop has into `buf` and sends it as a frame: `Ok(false)` when
+/// there was nothing to read after all.
+async fn copy_batch<W: AsyncWrite + Unpin>(
+    desktop: &OwnedReadHalf,
+    buf: &mut Buf,
+    out: &mut Out<W>,
+    bytes: &mut u64,
+) -> Result<bool, End> {
+    match desktop.try_read(&mut buf[MAX_SERVER_HEADER..]) {
+        Ok(0) => Err(End::DesktopClosed),
+        Ok(n) => {
+            send_frame(out, buf, n).await?;
+            *bytes += n as u64;
+            Ok(true)
+        }
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+        Err(e) => Err(End::DesktopError(e.to_string())),
+    }
+}
+
+/// The down direction between two plain sockets: each batch goes desktop → pipe → viewer
+/// ([`crate::splice`]), the frame header sent just before it. Without a pipe (out of
+/// descriptors), a batch is copied through a pooled buffer instead.
+async fn down_spliced(
+    desktop: &OwnedReadHalf,
+    out: &mut Out<OwnedWriteHalf>,
+    ctl: &Control,
+    heartbeat: Duration,
+    bytes: &mut u64,
+) -> End {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut unanswered = 0u32;
+    loop {
+        tokio::select! {
+            biased;
+            _ = ctl.notify.notified() => {
+                if let Err(end) = on_control(ctl, out, &mut unanswered).await {
+                    return end;
+                }
+            }
+            r = desktop.readable() => {
+                if let Err(e) = r {
+                    return End::DesktopError(e.to_string());
+                }
+                for _ in 0..READ_BUDGET {
+                    let batch = match Pipe::take() {
+                        Ok(pipe) => splice::fill(desktop.as_ref(), pipe),
+                        Err(e) => {
+                            tracing::debug!(error = %e, "no pipe for the screen; copying");
+                            match copy_batch(desktop, &mut Buf::take(), out, bytes).await {
+                                Ok(true) => continue,
+                                Ok(false) => break,
+                                Err(end) => return end,
+                            }
+                        }
+                    };
+                    let batch = match batch {
+                        Ok(Some(b)) => b,
+                        Ok(None) => break,
+                        Err(e) => return End::DesktopError(e.to_string()),
+                    };
+                    if batch.is_empty() {
+                        return End::DesktopClosed;
+                    }
+                    let n = batch.len();
+                    let mut header = [0u8; MAX_SERVER_HEADER];
+                    let h = ws::encode_header(ws::OP_BINARY, n, &mut header);
+                    if let Err(e) = out.send_batch(&header[MAX_SERVER_HEADER - h..], batch).await {
+                        return viewer_write_error(e);
+                    }
+                    *bytes += n as u64;
                 }
             }
             _ = tick.tick() => {

@@ -5,7 +5,7 @@
 //! Only the first [`PASSWORD_LEN`] bytes of a password count; shorter ones are zero-padded.
 
 use des::Des;
-use des::cipher::{BlockCipherEncrypt, KeyInit};
+use des::cipher::{BlockCipherDecrypt, BlockCipherEncrypt, KeyInit};
 
 /// VNC Authentication uses at most this many password bytes.
 pub const PASSWORD_LEN: usize = 8;
@@ -38,6 +38,14 @@ pub fn obfuscated_password_file(password: &[u8]) -> [u8; 8] {
         *d = *s;
     }
     vnc_des(&OBFUSCATION_KEY).encrypt_block((&mut block).into());
+    block
+}
+
+/// The password an 8-byte password-file entry holds (zero-padded to 8 bytes): what tools
+/// that connect as a plain VNC viewer (the desktop benchmark) read from the agent's file.
+pub fn password_from_file(entry: &[u8; 8]) -> [u8; 8] {
+    let mut block = *entry;
+    vnc_des(&OBFUSCATION_KEY).decrypt_block((&mut block).into());
     block
 }
 
@@ -80,5 +88,11 @@ mod tests {
         ch[8..].copy_from_slice(b"secret12");
         let r = vnc_auth_response(&OBFUSCATION_KEY, &ch);
         assert_eq!(&r[..8], &obfuscated_password_file(b"secret12"));
+    }
+
+    #[test]
+    fn a_password_file_entry_reads_back_as_its_password() {
+        let entry = obfuscated_password_file(b"s3cret");
+        assert_eq!(&password_from_file(&entry), b"s3cret\0\0");
     }
 }

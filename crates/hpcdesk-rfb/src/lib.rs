@@ -15,5 +15,5 @@ pub mod capture;
 pub mod client_messages;
 pub mod handshake;
 
-pub use auth::{PASSWORD_LEN, obfuscated_password_file, vnc_auth_response};
+pub use auth::{PASSWORD_LEN, obfuscated_password_file, password_from_file, vnc_auth_response};
 pub use client_messages::{Class, ClientScanner, Encodings, ScanError};

@@ -1,0 +1,929 @@
+//! `hpcdesk-bench desktop` (run with `bench/desktop.sh`): one real TigerVNC desktop, started
+//! through `hpcdesk serve`, reached four ways in one run — directly, through a plain relay
+//! (socat), through websockify 0.13 and through hpcdesk's launch URL — measured interleaved,
+//! medians of the rounds.
+//!
+//! For each path:
+//! - full-screen updates (non-incremental requests, one at a time) in Raw and in Tight with
+//!   the viewer's default JPEG quality (noVNC: quality 6, compression 2): frames/s and MB/s;
+//! - key → first update: a key typed into the desktop's xterm while an incremental request
+//!   waits, timed to the first byte of the update it causes (p50, p99);
+//! - the relay's CPU-seconds per GB moved during the Raw run (the relay process and its
+//!   children, from /proc; none for the direct path).
+//!
+//! The paths that must authenticate themselves (direct, socat, websockify) read the desktop's
+//! VNC password as root from the agent's password file; through hpcdesk the gateway answers
+//! the VNC authentication, as it does for browsers.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+#[derive(Debug, clap::Args)]
+pub struct DesktopOptions {
+    /// websockify 0.13 (bench/desktop.sh installs it in a venv).
+    #[arg(long)]
+    websockify: PathBuf,
+    /// socat, the plain relay.
+    #[arg(long, default_value = "socat")]
+    socat: PathBuf,
+    /// The hpcdesk binary to serve with (a release build).
+    #[arg(long, default_value = "target/release/hpcdesk")]
+    hpcdesk: PathBuf,
+    /// Rounds; each measures every path once, in turn.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Seconds of each frame-rate measurement.
+    #[arg(long, default_value_t = 3.0)]
+    secs: f64,
+    /// Keys typed per latency measurement.
+    #[arg(long, default_value_t = 100)]
+    keys: usize,
+    /// The desktop's screen.
+    #[arg(long, default_value = "1280x800")]
+    geometry: String,
+    /// The account the desktop runs as (default: hdtest as root, else yourself).
+    #[arg(long)]
+    user: Option<String>,
+}
+
+// ---------------------------------------------------------------------------------------
+// A byte stream over TCP or WebSocket, with the reads an RFB client needs.
+
+enum Io {
+    Tcp(TcpStream),
+    Ws(Box<WebSocketStream<MaybeTlsStream<TcpStream>>>),
+}
+
+struct Rfb {
+    io: Io,
+    buf: Vec<u8>,
+    pos: usize,
+    /// Bytes received in all.
+    received: u64,
+    width: u16,
+    height: u16,
+}
+
+fn err(e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+impl Rfb {
+    async fn tcp(addr: &str) -> io::Result<Rfb> {
+        let s = TcpStream::connect(addr).await?;
+        s.set_nodelay(true)?;
+        Ok(Rfb::new(Io::Tcp(s)))
+    }
+
+    async fn ws(url: &str) -> io::Result<Rfb> {
+        let mut req = url.into_client_request().map_err(err)?;
+        req.headers_mut()
+            .insert("sec-websocket-protocol", "binary".parse().map_err(err)?);
+        let cfg = WebSocketConfig::default()
+            .write_buffer_size(0)
+            .max_message_size(Some(64 << 20))
+            .max_frame_size(Some(64 << 20));
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(req, Some(cfg), true)
+            .await
+            .map_err(err)?;
+        Ok(Rfb::new(Io::Ws(Box::new(ws))))
+    }
+
+    fn new(io: Io) -> Rfb {
+        Rfb {
+            io,
+            buf: Vec::with_capacity(1 << 20),
+            pos: 0,
+            received: 0,
+            width: 0,
+            height: 0,
+        }
+    }
+
+    /// Reads more into the buffer (cancel-safe: a cancelled read loses nothing).
+    async fn fill(&mut self) -> io::Result<()> {
+        if self.pos > 0 && self.pos == self.buf.len() {
+            self.buf.clear();
+            self.pos = 0;
+        } else if self.pos > (1 << 20) {
+            self.buf.drain(..self.pos);
+            self.pos = 0;
+        }
+        match &mut self.io {
+            Io::Tcp(s) => {
+                let start = self.buf.len();
+                self.buf.resize(start + 256 * 1024, 0);
+                let n = s.read(&mut self.buf[start..]).await;
+                let n = match n {
+                    Ok(n) => n,
+                    Err(e) => {
+                        self.buf.truncate(start);
+                        return Err(e);
+                    }
+                };
+                self.buf.truncate(start + n);
+                if n == 0 {
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+                self.received += n as u64;
+            }
+            Io::Ws(ws) => loop {
+                match ws.next().await {
+                    Some(Ok(Message::Binary(b))) => {
+                        self.received += b.len() as u64;
+                        self.buf.extend_from_slice(&b);
+                        break;
+                    }
+                    Some(Ok(Message::Close(_))) | None => {
+                        return Err(io::ErrorKind::UnexpectedEof.into());
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => return Err(err(e)),
+                }
+            },
+        }
+        Ok(())
+    }
+
+    async fn bytes(&mut self, n: usize) -> io::Result<&[u8]> {
+        while self.buf.len() - self.pos < n {
+            self.fill().await?;
+        }
+        let s = &self.buf[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(s)
+    }
+
+    async fn u8(&mut self) -> io::Result<u8> {
+        Ok(self.bytes(1).await?[0])
+    }
+
+    async fn u16(&mut self) -> io::Result<u16> {
+        let b = self.bytes(2).await?;
+        Ok(u16::from_be_bytes([b[0], b[1]]))
+    }
+
+    async fn u32(&mut self) -> io::Result<u32> {
+        let b = self.bytes(4).await?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    async fn skip(&mut self, mut n: usize) -> io::Result<()> {
+        while n > 0 {
+            if self.pos == self.buf.len() {
+                self.fill().await?;
+            }
+            let k = n.min(self.buf.len() - self.pos);
+            self.pos += k;
+            n -= k;
+        }
+        Ok(())
+    }
+
+    async fn send(&mut self, data: &[u8]) -> io::Result<()> {
+        match &mut self.io {
+            Io::Tcp(s) => s.write_all(data).await,
+            Io::Ws(ws) => ws
+                .send(Message::Binary(data.to_vec().into()))
+                .await
+                .map_err(err),
+        }
+    }
+
+    async fn close(self) {
+        match self.io {
+            Io::Tcp(mut s) => {
+                let _ = s.shutdown().await;
+            }
+            Io::Ws(mut ws) => {
+                let _ = (*ws).close(None).await;
+            }
+        }
+    }
+
+    /// The RFB 3.8 handshake as a viewer: VNC authentication with `password`, or security
+    /// type None (`None`: hpcdesk's gateway authenticates to the desktop itself). Then
+    /// ClientInit (shared), ServerInit, and a 32-bit true-colour pixel format.
+    async fn handshake(&mut self, password: Option<&[u8]>) -> io::Result<()> {
+        let version = self.bytes(12).await?.to_vec();
+        if !version.starts_with(b"RFB 003.") {
+            return Err(err(format!("not an RFB server: {version:?}")));
+        }
+        self.send(b"RFB 003.008\n").await?;
+        let n = self.u8().await? as usize;
+        if n == 0 {
+            let len = self.u32().await? as usize;
+            let why = String::from_utf8_lossy(self.bytes(len).await?).into_owned();
+            return Err(err(format!("the server refused: {why}")));
+        }
+        let types = self.bytes(n).await?.to_vec();
+        match password {
+            Some(pw) => {
+                if !types.contains(&2) {
+                    return Err(err(format!("no VNC authentication offered: {types:?}")));
+                }
+                self.send(&[2]).await?;
+                let challenge: [u8; 16] = self.bytes(16).await?.try_into().expect("16 bytes");
+                let response = hpcdesk_rfb::vnc_auth_response(pw, &challenge);
+                self.send(&response).await?;
+            }
+            None => {
+                if !types.contains(&1) {
+                    return Err(err(format!("security type None not offered: {types:?}")));
+                }
+                self.send(&[1]).await?;
+            }
+        }
+        if self.u32().await? != 0 {
+            return Err(err("authentication failed"));
+        }
+        self.send(&[1]).await?;
+        self.width = self.u16().await?;
+        self.height = self.u16().await?;
+        self.skip(16).await?;
+        let name_len = self.u32().await? as usize;
+        self.skip(name_len).await?;
+        // SetPixelFormat: 32 bpp, depth 24, little-endian, true colour, 8 bits each.
+        let mut m = vec![0u8, 0, 0, 0, 32, 24, 0, 1, 0, 255, 0, 255, 0, 255, 16, 8, 0];
+        m.extend_from_slice(&[0, 0, 0]);
+        self.send(&m).await
+    }
+
+    async fn set_encodings(&mut self, encodings: &[i32]) -> io::Result<()> {
+        let mut m = vec![2u8, 0];
+        m.extend_from_slice(&(encodings.len() as u16).to_be_bytes());
+        for e in encodings {
+            m.extend_from_slice(&e.to_be_bytes());
+        }
+        self.send(&m).await
+    }
+
+    async fn request(&mut self, incremental: bool) -> io::Result<()> {
+        let mut m = vec![3u8, u8::from(incremental), 0, 0, 0, 0];
+        m.extend_from_slice(&self.width.to_be_bytes());
+        m.extend_from_slice(&self.height.to_be_bytes());
+        self.send(&m).await
+    }
+
+    async fn key(&mut self, keysym: u32) -> io::Result<()> {
+        let mut m = Vec::with_capacity(16);
+        for down in [1u8, 0] {
+            m.extend_from_slice(&[4, down, 0, 0]);
+            m.extend_from_slice(&keysym.to_be_bytes());
+        }
+        self.send(&m).await
+    }
+
+    async fn pointer(&mut self, x: u16, y: u16) -> io::Result<()> {
+        let mut m = vec![5u8, 0];
+        m.extend_from_slice(&x.to_be_bytes());
+        m.extend_from_slice(&y.to_be_bytes());
+        self.send(&m).await
+    }
+
+    /// Reads server messages until a FramebufferUpdate has been read whole (its type byte
+    /// already read when `typed`).
+    async fn update(&mut self, typed: bool) -> io::Result<()> {
+        let mut t = if typed { 0 } else { self.u8().await? };
+        loop {
+            match t {
+                0 => break,
+                // SetColourMapEntries, Bell, ServerCutText: skipped.
+                1 => {
+                    self.skip(3).await?;
+                    let n = self.u16().await? as usize;
+                    self.skip(n * 6).await?;
+                }
+                2 => {}
+                3 => {
+                    self.skip(3).await?;
+                    let n = self.u32().await? as usize;
+                    self.skip(n).await?;
+                }
+                other => return Err(err(format!("unexpected server message {other}"))),
+            }
+            t = self.u8().await?;
+        }
+        self.skip(1).await?;
+        let rects = self.u16().await?;
+        for _ in 0..rects {
+            let _x = self.u16().await?;
+            let _y = self.u16().await?;
+            let w = self.u16().await? as usize;
+            let h = self.u16().await? as usize;
+            let enc = self.u32().await? as i32;
+            match enc {
+                0 => self.skip(w * h * 4).await?,
+                1 => self.skip(4).await?,
+                7 => self.tight(w, h).await?,
+                -223 => {}
+                -224 => break,
+                other => return Err(err(format!("unexpected encoding {other}"))),
+            }
+        }
+        Ok(())
+    }
+
+    /// Tight's compact length: 7 bits, 7 bits, 8 bits, little end first.
+    async fn compact_len(&mut self) -> io::Result<usize> {
+        let b0 = self.u8().await? as usize;
+        if b0 & 0x80 == 0 {
+            return Ok(b0);
+        }
+        let b1 = self.u8().await? as usize;
+        if b1 & 0x80 == 0 {
+            return Ok((b0 & 0x7f) | (b1 << 7));
+        }
+        let b2 = self.u8().await? as usize;
+        Ok((b0 & 0x7f) | ((b1 & 0x7f) << 7) | (b2 << 14))
+    }
+
+    /// Skips one Tight rectangle (32-bit pixels at depth 24: 3-byte TPIXELs).
+    async fn tight(&mut self, w: usize, h: usize) -> io::Result<()> {
+        let ctl = self.u8().await? >> 4;
+        match ctl {
+            0x8 => self.skip(3).await,
+            0x9 => {
+                let n = self.compact_len().await?;
+                self.skip(n).await
+            }
+            c if c & 0x8 == 0 => {
+                let mut row = w * 3;
+                if c & 0x4 != 0 {
+                    match self.u8().await? {
+                        0 | 2 => {}
+                        1 => {
+                            let colours = self.u8().await? as usize + 1;
+                            self.skip(colours * 3).await?;
+                            row = if colours == 2 { w.div_ceil(8) } else { w };
+                        }
+                        f => return Err(err(format!("unknown Tight filter {f}"))),
+                    }
+                }
+                let size = row * h;
+                if size < 12 {
+                    self.skip(size).await
+                } else {
+                    let n = self.compact_len().await?;
+                    self.skip(n).await
+                }
+            }
+            c => Err(err(format!("unexpected Tight control {c:#x}"))),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Processes and CPU.
+
+/// CPU ticks (user + system, of all threads) of `pid` and every descendant.
+fn cpu_ticks(pid: u32) -> u64 {
+    let mut procs: Vec<(u32, u32, u64)> = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            if let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat"))
+                && let Some((_, rest)) = stat.rsplit_once(')')
+            {
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                let num = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+                // After the name: state(0) ppid(1) … utime(11) stime(12).
+                procs.push((p, num(1) as u32, num(11) + num(12)));
+            }
+        }
+    }
+    let parent = |p: u32| procs.iter().find(|x| x.0 == p).map(|x| x.1);
+    procs
+        .iter()
+        .filter(|(p, _, _)| {
+            let mut q = *p;
+            for _ in 0..32 {
+                if q == pid {
+                    return true;
+                }
+                match parent(q) {
+                    Some(pp) if pp > 1 => q = pp,
+                    _ => return false,
+                }
+            }
+            false
+        })
+        .map(|x| x.2)
+        .sum()
+}
+
+/// /proc counts CPU time in USER_HZ, which is 100 on Linux whatever the kernel's tick.
+fn ticks_per_second() -> f64 {
+    100.0
+}
+
+/// A free loopback port.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+// ---------------------------------------------------------------------------------------
+// The paths.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Path4 {
+    Direct,
+    Socat,
+    Websockify,
+    Hpcdesk,
+}
+
+const PATHS: [Path4; 4] = [Path4::Direct, Path4::Socat, Path4::Websockify, Path4::Hpcdesk];
+
+impl Path4 {
+    fn name(self) -> &'static str {
+        match self {
+            Path4::Direct => "direct TCP to Xvnc",
+            Path4::Socat => "plain relay (socat)",
+            Path4::Websockify => "websockify 0.13",
+            Path4::Hpcdesk => "hpcdesk launch URL",
+        }
+    }
+}
+
+struct Desktop {
+    /// Xvnc's port.
+    port: u16,
+    password: Vec<u8>,
+    /// The gateway's WebSocket URL of a fresh launch URL.
+    ws_url: String,
+    /// `hpcdesk serve`'s pid.
+    server_pid: u32,
+}
+
+/// An open connection along one path, and the relay process to charge its CPU to.
+struct Opened {
+    rfb: Rfb,
+    relay: Option<(u32, Option<tokio::process::Child>)>,
+}
+
+async fn open(path: Path4, d: &Desktop, o: &DesktopOptions) -> Result<Opened> {
+    let xvnc = format!("127.0.0.1:{}", d.port);
+    Ok(match path {
+        Path4::Direct => {
+            let mut rfb = Rfb::tcp(&xvnc).await?;
+            rfb.handshake(Some(&d.password)).await?;
+            Opened { rfb, relay: None }
+        }
+        Path4::Socat => {
+            let port = free_port();
+            let child = tokio::process::Command::new(&o.socat)
+                .arg(format!("TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,nodelay"))
+                .arg(format!("TCP:{xvnc},nodelay"))
+                .stdin(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()?;
+            wait_for_port_once(port).await?;
+            let pid = child.id().unwrap_or(0);
+            let mut rfb = Rfb::tcp(&format!("127.0.0.1:{port}")).await?;
+            rfb.handshake(Some(&d.password)).await?;
+            Opened {
+                rfb,
+                relay: Some((pid, Some(child))),
+            }
+        }
+        Path4::Websockify => {
+            let port = free_port();
+            let child = tokio::process::Command::new(&o.websockify)
+                .args(["--run-once", "--heartbeat", "0"])
+                .arg(format!("127.0.0.1:{port}"))
+                .arg(&xvnc)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()?;
+            wait_for_port_once(port).await?;
+            let pid = child.id().unwrap_or(0);
+            let mut rfb = Rfb::ws(&format!("ws://127.0.0.1:{port}/")).await?;
+            rfb.handshake(Some(&d.password)).await?;
+            Opened {
+                rfb,
+                relay: Some((pid, Some(child))),
+            }
+        }
+        Path4::Hpcdesk => {
+            let mut rfb = Rfb::ws(&d.ws_url).await?;
+            rfb.handshake(None).await?;
+            Opened {
+                rfb,
+                relay: Some((d.server_pid, None)),
+            }
+        }
+    })
+}
+
+/// socat and websockify (`--run-once`) serve one connection: probing their port with a
+/// connection would use it up, so wait for the listening socket in /proc/net/tcp instead.
+async fn wait_for_port_once(port: u16) -> Result<()> {
+    let hex = format!(":{port:04X} ");
+    for _ in 0..200 {
+        if std::fs::read_to_string("/proc/net/tcp")
+            .is_ok_and(|t| t.lines().any(|l| l.contains(&hex) && l.contains(" 0A ")))
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Err(format!("the relay does not listen on {port}").into())
+}
+
+#[derive(Debug, Default, Clone)]
+struct Sample {
+    raw_fps: f64,
+    raw_mbs: f64,
+    tight_fps: f64,
+    tight_mbs: f64,
+    key_p50_ms: f64,
+    key_p99_ms: f64,
+    /// CPU-seconds per GB through the relay in the Raw run.
+    cpu_s_per_gb: Option<f64>,
+}
+
+/// Full-screen updates for `secs`: (frames/s, MB/s, relay CPU-seconds per GB).
+async fn frames(
+    path: Path4,
+    d: &Desktop,
+    o: &DesktopOptions,
+    encodings: &[i32],
+) -> Result<(f64, f64, Option<f64>)> {
+    let mut c = open(path, d, o).await?;
+    c.rfb.set_encodings(encodings).await?;
+    // One frame to settle the encoder, then measure.
+    c.rfb.request(false).await?;
+    c.rfb.update(false).await?;
+    let cpu0 = c.relay.as_ref().map(|(pid, _)| cpu_ticks(*pid));
+    let bytes0 = c.rfb.received;
+    let t0 = Instant::now();
+    let mut n = 0u64;
+    while t0.elapsed().as_secs_f64() < o.secs {
+        c.rfb.request(false).await?;
+        c.rfb.update(false).await?;
+        n += 1;
+    }
+    let dt = t0.elapsed().as_secs_f64();
+    let bytes = (c.rfb.received - bytes0) as f64;
+    let cpu = c.relay.as_ref().map(|(pid, _)| cpu_ticks(*pid));
+    let per_gb = match (cpu0, cpu) {
+        (Some(a), Some(b)) if bytes > 0.0 => {
+            Some((b.saturating_sub(a)) as f64 / ticks_per_second() / (bytes / 1e9))
+        }
+        _ => None,
+    };
+    c.rfb.close().await;
+    Ok((n as f64 / dt, bytes / dt / 1e6, per_gb))
+}
+
+/// Key → first update (ms), `keys` times: p50, p99.
+async fn keys(path: Path4, d: &Desktop, o: &DesktopOptions) -> Result<(f64, f64)> {
+    let mut c = open(path, d, o).await?;
+    c.rfb.set_encodings(&[7, -26, -254]).await?;
+    c.rfb.request(false).await?;
+    c.rfb.update(false).await?;
+    // The xterm at the top left has the keyboard when the pointer is in it (twm).
+    c.rfb.pointer(200, 150).await?;
+    let mut lat = Vec::with_capacity(o.keys);
+    for i in 0..o.keys {
+        c.rfb.request(true).await?;
+        // Quiet first: whatever else was going to be drawn is drawn.
+        loop {
+            match tokio::time::timeout(Duration::from_millis(40), c.rfb.u8()).await {
+                Err(_) => break,
+                Ok(t) => {
+                    let t = t?;
+                    if t == 0 {
+                        c.rfb.update(true).await?;
+                        c.rfb.request(true).await?;
+                    } else {
+                        return Err(format!("unexpected server message {t}").into());
+                    }
+                }
+            }
+        }
+        // 'a', then BackSpace: the line stays short.
+        let keysym = if i % 2 == 0 { 0x61 } else { 0xff08 };
+        let t0 = Instant::now();
+        c.rfb.key(keysym).await?;
+        let t = c.rfb.u8().await?;
+        lat.push(t0.elapsed().as_secs_f64() * 1e3);
+        if t != 0 {
+            return Err(format!("unexpected server message {t}").into());
+        }
+        c.rfb.update(true).await?;
+    }
+    c.rfb.close().await;
+    lat.sort_by(f64::total_cmp);
+    let pct = |p: f64| lat[((lat.len() as f64 - 1.0) * p).round() as usize];
+    Ok((pct(0.5), pct(0.99)))
+}
+
+async fn sample(path: Path4, d: &Desktop, o: &DesktopOptions) -> Result<Sample> {
+    let (raw_fps, raw_mbs, cpu_s_per_gb) = frames(path, d, o, &[0]).await?;
+    let (tight_fps, tight_mbs, _) = frames(path, d, o, &[7, -26, -254]).await?;
+    let (key_p50_ms, key_p99_ms) = keys(path, d, o).await?;
+    Ok(Sample {
+        raw_fps,
+        raw_mbs,
+        tight_fps,
+        tight_mbs,
+        key_p50_ms,
+        key_p99_ms,
+        cpu_s_per_gb,
+    })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+// ---------------------------------------------------------------------------------------
+// The desktop, through hpcdesk serve.
+
+struct Server {
+    child: tokio::process::Child,
+    base: String,
+    token: String,
+    _dir: TempDir,
+}
+
+/// A directory removed at the end.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn default_user() -> String {
+    if nix::unistd::Uid::effective().is_root() {
+        "hdtest".into()
+    } else {
+        std::env::var("USER").unwrap_or_else(|_| "nobody".into())
+    }
+}
+
+async fn start_server(o: &DesktopOptions, user: &str) -> Result<Server> {
+    let dir = std::env::temp_dir().join(format!("hpcdesk-desktop-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let dir = TempDir(dir);
+    let config = dir.0.join("hpcdesk.toml");
+    let secret: String = (0..32)
+        .map(|i| char::from(b'a' + ((std::process::id() as usize * 7 + i * 13) % 26) as u8))
+        .collect();
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n\n[auth]\njwt_secret = \"{secret}\"\n\n\
+             [launcher]\ndefault_desktop = \"twm\"\ngeometry = \"{}\"\ndepth = 24\ndisplay_min = 500\ndisplay_max = 599\n",
+            dir.0.join("data").display(),
+            o.geometry
+        ),
+    )?;
+    let mut child = tokio::process::Command::new(&o.hpcdesk)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("HPCDESK_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut lines = BufReader::new(child.stderr.take().expect("piped")).lines();
+    let base = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Ok(Some(l)) = lines.next_line().await {
+            if let Some(rest) = l.split("listening on ").nth(1) {
+                return Some(rest.trim().to_owned());
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten()
+    .ok_or("hpcdesk serve did not start")?;
+    // Keep reading its log, so it never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let out = tokio::process::Command::new(&o.hpcdesk)
+        .arg("--config")
+        .arg(&config)
+        .args(["token", "--user", "bench", "--compute-user", user])
+        .output()
+        .await?;
+    if !out.status.success() {
+        return Err(format!("hpcdesk token: {}", String::from_utf8_lossy(&out.stderr)).into());
+    }
+    Ok(Server {
+        child,
+        base,
+        token: String::from_utf8(out.stdout)?.trim().to_owned(),
+        _dir: dir,
+    })
+}
+
+/// The obfuscated password in an Xvnc password file, in the clear.
+fn password_of(file: &Path) -> Result<Vec<u8>> {
+    let b = std::fs::read(file)?;
+    let first: [u8; 8] = b
+        .get(..8)
+        .and_then(|s| s.try_into().ok())
+        .ok_or("short password file")?;
+    Ok(hpcdesk_rfb::password_from_file(&first).to_vec())
+}
+
+async fn desktop(server: &Server, user: &str) -> Result<Desktop> {
+    let http = reqwest::Client::new();
+    let vnc = format!("{}/hpc/openapi/v2/desktop/vnc", server.base);
+    let created: serde_json::Value = http
+        .put(&vnc)
+        .header("token", &server.token)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let item = &created["data"];
+    let id = item["sessionId"]
+        .as_str()
+        .ok_or_else(|| format!("create failed: {created}"))?;
+    let display: u16 = item["displayNumber"]
+        .as_str()
+        .and_then(|d| d.parse().ok())
+        .or_else(|| item["displayNumber"].as_u64().map(|d| d as u16))
+        .ok_or_else(|| format!("no display: {created}"))?;
+    let launch: serde_json::Value = http
+        .get(format!("{vnc}/{id}/launchurl"))
+        .header("token", &server.token)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let url = launch["data"]["novncUrl"]
+        .as_str()
+        .ok_or_else(|| format!("launchurl failed: {launch}"))?;
+    let path = url
+        .split("path=")
+        .nth(1)
+        .and_then(|p| p.split("&resize").next())
+        .ok_or("unexpected launch URL")?;
+    let home = nix::unistd::User::from_name(user)?
+        .ok_or_else(|| format!("no account {user}"))?
+        .dir;
+    let file = std::fs::read_dir(home.join(".hpcdesk/desktops"))?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.ends_with(&format!("-{display}")))
+        })
+        .ok_or("the desktop's directory is not there")?
+        .join("passwd");
+    Ok(Desktop {
+        port: 5900 + display,
+        password: password_of(&file)?,
+        ws_url: format!("{}{path}", server.base.replacen("http://", "ws://", 1)),
+        server_pid: server.child.id().unwrap_or(0),
+    })
+}
+
+pub async fn run(o: DesktopOptions) -> Result<()> {
+    let user = o.user.clone().unwrap_or_else(default_user);
+    let server = start_server(&o, &user).await?;
+    let d = desktop(&server, &user).await?;
+    // The desktop draws its xterm; fill it with text, so that Tight has some to encode.
+    {
+        let mut c = open(Path4::Direct, &d, &o).await?;
+        c.rfb.set_encodings(&[0]).await?;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        c.rfb.pointer(200, 150).await?;
+        for ch in "ls -l /usr/bin | head -40\r".chars() {
+            let keysym = if ch == '\r' { 0xff0d } else { ch as u32 };
+            c.rfb.key(keysym).await?;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        c.rfb.close().await;
+    }
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); PATHS.len()];
+    for round in 0..o.rounds {
+        for (i, p) in PATHS.iter().enumerate() {
+            let s = sample(*p, &d, &o).await.map_err(|e| format!("{}: {e}", p.name()))?;
+            eprintln!(
+                "round {}: {:<22} raw {:6.1} f/s {:7.1} MB/s, tight {:6.1} f/s {:6.1} MB/s, key p50 {:5.2} ms p99 {:5.2} ms, cpu {}",
+                round + 1,
+                p.name(),
+                s.raw_fps,
+                s.raw_mbs,
+                s.tight_fps,
+                s.tight_mbs,
+                s.key_p50_ms,
+                s.key_p99_ms,
+                s.cpu_s_per_gb
+                    .map(|c| format!("{c:.2} s/GB"))
+                    .unwrap_or_else(|| "-".into())
+            );
+            samples[i].push(s);
+        }
+    }
+    let med = |i: usize, f: &dyn Fn(&Sample) -> Option<f64>| {
+        median(samples[i].iter().filter_map(f).collect())
+    };
+    let (w, h) = o.geometry.split_once('x').unwrap_or(("?", "?"));
+    println!(
+        "\nOne TigerVNC desktop ({w}x{h}, twm + xterm), {} interleaved rounds, medians; Raw and Tight (quality 6, compression 2) full-screen updates one at a time.\n",
+        o.rounds
+    );
+    println!(
+        "| path | Raw frames/s | Raw MB/s | Tight frames/s | Tight MB/s | key → update p50 | p99 | relay CPU s/GB (Raw) |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for (i, p) in PATHS.iter().enumerate() {
+        let cpu = med(i, &|s| s.cpu_s_per_gb);
+        println!(
+            "| {} | {:.0} | {:.0} | {:.0} | {:.1} | {:.2} ms | {:.2} ms | {} |",
+            p.name(),
+            med(i, &|s| Some(s.raw_fps)),
+            med(i, &|s| Some(s.raw_mbs)),
+            med(i, &|s| Some(s.tight_fps)),
+            med(i, &|s| Some(s.tight_mbs)),
+            med(i, &|s| Some(s.key_p50_ms)),
+            med(i, &|s| Some(s.key_p99_ms)),
+            if cpu.is_nan() {
+                "—".to_owned()
+            } else {
+                format!("{cpu:.2}")
+            }
+        );
+    }
+    let raw = |i: usize| med(i, &|s| Some(s.raw_fps));
+    let key = |i: usize| med(i, &|s| Some(s.key_p50_ms));
+    let cpu = |i: usize| med(i, &|s| s.cpu_s_per_gb);
+    println!();
+    println!(
+        "- Raw frames/s, hpcdesk ÷ direct: {:.2} (target ≥ 0.9); hpcdesk ÷ websockify: {:.2} (target ≥ 1.5)",
+        raw(3) / raw(0),
+        raw(3) / raw(2)
+    );
+    println!(
+        "- key → update p50, hpcdesk ÷ direct: {:.2} (target ≤ 1.05)",
+        key(3) / key(0)
+    );
+    println!(
+        "- relay CPU per GB, hpcdesk ÷ socat: {:.2} (target ≤ 0.6); websockify ÷ socat: {:.2}",
+        cpu(3) / cpu(1),
+        cpu(2) / cpu(1)
+    );
+    // The desktop goes with the bench.
+    let _ = reqwest::Client::new()
+        .get(format!("{}/hpc/openapi/v2/desktop/vnc", server.base))
+        .header("token", &server.token)
+        .send()
+        .await;
+    delete_all(&server).await;
+    Ok(())
+}
+
+async fn delete_all(server: &Server) {
+    let http = reqwest::Client::new();
+    let vnc = format!("{}/hpc/openapi/v2/desktop/vnc", server.base);
+    let Ok(r) = http.get(&vnc).header("token", &server.token).send().await else {
+        return;
+    };
+    let Ok(list) = r.json::<serde_json::Value>().await else {
+        return;
+    };
+    for s in list["data"].as_array().into_iter().flatten() {
+        if let Some(id) = s["sessionId"].as_str() {
+            let _ = http
+                .delete(format!("{vnc}/{id}"))
+                .header("token", &server.token)
+                .send()
+                .await;
+        }
+    }
+}
