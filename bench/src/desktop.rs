@@ -20,13 +20,8 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -60,17 +55,33 @@ pub struct DesktopOptions {
 
 // ---------------------------------------------------------------------------------------
 // A byte stream over TCP or WebSocket, with the reads an RFB client needs.
+//
+// The WebSocket side is framed here, on the raw socket, so that every path costs the client
+// the same: one read into a scratch buffer and one copy of the payload into the stream
+// (a WebSocket library would add copies of its own and measure itself, not the relay).
 
-enum Io {
-    Tcp(TcpStream),
-    Ws(Box<WebSocketStream<MaybeTlsStream<TcpStream>>>),
+/// WebSocket framing state of the server → client direction.
+#[derive(Default)]
+struct WsIn {
+    /// Header bytes of a frame not yet complete.
+    header: Vec<u8>,
+    /// Payload bytes of the current frame still to come, and its opcode.
+    remaining: u64,
+    opcode: u8,
+    /// The payload of a ping still arriving, and pings to answer.
+    ping: Option<Vec<u8>>,
+    pings: Vec<Vec<u8>>,
+    closed: bool,
 }
 
 struct Rfb {
-    io: Io,
+    tcp: TcpStream,
+    /// `Some` on a WebSocket path.
+    ws: Option<WsIn>,
+    scratch: Box<[u8]>,
     buf: Vec<u8>,
     pos: usize,
-    /// Bytes received in all.
+    /// Bytes received in all (payload, as a viewer sees it).
     received: u64,
     width: u16,
     height: u16,
@@ -80,30 +91,56 @@ fn err(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(e.to_string())
 }
 
+/// A masked client frame, as a browser sends it.
+fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    hpcdesk_gateway::ws::client_frame(opcode, true, payload, [0x5a, 0xa5, 0x3c, 0xc3])
+}
+
 impl Rfb {
     async fn tcp(addr: &str) -> io::Result<Rfb> {
         let s = TcpStream::connect(addr).await?;
         s.set_nodelay(true)?;
-        Ok(Rfb::new(Io::Tcp(s)))
+        Ok(Rfb::new(s, None))
     }
 
+    /// Opens `ws://host:port/path…` with subprotocol `binary`.
     async fn ws(url: &str) -> io::Result<Rfb> {
-        let mut req = url.into_client_request().map_err(err)?;
-        req.headers_mut()
-            .insert("sec-websocket-protocol", "binary".parse().map_err(err)?);
-        let cfg = WebSocketConfig::default()
-            .write_buffer_size(0)
-            .max_message_size(Some(64 << 20))
-            .max_frame_size(Some(64 << 20));
-        let (ws, _) = tokio_tungstenite::connect_async_with_config(req, Some(cfg), true)
-            .await
-            .map_err(err)?;
-        Ok(Rfb::new(Io::Ws(Box::new(ws))))
+        let rest = url
+            .strip_prefix("ws://")
+            .ok_or_else(|| err(format!("not a ws:// URL: {url}")))?;
+        let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        let path = if path.is_empty() { "/" } else { path };
+        let mut tcp = TcpStream::connect(host).await?;
+        tcp.set_nodelay(true)?;
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+             Sec-WebSocket-Protocol: binary\r\n\r\n"
+        );
+        tcp.write_all(req.as_bytes()).await?;
+        // The answer's head, byte by byte (nothing of the stream after it is read).
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut b = [0u8; 1];
+            if tcp.read(&mut b).await? == 0 || head.len() > 8192 {
+                return Err(err("the WebSocket upgrade was not answered"));
+            }
+            head.push(b[0]);
+        }
+        if !head.starts_with(b"HTTP/1.1 101") {
+            return Err(err(format!(
+                "upgrade refused: {}",
+                String::from_utf8_lossy(&head).lines().next().unwrap_or("")
+            )));
+        }
+        Ok(Rfb::new(tcp, Some(WsIn::default())))
     }
 
-    fn new(io: Io) -> Rfb {
+    fn new(tcp: TcpStream, ws: Option<WsIn>) -> Rfb {
         Rfb {
-            io,
+            tcp,
+            ws,
+            scratch: vec![0u8; 256 * 1024].into_boxed_slice(),
             buf: Vec::with_capacity(1 << 20),
             pos: 0,
             received: 0,
@@ -112,48 +149,81 @@ impl Rfb {
         }
     }
 
-    /// Reads more into the buffer (cancel-safe: a cancelled read loses nothing).
+    /// Reads more into the buffer. Cancel-safe: nothing changes until a read completes.
     async fn fill(&mut self) -> io::Result<()> {
-        if self.pos > 0 && self.pos == self.buf.len() {
+        if self.pos == self.buf.len() {
             self.buf.clear();
             self.pos = 0;
         } else if self.pos > (1 << 20) {
             self.buf.drain(..self.pos);
             self.pos = 0;
         }
-        match &mut self.io {
-            Io::Tcp(s) => {
-                let start = self.buf.len();
-                self.buf.resize(start + 256 * 1024, 0);
-                let n = s.read(&mut self.buf[start..]).await;
-                let n = match n {
-                    Ok(n) => n,
-                    Err(e) => {
-                        self.buf.truncate(start);
-                        return Err(e);
+        let n = self.tcp.read(&mut self.scratch).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        let before = self.buf.len();
+        match &mut self.ws {
+            None => self.buf.extend_from_slice(&self.scratch[..n]),
+            Some(w) => {
+                let mut data = &self.scratch[..n];
+                while !data.is_empty() {
+                    if w.remaining > 0 {
+                        let k = data.len().min(w.remaining as usize);
+                        match w.opcode {
+                            0 | 2 => self.buf.extend_from_slice(&data[..k]),
+                            9 => w.ping.get_or_insert_default().extend_from_slice(&data[..k]),
+                            _ => {}
+                        }
+                        w.remaining -= k as u64;
+                        data = &data[k..];
+                        if w.remaining == 0
+                            && let Some(p) = w.ping.take()
+                        {
+                            w.pings.push(p);
+                        }
+                        continue;
                     }
-                };
-                self.buf.truncate(start + n);
-                if n == 0 {
+                    w.header.push(data[0]);
+                    data = &data[1..];
+                    let h = &w.header;
+                    if h.len() < 2 {
+                        continue;
+                    }
+                    let need = 2 + match h[1] & 0x7f {
+                        126 => 2,
+                        127 => 8,
+                        _ => 0,
+                    };
+                    if h.len() < need {
+                        continue;
+                    }
+                    let len = match h[1] & 0x7f {
+                        126 => u64::from(u16::from_be_bytes([h[2], h[3]])),
+                        127 => u64::from_be_bytes(h[2..10].try_into().expect("8 bytes")),
+                        l => u64::from(l),
+                    };
+                    w.opcode = h[0] & 0x0f;
+                    w.remaining = len;
+                    w.header.clear();
+                    match w.opcode {
+                        8 => w.closed = true,
+                        9 if len == 0 => w.pings.push(Vec::new()),
+                        9 => w.ping = Some(Vec::new()),
+                        _ => {}
+                    }
+                }
+                let pings = std::mem::take(&mut w.pings);
+                let closed = w.closed;
+                for p in pings {
+                    self.tcp.write_all(&client_frame(0xA, &p)).await?;
+                }
+                if closed && self.buf.len() == before {
                     return Err(io::ErrorKind::UnexpectedEof.into());
                 }
-                self.received += n as u64;
             }
-            Io::Ws(ws) => loop {
-                match ws.next().await {
-                    Some(Ok(Message::Binary(b))) => {
-                        self.received += b.len() as u64;
-                        self.buf.extend_from_slice(&b);
-                        break;
-                    }
-                    Some(Ok(Message::Close(_))) | None => {
-                        return Err(io::ErrorKind::UnexpectedEof.into());
-                    }
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => return Err(err(e)),
-                }
-            },
         }
+        self.received += (self.buf.len() - before) as u64;
         Ok(())
     }
 
@@ -193,24 +263,18 @@ impl Rfb {
     }
 
     async fn send(&mut self, data: &[u8]) -> io::Result<()> {
-        match &mut self.io {
-            Io::Tcp(s) => s.write_all(data).await,
-            Io::Ws(ws) => ws
-                .send(Message::Binary(data.to_vec().into()))
-                .await
-                .map_err(err),
+        if self.ws.is_some() {
+            self.tcp.write_all(&client_frame(2, data)).await
+        } else {
+            self.tcp.write_all(data).await
         }
     }
 
-    async fn close(self) {
-        match self.io {
-            Io::Tcp(mut s) => {
-                let _ = s.shutdown().await;
-            }
-            Io::Ws(mut ws) => {
-                let _ = (*ws).close(None).await;
-            }
+    async fn close(mut self) {
+        if self.ws.is_some() {
+            let _ = self.tcp.write_all(&client_frame(8, &1000u16.to_be_bytes())).await;
         }
+        let _ = self.tcp.shutdown().await;
     }
 
     /// The RFB 3.8 handshake as a viewer: VNC authentication with `password`, or security
@@ -813,12 +877,23 @@ async fn desktop(server: &Server, user: &str) -> Result<Desktop> {
 }
 
 pub async fn run(o: DesktopOptions) -> Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let user = o.user.clone().unwrap_or_else(default_user);
     let server = start_server(&o, &user).await?;
-    let d = desktop(&server, &user).await?;
+    // The desktop goes with the bench, however the measurement ends.
+    let result = match desktop(&server, &user).await {
+        Ok(d) => measure(&o, &d).await,
+        Err(e) => Err(e),
+    };
+    delete_all(&server).await;
+    result
+}
+
+async fn measure(o: &DesktopOptions, d: &Desktop) -> Result<()> {
+    let (o, d) = (o, d);
     // The desktop draws its xterm; fill it with text, so that Tight has some to encode.
     {
-        let mut c = open(Path4::Direct, &d, &o).await?;
+        let mut c = open(Path4::Direct, d, o).await?;
         c.rfb.set_encodings(&[0]).await?;
         tokio::time::sleep(Duration::from_millis(1500)).await;
         c.rfb.pointer(200, 150).await?;
@@ -832,7 +907,7 @@ pub async fn run(o: DesktopOptions) -> Result<()> {
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); PATHS.len()];
     for round in 0..o.rounds {
         for (i, p) in PATHS.iter().enumerate() {
-            let s = sample(*p, &d, &o).await.map_err(|e| format!("{}: {e}", p.name()))?;
+            let s = sample(*p, d, o).await.map_err(|e| format!("{}: {e}", p.name()))?;
             eprintln!(
                 "round {}: {:<22} raw {:6.1} f/s {:7.1} MB/s, tight {:6.1} f/s {:6.1} MB/s, key p50 {:5.2} ms p99 {:5.2} ms, cpu {}",
                 round + 1,
@@ -898,13 +973,6 @@ pub async fn run(o: DesktopOptions) -> Result<()> {
         cpu(3) / cpu(1),
         cpu(2) / cpu(1)
     );
-    // The desktop goes with the bench.
-    let _ = reqwest::Client::new()
-        .get(format!("{}/hpc/openapi/v2/desktop/vnc", server.base))
-        .header("token", &server.token)
-        .send()
-        .await;
-    delete_all(&server).await;
     Ok(())
 }
 
