@@ -1,12 +1,15 @@
-//! Sealing of VNC passwords (DESIGN §3, §6).
+//! Sealing of VNC passwords, and the tags of grant tokens (DESIGN §3, §6).
 //!
-//! Two uses, two derived keys, one server secret:
+//! Three uses, three derived keys, one server secret:
 //! - *at rest*: the store keeps each session's VNC password sealed with AES-256-GCM under a key
 //!   derived from the server secret; a random nonce is stored in front of the ciphertext.
 //! - *in a launch URL* (`mm`): the password sealed for the gateway under a key derived from the
 //!   server secret **and the grant token**. Each grant token is fresh randomness and seals
 //!   exactly one message, so the key is never reused and a fixed nonce is safe. Only a holder of
 //!   the server secret can open `mm`, and only together with its own grant.
+//! - *a grant token's tag*: HMAC-SHA256 over the token's claims under a key derived from the
+//!   server secret, so only a holder of the secret can mint a grant (hpcdesk-server's
+//!   `grants` owns what the claims are).
 //!
 //! Keys are derived with HMAC-SHA256(secret, label ‖ 0 ‖ context).
 
@@ -21,6 +24,7 @@ use sha2::Sha256;
 
 const AT_REST_LABEL: &[u8] = b"hpcdesk/vnc-password-at-rest/v1";
 const GRANT_LABEL: &[u8] = b"hpcdesk/mm/v1";
+const GRANT_TAG_LABEL: &[u8] = b"hpcdesk/grant-tag/v1";
 const NONCE_LEN: usize = 12;
 
 /// Why a sealed value could not be opened.
@@ -51,14 +55,28 @@ impl ServerKey {
         ServerKey(mac.finalize().into_bytes().into())
     }
 
-    fn derive(&self, label: &[u8], context: &[u8]) -> Aes256Gcm {
+    /// HMAC-SHA256(secret, label ‖ 0 ‖ context).
+    fn derive_key(&self, label: &[u8], context: &[u8]) -> [u8; 32] {
         let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.0)
             .expect("HMAC takes keys of any length");
         mac.update(label);
         mac.update(&[0]);
         mac.update(context);
-        let key: [u8; 32] = mac.finalize().into_bytes().into();
-        Aes256Gcm::new(&key.into())
+        mac.finalize().into_bytes().into()
+    }
+
+    fn derive(&self, label: &[u8], context: &[u8]) -> Aes256Gcm {
+        Aes256Gcm::new(&self.derive_key(label, context).into())
+    }
+
+    /// The tag of a grant token's claims: HMAC-SHA256 under the grant-tag key. The caller
+    /// compares it in constant time.
+    pub fn grant_tag(&self, claims: &[u8]) -> [u8; 32] {
+        let key = self.derive_key(GRANT_TAG_LABEL, b"");
+        let mut mac =
+            <Hmac<Sha256> as KeyInit>::new_from_slice(&key).expect("HMAC takes keys of any length");
+        mac.update(claims);
+        mac.finalize().into_bytes().into()
     }
 
     /// Seals `plain` for the store: `nonce ‖ ciphertext ‖ tag`.
@@ -144,6 +162,17 @@ mod tests {
             Err(SealError::Open)
         );
         assert_eq!(k.open_for_grant("grant-a", "%%%"), Err(SealError::Encoding));
+    }
+
+    #[test]
+    fn grant_tags_depend_on_the_claims_and_the_secret_only() {
+        let k = ServerKey::from_secret(b"s");
+        assert_eq!(k.grant_tag(b"claims"), k.grant_tag(b"claims"));
+        assert_ne!(k.grant_tag(b"claims"), k.grant_tag(b"claimt"));
+        assert_ne!(
+            k.grant_tag(b"claims"),
+            ServerKey::from_secret(b"t").grant_tag(b"claims")
+        );
     }
 
     #[test]

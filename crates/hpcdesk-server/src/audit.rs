@@ -1,5 +1,7 @@
 //! Writing the audit log (DESIGN §4): who did what to which session, from where, when.
-//! A failure to write is logged and never fails the request that caused it.
+//! A failure to write is logged and never fails the request that caused it. [`record`]
+//! returns once the line is committed; [`record_soon`], for the hottest call (launch URLs),
+//! once it is queued for the next group commit.
 
 use hpcdesk_store::AuditEvent;
 
@@ -51,7 +53,25 @@ impl Kind {
     }
 }
 
-/// Records one event.
+fn event(
+    app: &AppState,
+    kind: Kind,
+    user: &str,
+    session_id: &str,
+    peer: &str,
+    detail: String,
+) -> AuditEvent {
+    AuditEvent {
+        at: app.clock.now(),
+        kind: kind.as_str().to_owned(),
+        user: user.to_owned(),
+        session_id: session_id.to_owned(),
+        peer: peer.to_owned(),
+        detail,
+    }
+}
+
+/// Records one event, committed when this returns.
 pub async fn record(
     app: &AppState,
     kind: Kind,
@@ -60,15 +80,25 @@ pub async fn record(
     peer: &str,
     detail: impl Into<String>,
 ) {
-    let event = AuditEvent {
-        at: app.clock.now(),
-        kind: kind.as_str().to_owned(),
-        user: user.to_owned(),
-        session_id: session_id.to_owned(),
-        peer: peer.to_owned(),
-        detail: detail.into(),
-    };
-    if let Err(e) = app.store.record_audit(event).await {
+    let e = event(app, kind, user, session_id, peer, detail.into());
+    if let Err(e) = app.store.record_audit(e).await {
+        tracing::error!(error = %e, kind = kind.as_str(), "cannot write the audit log");
+    }
+}
+
+/// Records one event, queued for the store's next group commit when the queue has room
+/// (else committed before this returns, so a writer that falls behind slows its callers
+/// rather than piling lines up). A commit that fails is logged by the store.
+pub async fn record_soon(
+    app: &AppState,
+    kind: Kind,
+    user: &str,
+    session_id: &str,
+    peer: &str,
+    detail: impl Into<String>,
+) {
+    let e = event(app, kind, user, session_id, peer, detail.into());
+    if let Err(e) = app.store.queue_audit(e).await {
         tracing::error!(error = %e, kind = kind.as_str(), "cannot write the audit log");
     }
 }

@@ -158,10 +158,6 @@ pub async fn reconcile(app: &AppState) -> Result<ReconcileReport, TaskError> {
         }
     }
     app.limits.forget_old();
-    let purged = crate::grants::purge(app).await?;
-    if purged > 0 {
-        tracing::debug!(purged, "expired grants removed");
-    }
     Ok(report)
 }
 

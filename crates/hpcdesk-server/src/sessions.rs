@@ -16,8 +16,9 @@
 //! - delete stops the desktop first and only then ends the session, so a failed stop loses
 //!   nothing;
 //! - **one place ends a session**, [`end`]: whatever the cause (delete, sweep, a dead VNC
-//!   server, an ended job, a failed or interrupted start) it changes the state, revokes the
-//!   grants, closes the viewers (4001), writes the audit line and counts it.
+//!   server, an ended job, a failed or interrupted start) it changes the state (which voids
+//!   the grants: they resolve only while their session runs), closes the viewers (4001),
+//!   writes the audit line and counts it.
 
 use std::time::Duration;
 
@@ -218,8 +219,8 @@ fn lifetime_end(
     Some(now + chrono::Duration::from_std(l.0).ok()?)
 }
 
-/// Ends a session: its state (from whatever live or failed state it is in), its grants
-/// (revoked), its viewers (closed with 4001), the audit line and the metrics. The desktop
+/// Ends a session: its state (from whatever live or failed state it is in, which voids its
+/// grants), its viewers (closed with 4001), the audit line and the metrics. The desktop
 /// itself must be gone or stopped already (see [`stop_and_end`]). Returns whether this call
 /// ended it (`false`: it had ended already, e.g. through another instance).
 pub async fn end(
@@ -274,7 +275,6 @@ pub async fn end(
     if !happened {
         return Ok(false);
     }
-    app.store.revoke_grants(&rec.key).await?;
     app.gateway
         .registry
         .close_session(&rec.key, how.close_reason());
@@ -1113,7 +1113,7 @@ pub async fn launch_url(
     user.require(Action::UseDesktop)?;
     let rec = owned_session(app, user, id).await?;
     require_running(&rec, id)?;
-    let url = grants::issue(app, &rec, view_only).await?;
+    let url = grants::issue(app, &rec, view_only)?;
     // Who asked, not whose desktop it is: an admin's link to someone's desktop says so.
     let detail = match (view_only, rec.owner == user.name()) {
         (false, true) => String::new(),
@@ -1121,7 +1121,10 @@ pub async fn launch_url(
         (false, false) => format!("owner {}", rec.owner),
         (true, false) => format!("view only; owner {}", rec.owner),
     };
-    audit::record(
+    // The line is queued, not waited for: the answer waits for no commit (a crash in the
+    // milliseconds before the next one can lose it; each use of the link is audited when the
+    // viewer connects).
+    audit::record_soon(
         app,
         Kind::LaunchUrlIssued,
         user.name(),

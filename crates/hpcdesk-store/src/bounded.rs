@@ -18,7 +18,7 @@ use chrono::{DateTime, Utc};
 use hpcdesk_core::{SessionId, SessionState};
 
 use crate::{
-    AccessKeyRecord, AuditEvent, AuditFilter, Claim, GrantRecord, NewSession, OrgRecord,
+    AccessKeyRecord, AuditEvent, AuditFilter, Claim, NewSession, OrgRecord,
     SessionRecord, Started, Store, StoreError, UserRecord,
 };
 
@@ -110,10 +110,6 @@ bounded! {
     fn ping(&self) -> ();
     fn set_ends_at(&self, key: &str, ends_at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Option<SessionRecord>;
     fn record_activity(&self, key: &str, last_input: DateTime<Utc>) -> ();
-    fn insert_grant(&self, grant: GrantRecord) -> ();
-    fn grant(&self, token_hash: &[u8]) -> Option<GrantRecord>;
-    fn revoke_grants(&self, session_key: &str) -> u64;
-    fn purge_grants(&self, before: DateTime<Utc>) -> u64;
     fn add_user(&self, user: UserRecord) -> ();
     fn user(&self, name: &str) -> Option<UserRecord>;
     fn list_users(&self) -> Vec<UserRecord>;
@@ -146,6 +142,7 @@ bounded! {
     fn withdraw_instance(&self, instance: &str) -> ();
     fn not_running(&self, keys: &[String]) -> Vec<String>;
     fn record_audit(&self, event: AuditEvent) -> ();
+    fn queue_audit(&self, event: AuditEvent) -> ();
     fn audit(&self, filter: AuditFilter) -> Vec<AuditEvent>;
 }
 

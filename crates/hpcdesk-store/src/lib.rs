@@ -1,4 +1,5 @@
-//! hpcdesk's state: desktop sessions and connection grants.
+//! hpcdesk's state: desktop sessions, accounts and the audit log (connection grants are
+//! signed, not stored: hpcdesk-server's `grants`).
 //!
 //! - this file: the [`Store`] trait, named by use case, and the records it hands out.
 //!   Callers hold an `Arc<dyn Store>` chosen once at start-up and never see SQL.
@@ -55,9 +56,9 @@ pub enum StoreError {
     Database(sqlx::Error),
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
-    /// A batch of grants could not be written (the database's own words).
-    #[error("cannot write connection grants: {0}")]
-    Grant(String),
+    /// A group commit of audit lines could not be written (the database's own words).
+    #[error("cannot write the audit log: {0}")]
+    Audit(String),
     #[error("corrupt row in {table}: {detail}")]
     Corrupt { table: &'static str, detail: String },
     /// Holds only the URL's scheme: the rest may carry a password.
@@ -231,18 +232,6 @@ pub struct Started {
     pub now: DateTime<Utc>,
 }
 
-/// A connection grant as stored (the token itself is never stored).
-#[derive(Debug, Clone, PartialEq)]
-pub struct GrantRecord {
-    pub token_hash: Vec<u8>,
-    pub session_key: String,
-    pub owner: String,
-    pub view_only: bool,
-    pub created_at: DateTime<Utc>,
-    pub expires_at: DateTime<Utc>,
-    pub revoked: bool,
-}
-
 /// A platform account.
 #[derive(Debug, Clone, PartialEq)]
 pub struct UserRecord {
@@ -401,16 +390,6 @@ pub trait Store: Send + Sync + 'static {
     async fn record_activity(&self, key: &str, last_input: DateTime<Utc>)
     -> Result<(), StoreError>;
 
-    async fn insert_grant(&self, grant: GrantRecord) -> Result<(), StoreError>;
-
-    async fn grant(&self, token_hash: &[u8]) -> Result<Option<GrantRecord>, StoreError>;
-
-    /// Revokes every grant of a session; returns how many were still active.
-    async fn revoke_grants(&self, session_key: &str) -> Result<u64, StoreError>;
-
-    /// Deletes grants that expired before `before`.
-    async fn purge_grants(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
-
     /// Adds an account; [`StoreError::Exists`] if the name is taken.
     async fn add_user(&self, user: UserRecord) -> Result<(), StoreError>;
 
@@ -489,7 +468,14 @@ pub trait Store: Send + Sync + 'static {
     /// Those of `keys` whose session is not running any more (or does not exist).
     async fn not_running(&self, keys: &[String]) -> Result<Vec<String>, StoreError>;
 
+    /// Writes an audit line; returns once it is committed (group-committed with the lines
+    /// other callers write meanwhile).
     async fn record_audit(&self, event: AuditEvent) -> Result<(), StoreError>;
+
+    /// Queues an audit line for the next group commit and returns without waiting for it,
+    /// when the queue has room; otherwise as [`Store::record_audit`]. A commit nobody waits
+    /// for that fails is logged by the store.
+    async fn queue_audit(&self, event: AuditEvent) -> Result<(), StoreError>;
 
     /// Audit lines matching `filter`, oldest first (the newest `filter.limit` of them).
     async fn audit(&self, filter: AuditFilter) -> Result<Vec<AuditEvent>, StoreError>;

@@ -19,7 +19,7 @@ use sqlx::{AssertSqlSafe, Row, Transaction};
 
 use crate::cache::{Bump, SessionCache, Snapshot};
 use crate::{
-    AccessKeyRecord, AuditEvent, AuditFilter, Claim, GrantRecord, NewSession, OrgRecord,
+    AccessKeyRecord, AuditEvent, AuditFilter, Claim, NewSession, OrgRecord,
     SessionRecord, Started, Store, StoreError, UserRecord,
 };
 
@@ -83,15 +83,9 @@ macro_rules! with_backend_bounds {
         }
     };
 }
-/// How a batch fared: `Err((unavailable, what))` if it was not written. One `oneshot` per
-/// caller, so each launch URL answers only once its own row is durable.
-type GrantReply = tokio::sync::oneshot::Sender<Result<(), (bool, String)>>;
-
-/// A row written by the group-committing writer: the rows written on every launch URL.
-enum Batched {
-    Grant(GrantRecord),
-    Audit(AuditEvent),
-}
+/// How a group commit fared: `Err((unavailable, what))` if it was not written. One `oneshot`
+/// per caller, so each waiting caller answers only once its own line is durable.
+type AuditReply = tokio::sync::oneshot::Sender<Result<(), (bool, String)>>;
 
 /// The store on one SQL database. Cheap to clone (pool handles).
 ///
@@ -99,16 +93,16 @@ enum Batched {
 /// a single connection on SQLite (so writers queue in hpcdesk instead of meeting SQLite's
 /// lock, whose busy handler would put them to sleep for milliseconds at a time).
 ///
-/// Grants and audit lines, written on every launch URL, are group-committed: inserts that
-/// arrive while one transaction commits go together in the next, and each caller returns once
-/// its row is durable.
+/// Audit lines, written on every launch URL and viewer connection, are group-committed:
+/// inserts that arrive while one transaction commits go together in the next, and each caller
+/// that waits returns once its line is durable.
 #[derive(Debug)]
 pub struct SqlStore<DB: Database> {
     pool: Pool<DB>,
     writer: Pool<DB>,
-    /// The queue of the group-committing writer task. Bounded (four batches), so that a slow
-    /// database holds launch URLs back instead of letting the queue grow without end.
-    grants: tokio::sync::mpsc::Sender<(Batched, GrantReply)>,
+    /// The queue of the group-committing audit writer task. Bounded (four batches), so that
+    /// a slow database holds its callers back instead of letting the queue grow without end.
+    audits: tokio::sync::mpsc::Sender<(AuditEvent, AuditReply)>,
     /// Visible sessions in memory, when this process is the database's only writer.
     cache: Option<Arc<SessionCache>>,
 }
@@ -118,14 +112,14 @@ impl<DB: Database> Clone for SqlStore<DB> {
         SqlStore {
             pool: self.pool.clone(),
             writer: self.writer.clone(),
-            grants: self.grants.clone(),
+            audits: self.audits.clone(),
             cache: self.cache.clone(),
         }
     }
 }
 
-/// Most grants committed in one transaction.
-const GRANT_BATCH: usize = 256;
+/// Most audit lines committed in one transaction.
+const AUDIT_BATCH: usize = 256;
 
 const SESSION_COLUMNS: &str = "key, session_id, owner, user_id, invoker, compute_user, node, \
      display, host, port, state, status_reason, geometry, vnc_password, launcher, handle, \
@@ -183,19 +177,19 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 impl<DB> SqlStore<DB> {
     /// A store on `pool` (reads) and `writer` (writes), whose schema is up to date; with a
     /// `cache`, sessions are read from memory (only for a database no other process writes
-    /// sessions to, which the cache's lock ensures). Starts the grant writer, so it must be
+    /// sessions to, which the cache's lock ensures). Starts the audit writer, so it must be
     /// called inside a Tokio runtime.
     pub(crate) fn with_pools(
         pool: Pool<DB>,
         writer: Pool<DB>,
         cache: Option<SessionCache>,
     ) -> Self {
-        let (tx, rx) = tokio::sync::mpsc::channel(4 * GRANT_BATCH);
-        tokio::spawn(Self::grant_writer(writer.clone(), rx));
+        let (tx, rx) = tokio::sync::mpsc::channel(4 * AUDIT_BATCH);
+        tokio::spawn(Self::audit_writer(writer.clone(), rx));
         SqlStore {
             pool,
             writer,
-            grants: tx,
+            audits: tx,
             cache: cache.map(Arc::new),
         }
     }
@@ -222,66 +216,48 @@ impl<DB> SqlStore<DB> {
         Ok(Some(snap))
     }
 
-    /// Writes queued grants and audit lines, as many per transaction as are waiting.
-    async fn grant_writer(
+    /// Writes queued audit lines, as many per transaction as are waiting. A batch that
+    /// fails is logged here too: lines queued by [`Store::queue_audit`] have nobody waiting.
+    async fn audit_writer(
         writer: Pool<DB>,
-        mut rx: tokio::sync::mpsc::Receiver<(Batched, GrantReply)>,
+        mut rx: tokio::sync::mpsc::Receiver<(AuditEvent, AuditReply)>,
     ) {
         while let Some(first) = rx.recv().await {
             let mut batch = vec![first];
-            while batch.len() < GRANT_BATCH {
+            while batch.len() < AUDIT_BATCH {
                 match rx.try_recv() {
                     Ok(item) => batch.push(item),
                     Err(_) => break,
                 }
             }
-            let grants: Vec<&GrantRecord> = batch
-                .iter()
-                .filter_map(|(b, _)| match b {
-                    Batched::Grant(g) => Some(g),
-                    Batched::Audit(_) => None,
-                })
-                .collect();
-            let audits: Vec<&AuditEvent> = batch
-                .iter()
-                .filter_map(|(b, _)| match b {
-                    Batched::Audit(a) => Some(a),
-                    Batched::Grant(_) => None,
-                })
-                .collect();
-            let result = Self::insert_batch(&writer, &grants, &audits).await;
-            let result = result.map_err(|e| {
+            let lines: Vec<&AuditEvent> = batch.iter().map(|(e, _)| e).collect();
+            let result = Self::insert_audit(&writer, &lines).await.map_err(|e| {
                 let e = StoreError::from(e);
                 (e.is_unavailable(), e.to_string())
             });
+            if let Err((_, what)) = &result {
+                tracing::error!(lines = batch.len(), error = %what, "cannot write the audit log");
+            }
             for (_, reply) in batch {
                 let _ = reply.send(result.clone());
             }
         }
     }
 
-    /// Inserts a batch durably: one commit for all of it, one multi-row `INSERT` per table.
-    async fn insert_batch(
-        writer: &Pool<DB>,
-        grants: &[&GrantRecord],
-        audits: &[&AuditEvent],
-    ) -> Result<(), sqlx::Error> {
-        if audits.is_empty() {
-            return Self::insert_grants(writer, grants).await;
-        }
-        let mut tx = writer.begin().await?;
-        if !grants.is_empty() {
-            Self::grants_statement(grants).execute(&mut *tx).await?;
-        }
-        let rows: Vec<String> = (0..audits.len())
+    /// Inserts audit lines durably with one multi-row `INSERT`: one statement and one commit
+    /// for the whole batch (at most [`AUDIT_BATCH`]).
+    async fn insert_audit(writer: &Pool<DB>, lines: &[&AuditEvent]) -> Result<(), sqlx::Error> {
+        let rows: Vec<String> = (0..lines.len())
             .map(|i| format!("({})", DB::many_placeholders(1 + 6 * i, 6)))
             .collect();
         let sql = format!(
             "INSERT INTO audit (at, kind, user_name, session_id, peer, detail) VALUES {}",
             rows.join(", ")
         );
-        let mut q = sqlx::query(AssertSqlSafe(sql)).persistent(audits.len() == 1);
-        for e in audits {
+        // Batch sizes vary: keep single-row statements prepared, parse the others afresh
+        // rather than crowd out the statement cache.
+        let mut q = sqlx::query(AssertSqlSafe(sql)).persistent(lines.len() == 1);
+        for e in lines {
             q = q
                 .bind(millis(e.at))
                 .bind(&e.kind)
@@ -290,57 +266,33 @@ impl<DB> SqlStore<DB> {
                 .bind(&e.peer)
                 .bind(&e.detail);
         }
-        q.execute(&mut *tx).await?;
-        tx.commit().await
-    }
-
-    /// Inserts `grants` (at most [`GRANT_BATCH`]) durably with one multi-row `INSERT`: one
-    /// statement and one commit for the whole batch.
-    async fn insert_grants(writer: &Pool<DB>, grants: &[&GrantRecord]) -> Result<(), sqlx::Error> {
-        Self::grants_statement(grants).execute(writer).await?;
+        q.execute(writer).await?;
         Ok(())
     }
 
-    /// The multi-row `INSERT` of `grants`.
-    fn grants_statement<'q>(
-        grants: &'q [&'q GrantRecord],
-    ) -> sqlx::query::Query<'q, DB, <DB as Database>::Arguments> {
-        let rows: Vec<String> = (0..grants.len())
-            .map(|i| format!("({})", DB::many_placeholders(1 + 7 * i, 7)))
-            .collect();
-        let sql = format!(
-            "INSERT INTO grants (token_hash, session_key, owner, view_only, created_at, \
-             expires_at, revoked) VALUES {}",
-            rows.join(", ")
-        );
-        // Batch sizes vary: keep single-row statements prepared, parse the others afresh
-        // rather than crowd out the statement cache.
-        let mut q = sqlx::query(AssertSqlSafe(sql)).persistent(grants.len() == 1);
-        for g in grants {
-            q = q
-                .bind(&g.token_hash)
-                .bind(&g.session_key)
-                .bind(&g.owner)
-                .bind(i64::from(g.view_only))
-                .bind(millis(g.created_at))
-                .bind(millis(g.expires_at))
-                .bind(i64::from(g.revoked));
-        }
-        q
-    }
-
-    /// Hands `row` to the group-committing writer and waits until it is durable.
-    async fn group_commit(&self, row: Batched) -> Result<(), StoreError> {
+    /// Hands `line` to the audit writer; with `wait`, returns once it is durable.
+    async fn group_commit(&self, line: AuditEvent, wait: bool) -> Result<(), StoreError> {
         let (reply, done) = tokio::sync::oneshot::channel();
-        let gone = || StoreError::Unavailable("the grant writer stopped".into());
-        self.grants.send((row, reply)).await.map_err(|_| gone())?;
+        let gone = || StoreError::Unavailable("the audit writer stopped".into());
+        use tokio::sync::mpsc::error::TrySendError;
+        let queued = if wait {
+            Err(TrySendError::Full((line, reply)))
+        } else {
+            self.audits.try_send((line, reply))
+        };
+        match queued {
+            Ok(()) => return Ok(()),
+            Err(TrySendError::Closed(_)) => return Err(gone()),
+            // Asked to wait, or the writer is behind (then this caller waits as well).
+            Err(TrySendError::Full(item)) => self.audits.send(item).await.map_err(|_| gone())?,
+        }
         done.await
             .map_err(|_| gone())?
             .map_err(|(unavailable, what)| {
                 if unavailable {
                     StoreError::Unavailable(what)
                 } else {
-                    StoreError::Grant(what)
+                    StoreError::Audit(what)
                 }
             })
     }
@@ -434,18 +386,6 @@ impl<DB> SqlStore<DB> {
             updated_at: from_millis(row.try_get("updated_at")?, "sessions")?,
             last_input_at: last_input.map(|t| from_millis(t, "sessions")).transpose()?,
             ends_at: ends_at.map(|t| from_millis(t, "sessions")).transpose()?,
-        })
-    }
-
-    fn grant_from_row(row: &DB::Row) -> Result<GrantRecord, StoreError> {
-        Ok(GrantRecord {
-            token_hash: row.try_get("token_hash")?,
-            session_key: row.try_get("session_key")?,
-            owner: row.try_get("owner")?,
-            view_only: row.try_get::<i64, _>("view_only")? != 0,
-            created_at: from_millis(row.try_get("created_at")?, "grants")?,
-            expires_at: from_millis(row.try_get("expires_at")?, "grants")?,
-            revoked: row.try_get::<i64, _>("revoked")? != 0,
         })
     }
 
@@ -957,38 +897,6 @@ impl<DB> Store for SqlStore<DB> {
         Ok(())
     }
 
-    async fn insert_grant(&self, g: GrantRecord) -> Result<(), StoreError> {
-        self.group_commit(Batched::Grant(g)).await
-    }
-
-    async fn grant(&self, token_hash: &[u8]) -> Result<Option<GrantRecord>, StoreError> {
-        let row = sqlx::query(
-            "SELECT token_hash, session_key, owner, view_only, created_at, expires_at, revoked \
-             FROM grants WHERE token_hash = $1",
-        )
-        .bind(token_hash)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(Self::grant_from_row).transpose()
-    }
-
-    async fn revoke_grants(&self, session_key: &str) -> Result<u64, StoreError> {
-        let done =
-            sqlx::query("UPDATE grants SET revoked = 1 WHERE session_key = $1 AND revoked = 0")
-                .bind(session_key)
-                .execute(&self.writer)
-                .await?;
-        Ok(DB::rows_affected(&done))
-    }
-
-    async fn purge_grants(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
-        let done = sqlx::query("DELETE FROM grants WHERE expires_at < $1")
-            .bind(millis(before))
-            .execute(&self.writer)
-            .await?;
-        Ok(DB::rows_affected(&done))
-    }
-
     async fn add_user(&self, u: UserRecord) -> Result<(), StoreError> {
         let done = sqlx::query(
             "INSERT INTO users (name, user_id, password_hash, compute_user, role, \
@@ -1275,7 +1183,11 @@ impl<DB> Store for SqlStore<DB> {
     }
 
     async fn record_audit(&self, e: AuditEvent) -> Result<(), StoreError> {
-        self.group_commit(Batched::Audit(e)).await
+        self.group_commit(e, true).await
+    }
+
+    async fn queue_audit(&self, e: AuditEvent) -> Result<(), StoreError> {
+        self.group_commit(e, false).await
     }
 
     async fn audit(&self, f: AuditFilter) -> Result<Vec<AuditEvent>, StoreError> {

@@ -54,7 +54,7 @@ impl SqlStore<Sqlite> {
             return Ok(Self::with_pools(pool.clone(), pool, cache));
         }
         // A checkpoint copies the WAL into the database and syncs both: milliseconds that fall
-        // on whichever commit crosses the threshold. Grants rewrite the same few pages with
+        // on whichever commit crosses the threshold. Audit lines rewrite the same few pages with
         // every commit, so the WAL grows fast but holds few distinct pages: checkpoint at 64
         // MiB rather than SQLite's 4 MiB, 16 times less often for about the same work each.
         // After a checkpoint the WAL file is cut back to that size.
