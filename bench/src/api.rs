@@ -11,6 +11,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use tokio::net::TcpStream;
 
+use crate::median;
 use crate::procs::{self, Error};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -105,11 +106,6 @@ async fn load(
         p99_ms: pct(0.99),
         errors,
     })
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 pub async fn api(opts: ApiOptions) -> Result<(), Error> {

@@ -23,6 +23,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
+use crate::median;
+
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 #[derive(Debug, clap::Args)]
@@ -272,7 +274,10 @@ impl Rfb {
 
     async fn close(mut self) {
         if self.ws.is_some() {
-            let _ = self.tcp.write_all(&client_frame(8, &1000u16.to_be_bytes())).await;
+            let _ = self
+                .tcp
+                .write_all(&client_frame(8, &1000u16.to_be_bytes()))
+                .await;
         }
         let _ = self.tcp.shutdown().await;
     }
@@ -514,7 +519,12 @@ enum Path4 {
     Hpcdesk,
 }
 
-const PATHS: [Path4; 4] = [Path4::Direct, Path4::Socat, Path4::Websockify, Path4::Hpcdesk];
+const PATHS: [Path4; 4] = [
+    Path4::Direct,
+    Path4::Socat,
+    Path4::Websockify,
+    Path4::Hpcdesk,
+];
 
 impl Path4 {
     fn name(self) -> &'static str {
@@ -554,7 +564,9 @@ async fn open(path: Path4, d: &Desktop, o: &DesktopOptions) -> Result<Opened> {
         Path4::Socat => {
             let port = free_port();
             let child = tokio::process::Command::new(&o.socat)
-                .arg(format!("TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,nodelay"))
+                .arg(format!(
+                    "TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,nodelay"
+                ))
                 .arg(format!("TCP:{xvnc},nodelay"))
                 .stdin(Stdio::null())
                 .kill_on_drop(true)
@@ -716,14 +728,6 @@ async fn sample(path: Path4, d: &Desktop, o: &DesktopOptions) -> Result<Sample> 
         key_p99_ms,
         cpu_s_per_gb,
     })
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 // ---------------------------------------------------------------------------------------
@@ -907,7 +911,9 @@ async fn measure(o: &DesktopOptions, d: &Desktop) -> Result<()> {
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); PATHS.len()];
     for round in 0..o.rounds {
         for (i, p) in PATHS.iter().enumerate() {
-            let s = sample(*p, d, o).await.map_err(|e| format!("{}: {e}", p.name()))?;
+            let s = sample(*p, d, o)
+                .await
+                .map_err(|e| format!("{}: {e}", p.name()))?;
             eprintln!(
                 "round {}: {:<22} raw {:6.1} f/s {:7.1} MB/s, tight {:6.1} f/s {:6.1} MB/s, key p50 {:5.2} ms p99 {:5.2} ms, cpu {}",
                 round + 1,

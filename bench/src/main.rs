@@ -15,6 +15,8 @@
 //! - [`measure`]: the measurements and the report.
 //! - [`api`]: the API (requests/s) and create → ready benchmarks.
 //! - [`desktop`]: one real TigerVNC desktop through four paths (`bench/desktop.sh`).
+//! - [`slurm`]: create → running of Slurm desktops against the jobs' own start
+//!   (`bench/slurm.sh`).
 
 /// The allocator of the `hpcdesk` binary, so that the in-process server measures the same.
 /// (The plain relay baseline is `hpcdesk-bench-relay`, with the default allocator.)
@@ -27,6 +29,7 @@ mod desktop;
 mod measure;
 mod procs;
 mod servers;
+mod slurm;
 
 use std::time::Duration;
 
@@ -50,6 +53,8 @@ enum Command {
     /// One real desktop through hpcdesk serve, measured direct, through socat, websockify
     /// and hpcdesk's launch URL.
     Desktop(desktop::DesktopOptions),
+    /// Create → running of Slurm desktops beside their jobs' start (as root, `bench/slurm.sh`).
+    Slurm(slurm::SlurmOptions),
     /// (internal) The benchmark's VNC-like servers.
     Servers,
     /// (internal) hpcdesk's server with a launcher that points users at given ports:
@@ -60,6 +65,15 @@ enum Command {
         #[arg(long = "map", required = true)]
         maps: Vec<String>,
     },
+}
+
+/// The median of `v` (the upper one of an even count); NaN for none.
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 fn main() {
@@ -75,6 +89,7 @@ fn main() {
             Command::Api(opts) => api::api(opts).await,
             Command::Create(opts) => api::create(opts).await,
             Command::Desktop(opts) => desktop::run(opts).await,
+            Command::Slurm(opts) => slurm::run(opts).await,
             Command::Servers => servers::main().await,
             Command::Hpcdesk { data, maps } => procs::hpcdesk_main(data, maps).await,
         }

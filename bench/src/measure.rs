@@ -8,6 +8,7 @@ use bytes::Bytes;
 use tokio::sync::Semaphore;
 
 use crate::client::{Conn, Target, open};
+use crate::median;
 use crate::procs::{self, Child, Error};
 use crate::servers::{self, CHUNK, Servers};
 
@@ -38,11 +39,6 @@ struct Variant {
     targets: [Target; 4],
     /// The process whose memory is measured.
     pid: Option<i32>,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {

@@ -1,6 +1,6 @@
 //! Sealing of VNC passwords, and the tags of grant tokens (DESIGN §3, §6).
 //!
-//! Three uses, three derived keys, one server secret:
+//! Four uses, four derived keys, one server secret:
 //! - *at rest*: the store keeps each session's VNC password sealed with AES-256-GCM under a key
 //!   derived from the server secret; a random nonce is stored in front of the ciphertext.
 //! - *in a launch URL* (`mm`): the password sealed for the gateway under a key derived from the
@@ -10,6 +10,8 @@
 //! - *a grant token's tag*: HMAC-SHA256 over the token's claims under a key derived from the
 //!   server secret, so only a holder of the secret can mint a grant (hpcdesk-server's
 //!   `grants` owns what the claims are).
+//! - *a Slurm job's readiness token*: HMAC-SHA256 over the session's marker, which the job
+//!   presents when it tells hpcdesk its desktop is ready (`POST /hpcdesk/v1/jobs/ready`).
 //!
 //! Keys are derived with HMAC-SHA256(secret, label ‖ 0 ‖ context).
 
@@ -25,6 +27,7 @@ use sha2::Sha256;
 const AT_REST_LABEL: &[u8] = b"hpcdesk/vnc-password-at-rest/v1";
 const GRANT_LABEL: &[u8] = b"hpcdesk/mm/v1";
 const GRANT_TAG_LABEL: &[u8] = b"hpcdesk/grant-tag/v1";
+const JOB_READY_LABEL: &[u8] = b"hpcdesk/job-ready/v1";
 const NONCE_LEN: usize = 12;
 
 /// Why a sealed value could not be opened.
@@ -69,14 +72,24 @@ impl ServerKey {
         Aes256Gcm::new(&self.derive_key(label, context).into())
     }
 
-    /// The tag of a grant token's claims: HMAC-SHA256 under the grant-tag key. The caller
-    /// compares it in constant time.
-    pub fn grant_tag(&self, claims: &[u8]) -> [u8; 32] {
-        let key = self.derive_key(GRANT_TAG_LABEL, b"");
+    /// HMAC-SHA256 of `data` under the key derived for `label`.
+    fn tag(&self, label: &[u8], data: &[u8]) -> [u8; 32] {
+        let key = self.derive_key(label, b"");
         let mut mac =
             <Hmac<Sha256> as KeyInit>::new_from_slice(&key).expect("HMAC takes keys of any length");
-        mac.update(claims);
+        mac.update(data);
         mac.finalize().into_bytes().into()
+    }
+
+    /// The tag of a grant token's claims. The caller compares it in constant time.
+    pub fn grant_tag(&self, claims: &[u8]) -> [u8; 32] {
+        self.tag(GRANT_TAG_LABEL, claims)
+    }
+
+    /// The readiness token of the Slurm job of the session with `marker`. The caller
+    /// compares it in constant time.
+    pub fn job_ready_tag(&self, marker: &str) -> [u8; 32] {
+        self.tag(JOB_READY_LABEL, marker.as_bytes())
     }
 
     /// Seals `plain` for the store: `nonce ‖ ciphertext ‖ tag`.
@@ -173,6 +186,9 @@ mod tests {
             k.grant_tag(b"claims"),
             ServerKey::from_secret(b"t").grant_tag(b"claims")
         );
+        // Another use, another key: a job's token is no grant tag.
+        assert_ne!(k.grant_tag(b"m1"), k.job_ready_tag("m1"));
+        assert_ne!(k.job_ready_tag("m1"), k.job_ready_tag("m2"));
     }
 
     #[test]

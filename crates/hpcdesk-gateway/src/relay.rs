@@ -231,8 +231,7 @@ impl Relay {
                 let end = match desktop {
                     Desktop::Plain(desktop) => {
                         let (desktop_r, mut desktop_w) = desktop.into_split();
-                        let down =
-                            down_spliced(&desktop_r, &mut out, &ctl, heartbeat, &mut n.down);
+                        let down = down_spliced(&desktop_r, &mut out, &ctl, heartbeat, &mut n.down);
                         let up = up(&viewer_r, &mut desktop_w, &mut st, &ctl, early, &mut n.up);
                         let end = race(conn, down, up).await;
                         let _ = desktop_w.shutdown().await;

@@ -97,6 +97,9 @@ pub struct StartRequest {
     /// The session's marker, already stored with it: the desktop carries it (and a Slurm
     /// job its name), so that it can be found after a crash ([`Launcher::recover`]).
     pub marker: String,
+    /// How a desktop that starts later, in a Slurm job, tells hpcdesk it is ready; `None`:
+    /// hpcdesk finds out by asking (launchers that start at once ignore it).
+    pub ready: Option<agent::job::ReadyCall>,
 }
 
 impl StartRequest {
@@ -122,6 +125,7 @@ pub(crate) fn test_request(geometry: &str, desktop: &[&str], marker: &str) -> St
         geometry: geometry.into(),
         desktop: desktop.iter().map(|d| d.to_string()).collect(),
         marker: marker.into(),
+        ready: None,
     }
 }
 
@@ -133,6 +137,7 @@ impl std::fmt::Debug for StartRequest {
             .field("geometry", &self.geometry)
             .field("desktop", &self.desktop)
             .field("marker", &self.marker)
+            .field("ready", &self.ready)
             .finish()
     }
 }

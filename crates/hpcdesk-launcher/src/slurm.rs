@@ -66,6 +66,11 @@ pub struct SlurmOptions {
     /// How long a job hpcdesk submitted may stay in the queue after its session ended (or
     /// without its id recorded, after a crash) before reconcile cancels it.
     pub orphan_grace: HumanDuration,
+    /// Where the compute nodes reach this hpcdesk (`http(s)://host:port[/prefix]`), for a job
+    /// to say its desktop is ready; unset: `server.listen` (this host's name when it listens
+    /// on every address; `https` with `server.tls_cert`); `""`: jobs do not call.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ready_url: Option<String>,
 }
 
 impl Default for SlurmOptions {
@@ -87,6 +92,7 @@ impl Default for SlurmOptions {
             scontrol: "scontrol".into(),
             sinfo: "sinfo".into(),
             orphan_grace: HumanDuration::secs(120),
+            ready_url: None,
         }
     }
 }
@@ -220,7 +226,12 @@ impl SlurmLauncher {
             key: req.marker.clone(),
             desktop: DesktopOpts::new(None, &self.cfg.desktop, req, &self.cfg.options.listen),
         };
-        let mut argv = vec![self.cfg.options.agent.clone()];
+        let mut argv = Vec::new();
+        if let Some(call) = &req.ready {
+            argv.push("env".to_owned());
+            argv.extend(call.env_args());
+        }
+        argv.push(self.cfg.options.agent.clone());
         argv.extend(job.to_args());
         format!("#!/bin/sh\nexec {}\n", shell_words::join(argv))
     }
@@ -860,5 +871,24 @@ mod tests {
             "{s}"
         );
         assert_eq!(s.lines().count(), 2);
+
+        // With a readiness call: in the agent's environment, not its command line.
+        let mut req = crate::test_request("1024x768", &[], "abc12345");
+        req.ready = Some(crate::agent::job::ReadyCall {
+            url: "http://login1:8080/hpcdesk/v1/jobs/ready".into(),
+            token: "0123abcd".into(),
+        });
+        let s = l.script(&req);
+        assert!(
+            s.starts_with(
+                "#!/bin/sh\nexec env 'HPCDESK_READY_URL=http://login1:8080/hpcdesk/v1/jobs/ready' \
+                 'HPCDESK_READY_TOKEN=0123abcd' '/opt/hpc desk/hpcdesk' node job --key abc12345 "
+            ),
+            "{s}"
+        );
+        assert!(
+            !format!("{req:?}").contains("0123abcd"),
+            "the token is never printed"
+        );
     }
 }

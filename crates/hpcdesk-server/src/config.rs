@@ -545,6 +545,46 @@ impl Config {
         config.validate()
     }
 
+    /// See [`Settings::job_ready_url`].
+    fn job_ready_url(&self, listen: SocketAddr) -> Result<Option<String>, ConfigError> {
+        if self.launcher.kind != LauncherKind::Slurm {
+            return Ok(None);
+        }
+        let base = match &self.launcher.slurm.ready_url {
+            Some(url) if url.is_empty() => return Ok(None),
+            Some(url) => {
+                let uri: axum::http::Uri = url
+                    .parse()
+                    .map_err(|e| invalid("launcher.slurm.ready_url", format!("{url:?}: {e}")))?;
+                let http = matches!(uri.scheme_str(), Some("http" | "https"));
+                if !http || uri.host().is_none() || uri.query().is_some() {
+                    return Err(invalid(
+                        "launcher.slurm.ready_url",
+                        format!(
+                            "{url:?} must be an absolute http(s) URL without a query, \
+                             like http://login1:65106 (or \"\" for none)"
+                        ),
+                    ));
+                }
+                url.trim_end_matches('/').to_owned()
+            }
+            None => {
+                let scheme = if self.server.tls_cert.is_some() {
+                    "https"
+                } else {
+                    "http"
+                };
+                let host = match listen.ip() {
+                    ip if ip.is_unspecified() => hpcdesk_launcher::agent::short_hostname(),
+                    std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+                    ip => ip.to_string(),
+                };
+                format!("{scheme}://{host}:{}", listen.port())
+            }
+        };
+        Ok(Some(format!("{base}{}", crate::jobs::READY_PATH)))
+    }
+
     /// Checks what the types alone do not, and parses what start-up, the launchers and
     /// lifecycle take: the one place the configuration is read.
     pub fn validate(self) -> Result<Settings, ConfigError> {
@@ -641,6 +681,7 @@ impl Config {
                 ));
             }
         }
+        let job_ready_url = self.job_ready_url(listen)?;
         let idle_sweep_at = self
             .lifecycle
             .idle_sweep_at
@@ -735,6 +776,7 @@ impl Config {
             desktop,
             desktops,
             policy,
+            job_ready_url,
             config: self,
         })
     }
@@ -777,6 +819,9 @@ pub struct Settings {
     pub desktops: Desktops,
     /// Which accounts may run desktops (`auth.min_uid`, `deny_users`, `allow_groups`).
     pub policy: Policy,
+    /// The URL a Slurm job calls when its desktop is ready (`launcher.slurm.ready_url` and
+    /// [`crate::jobs::READY_PATH`]); `None`: not Slurm, or jobs do not call.
+    pub job_ready_url: Option<String>,
 }
 
 impl std::ops::Deref for Settings {
@@ -887,6 +932,47 @@ mod tests {
         assert_eq!(c.launcher.depth, 16);
         assert_eq!(c.launcher.start_timeout.0, Duration::from_secs(5));
         assert!(c.lifecycle.kill_orphans);
+    }
+
+    #[test]
+    fn slurm_jobs_call_back_at_the_listen_address_unless_told_otherwise() {
+        let url = |pairs: &[(&str, &str)]| {
+            let mut all = vec![("HPCDESK_LAUNCHER__KIND", "slurm")];
+            all.extend_from_slice(pairs);
+            Config::load(None, env(&all)).map(|c| c.job_ready_url.clone())
+        };
+        assert_eq!(
+            url(&[]).unwrap().as_deref(),
+            Some("http://127.0.0.1:65106/hpcdesk/v1/jobs/ready")
+        );
+        let all = url(&[("HPCDESK_SERVER__LISTEN", "0.0.0.0:8080")])
+            .unwrap()
+            .unwrap();
+        let host = hpcdesk_launcher::agent::short_hostname();
+        assert_eq!(all, format!("http://{host}:8080/hpcdesk/v1/jobs/ready"));
+        assert_eq!(
+            url(&[(
+                "HPCDESK_LAUNCHER__SLURM__READY_URL",
+                "https://login1.hpc:443/desk/"
+            )])
+            .unwrap()
+            .as_deref(),
+            Some("https://login1.hpc:443/desk/hpcdesk/v1/jobs/ready")
+        );
+        assert_eq!(
+            url(&[("HPCDESK_LAUNCHER__SLURM__READY_URL", "")]).unwrap(),
+            None
+        );
+        for bad in ["login1:8080", "ftp://login1", "http://login1/?a=b"] {
+            let e = url(&[("HPCDESK_LAUNCHER__SLURM__READY_URL", bad)]).unwrap_err();
+            assert!(
+                e.to_string().contains("launcher.slurm.ready_url"),
+                "{bad}: {e}"
+            );
+        }
+        // Other launchers' desktops start at once: nothing to call.
+        let local = Config::load(None, env(&[])).unwrap();
+        assert_eq!(local.job_ready_url, None);
     }
 
     #[test]

@@ -14,8 +14,9 @@
 //! - [`conn`]: the accept loop; caps and time limits on incomplete requests.
 //! - [`tls`]: TLS on the listener (`server.tls_cert`), reloaded on SIGHUP.
 //! - [`routes`]: the axum router; handlers only translate HTTP.
-//! - [`grants`]: connection grants whole: minting, the launch URL, resolving them for the
-//!   gateway (`hpcdesk-gateway`), purging.
+//! - [`grants`]: connection grants whole: minting (signed, not stored), the launch URL,
+//!   resolving them for the gateway (`hpcdesk-gateway`).
+//! - [`jobs`]: Slurm jobs telling hpcdesk their desktop is ready (token, check, wake-ups).
 //! - [`sessions`]: orchestration of create / list / delete / launchurl (no HTTP types).
 //! - [`lifecycle`]: reconcile and the idle sweep, run in the background.
 //! - [`presence`]: viewer counts shared with other instances on the same store.
@@ -30,6 +31,7 @@ pub mod config;
 pub mod conn;
 pub mod error;
 pub mod grants;
+pub mod jobs;
 pub mod lifecycle;
 pub mod metrics;
 pub mod pam_auth;

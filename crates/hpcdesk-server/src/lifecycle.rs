@@ -178,7 +178,8 @@ pub async fn follow_queued(app: &AppState) -> Result<usize, TaskError> {
     Ok(n)
 }
 
-/// Runs [`follow_queued`] every two seconds (or every reconcile interval, if shorter).
+/// Runs [`follow_queued`] every two seconds (or every reconcile interval, if shorter), and
+/// at once when a job says its desktop is ready (`crate::jobs`).
 pub async fn queued_loop(app: AppState, mut shutdown: tokio::sync::watch::Receiver<bool>) {
     let every = app
         .config
@@ -188,14 +189,15 @@ pub async fn queued_loop(app: AppState, mut shutdown: tokio::sync::watch::Receiv
         .clamp(Duration::from_millis(100), Duration::from_secs(2));
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut woken = app.job_wakes.subscribe();
     loop {
         tokio::select! {
-            _ = tick.tick() => {
-                if let Err(e) = follow_queued(&app).await {
-                    tracing::error!(source = %e.origin(), error = %e, "following queued desktops failed");
-                }
-            }
+            _ = tick.tick() => {}
+            _ = woken.changed() => {}
             _ = shutdown.changed() => return,
+        }
+        if let Err(e) = follow_queued(&app).await {
+            tracing::error!(source = %e.origin(), error = %e, "following queued desktops failed");
         }
     }
 }

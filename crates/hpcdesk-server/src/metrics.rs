@@ -28,6 +28,9 @@ pub struct Metrics {
     /// Time-limit extensions granted and refused.
     pub extends_granted: AtomicU64,
     pub extends_refused: AtomicU64,
+    /// Slurm jobs' calls saying their desktop is ready: accepted, and refused (bad token).
+    pub job_ready_calls: AtomicU64,
+    pub job_ready_refused: AtomicU64,
     ended: [AtomicU64; ENDINGS.len()],
     /// How long creates and launch URLs took to answer (whatever the answer).
     pub create_seconds: hpcdesk_core::histogram::Histogram,
@@ -168,6 +171,16 @@ pub async fn render(State(app): State<AppState>) -> Result<Response, ApiError> {
             "hpcdesk_extends_refused_total",
             "Extensions refused (past the site's limits, or not possible).",
             &m.extends_refused,
+        ),
+        (
+            "hpcdesk_job_ready_calls_total",
+            "Slurm jobs that said their desktop is ready (POST /hpcdesk/v1/jobs/ready).",
+            &m.job_ready_calls,
+        ),
+        (
+            "hpcdesk_job_ready_refused_total",
+            "Calls to /hpcdesk/v1/jobs/ready refused (not the job's token).",
+            &m.job_ready_refused,
         ),
     ] {
         family(&mut out, name, "counter", help);

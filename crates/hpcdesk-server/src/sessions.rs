@@ -500,6 +500,11 @@ async fn start(
                 .map(|d| d.command.clone())
                 .unwrap_or_default(),
             marker: rec.marker.clone(),
+            ready: crate::jobs::ready_call(
+                app.config.job_ready_url.as_ref(),
+                &app.server_key,
+                &rec.marker,
+            ),
         })
         .await;
     let launched = match launched {
@@ -612,6 +617,9 @@ async fn queued(app: &AppState, rec: SessionRecord, q: Queued) -> Result<Session
         ));
     };
     let deadline = tokio::time::Instant::now() + app.config.launcher.start_timeout.0;
+    // A job that says it is ready (crate::jobs) wakes this at once; the timer is for jobs
+    // that cannot reach hpcdesk.
+    let mut woken = app.job_wakes.subscribe();
     loop {
         match rec.state {
             SessionState::Running => return Ok(view(app, &rec)),
@@ -621,7 +629,10 @@ async fn queued(app: &AppState, rec: SessionRecord, q: Queued) -> Result<Session
             _ if tokio::time::Instant::now() >= deadline => return Ok(view(app, &rec)),
             _ => {}
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = woken.changed() => {}
+        }
         rec = advance(app, &rec).await?;
     }
 }

@@ -224,6 +224,7 @@ pub async fn build_with(
         presence: crate::presence::Presence::default(),
         csp: crate::routes::web::content_security_policy(&config_ancestors),
         in_flight: Default::default(),
+        job_wakes: Default::default(),
         tls,
     }))
 }

@@ -55,6 +55,8 @@ pub struct Inner {
     pub csp: String,
     /// The desktop starts this instance is carrying out right now.
     pub in_flight: crate::sessions::InFlight,
+    /// Slurm jobs saying their desktop is ready: waiters for queued desktops look at once.
+    pub job_wakes: crate::jobs::JobWakes,
     /// TLS on the listener, when `server.tls_cert` is set.
     pub tls: Option<Arc<crate::tls::ServerTls>>,
 }

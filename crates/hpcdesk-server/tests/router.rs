@@ -436,3 +436,97 @@ async fn the_grafana_dashboard_asks_only_for_metrics_that_exist() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_jobs_ready_call_needs_its_own_token_and_only_then_wakes_the_waiters() {
+    let app = service(fake(), &[]).await;
+    let woken = app.job_wakes.subscribe();
+    let path = hpcdesk_server::jobs::READY_PATH;
+    let a = call(&app, Method::POST, &format!("{path}?marker=m1"), None, "").await;
+    assert_eq!(
+        (a.status, a.code()),
+        (StatusCode::OK, "10004"),
+        "{}",
+        a.json
+    );
+    assert_eq!(a.msg(), "marker and token are required");
+    let other = hpcdesk_server::jobs::ready_call(Some(&String::new()), &app.server_key, "m2")
+        .unwrap()
+        .token;
+    let a = call(
+        &app,
+        Method::POST,
+        &format!("{path}?marker=m1&token={other}"),
+        None,
+        "",
+    )
+    .await;
+    assert_eq!(
+        (a.status, a.code()),
+        (StatusCode::OK, "10008"),
+        "{}",
+        a.json
+    );
+    assert!(!woken.has_changed().unwrap(), "a refused call wakes no one");
+    let own = hpcdesk_server::jobs::ready_call(Some(&String::new()), &app.server_key, "m1")
+        .unwrap()
+        .token;
+    let a = call(
+        &app,
+        Method::POST,
+        &format!("{path}?marker=m1&token={own}"),
+        None,
+        "",
+    )
+    .await;
+    assert_eq!((a.status, a.code()), (StatusCode::OK, "0"), "{}", a.json);
+    assert!(woken.has_changed().unwrap(), "the waiters look now");
+    let a = call(&app, Method::GET, path, None, "").await;
+    assert_eq!(a.code(), "10004", "GET is not allowed: {}", a.json);
+}
+
+#[tokio::test]
+async fn a_launch_link_changed_in_any_way_is_not_valid() {
+    let app = service(fake(), &[]).await;
+    let t = token("alice");
+    call(&app, Method::PUT, DESKTOPS, Some(&t), "").await;
+    let id = format!("{DESKTOPS}/fake--alice--SIG--1");
+    let url = call(
+        &app,
+        Method::GET,
+        &format!("{id}/launchurl?viewOnly=true"),
+        Some(&t),
+        "",
+    )
+    .await;
+    let novnc = url.json["data"]["novncUrl"].as_str().unwrap().to_owned();
+    let ws = novnc
+        .split_once("path=")
+        .unwrap()
+        .1
+        .split("&resize")
+        .next()
+        .unwrap()
+        .to_owned();
+    assert_eq!(call(&app, Method::GET, &ws, None, "").await.code(), "0");
+    // The token's second byte says view-only: flipping it (or any other) voids the link.
+    let token = ws
+        .split_once("token=")
+        .unwrap()
+        .1
+        .split('&')
+        .next()
+        .unwrap();
+    for i in [2usize, 5, 30, 66] {
+        let mut bad = token.as_bytes().to_vec();
+        bad[i] = if bad[i] == b'A' { b'B' } else { b'A' };
+        let bad = ws.replace(token, std::str::from_utf8(&bad).unwrap());
+        let a = call(&app, Method::GET, &bad, None, "").await;
+        assert_eq!(
+            (a.status, a.code()),
+            (StatusCode::FORBIDDEN, "10008"),
+            "char {i}"
+        );
+        assert_eq!(a.msg(), "the launch link is not valid");
+    }
+}

@@ -18,8 +18,8 @@ use chrono::{DateTime, Utc};
 use hpcdesk_core::{SessionId, SessionState};
 
 use crate::{
-    AccessKeyRecord, AuditEvent, AuditFilter, Claim, NewSession, OrgRecord,
-    SessionRecord, Started, Store, StoreError, UserRecord,
+    AccessKeyRecord, AuditEvent, AuditFilter, Claim, NewSession, OrgRecord, SessionRecord, Started,
+    Store, StoreError, UserRecord,
 };
 
 /// The longest any store call may take.

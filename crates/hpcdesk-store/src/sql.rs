@@ -19,8 +19,8 @@ use sqlx::{AssertSqlSafe, Row, Transaction};
 
 use crate::cache::{Bump, SessionCache, Snapshot};
 use crate::{
-    AccessKeyRecord, AuditEvent, AuditFilter, Claim, NewSession, OrgRecord,
-    SessionRecord, Started, Store, StoreError, UserRecord,
+    AccessKeyRecord, AuditEvent, AuditFilter, Claim, NewSession, OrgRecord, SessionRecord, Started,
+    Store, StoreError, UserRecord,
 };
 
 /// A sqlx database that can hold hpcdesk's state. The rest of what [`SqlStore`] needs from it

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use chrono::{Duration, Utc};
 use hpcdesk_core::{ComputeUser, DisplayNumber, NodeName, SessionId, SessionState};
 use hpcdesk_store::{
-    Access, AccessKeyRecord, AuditEvent, AuditFilter, Claim, NewSession, OrgRecord,
-    PostgresStore, SqliteStore, Started, Store, StoreError, UserRecord,
+    Access, AccessKeyRecord, AuditEvent, AuditFilter, Claim, NewSession, OrgRecord, PostgresStore,
+    SqliteStore, Started, Store, StoreError, UserRecord,
 };
 
 fn new_session(owner: &str) -> NewSession {

@@ -4,7 +4,9 @@
 //! clusters share between login and compute nodes: it is how the job and hpcdesk talk.
 //! - `job-prepare` (hpcdesk side, as the user): stores the VNC password (from stdin) 0600;
 //! - `job` (in the batch job): takes and deletes the password, starts the desktop exactly as
-//!   `start` does, writes `report.json` (where it listens), then stays in the foreground until
+//!   `start` does, writes `report.json` (where it listens), tells hpcdesk so when the script
+//!   gave it a [`ReadyCall`] (so that hpcdesk reads the report at once instead of at its next
+//!   look), then stays in the foreground until
 //!   the desktop's Xvnc ends or Slurm sends TERM (scancel, time limit) — then it stops every
 //!   process of the desktop and removes the X locks before the job ends;
 //! - `job-report` (hpcdesk side): whether the report is there, and the job log's tail;
@@ -47,6 +49,50 @@ fn job_dir(key: &str) -> Result<PathBuf, AgentError> {
     check_key(key)?;
     let me = Account::current().map_err(|e| err(e.to_string()))?;
     Ok(me.home.join(".hpcdesk").join("jobs").join(key))
+}
+
+/// Where and with what token a job tells hpcdesk its desktop is ready: `POST <url>?marker=
+/// <the job's key>&token=<token>`. The token is in the job script's environment (readable by
+/// the job's user and root only: not in the job's name or command line, which every user
+/// sees), and it only wakes hpcdesk up: hpcdesk then reads the job's report itself.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ReadyCall {
+    pub url: String,
+    pub token: String,
+}
+
+impl std::fmt::Debug for ReadyCall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadyCall")
+            .field("url", &self.url)
+            .field("token", &"<redacted>")
+            .finish()
+    }
+}
+
+impl ReadyCall {
+    /// The environment variables the job script sets for the agent.
+    pub const URL_ENV: &str = "HPCDESK_READY_URL";
+    pub const TOKEN_ENV: &str = "HPCDESK_READY_TOKEN";
+
+    /// `env` arguments that hand this call to the agent.
+    pub fn env_args(&self) -> [String; 2] {
+        [
+            format!("{}={}", Self::URL_ENV, self.url),
+            format!("{}={}", Self::TOKEN_ENV, self.token),
+        ]
+    }
+
+    /// The call the job script handed this process, if any.
+    pub fn from_env() -> Option<ReadyCall> {
+        let url = std::env::var(Self::URL_ENV)
+            .ok()
+            .filter(|u| !u.is_empty())?;
+        let token = std::env::var(Self::TOKEN_ENV)
+            .ok()
+            .filter(|t| !t.is_empty())?;
+        Some(ReadyCall { url, token })
+    }
 }
 
 /// Reply of `job-prepare`.
@@ -116,8 +162,14 @@ pub fn clean(key: &str) -> Result<(), AgentError> {
 }
 
 /// Runs the desktop of a Slurm job in the foreground until Xvnc ends or TERM arrives.
+/// Once the report is written, `tell` is given the job's [`ReadyCall`] (if its script set
+/// one) to make; it must be bounded in time, and its failure only costs hpcdesk's next look.
 /// Returns the reason it ended.
-pub fn run(key: &str, args: &StartArgs) -> Result<String, AgentError> {
+pub fn run(
+    key: &str,
+    args: &StartArgs,
+    tell: impl FnOnce(&ReadyCall, &str),
+) -> Result<String, AgentError> {
     let dir = job_dir(key)?;
     let pw_file = dir.join("passwd.in");
     let password = capped::small_file(&pw_file, 256).map_err(|e| {
@@ -147,6 +199,9 @@ pub fn run(key: &str, args: &StartArgs) -> Result<String, AgentError> {
     fs::rename(dir.join("report.json.tmp"), dir.join("report.json"))
         .map_err(|e| err(format!("cannot write the job report: {e}")))?;
     println!("{}", String::from_utf8_lossy(&state_json));
+    if let Some(call) = ReadyCall::from_env() {
+        tell(&call, key);
+    }
 
     let reason = loop {
         if stop.load(Ordering::Relaxed) {

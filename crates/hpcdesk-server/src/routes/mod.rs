@@ -9,12 +9,14 @@
 //! - [`limits`]: header and body size limits (10012).
 //! - [`vncws`]: the viewer's WebSocket (`/vncws`), handed to the gateway.
 //! - [`admin`]: operator endpoints (`/hpcdesk/v1/sweep`, `/hpcdesk/v1/nodes`).
+//! - [`jobs`]: a Slurm job saying its desktop is ready (`/hpcdesk/v1/jobs/ready`).
 //! - [`web`]: the viewer page and noVNC's modules (everything else that is a file).
 
 pub mod admin;
 pub mod desktop;
 pub mod extract;
 pub mod health;
+pub mod jobs;
 pub mod limits;
 pub mod tokens;
 pub mod vncws;
@@ -73,6 +75,10 @@ pub fn router(state: AppState) -> Router {
             axum::routing::post(desktop::extend),
         )
         .route("/vncws/extend", axum::routing::post(vncws::extend))
+        .route(
+            crate::jobs::READY_PATH,
+            axum::routing::post(jobs::ready),
+        )
         .fallback(web::file_or_404)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(

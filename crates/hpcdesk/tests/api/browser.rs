@@ -237,18 +237,9 @@ fn the_default_desktop_is_xfce_and_the_viewer_keeps_and_applies_its_image_settin
         app.base,
         launch["data"]["novncUrl"].as_str().unwrap()
     );
-    let metric = |name: &str| -> f64 {
-        let text = reqwest::blocking::get(app.url("/metrics"))
-            .unwrap()
-            .text()
-            .unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-            .unwrap_or_else(|| panic!("{name} missing in\n{text}"))
-    };
     let quality2 = "hpcdesk_viewer_quality_requests_total{level=\"2\"}";
     let compression7 = "hpcdesk_viewer_compression_requests_total{level=\"7\"}";
-    assert_eq!(metric(quality2), 0.0);
+    assert_eq!(metric(&app, quality2), 0.0);
 
     let shot = screenshot_path("viewer-xfce.png");
     let clip = format!("hpcdesk-clip-{}", uuid::Uuid::new_v4().simple());
@@ -314,11 +305,11 @@ fn the_default_desktop_is_xfce_and_the_viewer_keeps_and_applies_its_image_settin
     assert_eq!(r["live"]["quality"], 2, "{r}");
     assert_eq!(r["live"]["compression"], 7, "{r}");
     assert!(
-        metric(quality2) >= 1.0,
+        metric(&app, quality2) >= 1.0,
         "the gateway saw no request for quality 2"
     );
     assert!(
-        metric(compression7) >= 1.0,
+        metric(&app, compression7) >= 1.0,
         "the gateway saw no request for compression 7"
     );
     assert_eq!(r["kept"]["quality"], 2, "{r}");

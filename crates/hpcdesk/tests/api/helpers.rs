@@ -764,3 +764,14 @@ pub fn desktop_clipboard(node: &str, display: u64, text: Option<&str>) -> String
         }
     }
 }
+
+/// The value of one line of `/metrics` (`name` with its labels, as printed).
+pub fn metric(app: &TestApp, name: &str) -> f64 {
+    let text = reqwest::blocking::get(app.url("/metrics"))
+        .unwrap()
+        .text()
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing in\n{text}"))
+}

@@ -607,7 +607,7 @@ fn a_slurm_desktop_ends_when_its_job_does_and_extends_within_max_time_limit() {
     if !slurm_parts("slurm time limit") {
         return;
     }
-    use crate::timelimit::{extend, metric, time};
+    use crate::timelimit::{extend, time};
     let _x = exclusive();
     let app = slurm_app_with("time_limit = \"3:00\"\nmax_time_limit = \"6m\"");
     let token = app.token("slurm-walltime");
@@ -711,8 +711,94 @@ fn a_slurm_desktop_that_reaches_its_time_limit_is_stopped_and_its_viewer_told() 
         "{check}"
     );
     assert_eq!(
-        crate::timelimit::metric(&app, "hpcdesk_sessions_ended_total{how=\"time_limit\"}"),
+        metric(&app, "hpcdesk_sessions_ended_total{how=\"time_limit\"}"),
         1.0
     );
     assert!(eventually(Duration::from_secs(10), || job_xvnc() == 0));
+}
+
+/// The output file of the running job named `hpcdesk-<marker>` of `user` (in the job's
+/// directory in the user's home), as text.
+fn job_output(user: &str) -> String {
+    let (_, out) = slurm("squeue", &["-h", "-o", "%i|%j"]);
+    let Some((job, name)) = out
+        .lines()
+        .filter_map(|l| l.trim().split_once('|'))
+        .find(|(_, n)| n.starts_with("hpcdesk-"))
+    else {
+        return String::new();
+    };
+    let home = nix::unistd::User::from_name(user).unwrap().unwrap().dir;
+    let marker = name.trim_start_matches("hpcdesk-");
+    let path = home.join(format!(".hpcdesk/jobs/{marker}/slurm-{job}.out"));
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// A job tells hpcdesk the moment its desktop is ready (`POST /hpcdesk/v1/jobs/ready`, with
+/// its own token); a call with another token is refused and wakes nothing; a job whose call
+/// cannot reach hpcdesk still gets its desktop, since hpcdesk looks by itself, and its output
+/// says why the call failed.
+#[test]
+fn a_job_says_when_its_desktop_is_ready_and_one_that_cannot_is_found_all_the_same() {
+    if !slurm_parts("slurm ready call") {
+        return;
+    }
+    let _x = exclusive();
+    let user = compute_user();
+    let app = slurm_app();
+    let token = app.token("slurm-ready");
+    let created = app.create(&token);
+    assert_eq!(created["code"], "0", "{created}\n{}", app.log_text());
+    let s = running(&app, &token);
+    assert!(
+        eventually(Duration::from_secs(10), || metric(
+            &app,
+            "hpcdesk_job_ready_calls_total"
+        ) == 1.0),
+        "the job did not call: {}",
+        job_output(&user)
+    );
+    assert!(!job_output(&user).contains("could not tell hpcdesk"));
+    // Someone else's call, with a token that is not this job's: refused, nothing woken.
+    let (_, names) = slurm("squeue", &["-h", "-o", "%j"]);
+    let marker = names
+        .lines()
+        .find_map(|n| n.trim().strip_prefix("hpcdesk-"))
+        .unwrap()
+        .to_owned();
+    let forged = reqwest::blocking::Client::new()
+        .post(app.url(&format!(
+            "/hpcdesk/v1/jobs/ready?marker={marker}&token=AAAAAAAAAAAAAAAAAAAAAA"
+        )))
+        .send()
+        .unwrap()
+        .json::<serde_json::Value>()
+        .unwrap();
+    assert_eq!(forged["code"], "10008", "{forged}");
+    assert_eq!(metric(&app, "hpcdesk_job_ready_refused_total"), 1.0);
+    assert_eq!(metric(&app, "hpcdesk_job_ready_calls_total"), 1.0);
+    let id = s["sessionId"].as_str().unwrap().to_owned();
+    assert_eq!(app.delete(&token, &id)["code"], "0");
+    assert!(eventually(Duration::from_secs(30), || hpcdesk_jobs().is_empty()));
+    drop(app);
+
+    // A job that cannot reach hpcdesk: a port nobody listens on.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let app = slurm_app_with(&format!("ready_url = \"http://127.0.0.1:{dead}\"\n"));
+    let token = app.token("slurm-ready");
+    assert_eq!(app.create(&token)["code"], "0");
+    let s = running(&app, &token);
+    assert!(
+        eventually(Duration::from_secs(10), || job_output(&user)
+            .contains("could not tell hpcdesk the desktop is ready")),
+        "{}",
+        job_output(&user)
+    );
+    assert_eq!(metric(&app, "hpcdesk_job_ready_calls_total"), 0.0);
+    let id = s["sessionId"].as_str().unwrap().to_owned();
+    assert_eq!(app.delete(&token, &id)["code"], "0");
 }

@@ -36,16 +36,6 @@ pub fn link_path(novnc_url: &str) -> String {
         .to_owned()
 }
 
-pub fn metric(app: &TestApp, name: &str) -> f64 {
-    let text = reqwest::blocking::get(app.url("/metrics"))
-        .unwrap()
-        .text()
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{name} missing in\n{text}"))
-}
-
 #[test]
 fn a_local_desktop_ends_at_its_lifetime_with_viewers_closed_and_an_extended_one_lives_on() {
     if !real_parts("time limit") {
