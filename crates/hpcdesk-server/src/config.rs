@@ -832,6 +832,19 @@ impl std::ops::Deref for Settings {
 }
 
 impl Settings {
+    /// These settings for a listener bound to `local` (`server.listen` may name port 0):
+    /// what derives from the listen address follows the address actually bound.
+    pub fn bound_to(mut self, local: SocketAddr) -> Settings {
+        self.listen = local;
+        if self.config.launcher.slurm.ready_url.is_none() {
+            self.job_ready_url = self
+                .config
+                .job_ready_url(local)
+                .expect("a derived URL is valid");
+        }
+        self
+    }
+
     /// The configuration as written (defaults filled in).
     pub fn config(&self) -> &Config {
         &self.config
@@ -970,6 +983,20 @@ mod tests {
                 "{bad}: {e}"
             );
         }
+        // Port 0 in server.listen: the URL follows the port actually bound.
+        let any = Config::load(
+            None,
+            env(&[
+                ("HPCDESK_LAUNCHER__KIND", "slurm"),
+                ("HPCDESK_SERVER__LISTEN", "127.0.0.1:0"),
+            ]),
+        )
+        .unwrap()
+        .bound_to("127.0.0.1:40123".parse().unwrap());
+        assert_eq!(
+            any.job_ready_url.as_deref(),
+            Some("http://127.0.0.1:40123/hpcdesk/v1/jobs/ready")
+        );
         // Other launchers' desktops start at once: nothing to call.
         let local = Config::load(None, env(&[])).unwrap();
         assert_eq!(local.job_ready_url, None);

@@ -57,6 +57,7 @@ pub fn run(file: Option<&Path>) -> anyhow::Result<ExitCode> {
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
         let local = listener.local_addr()?;
+        let config = config.bound_to(local);
         let config_hint = match file {
             Some(f) => format!(" --config {}", f.display()),
             None => String::new(),
