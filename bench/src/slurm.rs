@@ -32,20 +32,21 @@ pub struct SlurmOptions {
     runs: usize,
 }
 
+/// Milliseconds since boot, now (`CLOCK_BOOTTIME`, the clock processes' start times are
+/// counted on).
+fn boot_ms() -> f64 {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).expect("boot clock");
+    t.tv_sec() as f64 * 1e3 + t.tv_nsec() as f64 / 1e6
+}
+
 /// Milliseconds since the epoch, now.
-fn now_ms() -> f64 {
+fn epoch_ms() -> f64 {
     chrono::Utc::now().timestamp_micros() as f64 / 1e3
 }
 
-/// The start of the first process of Slurm job `job` on this machine (ms since the epoch).
+/// The start of the first process of Slurm job `job` on this machine, in milliseconds since
+/// boot (clock ticks: 10 ms).
 fn job_process_start(job: u64) -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let boot: f64 = stat
-        .lines()
-        .find_map(|l| l.strip_prefix("btime "))?
-        .trim()
-        .parse()
-        .ok()?;
     let tick = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
         .ok()
         .flatten()? as f64;
@@ -72,7 +73,7 @@ fn job_process_start(job: u64) -> Option<f64> {
             first = Some(first.map_or(start, |f| f.min(start)));
         }
     }
-    Some((boot + first? as f64 / tick) * 1e3)
+    Some(first? as f64 / tick * 1e3)
 }
 
 /// Slurm's `StartTime` of `job` (ms since the epoch, whole seconds).
@@ -144,7 +145,7 @@ async fn serve(
 
 /// One create on `server`: (answer − job process start, answer − Slurm StartTime), in ms.
 async fn one(http: &reqwest::Client, server: &Server, token: &str) -> Result<(f64, f64), Error> {
-    let put = now_ms();
+    let put = boot_ms();
     let v: serde_json::Value = http
         .put(&server.vnc)
         .header("token", token)
@@ -152,31 +153,37 @@ async fn one(http: &reqwest::Client, server: &Server, token: &str) -> Result<(f6
         .await?
         .json()
         .await?;
-    let answered = now_ms();
+    let answered = boot_ms();
+    let answered_epoch = epoch_ms();
     let data = &v["data"];
     if data["status"] != "running" {
         return Err(format!("the create did not answer running: {v}").into());
     }
     let id = data["sessionId"].as_str().unwrap_or_default().to_owned();
-    let job = data["displayNumber"]
-        .as_u64()
+    // A Slurm session's id ends with its job's number (`slurm--user--SIG--<job>`).
+    let job: u64 = id
+        .rsplit("--")
+        .next()
+        .and_then(|n| n.parse().ok())
         .ok_or_else(|| format!("create: {v}"))?;
-    let process = job_process_start(job).ok_or("the job's processes were not found")?;
-    let slurm = slurm_start_time(job)
-        .await
-        .ok_or("no StartTime from scontrol")?;
-    eprintln!(
-        "  job {job}: PUT → running {:.0} ms; job process start +{:.0} ms after PUT; \
-         Slurm StartTime {:+.0} ms from the process start",
-        answered - put,
-        process - put,
-        slurm - process
-    );
+    let process = job_process_start(job);
+    let slurm = slurm_start_time(job).await;
+    // The desktop goes whatever the readings were.
     http.delete(format!("{}/{id}", server.vnc))
         .header("token", token)
         .send()
         .await?;
-    Ok((answered - process, answered - slurm))
+    let process = process.ok_or_else(|| format!("no process of job {job} found: {v}"))?;
+    let slurm = slurm.ok_or_else(|| format!("no StartTime for job {job} from scontrol"))?;
+    eprintln!(
+        "  job {job}: PUT → running {:.0} ms; the job's first process started {:.0} ms after \
+         the PUT, {:.0} ms before the answer; Slurm's StartTime {:.0} ms before the answer",
+        answered - put,
+        process - put,
+        answered - process,
+        answered_epoch - slurm
+    );
+    Ok((answered - process, answered_epoch - slurm))
 }
 
 pub async fn run(opts: SlurmOptions) -> Result<(), Error> {

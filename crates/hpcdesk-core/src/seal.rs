@@ -39,14 +39,40 @@ pub enum SealError {
     Open,
 }
 
-/// The server secret all sealing keys derive from. Never printed.
+/// The server secret all sealing keys derive from. Never printed. Cheap to clone. The keys
+/// that do not depend on a grant are derived once, here, rather than on every use (launch
+/// URLs use three of them each).
 #[derive(Clone)]
-pub struct ServerKey([u8; 32]);
+pub struct ServerKey(std::sync::Arc<Keys>);
+
+struct Keys {
+    secret: [u8; 32],
+    at_rest: Aes256Gcm,
+    /// Keyed HMAC states, cloned for each tag.
+    grant_tag: Hmac<Sha256>,
+    job_ready: Hmac<Sha256>,
+}
 
 impl fmt::Debug for ServerKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("ServerKey(<redacted>)")
     }
+}
+
+/// HMAC-SHA256(secret, label ‖ 0 ‖ context).
+fn derive_key(secret: &[u8; 32], label: &[u8], context: &[u8]) -> [u8; 32] {
+    let mut mac =
+        <Hmac<Sha256> as KeyInit>::new_from_slice(secret).expect("HMAC takes keys of any length");
+    mac.update(label);
+    mac.update(&[0]);
+    mac.update(context);
+    mac.finalize().into_bytes().into()
+}
+
+/// An HMAC-SHA256 state keyed with the key derived for `label`.
+fn keyed(secret: &[u8; 32], label: &[u8]) -> Hmac<Sha256> {
+    <Hmac<Sha256> as KeyInit>::new_from_slice(&derive_key(secret, label, b""))
+        .expect("HMAC takes keys of any length")
 }
 
 impl ServerKey {
@@ -55,46 +81,38 @@ impl ServerKey {
         let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(b"hpcdesk/server-key/v1")
             .expect("HMAC takes keys of any length");
         mac.update(secret);
-        ServerKey(mac.finalize().into_bytes().into())
+        let secret: [u8; 32] = mac.finalize().into_bytes().into();
+        ServerKey(std::sync::Arc::new(Keys {
+            at_rest: Aes256Gcm::new(&derive_key(&secret, AT_REST_LABEL, b"").into()),
+            grant_tag: keyed(&secret, GRANT_TAG_LABEL),
+            job_ready: keyed(&secret, JOB_READY_LABEL),
+            secret,
+        }))
     }
 
-    /// HMAC-SHA256(secret, label ‖ 0 ‖ context).
-    fn derive_key(&self, label: &[u8], context: &[u8]) -> [u8; 32] {
-        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.0)
-            .expect("HMAC takes keys of any length");
-        mac.update(label);
-        mac.update(&[0]);
-        mac.update(context);
-        mac.finalize().into_bytes().into()
-    }
-
-    fn derive(&self, label: &[u8], context: &[u8]) -> Aes256Gcm {
-        Aes256Gcm::new(&self.derive_key(label, context).into())
-    }
-
-    /// HMAC-SHA256 of `data` under the key derived for `label`.
-    fn tag(&self, label: &[u8], data: &[u8]) -> [u8; 32] {
-        let key = self.derive_key(label, b"");
-        let mut mac =
-            <Hmac<Sha256> as KeyInit>::new_from_slice(&key).expect("HMAC takes keys of any length");
-        mac.update(data);
-        mac.finalize().into_bytes().into()
+    /// The cipher of one grant's `mm` (its key depends on the grant token).
+    fn grant_cipher(&self, grant_token: &str) -> Aes256Gcm {
+        Aes256Gcm::new(&derive_key(&self.0.secret, GRANT_LABEL, grant_token.as_bytes()).into())
     }
 
     /// The tag of a grant token's claims. The caller compares it in constant time.
     pub fn grant_tag(&self, claims: &[u8]) -> [u8; 32] {
-        self.tag(GRANT_TAG_LABEL, claims)
+        let mut mac = self.0.grant_tag.clone();
+        mac.update(claims);
+        mac.finalize().into_bytes().into()
     }
 
     /// The readiness token of the Slurm job of the session with `marker`. The caller
     /// compares it in constant time.
     pub fn job_ready_tag(&self, marker: &str) -> [u8; 32] {
-        self.tag(JOB_READY_LABEL, marker.as_bytes())
+        let mut mac = self.0.job_ready.clone();
+        mac.update(marker.as_bytes());
+        mac.finalize().into_bytes().into()
     }
 
     /// Seals `plain` for the store: `nonce ‖ ciphertext ‖ tag`.
     pub fn seal_at_rest(&self, plain: &[u8]) -> Vec<u8> {
-        let cipher = self.derive(AT_REST_LABEL, b"");
+        let cipher = &self.0.at_rest;
         let mut nonce = [0u8; NONCE_LEN];
         rand::fill(&mut nonce);
         let ct = cipher
@@ -111,7 +129,8 @@ impl ServerKey {
         }
         let (nonce, ct) = sealed.split_at(NONCE_LEN);
         let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| SealError::Open)?;
-        self.derive(AT_REST_LABEL, b"")
+        self.0
+            .at_rest
             .decrypt(&Nonce::from(nonce), ct)
             .map_err(|_| SealError::Open)
     }
@@ -119,7 +138,7 @@ impl ServerKey {
     /// Seals `plain` for the gateway, bound to one grant token; URL-safe base64 (`mm`).
     pub fn seal_for_grant(&self, grant_token: &str, plain: &[u8]) -> String {
         let ct = self
-            .derive(GRANT_LABEL, grant_token.as_bytes())
+            .grant_cipher(grant_token)
             .encrypt(&Nonce::from([0u8; NONCE_LEN]), plain)
             .expect("AES-GCM encryption of a short value cannot fail");
         URL_SAFE.encode(ct)
@@ -131,7 +150,7 @@ impl ServerKey {
             .decode(mm)
             .or_else(|_| STANDARD.decode(mm))
             .map_err(|_| SealError::Encoding)?;
-        self.derive(GRANT_LABEL, grant_token.as_bytes())
+        self.grant_cipher(grant_token)
             .decrypt(&Nonce::from([0u8; NONCE_LEN]), ct.as_slice())
             .map_err(|_| SealError::Open)
     }
