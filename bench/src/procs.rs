@@ -69,6 +69,11 @@ pub async fn hpcdesk_main(data: std::path::PathBuf, maps: Vec<String>) -> Result
         // The API benchmark measures throughput, not the abuse limits.
         ("HPCDESK_LIMITS__USER_PER_SECOND", "1000000".to_owned()),
         ("HPCDESK_LIMITS__USER_BURST", "1000000".to_owned()),
+        // The concurrency rows open thousands of viewers of one session.
+        (
+            "HPCDESK_GATEWAY__MAX_VIEWERS_PER_SESSION",
+            "100000".to_owned(),
+        ),
     ];
     let config =
         hpcdesk_server::Config::load(None, env.iter().map(|(k, v)| (k.to_string(), v.clone())))?;
