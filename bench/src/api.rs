@@ -311,17 +311,7 @@ pub async fn create(opts: CreateOptions) -> Result<(), Error> {
     if !port_open(port, Duration::from_secs(10)).await {
         return Err("hpcdesk serve did not start".into());
     }
-    let claims = hpcdesk_server::auth::claims_for(
-        "bench_create",
-        &opts.user,
-        "11112",
-        "1",
-        "Normal",
-        chrono::Utc::now().timestamp_millis(),
-        Duration::from_secs(3600),
-    );
-    let token =
-        hpcdesk_server::auth::mint(&hpcdesk_server::config::Secret::new(procs::SECRET), &claims);
+    let token = procs::token(&opts.user);
     let http = reqwest::Client::new();
     let vnc = format!("http://127.0.0.1:{port}/hpc/openapi/v2/desktop/vnc");
     let mut create_ms = Vec::new();

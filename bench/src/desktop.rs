@@ -844,21 +844,7 @@ async fn desktop(server: &Server, user: &str) -> Result<Desktop> {
         .and_then(|d| d.parse().ok())
         .or_else(|| item["displayNumber"].as_u64().map(|d| d as u16))
         .ok_or_else(|| format!("no display: {created}"))?;
-    let launch: serde_json::Value = http
-        .get(format!("{vnc}/{id}/launchurl"))
-        .header("token", &server.token)
-        .send()
-        .await?
-        .json()
-        .await?;
-    let url = launch["data"]["novncUrl"]
-        .as_str()
-        .ok_or_else(|| format!("launchurl failed: {launch}"))?;
-    let path = url
-        .split("path=")
-        .nth(1)
-        .and_then(|p| p.split("&resize").next())
-        .ok_or("unexpected launch URL")?;
+    let path = crate::procs::viewer_path(&http, &vnc, id, &server.token).await?;
     let home = nix::unistd::User::from_name(user)?
         .ok_or_else(|| format!("no account {user}"))?
         .dir;

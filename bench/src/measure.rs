@@ -257,21 +257,7 @@ async fn hpcdesk_targets(base: &str) -> Result<[Target; 4], Error> {
         let id = created["data"]["sessionId"]
             .as_str()
             .ok_or_else(|| format!("create failed: {created}"))?;
-        let launch: serde_json::Value = http
-            .get(format!("{vnc}/{id}/launchurl"))
-            .header("token", &token)
-            .send()
-            .await?
-            .json()
-            .await?;
-        let url = launch["data"]["novncUrl"]
-            .as_str()
-            .ok_or_else(|| format!("launchurl failed: {launch}"))?;
-        let path = url
-            .split("path=")
-            .nth(1)
-            .and_then(|p| p.split("&resize").next())
-            .ok_or("unexpected launch URL")?;
+        let path = procs::viewer_path(&http, &vnc, id, &token).await?;
         out.push(Target::Ws {
             url: format!("{}{path}", base.replacen("http://", "ws://", 1)),
             rfb: true,

@@ -45,6 +45,32 @@ pub fn token(user: &str) -> String {
     hpcdesk_server::auth::mint(&hpcdesk_server::config::Secret::new(SECRET), &claims)
 }
 
+/// The viewer socket's path and query (`/vncws?token=…&mm=…`) of a fresh launch URL of
+/// session `id`, asked of the API at `vnc` (`…/desktop/vnc`).
+pub async fn viewer_path(
+    http: &reqwest::Client,
+    vnc: &str,
+    id: &str,
+    token: &str,
+) -> Result<String, Error> {
+    let launch: serde_json::Value = http
+        .get(format!("{vnc}/{id}/launchurl"))
+        .header("token", token)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let url = launch["data"]["novncUrl"]
+        .as_str()
+        .ok_or_else(|| format!("launchurl failed: {launch}"))?;
+    let path = url
+        .split("path=")
+        .nth(1)
+        .and_then(|p| p.split("&resize").next())
+        .ok_or("unexpected launch URL")?;
+    Ok(path.to_owned())
+}
+
 /// `hpcdesk --data DIR --map USER=PORT …`: the real hpcdesk server (store, grants, gateway)
 /// with a [`FakeLauncher`].
 pub async fn hpcdesk_main(data: std::path::PathBuf, maps: Vec<String>) -> Result<(), Error> {

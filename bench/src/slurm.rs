@@ -210,17 +210,7 @@ async fn measure(
 ) -> Result<(), Error> {
     let mut calling = serve(dir, agent, true).await?;
     let mut looking = serve(dir, agent, false).await?;
-    let claims = hpcdesk_server::auth::claims_for(
-        "bench_slurm",
-        &opts.user,
-        "11112",
-        "1",
-        "Normal",
-        chrono::Utc::now().timestamp_millis(),
-        Duration::from_secs(3600),
-    );
-    let token =
-        hpcdesk_server::auth::mint(&hpcdesk_server::config::Secret::new(procs::SECRET), &claims);
+    let token = procs::token(&opts.user);
     let http = reqwest::Client::new();
     let (mut with, mut without) = (Vec::new(), Vec::new());
     for round in 0..opts.runs {

@@ -53,24 +53,6 @@ impl Kind {
     }
 }
 
-fn event(
-    app: &AppState,
-    kind: Kind,
-    user: &str,
-    session_id: &str,
-    peer: &str,
-    detail: String,
-) -> AuditEvent {
-    AuditEvent {
-        at: app.clock.now(),
-        kind: kind.as_str().to_owned(),
-        user: user.to_owned(),
-        session_id: session_id.to_owned(),
-        peer: peer.to_owned(),
-        detail,
-    }
-}
-
 /// Records one event, committed when this returns.
 pub async fn record(
     app: &AppState,
@@ -80,10 +62,7 @@ pub async fn record(
     peer: &str,
     detail: impl Into<String>,
 ) {
-    let e = event(app, kind, user, session_id, peer, detail.into());
-    if let Err(e) = app.store.record_audit(e).await {
-        tracing::error!(error = %e, kind = kind.as_str(), "cannot write the audit log");
-    }
+    write(app, kind, user, session_id, peer, detail.into(), true).await;
 }
 
 /// Records one event, queued for the store's next group commit when the queue has room
@@ -97,8 +76,32 @@ pub async fn record_soon(
     peer: &str,
     detail: impl Into<String>,
 ) {
-    let e = event(app, kind, user, session_id, peer, detail.into());
-    if let Err(e) = app.store.queue_audit(e).await {
+    write(app, kind, user, session_id, peer, detail.into(), false).await;
+}
+
+async fn write(
+    app: &AppState,
+    kind: Kind,
+    user: &str,
+    session_id: &str,
+    peer: &str,
+    detail: String,
+    wait: bool,
+) {
+    let event = AuditEvent {
+        at: app.clock.now(),
+        kind: kind.as_str().to_owned(),
+        user: user.to_owned(),
+        session_id: session_id.to_owned(),
+        peer: peer.to_owned(),
+        detail,
+    };
+    let written = if wait {
+        app.store.record_audit(event).await
+    } else {
+        app.store.queue_audit(event).await
+    };
+    if let Err(e) = written {
         tracing::error!(error = %e, kind = kind.as_str(), "cannot write the audit log");
     }
 }

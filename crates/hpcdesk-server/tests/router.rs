@@ -11,6 +11,15 @@ use hpcdesk_launcher::LaunchError;
 use hpcdesk_launcher::fake::{FakeLauncher, Plan};
 use support::{DESKTOPS, call, service, token, token_with_role};
 
+/// The viewer socket's path and query (`/vncws?token=…&mm=…`) of the launch URL `launchurl`
+/// answers.
+async fn viewer_socket(app: &hpcdesk_server::AppState, token: &str, launchurl: &str) -> String {
+    let url = call(app, Method::GET, launchurl, Some(token), "").await;
+    let novnc = url.json["data"]["novncUrl"].as_str().unwrap();
+    let path = novnc.split_once("path=").unwrap().1;
+    path.split("&resize").next().unwrap().to_owned()
+}
+
 fn fake() -> Arc<FakeLauncher> {
     Arc::new(FakeLauncher::new(Plan::Ready { port: 5901 }))
 }
@@ -291,16 +300,7 @@ async fn a_deleted_sessions_link_is_refused_as_deleted() {
     let t = token("alice");
     call(&app, Method::PUT, DESKTOPS, Some(&t), "").await;
     let id = format!("{DESKTOPS}/fake--alice--SIG--1");
-    let url = call(&app, Method::GET, &format!("{id}/launchurl"), Some(&t), "").await;
-    let novnc = url.json["data"]["novncUrl"].as_str().unwrap().to_owned();
-    let ws = novnc
-        .split_once("path=")
-        .unwrap()
-        .1
-        .split("&resize")
-        .next()
-        .unwrap()
-        .to_owned();
+    let ws = viewer_socket(&app, &t, &format!("{id}/launchurl")).await;
     // Before the delete the link checks out (a plain GET, as the viewer page does).
     assert_eq!(call(&app, Method::GET, &ws, None, "").await.code(), "0");
     assert_eq!(
@@ -491,23 +491,7 @@ async fn a_launch_link_changed_in_any_way_is_not_valid() {
     let t = token("alice");
     call(&app, Method::PUT, DESKTOPS, Some(&t), "").await;
     let id = format!("{DESKTOPS}/fake--alice--SIG--1");
-    let url = call(
-        &app,
-        Method::GET,
-        &format!("{id}/launchurl?viewOnly=true"),
-        Some(&t),
-        "",
-    )
-    .await;
-    let novnc = url.json["data"]["novncUrl"].as_str().unwrap().to_owned();
-    let ws = novnc
-        .split_once("path=")
-        .unwrap()
-        .1
-        .split("&resize")
-        .next()
-        .unwrap()
-        .to_owned();
+    let ws = viewer_socket(&app, &t, &format!("{id}/launchurl?viewOnly=true")).await;
     assert_eq!(call(&app, Method::GET, &ws, None, "").await.code(), "0");
     // The token's second byte says view-only: flipping it (or any other) voids the link.
     let token = ws
