@@ -234,7 +234,8 @@ impl Drop for SmallDisk {
 /// SQLite on a disk that fills up: calls that must write answer 815008 with the same plain
 /// message, nothing is started or half-written, and all works again once there is room.
 #[test]
-fn with_the_sqlite_disk_full_writes_answer_815008_and_nothing_is_started() {
+fn with_the_sqlite_disk_full_writes_answer_815008_nothing_is_started_and_running_desktops_still_open()
+ {
     if !real_parts("disk full") {
         return;
     }
@@ -256,19 +257,34 @@ fn with_the_sqlite_disk_full_writes_answer_815008_and_nothing_is_started() {
 
     let fill = disk.fill();
     let b = app.token("full-b");
-    for (method, path, token) in [
-        ("PUT", "/hpc/openapi/v2/desktop/vnc".to_owned(), &b),
-        (
-            "GET",
-            format!("/hpc/openapi/v2/desktop/vnc/{id}/launchurl"),
-            &a,
-        ),
-    ] {
-        let (v, took) = timed(&app, method, &path, Some(token));
-        eprintln!("{method} {path} with the disk full: {took:?} {v}");
-        assert_eq!(v["code"], "815008", "{method} {path}: {v}");
-        assert_eq!(v["msg"], UNAVAILABLE, "{v}");
-    }
+    let path = "/hpc/openapi/v2/desktop/vnc";
+    let (v, took) = timed(&app, "PUT", path, Some(&b));
+    eprintln!("PUT {path} with the disk full: {took:?} {v}");
+    assert_eq!(v["code"], "815008", "PUT {path}: {v}");
+    assert_eq!(v["msg"], UNAVAILABLE, "{v}");
+    // A launch URL writes nothing (grants are signed): the running desktop still opens. Its
+    // audit line cannot be written, and the log says so.
+    let launch = app.launch_url(&a, &id);
+    assert_eq!(launch["code"], "0", "{launch}");
+    let socket = launch["data"]["novncUrl"]
+        .as_str()
+        .unwrap()
+        .split_once("path=")
+        .unwrap()
+        .1
+        .split("&resize")
+        .next()
+        .unwrap()
+        .to_owned();
+    let (_, checked) = app.call("GET", &socket, None);
+    assert_eq!(checked["code"], "0", "the link checks out: {checked}");
+    assert!(
+        eventually(Duration::from_secs(5), || app
+            .log_text()
+            .contains("cannot write the audit log")),
+        "{}",
+        app.log_text()
+    );
     assert_eq!(app.xvnc_pids(), xvnc, "nothing was started");
     assert!(app.list(&b).is_empty(), "no half-made session");
     assert_eq!(app.list(&a)[0]["status"], "running");
