@@ -231,7 +231,14 @@ impl Relay {
                 let end = match desktop {
                     Desktop::Plain(desktop) => {
                         let (desktop_r, mut desktop_w) = desktop.into_split();
-                        let down = down_spliced(&desktop_r, &mut out, &ctl, heartbeat, &mut n.down);
+                        let down = down(
+                            &desktop_r,
+                            &mut out,
+                            &ctl,
+                            heartbeat,
+                            &mut n.down,
+                            async |d, o, b| splice_batches(d, o, b).await,
+                        );
                         let up = up(&viewer_r, &mut desktop_w, &mut st, &ctl, early, &mut n.up);
                         let end = race(conn, down, up).await;
                         let _ = desktop_w.shutdown().await;
@@ -256,7 +263,14 @@ impl Relay {
                 let end = match desktop {
                     Desktop::Plain(desktop) => {
                         let (desktop_r, mut desktop_w) = desktop.into_split();
-                        let down = down(&desktop_r, &mut out, &ctl, heartbeat, &mut n.down);
+                        let down = down(
+                            &desktop_r,
+                            &mut out,
+                            &ctl,
+                            heartbeat,
+                            &mut n.down,
+                            async |d, o, b| copy_batches(d, o, b).await,
+                        );
                         let up = up_stream(
                             &mut viewer_r,
                             &mut desktop_w,
@@ -442,44 +456,49 @@ async fn down_stream<W: AsyncWrite + Unpin>(
     }
 }
 
+/// The down direction from a plain desktop socket: control messages and heartbeats as for
+/// every viewer, and whenever the desktop is readable, `drain` moves what it has to the viewer
+/// ([`copy_batches`], or [`splice_batches`] between two plain sockets).
 async fn down<W: AsyncWrite + Unpin>(
     desktop: &OwnedReadHalf,
     out: &mut Out<W>,
     ctl: &Control,
     heartbeat: Duration,
     bytes: &mut u64,
+    mut drain: impl AsyncFnMut(&OwnedReadHalf, &mut Out<W>, &mut u64) -> Result<(), End>,
 ) -> End {
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut unanswered = 0u32;
     loop {
-        tokio::select! {
+        let step = tokio::select! {
             biased;
-            _ = ctl.notify.notified() => {
-                if let Err(end) = on_control(ctl, out, &mut unanswered).await {
-                    return end;
-                }
-            }
-            r = desktop.readable() => {
-                if let Err(e) = r {
-                    return End::DesktopError(e.to_string());
-                }
-                let mut buf = Buf::take();
-                for _ in 0..READ_BUDGET {
-                    match copy_batch(desktop, &mut buf, out, bytes).await {
-                        Ok(true) => {}
-                        Ok(false) => break,
-                        Err(end) => return end,
-                    }
-                }
-            }
-            _ = tick.tick() => {
-                if let Err(end) = on_tick(ctl, out, &mut unanswered).await {
-                    return end;
-                }
-            }
+            _ = ctl.notify.notified() => on_control(ctl, out, &mut unanswered).await,
+            r = desktop.readable() => match r {
+                Ok(()) => drain(desktop, out, bytes).await,
+                Err(e) => return End::DesktopError(e.to_string()),
+            },
+            _ = tick.tick() => on_tick(ctl, out, &mut unanswered).await,
+        };
+        if let Err(end) = step {
+            return end;
         }
     }
+}
+
+/// Copies up to [`READ_BUDGET`] batches of what the desktop has through one pooled buffer.
+async fn copy_batches<W: AsyncWrite + Unpin>(
+    desktop: &OwnedReadHalf,
+    out: &mut Out<W>,
+    bytes: &mut u64,
+) -> Result<(), End> {
+    let mut buf = Buf::take();
+    for _ in 0..READ_BUDGET {
+        if !copy_batch(desktop, &mut buf, out, bytes).await? {
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// Reads one batch the desktop has into `buf` and sends it as a frame: `Ok(false)` when
@@ -502,67 +521,42 @@ async fn copy_batch<W: AsyncWrite + Unpin>(
     }
 }
 
-/// The down direction between two plain sockets: each batch goes desktop → pipe → viewer
-/// ([`crate::splice`]), the frame header sent just before it. Without a pipe (out of
+/// Moves up to [`READ_BUDGET`] batches between two plain sockets: each goes desktop → pipe →
+/// viewer ([`crate::splice`]), the frame header sent just before it. Without a pipe (out of
 /// descriptors), a batch is copied through a pooled buffer instead.
-async fn down_spliced(
+async fn splice_batches(
     desktop: &OwnedReadHalf,
     out: &mut Out<OwnedWriteHalf>,
-    ctl: &Control,
-    heartbeat: Duration,
     bytes: &mut u64,
-) -> End {
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut unanswered = 0u32;
-    loop {
-        tokio::select! {
-            biased;
-            _ = ctl.notify.notified() => {
-                if let Err(end) = on_control(ctl, out, &mut unanswered).await {
-                    return end;
+) -> Result<(), End> {
+    for _ in 0..READ_BUDGET {
+        let batch = match Pipe::take() {
+            Ok(pipe) => splice::fill(desktop.as_ref(), pipe),
+            Err(e) => {
+                tracing::debug!(error = %e, "no pipe for the screen; copying");
+                if copy_batch(desktop, &mut Buf::take(), out, bytes).await? {
+                    continue;
                 }
+                break;
             }
-            r = desktop.readable() => {
-                if let Err(e) = r {
-                    return End::DesktopError(e.to_string());
-                }
-                for _ in 0..READ_BUDGET {
-                    let batch = match Pipe::take() {
-                        Ok(pipe) => splice::fill(desktop.as_ref(), pipe),
-                        Err(e) => {
-                            tracing::debug!(error = %e, "no pipe for the screen; copying");
-                            match copy_batch(desktop, &mut Buf::take(), out, bytes).await {
-                                Ok(true) => continue,
-                                Ok(false) => break,
-                                Err(end) => return end,
-                            }
-                        }
-                    };
-                    let batch = match batch {
-                        Ok(Some(b)) => b,
-                        Ok(None) => break,
-                        Err(e) => return End::DesktopError(e.to_string()),
-                    };
-                    if batch.is_empty() {
-                        return End::DesktopClosed;
-                    }
-                    let n = batch.len();
-                    let mut header = [0u8; MAX_SERVER_HEADER];
-                    let h = ws::encode_header(ws::OP_BINARY, n, &mut header);
-                    if let Err(e) = out.send_batch(&header[MAX_SERVER_HEADER - h..], batch).await {
-                        return viewer_write_error(e);
-                    }
-                    *bytes += n as u64;
-                }
-            }
-            _ = tick.tick() => {
-                if let Err(end) = on_tick(ctl, out, &mut unanswered).await {
-                    return end;
-                }
-            }
+        };
+        let batch = match batch {
+            Ok(Some(b)) => b,
+            Ok(None) => break,
+            Err(e) => return Err(End::DesktopError(e.to_string())),
+        };
+        if batch.is_empty() {
+            return Err(End::DesktopClosed);
         }
+        let n = batch.len();
+        let mut header = [0u8; MAX_SERVER_HEADER];
+        let h = ws::encode_header(ws::OP_BINARY, n, &mut header);
+        out.send_batch(&header[MAX_SERVER_HEADER - h..], batch)
+            .await
+            .map_err(viewer_write_error)?;
+        *bytes += n as u64;
     }
+    Ok(())
 }
 
 struct Up<'c> {

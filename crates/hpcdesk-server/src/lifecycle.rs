@@ -168,10 +168,11 @@ pub async fn follow_queued(app: &AppState) -> Result<usize, TaskError> {
         .sessions_in(&[SessionState::Pending, SessionState::Starting])
         .await?;
     let mut n = 0;
-    for rec in recs
-        .iter()
-        .filter(|r| r.queued && r.launcher == app.launcher.kind())
-    {
+    // A queued desktop whose create is still waiting here is followed by that create (which
+    // a job's "ready" call wakes too): asking Slurm twice for it would be work done twice.
+    for rec in recs.iter().filter(|r| {
+        r.queued && r.launcher == app.launcher.kind() && !app.in_flight.contains(&r.marker)
+    }) {
         sessions::advance(app, rec).await?;
         n += 1;
     }
