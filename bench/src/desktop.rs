@@ -1,7 +1,8 @@
 //! `hpcdesk-bench desktop` (run with `bench/desktop.sh`): one real TigerVNC desktop, started
 //! through `hpcdesk serve`, reached four ways in one run — directly, through a plain relay
-//! (socat), through websockify 0.13 and through hpcdesk's launch URL — measured interleaved,
-//! medians of the rounds.
+//! (socat), through websockify 0.13 and through hpcdesk's launch URL — measured interleaved
+//! (each measurement of the four paths back to back), the table the medians of the rounds, each
+//! ratio the median of the rounds' own ratios.
 //!
 //! For each path:
 //! - full-screen updates (non-incremental requests, one at a time) in Raw and in Tight with
@@ -715,19 +716,34 @@ async fn keys(path: Path4, d: &Desktop, o: &DesktopOptions) -> Result<(f64, f64)
     Ok((pct(0.5), pct(0.99)))
 }
 
-async fn sample(path: Path4, d: &Desktop, o: &DesktopOptions) -> Result<Sample> {
-    let (raw_fps, raw_mbs, cpu_s_per_gb) = frames(path, d, o, &[0]).await?;
-    let (tight_fps, tight_mbs, _) = frames(path, d, o, &[7, -26, -254]).await?;
-    let (key_p50_ms, key_p99_ms) = keys(path, d, o).await?;
-    Ok(Sample {
-        raw_fps,
-        raw_mbs,
-        tight_fps,
-        tight_mbs,
-        key_p50_ms,
-        key_p99_ms,
-        cpu_s_per_gb,
-    })
+/// One round: each measurement of every path in turn, so that the paths compared in a ratio
+/// ran seconds apart (this machine's speed drifts by 2× over a minute).
+async fn round(d: &Desktop, o: &DesktopOptions) -> Result<Vec<Sample>> {
+    let named =
+        |p: Path4| move |e: Box<dyn std::error::Error + Send + Sync>| format!("{}: {e}", p.name());
+    let mut raw = Vec::new();
+    for p in PATHS {
+        raw.push(frames(p, d, o, &[0]).await.map_err(named(p))?);
+    }
+    let mut tight = Vec::new();
+    for p in PATHS {
+        tight.push(frames(p, d, o, &[7, -26, -254]).await.map_err(named(p))?);
+    }
+    let mut key = Vec::new();
+    for p in PATHS {
+        key.push(keys(p, d, o).await.map_err(named(p))?);
+    }
+    Ok((0..PATHS.len())
+        .map(|i| Sample {
+            raw_fps: raw[i].0,
+            raw_mbs: raw[i].1,
+            cpu_s_per_gb: raw[i].2,
+            tight_fps: tight[i].0,
+            tight_mbs: tight[i].1,
+            key_p50_ms: key[i].0,
+            key_p99_ms: key[i].1,
+        })
+        .collect())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -895,15 +911,12 @@ async fn measure(o: &DesktopOptions, d: &Desktop) -> Result<()> {
         c.rfb.close().await;
     }
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); PATHS.len()];
-    for round in 0..o.rounds {
-        for (i, p) in PATHS.iter().enumerate() {
-            let s = sample(*p, d, o)
-                .await
-                .map_err(|e| format!("{}: {e}", p.name()))?;
+    for r in 0..o.rounds {
+        for (i, s) in round(d, o).await?.into_iter().enumerate() {
             eprintln!(
                 "round {}: {:<22} raw {:6.1} f/s {:7.1} MB/s, tight {:6.1} f/s {:6.1} MB/s, key p50 {:5.2} ms p99 {:5.2} ms, cpu {}",
-                round + 1,
-                p.name(),
+                r + 1,
+                PATHS[i].name(),
                 s.raw_fps,
                 s.raw_mbs,
                 s.tight_fps,
@@ -947,23 +960,35 @@ async fn measure(o: &DesktopOptions, d: &Desktop) -> Result<()> {
             }
         );
     }
-    let raw = |i: usize| med(i, &|s| Some(s.raw_fps));
-    let key = |i: usize| med(i, &|s| Some(s.key_p50_ms));
-    let cpu = |i: usize| med(i, &|s| s.cpu_s_per_gb);
+    // Each target's ratio is the median of the rounds' own ratios: the two paths of a ratio
+    // ran back to back, where the table's medians may come from different minutes.
+    let ratio = |a: usize, b: usize, f: &dyn Fn(&Sample) -> Option<f64>| {
+        median(
+            samples[a]
+                .iter()
+                .zip(&samples[b])
+                .filter_map(|(x, y)| Some(f(x)? / f(y)?))
+                .collect(),
+        )
+    };
+    let raw = |s: &Sample| Some(s.raw_fps);
+    let key = |s: &Sample| Some(s.key_p50_ms);
+    let cpu = |s: &Sample| s.cpu_s_per_gb;
     println!();
+    println!("Ratios: the median of each round's ratio.");
     println!(
         "- Raw frames/s, hpcdesk ÷ direct: {:.2} (target ≥ 0.9); hpcdesk ÷ websockify: {:.2} (target ≥ 1.5)",
-        raw(3) / raw(0),
-        raw(3) / raw(2)
+        ratio(3, 0, &raw),
+        ratio(3, 2, &raw)
     );
     println!(
         "- key → update p50, hpcdesk ÷ direct: {:.2} (target ≤ 1.05)",
-        key(3) / key(0)
+        ratio(3, 0, &key)
     );
     println!(
         "- relay CPU per GB, hpcdesk ÷ socat: {:.2} (target ≤ 0.6); websockify ÷ socat: {:.2}",
-        cpu(3) / cpu(1),
-        cpu(2) / cpu(1)
+        ratio(3, 1, &cpu),
+        ratio(2, 1, &cpu)
     );
     Ok(())
 }
