@@ -227,14 +227,7 @@ fn a_plain_get_checks_a_launch_link() {
     }
     let app = TestApp::spawn();
     let (_token, id, url) = desktop(&app, "petra");
-    let path = url
-        .split("path=")
-        .nth(1)
-        .unwrap()
-        .split("&resize")
-        .next()
-        .unwrap();
-    let (status, body) = app.call("GET", path, None);
+    let (status, body) = app.call("GET", &link_path(&url), None);
     assert_eq!(status, 200);
     assert_eq!(body["code"], "0");
     assert_eq!(body["data"]["sessionId"], id.as_str());

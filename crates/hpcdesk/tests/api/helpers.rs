@@ -775,3 +775,15 @@ pub fn metric(app: &TestApp, name: &str) -> f64 {
         .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
         .unwrap_or_else(|| panic!("{name} missing in\n{text}"))
 }
+
+/// The gateway path of a launch URL (`/vncws?token=…&mm=…`): a plain GET checks the link.
+pub fn link_path(novnc_url: &str) -> String {
+    novnc_url
+        .split("path=")
+        .nth(1)
+        .unwrap()
+        .split("&resize")
+        .next()
+        .unwrap()
+        .to_owned()
+}

@@ -266,16 +266,7 @@ fn with_the_sqlite_disk_full_writes_answer_815008_nothing_is_started_and_running
     // audit line cannot be written, and the log says so.
     let launch = app.launch_url(&a, &id);
     assert_eq!(launch["code"], "0", "{launch}");
-    let socket = launch["data"]["novncUrl"]
-        .as_str()
-        .unwrap()
-        .split_once("path=")
-        .unwrap()
-        .1
-        .split("&resize")
-        .next()
-        .unwrap()
-        .to_owned();
+    let socket = link_path(launch["data"]["novncUrl"].as_str().unwrap());
     let (_, checked) = app.call("GET", &socket, None);
     assert_eq!(checked["code"], "0", "the link checks out: {checked}");
     assert!(

@@ -704,7 +704,7 @@ fn a_slurm_desktop_that_reaches_its_time_limit_is_stopped_and_its_viewer_told() 
         "{reason}"
     );
     // The viewer page's link check says it plainly.
-    let (status, check) = app.call("GET", &crate::timelimit::link_path(&link), None);
+    let (status, check) = app.call("GET", &link_path(&link), None);
     assert_eq!(status, 403, "{check}");
     assert!(
         check["msg"].as_str().unwrap().contains("time limit"),

@@ -24,18 +24,6 @@ pub fn extend(app: &TestApp, token: &str, id: &str, by: &str) -> Value {
     .1
 }
 
-/// The gateway path of a launch URL (`/vncws?token=…&mm=…`): a plain GET checks the link.
-pub fn link_path(novnc_url: &str) -> String {
-    novnc_url
-        .split("path=")
-        .nth(1)
-        .unwrap()
-        .split("&resize")
-        .next()
-        .unwrap()
-        .to_owned()
-}
-
 #[test]
 fn a_local_desktop_ends_at_its_lifetime_with_viewers_closed_and_an_extended_one_lives_on() {
     if !real_parts("time limit") {
