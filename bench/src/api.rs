@@ -28,13 +28,18 @@ pub struct ApiOptions {
 
 struct Load {
     per_second: f64,
+    /// The server process's CPU time per request (µs), from /proc: steadier than
+    /// throughput on this noisy machine, and blind to the load generator's own share.
+    server_us: f64,
     p50_ms: f64,
     p99_ms: f64,
     errors: usize,
 }
 
-/// `clients` connections sending `GET path` (with `token`) for `secs`.
+/// `clients` connections sending `GET path` (with `token`) for `secs`, to the server process
+/// `server`.
 async fn load(
+    server: u32,
     addr: &str,
     path: &str,
     token: Option<&str>,
@@ -86,6 +91,7 @@ async fn load(
         }));
     }
     let start = Instant::now();
+    let cpu0 = procs::cpu_seconds(server);
     let mut all = Vec::new();
     let mut errors = 0;
     for t in tasks {
@@ -94,6 +100,7 @@ async fn load(
         errors += e;
     }
     let elapsed = start.elapsed().as_secs_f64().max(secs);
+    let cpu = procs::cpu_seconds(server) - cpu0;
     all.sort_by(|a, b| a.total_cmp(b));
     let pct = |p: f64| {
         all.get(((all.len() as f64 - 1.0) * p).round() as usize)
@@ -102,6 +109,7 @@ async fn load(
     };
     Ok(Load {
         per_second: all.len() as f64 / elapsed,
+        server_us: cpu * 1e6 / all.len().max(1) as f64,
         p50_ms: pct(0.5),
         p99_ms: pct(0.99),
         errors,
@@ -173,6 +181,7 @@ pub async fn api(opts: ApiOptions) -> Result<(), Error> {
     for _ in 0..opts.reps {
         for (i, (name, addr, path, tok)) in cases.iter().enumerate() {
             let l = load(
+                hpcdesk.pid as u32,
                 addr,
                 path,
                 tok.as_deref().map(String::as_str),
@@ -181,25 +190,26 @@ pub async fn api(opts: ApiOptions) -> Result<(), Error> {
             )
             .await?;
             eprintln!(
-                "  {name}: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, {} errors",
-                l.per_second, l.p50_ms, l.p99_ms, l.errors
+                "  {name}: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, {} errors, server {:.0} µs CPU/req",
+                l.per_second, l.p50_ms, l.p99_ms, l.errors, l.server_us
             );
             runs[i].push(l);
         }
     }
     println!();
     println!(
-        "| {:<32} | {:>8} | {:>8} | {:>8} | {:>6} | {:>10} |",
-        "", "req/s", "p50 ms", "p99 ms", "errors", "÷ ceiling"
+        "| {:<32} | {:>8} | {:>8} | {:>8} | {:>6} | {:>10} | {:>13} |",
+        "", "req/s", "p50 ms", "p99 ms", "errors", "÷ ceiling", "server µs/req"
     );
     println!(
-        "|:{}|{}:|{}:|{}:|{}:|{}:|",
+        "|:{}|{}:|{}:|{}:|{}:|{}:|{}:|",
         "-".repeat(33),
         "-".repeat(9),
         "-".repeat(9),
         "-".repeat(9),
         "-".repeat(7),
-        "-".repeat(11)
+        "-".repeat(11),
+        "-".repeat(14)
     );
     for (i, (name, ..)) in cases.iter().enumerate() {
         let r = &runs[i];
@@ -210,11 +220,12 @@ pub async fn api(opts: ApiOptions) -> Result<(), Error> {
                 .collect(),
         );
         println!(
-            "| {name:<32} | {:>8.0} | {:>8.2} | {:>8.2} | {:>6} | {ratio:>9.2}× |",
+            "| {name:<32} | {:>8.0} | {:>8.2} | {:>8.2} | {:>6} | {ratio:>9.2}× | {:>13.0} |",
             median(r.iter().map(|l| l.per_second).collect()),
             median(r.iter().map(|l| l.p50_ms).collect()),
             median(r.iter().map(|l| l.p99_ms).collect()),
             r.iter().map(|l| l.errors).sum::<usize>(),
+            median(r.iter().map(|l| l.server_us).collect()),
         );
     }
     drop(hpcdesk);

@@ -458,49 +458,6 @@ impl Rfb {
 // ---------------------------------------------------------------------------------------
 // Processes and CPU.
 
-/// CPU ticks (user + system, of all threads) of `pid` and every descendant.
-fn cpu_ticks(pid: u32) -> u64 {
-    let mut procs: Vec<(u32, u32, u64)> = Vec::new();
-    if let Ok(dir) = std::fs::read_dir("/proc") {
-        for e in dir.flatten() {
-            let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-                continue;
-            };
-            if let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat"))
-                && let Some((_, rest)) = stat.rsplit_once(')')
-            {
-                let f: Vec<&str> = rest.split_whitespace().collect();
-                let num = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
-                // After the name: state(0) ppid(1) … utime(11) stime(12).
-                procs.push((p, num(1) as u32, num(11) + num(12)));
-            }
-        }
-    }
-    let parent = |p: u32| procs.iter().find(|x| x.0 == p).map(|x| x.1);
-    procs
-        .iter()
-        .filter(|(p, _, _)| {
-            let mut q = *p;
-            for _ in 0..32 {
-                if q == pid {
-                    return true;
-                }
-                match parent(q) {
-                    Some(pp) if pp > 1 => q = pp,
-                    _ => return false,
-                }
-            }
-            false
-        })
-        .map(|x| x.2)
-        .sum()
-}
-
-/// /proc counts CPU time in USER_HZ, which is 100 on Linux whatever the kernel's tick.
-fn ticks_per_second() -> f64 {
-    100.0
-}
-
 /// A free loopback port.
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -651,7 +608,10 @@ async fn frames(
     // One frame to settle the encoder, then measure.
     c.rfb.request(false).await?;
     c.rfb.update(false).await?;
-    let cpu0 = c.relay.as_ref().map(|(pid, _)| cpu_ticks(*pid));
+    let cpu0 = c
+        .relay
+        .as_ref()
+        .map(|(pid, _)| crate::procs::cpu_seconds(*pid));
     let bytes0 = c.rfb.received;
     let t0 = Instant::now();
     let mut n = 0u64;
@@ -662,11 +622,12 @@ async fn frames(
     }
     let dt = t0.elapsed().as_secs_f64();
     let bytes = (c.rfb.received - bytes0) as f64;
-    let cpu = c.relay.as_ref().map(|(pid, _)| cpu_ticks(*pid));
+    let cpu = c
+        .relay
+        .as_ref()
+        .map(|(pid, _)| crate::procs::cpu_seconds(*pid));
     let per_gb = match (cpu0, cpu) {
-        (Some(a), Some(b)) if bytes > 0.0 => {
-            Some((b.saturating_sub(a)) as f64 / ticks_per_second() / (bytes / 1e9))
-        }
+        (Some(a), Some(b)) if bytes > 0.0 => Some((b - a).max(0.0) / (bytes / 1e9)),
         _ => None,
     };
     c.rfb.close().await;

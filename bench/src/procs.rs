@@ -180,6 +180,46 @@ pub async fn spawn(
     })
 }
 
+/// CPU seconds (user + system, of all threads) of `pid` and every descendant, from /proc
+/// (which counts in USER_HZ, 100 a second on Linux whatever the kernel's tick).
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let mut procs: Vec<(u32, u32, u64)> = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            if let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat"))
+                && let Some((_, rest)) = stat.rsplit_once(')')
+            {
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                let num = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+                // After the name: state(0) ppid(1) … utime(11) stime(12).
+                procs.push((p, num(1) as u32, num(11) + num(12)));
+            }
+        }
+    }
+    let parent = |p: u32| procs.iter().find(|x| x.0 == p).map(|x| x.1);
+    procs
+        .iter()
+        .filter(|(p, _, _)| {
+            let mut q = *p;
+            for _ in 0..32 {
+                if q == pid {
+                    return true;
+                }
+                match parent(q) {
+                    Some(pp) if pp > 1 => q = pp,
+                    _ => return false,
+                }
+            }
+            false
+        })
+        .map(|x| x.2)
+        .sum::<u64>() as f64
+        / 100.0
+}
+
 /// Proportional set size (KiB) of `pid` and all its descendants.
 pub fn pss_kib(pid: i32) -> u64 {
     let mut parents: HashMap<i32, i32> = HashMap::new();

@@ -332,7 +332,7 @@ pub async fn renew(app: &AppState, token: &str, peer: &str) -> Result<Vec<TokenE
         .await;
     }
     // A token issued by the AC platform: renew it with the same claims.
-    let mut claims = old.claims.clone();
+    let mut claims = hpcdesk_core::Claims::clone(&old.claims);
     claims.expire_time = (now + ttl_ms).to_string();
     claims.issued_at = now.to_string();
     claims.login_time = login.to_string();

@@ -16,7 +16,8 @@ use crate::error::{ApiError, Invariant};
 /// A caller whose token was verified.
 #[derive(Debug, Clone)]
 pub struct AuthUser {
-    pub claims: Claims,
+    /// Shared with the verifier's memory of the token (see [`TokenVerifier`]).
+    pub claims: std::sync::Arc<Claims>,
     pub compute_user: ComputeUser,
     pub role: RoleKind,
     pub status: AccountStatus,
@@ -63,7 +64,7 @@ pub struct TokenVerifier {
     /// the claims are still checked (expiry, cluster, role, status) on every call. Only
     /// validly signed tokens get in, so its size is bounded by [`VERIFIED_MAX`] for honest
     /// reasons only; it is emptied when full. A plain mutex: held for a lookup or an insert.
-    verified: std::sync::Mutex<std::collections::HashMap<String, Claims>>,
+    verified: std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<Claims>>>,
 }
 
 /// Most tokens remembered as verified.
@@ -114,7 +115,7 @@ impl TokenVerifier {
     }
 
     /// The claims of a validly signed `token`, or `None`.
-    fn signed_claims(&self, token: &str) -> Option<Claims> {
+    fn signed_claims(&self, token: &str) -> Option<std::sync::Arc<Claims>> {
         let lock = || self.verified.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = lock().get(token) {
             return Some(c.clone());
@@ -122,12 +123,13 @@ impl TokenVerifier {
         for key in &self.keys {
             match jsonwebtoken::decode::<Claims>(token, key, &self.validation) {
                 Ok(data) => {
+                    let claims = std::sync::Arc::new(data.claims);
                     let mut verified = lock();
                     if verified.len() >= VERIFIED_MAX {
                         verified.clear();
                     }
-                    verified.insert(token.to_owned(), data.claims.clone());
-                    return Some(data.claims);
+                    verified.insert(token.to_owned(), claims.clone());
+                    return Some(claims);
                 }
                 Err(e) => {
                     tracing::debug!(reason = %e.kind_to_string(), "token refused by one key");

@@ -1133,8 +1133,8 @@ pub async fn launch_url(
         (true, false) => format!("view only; owner {}", rec.owner),
     };
     // The line is queued, not waited for: the answer waits for no commit (a crash in the
-    // milliseconds before the next one can lose it; each use of the link is audited when the
-    // viewer connects).
+    // 20 ms the writer lingers for more lines, and its commit, can lose it; a shutdown writes
+    // it; each use of the link is audited when the viewer connects).
     audit::record_soon(
         app,
         Kind::LaunchUrlIssued,

@@ -278,6 +278,10 @@ pub async fn serve(
     if let Some(presence) = presence {
         let _ = presence.await;
     }
+    // Audit lines nobody waited for (launch URLs) may still be queued: written before exit.
+    if let Err(e) = state.store.flush_audit().await {
+        tracing::error!(error = %e, "cannot write the queued audit lines at shutdown");
+    }
     // Viewers get a "going away" close frame and reconnect to the next instance.
     gateway
         .registry

@@ -143,6 +143,7 @@ bounded! {
     fn not_running(&self, keys: &[String]) -> Vec<String>;
     fn record_audit(&self, event: AuditEvent) -> ();
     fn queue_audit(&self, event: AuditEvent) -> ();
+    fn flush_audit(&self) -> ();
     fn audit(&self, filter: AuditFilter) -> Vec<AuditEvent>;
 }
 

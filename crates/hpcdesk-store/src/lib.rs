@@ -472,10 +472,15 @@ pub trait Store: Send + Sync + 'static {
     /// other callers write meanwhile).
     async fn record_audit(&self, event: AuditEvent) -> Result<(), StoreError>;
 
-    /// Queues an audit line for the next group commit and returns without waiting for it,
-    /// when the queue has room; otherwise as [`Store::record_audit`]. A commit nobody waits
-    /// for that fails is logged by the store.
+    /// Queues an audit line for a group commit soon (within a few tens of milliseconds: the
+    /// writer waits a little for more lines nobody waits for) and returns without waiting for
+    /// it, when the queue has room; otherwise as [`Store::record_audit`]. A commit nobody
+    /// waits for that fails is logged by the store.
     async fn queue_audit(&self, event: AuditEvent) -> Result<(), StoreError>;
+
+    /// Returns once every audit line queued before the call is committed (at shutdown, so
+    /// that no queued line is left behind).
+    async fn flush_audit(&self) -> Result<(), StoreError>;
 
     /// Audit lines matching `filter`, oldest first (the newest `filter.limit` of them).
     async fn audit(&self, filter: AuditFilter) -> Result<Vec<AuditEvent>, StoreError>;

@@ -33,6 +33,12 @@ pub trait Backend: Database + sqlx::database::HasStatementCache {
     /// Placeholders for `n` values bound in order, the first being the `start`th of the
     /// statement, for statements with many of them.
     fn many_placeholders(start: usize, n: usize) -> String;
+
+    /// Inserts audit lines given as one JSON text (`$1`): an array of
+    /// `[at, kind, user_name, session_id, peer, detail]`, in order. One statement, prepared
+    /// once, for a batch of any size; the database unpacks the array itself, which costs far
+    /// less than binding six values per line.
+    const INSERT_AUDIT_JSON: &'static str;
 }
 
 impl Backend for sqlx::Sqlite {
@@ -46,6 +52,10 @@ impl Backend for sqlx::Sqlite {
     fn many_placeholders(_start: usize, n: usize) -> String {
         vec!["?"; n].join(", ")
     }
+
+    const INSERT_AUDIT_JSON: &'static str = "INSERT INTO audit (at, kind, user_name, session_id, peer, detail) \
+         SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5 \
+         FROM json_each($1) ORDER BY key";
 }
 
 impl Backend for sqlx::Postgres {
@@ -56,6 +66,10 @@ impl Backend for sqlx::Postgres {
     fn many_placeholders(start: usize, n: usize) -> String {
         placeholders(start, n)
     }
+
+    const INSERT_AUDIT_JSON: &'static str = "INSERT INTO audit (at, kind, user_name, session_id, peer, detail) \
+         SELECT (e ->> 0)::bigint, e ->> 1, e ->> 2, e ->> 3, e ->> 4, e ->> 5 \
+         FROM jsonb_array_elements($1::text::jsonb) WITH ORDINALITY AS t(e, n) ORDER BY n";
 }
 
 /// Adds to an `impl<DB> … SqlStore<DB>` block what the SQL in it needs of the backend
@@ -87,6 +101,16 @@ macro_rules! with_backend_bounds {
 /// per caller, so each waiting caller answers only once its own line is durable.
 type AuditReply = tokio::sync::oneshot::Sender<Result<(), (bool, String)>>;
 
+/// An audit line on its way to the writer.
+#[derive(Debug)]
+struct QueuedAudit {
+    /// `None`: a barrier ([`Store::flush_audit`]), answered with the batch it ends.
+    line: Option<AuditEvent>,
+    /// Whoever waits for the line to be durable; with one, its batch is written without
+    /// lingering. `None` for a line nobody waits for.
+    reply: Option<AuditReply>,
+}
+
 /// The store on one SQL database. Cheap to clone (pool handles).
 ///
 /// Reads go through `pool`; writes through `writer`, which is the same pool on PostgreSQL and
@@ -95,14 +119,17 @@ type AuditReply = tokio::sync::oneshot::Sender<Result<(), (bool, String)>>;
 ///
 /// Audit lines, written on every launch URL and viewer connection, are group-committed:
 /// inserts that arrive while one transaction commits go together in the next, and each caller
-/// that waits returns once its line is durable.
+/// that waits returns once its line is durable. Lines nobody waits for (launch URLs) wait up
+/// to [`AUDIT_LINGER`] for company, so that a stream of them is a few large commits.
 #[derive(Debug)]
 pub struct SqlStore<DB: Database> {
     pool: Pool<DB>,
     writer: Pool<DB>,
     /// The queue of the group-committing audit writer task. Bounded (four batches), so that
     /// a slow database holds its callers back instead of letting the queue grow without end.
-    audits: tokio::sync::mpsc::Sender<(AuditEvent, AuditReply)>,
+    audits: tokio::sync::mpsc::Sender<QueuedAudit>,
+    /// Told by a caller that has queued a line and waits for it: the writer stops lingering.
+    audit_waiting: Arc<tokio::sync::Notify>,
     /// Visible sessions in memory, when this process is the database's only writer.
     cache: Option<Arc<SessionCache>>,
 }
@@ -113,6 +140,7 @@ impl<DB: Database> Clone for SqlStore<DB> {
             pool: self.pool.clone(),
             writer: self.writer.clone(),
             audits: self.audits.clone(),
+            audit_waiting: self.audit_waiting.clone(),
             cache: self.cache.clone(),
         }
     }
@@ -120,6 +148,10 @@ impl<DB: Database> Clone for SqlStore<DB> {
 
 /// Most audit lines committed in one transaction.
 const AUDIT_BATCH: usize = 256;
+
+/// How long a batch of audit lines nobody waits for may wait for more before it is written:
+/// at most this long (and a commit) between a launch URL's answer and its line being durable.
+const AUDIT_LINGER: std::time::Duration = std::time::Duration::from_millis(20);
 
 const SESSION_COLUMNS: &str = "key, session_id, owner, user_id, invoker, compute_user, node, \
      display, host, port, state, status_reason, geometry, vnc_password, launcher, handle, \
@@ -185,11 +217,17 @@ impl<DB> SqlStore<DB> {
         cache: Option<SessionCache>,
     ) -> Self {
         let (tx, rx) = tokio::sync::mpsc::channel(4 * AUDIT_BATCH);
-        tokio::spawn(Self::audit_writer(writer.clone(), rx));
+        let audit_waiting = Arc::new(tokio::sync::Notify::new());
+        tokio::spawn(Self::audit_writer(
+            writer.clone(),
+            rx,
+            audit_waiting.clone(),
+        ));
         SqlStore {
             pool,
             writer,
             audits: tx,
+            audit_waiting,
             cache: cache.map(Arc::new),
         }
     }
@@ -216,76 +254,98 @@ impl<DB> SqlStore<DB> {
         Ok(Some(snap))
     }
 
-    /// Writes queued audit lines, as many per transaction as are waiting. A batch that
-    /// fails is logged here too: lines queued by [`Store::queue_audit`] have nobody waiting.
+    /// Writes queued audit lines, as many per transaction as are waiting (to
+    /// [`AUDIT_BATCH`]). A batch nobody waits for first lingers up to [`AUDIT_LINGER`] for
+    /// more, without being woken by each line that arrives meanwhile: under a stream of launch
+    /// URLs that makes one commit of hundreds of lines instead of many of a few, whose fixed
+    /// cost (waking this task and the database thread, a transaction, the WAL write) was most
+    /// of each line's. A caller that waits for its line ends the lingering (`waiting`); so
+    /// does a full batch in the queue. A batch that fails is logged here too: lines queued by
+    /// [`Store::queue_audit`] have nobody waiting.
     async fn audit_writer(
         writer: Pool<DB>,
-        mut rx: tokio::sync::mpsc::Receiver<(AuditEvent, AuditReply)>,
+        mut rx: tokio::sync::mpsc::Receiver<QueuedAudit>,
+        waiting: Arc<tokio::sync::Notify>,
     ) {
-        while let Some(first) = rx.recv().await {
-            let mut batch = vec![first];
+        let drain = |rx: &mut tokio::sync::mpsc::Receiver<QueuedAudit>, batch: &mut Vec<_>| {
             while batch.len() < AUDIT_BATCH {
                 match rx.try_recv() {
                     Ok(item) => batch.push(item),
                     Err(_) => break,
                 }
             }
-            let lines: Vec<&AuditEvent> = batch.iter().map(|(e, _)| e).collect();
+        };
+        while let Some(first) = rx.recv().await {
+            let mut batch = vec![first];
+            drain(&mut rx, &mut batch);
+            if batch.len() < AUDIT_BATCH && batch.iter().all(|q| q.reply.is_none()) {
+                tokio::select! {
+                    _ = tokio::time::sleep(AUDIT_LINGER) => {}
+                    _ = waiting.notified() => {}
+                }
+                drain(&mut rx, &mut batch);
+            }
+            let lines: Vec<&AuditEvent> = batch.iter().filter_map(|q| q.line.as_ref()).collect();
             let result = Self::insert_audit(&writer, &lines).await.map_err(|e| {
                 let e = StoreError::from(e);
                 (e.is_unavailable(), e.to_string())
             });
             if let Err((_, what)) = &result {
-                tracing::error!(lines = batch.len(), error = %what, "cannot write the audit log");
+                tracing::error!(lines = lines.len(), error = %what, "cannot write the audit log");
             }
-            for (_, reply) in batch {
+            for reply in batch.into_iter().filter_map(|q| q.reply) {
                 let _ = reply.send(result.clone());
             }
         }
     }
 
-    /// Inserts audit lines durably with one multi-row `INSERT`: one statement and one commit
-    /// for the whole batch (at most [`AUDIT_BATCH`]).
+    /// Inserts audit lines durably, the whole batch (at most [`AUDIT_BATCH`]) in one
+    /// statement and one commit ([`Backend::INSERT_AUDIT_JSON`]).
     async fn insert_audit(writer: &Pool<DB>, lines: &[&AuditEvent]) -> Result<(), sqlx::Error> {
-        let rows: Vec<String> = (0..lines.len())
-            .map(|i| format!("({})", DB::many_placeholders(1 + 6 * i, 6)))
-            .collect();
-        let sql = format!(
-            "INSERT INTO audit (at, kind, user_name, session_id, peer, detail) VALUES {}",
-            rows.join(", ")
-        );
-        // Batch sizes vary: keep single-row statements prepared, parse the others afresh
-        // rather than crowd out the statement cache.
-        let mut q = sqlx::query(AssertSqlSafe(sql)).persistent(lines.len() == 1);
-        for e in lines {
-            q = q
-                .bind(millis(e.at))
-                .bind(&e.kind)
-                .bind(&e.user)
-                .bind(&e.session_id)
-                .bind(&e.peer)
-                .bind(&e.detail);
+        if lines.is_empty() {
+            return Ok(());
         }
-        q.execute(writer).await?;
+        let rows: Vec<_> = lines
+            .iter()
+            .map(|e| {
+                (
+                    millis(e.at),
+                    &e.kind,
+                    &e.user,
+                    &e.session_id,
+                    &e.peer,
+                    &e.detail,
+                )
+            })
+            .collect();
+        let json = serde_json::to_string(&rows).expect("audit lines serialize to JSON");
+        sqlx::query(DB::INSERT_AUDIT_JSON)
+            .bind(json)
+            .execute(writer)
+            .await?;
         Ok(())
     }
 
     /// Hands `line` to the audit writer; with `wait`, returns once it is durable.
-    async fn group_commit(&self, line: AuditEvent, wait: bool) -> Result<(), StoreError> {
-        let (reply, done) = tokio::sync::oneshot::channel();
+    async fn group_commit(&self, line: Option<AuditEvent>, wait: bool) -> Result<(), StoreError> {
         let gone = || StoreError::Unavailable("the audit writer stopped".into());
         use tokio::sync::mpsc::error::TrySendError;
-        let queued = if wait {
-            Err(TrySendError::Full((line, reply)))
-        } else {
-            self.audits.try_send((line, reply))
-        };
-        match queued {
-            Ok(()) => return Ok(()),
-            Err(TrySendError::Closed(_)) => return Err(gone()),
-            // Asked to wait, or the writer is behind (then this caller waits as well).
-            Err(TrySendError::Full(item)) => self.audits.send(item).await.map_err(|_| gone())?,
+        let mut line = line;
+        if !wait {
+            match self.audits.try_send(QueuedAudit { line, reply: None }) {
+                Ok(()) => return Ok(()),
+                Err(TrySendError::Closed(_)) => return Err(gone()),
+                // The writer is behind: this caller waits for its line like the others.
+                Err(TrySendError::Full(item)) => line = item.line,
+            }
         }
+        let (reply, done) = tokio::sync::oneshot::channel();
+        let item = QueuedAudit {
+            line,
+            reply: Some(reply),
+        };
+        self.audits.send(item).await.map_err(|_| gone())?;
+        self.audit_waiting.notify_one();
         done.await
             .map_err(|_| gone())?
             .map_err(|(unavailable, what)| {
@@ -1183,11 +1243,15 @@ impl<DB> Store for SqlStore<DB> {
     }
 
     async fn record_audit(&self, e: AuditEvent) -> Result<(), StoreError> {
-        self.group_commit(e, true).await
+        self.group_commit(Some(e), true).await
     }
 
     async fn queue_audit(&self, e: AuditEvent) -> Result<(), StoreError> {
-        self.group_commit(e, false).await
+        self.group_commit(Some(e), false).await
+    }
+
+    async fn flush_audit(&self) -> Result<(), StoreError> {
+        self.group_commit(None, true).await
     }
 
     async fn audit(&self, f: AuditFilter) -> Result<Vec<AuditEvent>, StoreError> {

@@ -906,6 +906,71 @@ async fn audit_lines_written_and_queued_at_once_are_all_kept(store: Arc<dyn Stor
     assert_eq!(lines.len(), 301);
 }
 
+/// Queued lines nobody waits for are written soon on their own (the writer lingers a few
+/// milliseconds for more), and a flush returns only once every line queued before it is.
+async fn queued_audit_lines_are_written_soon_and_by_a_flush(store: Arc<dyn Store>) {
+    let line = |user: &str, i: u16| AuditEvent {
+        at: Utc::now(),
+        kind: "launch_url_issued".into(),
+        user: user.into(),
+        session_id: format!("s{i}"),
+        peer: String::new(),
+        detail: String::new(),
+    };
+    let count = |user: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .audit(AuditFilter {
+                    user: Some(user.into()),
+                    limit: 1000,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .len()
+        }
+    };
+    for i in 0..3 {
+        store.queue_audit(line("soon", i)).await.unwrap();
+    }
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while count("soon").await < 3 {
+        assert!(
+            std::time::Instant::now() < until,
+            "queued lines not written within 5 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    for i in 0..40 {
+        let mut e = line("flushed", i);
+        // Text that needs escaping comes back as it went in.
+        e.detail = format!("view only; \"quoted\" \\ ünïcode\n{i}");
+        e.peer = "2001:db8::1".into();
+        store.queue_audit(e).await.unwrap();
+    }
+    store.flush_audit().await.unwrap();
+    assert_eq!(
+        count("flushed").await,
+        40,
+        "a flush writes every queued line"
+    );
+    let lines = store
+        .audit(AuditFilter {
+            user: Some("flushed".into()),
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    for (i, e) in lines.iter().enumerate() {
+        assert_eq!(e.session_id, format!("s{i}"), "in the order queued");
+        assert_eq!(e.detail, format!("view only; \"quoted\" \\ ünïcode\n{i}"));
+        assert_eq!(e.peer, "2001:db8::1");
+        assert_eq!(e.kind, "launch_url_issued");
+    }
+}
+
 async fn the_audit_log_filters_by_user_and_time(store: Arc<dyn Store>) {
     let t0 = Utc::now();
     for (i, u) in ["a", "b", "a"].iter().enumerate() {
@@ -1002,6 +1067,7 @@ on_every_backend!(
     status_reasons_are_stored_bounded,
     instances_are_fresh_while_they_beat,
     audit_lines_written_and_queued_at_once_are_all_kept,
+    queued_audit_lines_are_written_soon_and_by_a_flush,
 );
 
 /// A SQLite file is locked to the one store that serves it (its sessions live in that

@@ -2,11 +2,9 @@
 //! API version (10009), then the `token` header (10003 / 10008 / 10010), then the session
 //! id in the path (10004); and [`QueryOf`], the one reader of query strings (10004).
 
-use std::collections::HashMap;
-
 use std::net::SocketAddr;
 
-use axum::extract::{ConnectInfo, FromRequestParts, Path};
+use axum::extract::{ConnectInfo, FromRequestParts, RawPathParams};
 use axum::http::request::Parts;
 use hpcdesk_core::{AccountStatus, SessionId};
 
@@ -14,11 +12,14 @@ use crate::auth::AuthUser;
 use crate::error::ApiError;
 use crate::state::AppState;
 
-async fn path_params(parts: &mut Parts, state: &AppState) -> HashMap<String, String> {
-    Path::<HashMap<String, String>>::from_request_parts(parts, state)
+/// The (percent-decoded) path part `name` of the route, if the path has it and it is text.
+async fn path_param(parts: &mut Parts, state: &AppState, name: &str) -> Option<String> {
+    RawPathParams::from_request_parts(parts, state)
         .await
-        .map(|Path(p)| p)
-        .unwrap_or_default()
+        .ok()?
+        .iter()
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_owned())
 }
 
 /// The query string read as `T`. One that does not fit (a parameter given twice, say) is
@@ -45,9 +46,8 @@ impl FromRequestParts<AppState> for V2 {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let params = path_params(parts, state).await;
-        let version = params.get("version").map(String::as_str).unwrap_or("");
-        match version {
+        let version = path_param(parts, state, "version").await;
+        match version.as_deref().unwrap_or("") {
             "v2" => Ok(V2),
             v if v.len() > 1
                 && v.starts_with('v')
@@ -155,11 +155,10 @@ impl FromRequestParts<AppState> for SessionPath {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let params = path_params(parts, state).await;
-        let raw = params
-            .get("session_id")
+        let raw = path_param(parts, state, "session_id")
+            .await
             .ok_or_else(|| ApiError::MissingParameter("missing path part: sessionId".into()))?;
-        SessionId::parse(raw)
+        SessionId::parse(&raw)
             .map(SessionPath)
             .map_err(|e| ApiError::InvalidParameter(format!("invalid sessionId: {e}")))
     }
