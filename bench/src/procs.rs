@@ -180,49 +180,9 @@ pub async fn spawn(
     })
 }
 
-/// CPU seconds (user + system, of all threads) of `pid` and every descendant, from /proc
-/// (which counts in USER_HZ, 100 a second on Linux whatever the kernel's tick).
-pub fn cpu_seconds(pid: u32) -> f64 {
-    let mut procs: Vec<(u32, u32, u64)> = Vec::new();
-    if let Ok(dir) = std::fs::read_dir("/proc") {
-        for e in dir.flatten() {
-            let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-                continue;
-            };
-            if let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat"))
-                && let Some((_, rest)) = stat.rsplit_once(')')
-            {
-                let f: Vec<&str> = rest.split_whitespace().collect();
-                let num = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
-                // After the name: state(0) ppid(1) … utime(11) stime(12).
-                procs.push((p, num(1) as u32, num(11) + num(12)));
-            }
-        }
-    }
-    let parent = |p: u32| procs.iter().find(|x| x.0 == p).map(|x| x.1);
-    procs
-        .iter()
-        .filter(|(p, _, _)| {
-            let mut q = *p;
-            for _ in 0..32 {
-                if q == pid {
-                    return true;
-                }
-                match parent(q) {
-                    Some(pp) if pp > 1 => q = pp,
-                    _ => return false,
-                }
-            }
-            false
-        })
-        .map(|x| x.2)
-        .sum::<u64>() as f64
-        / 100.0
-}
-
-/// Proportional set size (KiB) of `pid` and all its descendants.
-pub fn pss_kib(pid: i32) -> u64 {
-    let mut parents: HashMap<i32, i32> = HashMap::new();
+/// Every process in /proc, with the fields of its `stat` after the name (state, ppid, …).
+fn proc_stats() -> Vec<(i32, Vec<u64>)> {
+    let mut procs = Vec::new();
     if let Ok(dir) = std::fs::read_dir("/proc") {
         for e in dir.flatten() {
             let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
@@ -230,12 +190,26 @@ pub fn pss_kib(pid: i32) -> u64 {
             };
             if let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat"))
                 && let Some((_, rest)) = stat.rsplit_once(')')
-                && let Some(ppid) = rest.split_whitespace().nth(1).and_then(|x| x.parse().ok())
             {
-                parents.insert(p, ppid);
+                // The state (a letter) reads as 0; the numbers follow it.
+                let fields = rest
+                    .split_whitespace()
+                    .map(|x| x.parse::<u64>().unwrap_or(0))
+                    .collect();
+                procs.push((p, fields));
             }
         }
     }
+    procs
+}
+
+/// `pid` and its descendants, each with its `stat` fields (see [`proc_stats`]).
+fn process_tree(pid: i32) -> Vec<(i32, Vec<u64>)> {
+    let procs = proc_stats();
+    let parents: HashMap<i32, i32> = procs
+        .iter()
+        .map(|(p, f)| (*p, f.get(1).copied().unwrap_or(0) as i32))
+        .collect();
     let in_tree = |mut p: i32| {
         for _ in 0..64 {
             if p == pid {
@@ -248,9 +222,25 @@ pub fn pss_kib(pid: i32) -> u64 {
         }
         false
     };
-    parents
-        .keys()
-        .filter(|p| in_tree(**p))
+    procs.into_iter().filter(|(p, _)| in_tree(*p)).collect()
+}
+
+/// CPU seconds (user + system, of all threads) of `pid` and every descendant, from /proc
+/// (which counts in USER_HZ, 100 a second on Linux whatever the kernel's tick).
+pub fn cpu_seconds(pid: u32) -> f64 {
+    process_tree(pid as i32)
+        .iter()
+        // After the name: state(0) ppid(1) … utime(11) stime(12).
+        .map(|(_, f)| f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0))
+        .sum::<u64>() as f64
+        / 100.0
+}
+
+/// Proportional set size (KiB) of `pid` and all its descendants.
+pub fn pss_kib(pid: i32) -> u64 {
+    process_tree(pid)
+        .iter()
+        .map(|(p, _)| p)
         .map(|p| {
             std::fs::read_to_string(format!("/proc/{p}/smaps_rollup"))
                 .ok()
