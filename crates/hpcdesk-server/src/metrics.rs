@@ -6,11 +6,11 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use axum::extract::{Request, State};
+use axum::extract::State;
 use axum::http::{HeaderValue, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use hpcdesk_core::ApiCode;
+use tower_http::trace::{DefaultOnResponse, OnResponse};
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -63,13 +63,36 @@ impl Metrics {
     }
 }
 
-/// Counts every API answer by its code (the envelope puts the code in an extension).
-pub async fn count(State(app): State<AppState>, req: Request, next: Next) -> Response {
-    let resp = next.run(req).await;
-    if let Some(code) = resp.extensions().get::<ApiCode>() {
-        app.metrics.count_response(*code);
+/// What the trace layer does with each answer: count it by its SCNet code (the envelope puts
+/// the code in an extension), then log it as tower-http's default does. Counting here, where
+/// every answer passes anyway, costs no middleware of its own.
+#[derive(Clone)]
+pub struct CountAnswers {
+    app: AppState,
+    log: DefaultOnResponse,
+}
+
+impl CountAnswers {
+    pub fn new(app: AppState) -> Self {
+        CountAnswers {
+            app,
+            log: DefaultOnResponse::new().level(tracing::Level::INFO),
+        }
     }
-    resp
+}
+
+impl<B> OnResponse<B> for CountAnswers {
+    fn on_response(
+        self,
+        response: &axum::http::Response<B>,
+        latency: std::time::Duration,
+        span: &tracing::Span,
+    ) {
+        if let Some(code) = response.extensions().get::<ApiCode>() {
+            self.app.metrics.count_response(*code);
+        }
+        self.log.on_response(response, latency, span);
+    }
 }
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {

@@ -514,3 +514,39 @@ async fn a_launch_link_changed_in_any_way_is_not_valid() {
         assert_eq!(a.msg(), "the launch link is not valid");
     }
 }
+
+/// Every answer is counted by its SCNet code in `/metrics`, refusals made before any handler
+/// runs (10003, 10012) included.
+#[tokio::test]
+async fn answers_are_counted_by_code_in_metrics() {
+    let app = service(fake(), &[("HPCDESK_LIMITS__MAX_BODY_BYTES", "1024")]).await;
+    let count = |text: &str, code: &str| -> u64 {
+        let series = format!("hpcdesk_api_responses_total{{code=\"{code}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(series.as_str()))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in {text}"))
+    };
+    let before = call(&app, Method::GET, "/metrics", None, "").await.text;
+    for _ in 0..2 {
+        let ok = call(&app, Method::GET, DESKTOPS, Some(&token("alice")), "").await;
+        assert_eq!(ok.code(), "0");
+    }
+    assert_eq!(
+        call(&app, Method::GET, DESKTOPS, None, "").await.code(),
+        "10003"
+    );
+    let big = call(
+        &app,
+        Method::PUT,
+        DESKTOPS,
+        Some(&token("alice")),
+        vec![b'x'; 4096],
+    )
+    .await;
+    assert_eq!(big.code(), "10012");
+    let after = call(&app, Method::GET, "/metrics", None, "").await.text;
+    assert_eq!(count(&after, "0") - count(&before, "0"), 2);
+    assert_eq!(count(&after, "10003") - count(&before, "10003"), 1);
+    assert_eq!(count(&after, "10012") - count(&before, "10012"), 1);
+}

@@ -26,8 +26,7 @@ use axum::Router;
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
-use tower_http::trace::{DefaultOnResponse, TraceLayer};
-use tracing::Level;
+use tower_http::trace::TraceLayer;
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -85,17 +84,14 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             limits::enforce,
         ))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            crate::metrics::count,
-        ))
         .layer(
             TraceLayer::new_for_http()
                 // The path only: query strings carry grant tokens and sealed passwords.
                 .make_span_with(|req: &Request| {
                     tracing::info_span!("http", method = %req.method(), path = %req.uri().path())
                 })
-                .on_response(DefaultOnResponse::new().level(Level::INFO)),
+                // Counts the answer for /metrics, then logs it.
+                .on_response(crate::metrics::CountAnswers::new(state.clone())),
         )
         .with_state(state)
 }
