@@ -221,18 +221,23 @@ async fn calls_over_the_users_rate_are_10011_with_retry_after() {
     );
 }
 
-#[tokio::test]
-async fn a_body_over_the_limit_is_10012_and_starts_nothing() {
-    let f = fake();
-    let app = service(f.clone(), &[("HPCDESK_LIMITS__MAX_BODY_BYTES", "1024")]).await;
-    let a = call(
-        &app,
+/// A create by alice with a 4 KiB body (over the 1 KiB limit the tests that send it set).
+async fn oversized_create(app: &hpcdesk_server::AppState) -> support::Answer {
+    call(
+        app,
         Method::PUT,
         DESKTOPS,
         Some(&token("alice")),
         vec![b'x'; 4096],
     )
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_10012_and_starts_nothing() {
+    let f = fake();
+    let app = service(f.clone(), &[("HPCDESK_LIMITS__MAX_BODY_BYTES", "1024")]).await;
+    let a = oversized_create(&app).await;
     assert_eq!((a.status, a.code()), (StatusCode::OK, "10012"));
     assert_eq!(f.starts(), 0);
 }
@@ -536,14 +541,7 @@ async fn answers_are_counted_by_code_in_metrics() {
         call(&app, Method::GET, DESKTOPS, None, "").await.code(),
         "10003"
     );
-    let big = call(
-        &app,
-        Method::PUT,
-        DESKTOPS,
-        Some(&token("alice")),
-        vec![b'x'; 4096],
-    )
-    .await;
+    let big = oversized_create(&app).await;
     assert_eq!(big.code(), "10012");
     let after = call(&app, Method::GET, "/metrics", None, "").await.text;
     assert_eq!(count(&after, "0") - count(&before, "0"), 2);
