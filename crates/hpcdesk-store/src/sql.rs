@@ -125,10 +125,12 @@ struct QueuedAudit {
 pub struct SqlStore<DB: Database> {
     pool: Pool<DB>,
     writer: Pool<DB>,
-    /// The queue of the group-committing audit writer task. Bounded (four batches), so that
-    /// a slow database holds its callers back instead of letting the queue grow without end.
+    /// The queue of the group-committing audit writer task. Bounded ([`AUDIT_QUEUE`] lines),
+    /// so that a slow database holds its callers back instead of letting the queue grow
+    /// without end.
     audits: tokio::sync::mpsc::Sender<QueuedAudit>,
-    /// Told by a caller that has queued a line and waits for it: the writer stops lingering.
+    /// Told by a caller that has queued a line and waits for it, or that has queued a line
+    /// making a full batch: the writer stops lingering.
     audit_waiting: Arc<tokio::sync::Notify>,
     /// Visible sessions in memory, when this process is the database's only writer.
     cache: Option<Arc<SessionCache>>,
@@ -152,6 +154,11 @@ const AUDIT_BATCH: usize = 256;
 /// How long a batch of audit lines nobody waits for may wait for more before it is written:
 /// at most this long (and a commit) between a launch URL's answer and its line being durable.
 const AUDIT_LINGER: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Most audit lines queued. Room for the lines of a linger and a few commits at tens of
+/// thousands of launch URLs a second (a few MB at most), so that none of them finds the
+/// queue full and has to wait for a commit after all.
+const AUDIT_QUEUE: usize = 32 * AUDIT_BATCH;
 
 const SESSION_COLUMNS: &str = "key, session_id, owner, user_id, invoker, compute_user, node, \
      display, host, port, state, status_reason, geometry, vnc_password, launcher, handle, \
@@ -216,7 +223,7 @@ impl<DB> SqlStore<DB> {
         writer: Pool<DB>,
         cache: Option<SessionCache>,
     ) -> Self {
-        let (tx, rx) = tokio::sync::mpsc::channel(4 * AUDIT_BATCH);
+        let (tx, rx) = tokio::sync::mpsc::channel(AUDIT_QUEUE);
         let audit_waiting = Arc::new(tokio::sync::Notify::new());
         tokio::spawn(Self::audit_writer(
             writer.clone(),
@@ -333,7 +340,13 @@ impl<DB> SqlStore<DB> {
         let mut line = line;
         if !wait {
             match self.audits.try_send(QueuedAudit { line, reply: None }) {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    // A full batch is waiting: no reason to linger for more.
+                    if self.audits.max_capacity() - self.audits.capacity() >= AUDIT_BATCH {
+                        self.audit_waiting.notify_one();
+                    }
+                    return Ok(());
+                }
                 Err(TrySendError::Closed(_)) => return Err(gone()),
                 // The writer is behind: this caller waits for its line like the others.
                 Err(TrySendError::Full(item)) => line = item.line,
