@@ -190,7 +190,7 @@ pub async fn api(opts: ApiOptions) -> Result<(), Error> {
             )
             .await?;
             eprintln!(
-                "  {name}: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, {} errors, server {:.0} µs CPU/req",
+                "  {name}: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, {} errors, server {:.1} µs CPU/req",
                 l.per_second, l.p50_ms, l.p99_ms, l.errors, l.server_us
             );
             runs[i].push(l);

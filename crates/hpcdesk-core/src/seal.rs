@@ -46,10 +46,12 @@ pub enum SealError {
 pub struct ServerKey(std::sync::Arc<Keys>);
 
 struct Keys {
-    secret: [u8; 32],
     at_rest: Aes256Gcm,
     /// Keyed HMAC states, cloned for each tag.
     grant_tag: Hmac<Sha256>,
+    /// HMAC(secret, ·) having read `GRANT_LABEL ‖ 0`: cloned and given a grant token, it
+    /// derives that grant's `mm` key (`derive_key`) without keying a new HMAC each time.
+    grant_mm: Hmac<Sha256>,
     job_ready: Hmac<Sha256>,
 }
 
@@ -57,6 +59,14 @@ impl fmt::Debug for ServerKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("ServerKey(<redacted>)")
     }
+}
+
+/// The secret every key derives from, of the configured secret material.
+fn master(secret: &[u8]) -> [u8; 32] {
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(b"hpcdesk/server-key/v1")
+        .expect("HMAC takes keys of any length");
+    mac.update(secret);
+    mac.finalize().into_bytes().into()
 }
 
 /// HMAC-SHA256(secret, label ‖ 0 ‖ context).
@@ -78,21 +88,27 @@ fn keyed(secret: &[u8; 32], label: &[u8]) -> Hmac<Sha256> {
 impl ServerKey {
     /// Builds the key from any secret material (a file's bytes, a configured string).
     pub fn from_secret(secret: &[u8]) -> Self {
-        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(b"hpcdesk/server-key/v1")
-            .expect("HMAC takes keys of any length");
-        mac.update(secret);
-        let secret: [u8; 32] = mac.finalize().into_bytes().into();
+        let secret = master(secret);
         ServerKey(std::sync::Arc::new(Keys {
             at_rest: Aes256Gcm::new(&derive_key(&secret, AT_REST_LABEL, b"").into()),
             grant_tag: keyed(&secret, GRANT_TAG_LABEL),
+            grant_mm: {
+                let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&secret)
+                    .expect("HMAC takes keys of any length");
+                mac.update(GRANT_LABEL);
+                mac.update(&[0]);
+                mac
+            },
             job_ready: keyed(&secret, JOB_READY_LABEL),
-            secret,
         }))
     }
 
     /// The cipher of one grant's `mm` (its key depends on the grant token).
     fn grant_cipher(&self, grant_token: &str) -> Aes256Gcm {
-        Aes256Gcm::new(&derive_key(&self.0.secret, GRANT_LABEL, grant_token.as_bytes()).into())
+        let mut mac = self.0.grant_mm.clone();
+        mac.update(grant_token.as_bytes());
+        let key: [u8; 32] = mac.finalize().into_bytes().into();
+        Aes256Gcm::new(&key.into())
     }
 
     /// The tag of a grant token's claims. The caller compares it in constant time.
@@ -180,6 +196,23 @@ mod tests {
         a[NONCE_LEN] ^= 1;
         assert_eq!(k.open_at_rest(&a), Err(SealError::Open));
         assert_eq!(k.open_at_rest(b"short"), Err(SealError::Open));
+    }
+
+    /// The `mm` key is still `derive_key(secret, GRANT_LABEL, token)`, so links issued before
+    /// it was derived from a kept HMAC state still open.
+    #[test]
+    fn the_mm_key_is_the_derived_key_of_its_grant() {
+        let k = ServerKey::from_secret(b"s");
+        let token = "a-grant-token";
+        let key = derive_key(&master(b"s"), GRANT_LABEL, token.as_bytes());
+        let ct = Aes256Gcm::new(&key.into())
+            .encrypt(&Nonce::from([0u8; NONCE_LEN]), b"pw123456".as_slice())
+            .unwrap();
+        assert_eq!(k.seal_for_grant(token, b"pw123456"), URL_SAFE.encode(&ct));
+        assert_eq!(
+            k.open_for_grant(token, &URL_SAFE.encode(&ct)).unwrap(),
+            b"pw123456"
+        );
     }
 
     #[test]

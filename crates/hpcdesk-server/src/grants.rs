@@ -168,7 +168,7 @@ pub struct StoreGrants {
 /// [`StoreGrants::resolve_with`]).
 pub struct Resolved {
     pub grant: Grant,
-    pub session: SessionRecord,
+    pub session: Arc<SessionRecord>,
     pub expired: bool,
 }
 

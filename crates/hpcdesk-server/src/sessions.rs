@@ -20,6 +20,7 @@
 //!   the grants: they resolve only while their session runs), closes the viewers (4001),
 //!   writes the audit line and counts it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use hpcdesk_core::claims::Action;
@@ -584,6 +585,7 @@ async fn ready(
             app.store
                 .session_by_key(&rec.key)
                 .await?
+                .map(Arc::unwrap_or_clone)
                 .ok_or_else(|| TaskError::invariant("a session vanished as it started"))
         }
         other => {
@@ -702,6 +704,7 @@ pub async fn advance(app: &AppState, rec: &SessionRecord) -> Result<SessionRecor
     app.store
         .session_by_key(&rec.key)
         .await?
+        .map(Arc::unwrap_or_clone)
         .ok_or_else(|| TaskError::invariant("a queued session vanished"))
 }
 
@@ -725,7 +728,7 @@ async fn existing(app: &AppState, mut rec: SessionRecord) -> Result<Option<Sessi
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
         rec = match app.store.session_by_key(&rec.key).await? {
-            Some(r) => r,
+            Some(r) => Arc::unwrap_or_clone(r),
             None => {
                 return Err(ApiError::invariant("a claimed session vanished"));
             }
@@ -1078,7 +1081,7 @@ async fn owned_session(
     app: &AppState,
     user: &AuthUser,
     id: &SessionId,
-) -> Result<SessionRecord, ApiError> {
+) -> Result<Arc<SessionRecord>, ApiError> {
     let rec = app
         .store
         .visible_session(id)

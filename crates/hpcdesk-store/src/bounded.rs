@@ -100,8 +100,8 @@ bounded! {
         now: DateTime<Utc>,
     ) -> bool;
     fn dismiss(&self, key: &str, now: DateTime<Utc>) -> ();
-    fn session_by_key(&self, key: &str) -> Option<SessionRecord>;
-    fn visible_session(&self, id: &SessionId) -> Option<SessionRecord>;
+    fn session_by_key(&self, key: &str) -> Option<Arc<SessionRecord>>;
+    fn visible_session(&self, id: &SessionId) -> Option<Arc<SessionRecord>>;
     fn list_sessions(&self, owner: Option<&str>) -> Vec<SessionRecord>;
     fn sessions_in(&self, states: &[SessionState]) -> Vec<SessionRecord>;
     fn sessions_ended_since(&self, since: DateTime<Utc>) -> Vec<SessionRecord>;

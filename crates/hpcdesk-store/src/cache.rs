@@ -20,7 +20,8 @@ use crate::SessionRecord;
 #[derive(Debug, Default)]
 pub(crate) struct Snapshot {
     generation: u64,
-    by_key: HashMap<String, SessionRecord>,
+    /// Shared, so that a lookup hands out the record without copying it.
+    by_key: HashMap<String, Arc<SessionRecord>>,
     /// Session id → key (ids of visible sessions are unique).
     by_id: HashMap<String, String>,
     /// Keys of the sessions that have an id, oldest first (list order).
@@ -28,11 +29,11 @@ pub(crate) struct Snapshot {
 }
 
 impl Snapshot {
-    pub(crate) fn by_key(&self, key: &str) -> Option<&SessionRecord> {
+    pub(crate) fn by_key(&self, key: &str) -> Option<&Arc<SessionRecord>> {
         self.by_key.get(key)
     }
 
-    pub(crate) fn by_id(&self, id: &str) -> Option<&SessionRecord> {
+    pub(crate) fn by_id(&self, id: &str) -> Option<&Arc<SessionRecord>> {
         self.by_id.get(id).and_then(|k| self.by_key.get(k))
     }
 
@@ -42,7 +43,7 @@ impl Snapshot {
             .iter()
             .filter_map(|k| self.by_key.get(k))
             .filter(|r| owner.is_none_or(|o| r.owner == o))
-            .cloned()
+            .map(|r| SessionRecord::clone(r))
             .collect()
     }
 }
@@ -118,7 +119,7 @@ impl SessionCache {
             if let Some(id) = &r.session_id {
                 snap.by_id.insert(id.to_string(), r.key.clone());
             }
-            snap.by_key.insert(r.key.clone(), r);
+            snap.by_key.insert(r.key.clone(), Arc::new(r));
         }
         let snap = Arc::new(snap);
         *self.snapshot.lock().unwrap_or_else(|p| p.into_inner()) = Some(snap.clone());

@@ -349,10 +349,19 @@ pub trait Store: Send + Sync + 'static {
     /// outside hpcdesk stays listed as `stopped` until this.
     async fn dismiss(&self, key: &str, now: DateTime<Utc>) -> Result<(), StoreError>;
 
-    async fn session_by_key(&self, key: &str) -> Result<Option<SessionRecord>, StoreError>;
+    /// The session with this key, shared (a store that keeps sessions in memory hands out its
+    /// own copy).
+    async fn session_by_key(
+        &self,
+        key: &str,
+    ) -> Result<Option<std::sync::Arc<SessionRecord>>, StoreError>;
 
-    /// The visible (not dismissed) session with this id.
-    async fn visible_session(&self, id: &SessionId) -> Result<Option<SessionRecord>, StoreError>;
+    /// The visible (not dismissed) session with this id, shared like
+    /// [`Store::session_by_key`]'s.
+    async fn visible_session(
+        &self,
+        id: &SessionId,
+    ) -> Result<Option<std::sync::Arc<SessionRecord>>, StoreError>;
 
     /// Visible (not dismissed) sessions that have an id, oldest first; all owners when
     /// `owner` is `None`.

@@ -820,7 +820,7 @@ impl<DB> Store for SqlStore<DB> {
         Ok(())
     }
 
-    async fn session_by_key(&self, key: &str) -> Result<Option<SessionRecord>, StoreError> {
+    async fn session_by_key(&self, key: &str) -> Result<Option<Arc<SessionRecord>>, StoreError> {
         if let Some(snap) = self.snapshot().await?
             && let Some(rec) = snap.by_key(key)
         {
@@ -832,10 +832,17 @@ impl<DB> Store for SqlStore<DB> {
             .bind(key)
             .fetch_optional(&self.pool)
             .await?;
-        row.as_ref().map(Self::session_from_row).transpose()
+        Ok(row
+            .as_ref()
+            .map(Self::session_from_row)
+            .transpose()?
+            .map(Arc::new))
     }
 
-    async fn visible_session(&self, id: &SessionId) -> Result<Option<SessionRecord>, StoreError> {
+    async fn visible_session(
+        &self,
+        id: &SessionId,
+    ) -> Result<Option<Arc<SessionRecord>>, StoreError> {
         if let Some(snap) = self.snapshot().await? {
             return Ok(snap.by_id(&id.to_string()).cloned());
         }
@@ -846,7 +853,11 @@ impl<DB> Store for SqlStore<DB> {
             .bind(id.to_string())
             .fetch_optional(&self.pool)
             .await?;
-        row.as_ref().map(Self::session_from_row).transpose()
+        Ok(row
+            .as_ref()
+            .map(Self::session_from_row)
+            .transpose()?
+            .map(Arc::new))
     }
 
     async fn list_sessions(&self, owner: Option<&str>) -> Result<Vec<SessionRecord>, StoreError> {
