@@ -49,8 +49,8 @@ struct Keys {
     at_rest: Aes256Gcm,
     /// Keyed HMAC states, cloned for each tag.
     grant_tag: Hmac<Sha256>,
-    /// HMAC(secret, ·) having read `GRANT_LABEL ‖ 0`: cloned and given a grant token, it
-    /// derives that grant's `mm` key (`derive_key`) without keying a new HMAC each time.
+    /// [`labelled`] for `GRANT_LABEL`: cloned and given a grant token, it derives that
+    /// grant's `mm` key (`derive_key`) without keying a new HMAC each time.
     grant_mm: Hmac<Sha256>,
     job_ready: Hmac<Sha256>,
 }
@@ -69,12 +69,18 @@ fn master(secret: &[u8]) -> [u8; 32] {
     mac.finalize().into_bytes().into()
 }
 
-/// HMAC-SHA256(secret, label ‖ 0 ‖ context).
-fn derive_key(secret: &[u8; 32], label: &[u8], context: &[u8]) -> [u8; 32] {
+/// HMAC(secret, ·) having read `label ‖ 0`: what [`derive_key`] continues with its context.
+fn labelled(secret: &[u8; 32], label: &[u8]) -> Hmac<Sha256> {
     let mut mac =
         <Hmac<Sha256> as KeyInit>::new_from_slice(secret).expect("HMAC takes keys of any length");
     mac.update(label);
     mac.update(&[0]);
+    mac
+}
+
+/// HMAC-SHA256(secret, label ‖ 0 ‖ context).
+fn derive_key(secret: &[u8; 32], label: &[u8], context: &[u8]) -> [u8; 32] {
+    let mut mac = labelled(secret, label);
     mac.update(context);
     mac.finalize().into_bytes().into()
 }
@@ -92,13 +98,7 @@ impl ServerKey {
         ServerKey(std::sync::Arc::new(Keys {
             at_rest: Aes256Gcm::new(&derive_key(&secret, AT_REST_LABEL, b"").into()),
             grant_tag: keyed(&secret, GRANT_TAG_LABEL),
-            grant_mm: {
-                let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&secret)
-                    .expect("HMAC takes keys of any length");
-                mac.update(GRANT_LABEL);
-                mac.update(&[0]);
-                mac
-            },
+            grant_mm: labelled(&secret, GRANT_LABEL),
             job_ready: keyed(&secret, JOB_READY_LABEL),
         }))
     }
