@@ -151,7 +151,7 @@ impl Launcher for LocalLauncher {
         let (node, display) = target.place()?;
         let cmd = self
             .agent_as(target.compute_user.as_str())?
-            .args(remote::stop_args(node, display))
+            .args(remote::stop_args(node, display, Some(&target.marker)))
             .timeout(Duration::from_secs(20));
         let _: crate::agent::Stopped = agent_reply(cmd.output().await, &self.cfg.node)?;
         Ok(())
@@ -224,7 +224,7 @@ impl Launcher for LocalLauncher {
             host: None,
             port: None,
             handle: String::new(),
-            marker: String::new(),
+            marker: orphan.marker.clone().unwrap_or_default(),
         };
         self.stop(&target).await
     }

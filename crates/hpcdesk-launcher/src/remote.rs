@@ -34,8 +34,8 @@ pub fn start_args(
     NodeCommand::Start(DesktopOpts::new(Some(node), s, req, listen)).to_args()
 }
 
-pub fn stop_args(node: &NodeName, display: DisplayNumber) -> Vec<String> {
-    NodeCommand::stop(node, display).to_args()
+pub fn stop_args(node: &NodeName, display: DisplayNumber, marker: Option<&str>) -> Vec<String> {
+    NodeCommand::stop(node, display, marker).to_args()
 }
 
 pub fn list_args(node: &NodeName) -> Vec<String> {

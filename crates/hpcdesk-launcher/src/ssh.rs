@@ -457,7 +457,7 @@ impl Launcher for SshLauncher {
             .run(
                 node,
                 target.compute_user.as_str(),
-                remote::stop_args(name, display),
+                remote::stop_args(name, display, Some(&target.marker)),
                 None,
                 Duration::from_secs(20),
             )
@@ -602,7 +602,7 @@ impl Launcher for SshLauncher {
             .run(
                 node,
                 orphan.user.as_str(),
-                remote::stop_args(&orphan.node, display),
+                remote::stop_args(&orphan.node, display, orphan.marker.as_deref()),
                 None,
                 Duration::from_secs(20),
             )

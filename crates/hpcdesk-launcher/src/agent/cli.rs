@@ -153,12 +153,15 @@ pub enum NodeCommand {
         #[arg(long)]
         key: String,
     },
-    /// Stop the desktop on a display, with every process of it.
+    /// Stop the desktop on a display, with every process of it; with `--marker`, only if
+    /// the desktop there is the one of that session marker.
     Stop {
         #[arg(long)]
         node: Option<String>,
         #[arg(long)]
         display: u32,
+        #[arg(long)]
+        marker: Option<String>,
     },
     /// List the hpcdesk desktops alive on this node.
     List {
@@ -182,10 +185,14 @@ pub enum NodeCommand {
 }
 
 impl NodeCommand {
-    pub fn stop(node: &NodeName, display: DisplayNumber) -> Self {
+    /// Stops the desktop on `display`; with `marker` (a session's), only that session's
+    /// desktop: a display number is reused, and a stop decided on an older look must not
+    /// hit the desktop started there since.
+    pub fn stop(node: &NodeName, display: DisplayNumber, marker: Option<&str>) -> Self {
         NodeCommand::Stop {
             node: Some(node.to_string()),
             display: display.get(),
+            marker: marker.filter(|m| !m.is_empty()).map(str::to_owned),
         }
     }
 
@@ -235,10 +242,17 @@ impl NodeCommand {
             NodeCommand::JobClean { key } => {
                 a.extend(["job-clean".into(), "--key".into(), key.clone()]);
             }
-            NodeCommand::Stop { node: n, display } => {
+            NodeCommand::Stop {
+                node: n,
+                display,
+                marker,
+            } => {
                 a.push("stop".into());
                 node(&mut a, n);
                 a.extend(["--display".into(), display.to_string()]);
+                if let Some(m) = marker {
+                    a.extend(["--marker".into(), m.clone()]);
+                }
             }
             NodeCommand::List { node: n } => {
                 a.push("list".into());
@@ -335,7 +349,8 @@ mod tests {
             NodeCommand::JobPrepare { key: "k1".into() },
             NodeCommand::JobReport { key: "k2".into() },
             NodeCommand::JobClean { key: "k3".into() },
-            NodeCommand::stop(&node, DisplayNumber::new(7).unwrap()),
+            NodeCommand::stop(&node, DisplayNumber::new(7).unwrap(), None),
+            NodeCommand::stop(&node, DisplayNumber::new(7).unwrap(), Some("abc12345")),
             NodeCommand::list(&node),
             NodeCommand::probe(&node),
             NodeCommand::Probe { node: None },

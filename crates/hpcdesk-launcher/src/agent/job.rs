@@ -21,7 +21,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::protocol::{AgentError, ErrorKind, StartedDesktop};
-use super::{StartArgs, make_private_dir, procs, write_private};
+use super::{StartArgs, make_private_dir, marker_token, procs, write_private};
 use crate::capped;
 use crate::process::Account;
 
@@ -213,6 +213,6 @@ pub fn run(
         std::thread::sleep(Duration::from_millis(200));
     };
     let _ = fs::remove_file(dir.join("report.json"));
-    let _ = super::stop(&args.node, started.display);
+    let _ = super::stop(&args.node, started.display, marker_token(&started.marker));
     Ok(reason)
 }

@@ -325,15 +325,18 @@ pub fn start(args: &StartArgs, password: &Passwords) -> Result<StartedDesktop, A
     };
     for d in args.display_min..=args.display_max {
         let port = 5900 + d as u16;
-        if !display::is_free(d, port, listen_ip) {
-            continue;
-        }
         // Another start of this account may be trying the same display right now: only the
-        // one holding its lock may touch its directory. Held until this agent exits (the X
-        // server's own lock guards the display from then on).
+        // one holding its lock may touch its directory. Held until this start is over (the
+        // X server's own lock guards the display from then on). Taken before the display is
+        // checked: a start that held it may have just finished there, and a check made
+        // before its claim was let go would not see that desktop, whose directory this
+        // start would then wipe.
         let Some(_claim) = claim_display(&root, &args.node, d) else {
             continue;
         };
+        if !display::is_free(d, port, listen_ip) {
+            continue;
+        }
         match try_display(args, &me, d, port, password, &desktop, deadline) {
             Ok(started) => return Ok(started),
             Err(Attempt::Taken) => continue,
@@ -755,31 +758,56 @@ pub fn notify(node: &str, display: u32, message: &str) -> bool {
 
 /// Stops the desktop on `display`: every process carrying its marker, then its leftovers.
 /// Stopping a desktop that is already gone succeeds.
-pub fn stop(node: &str, display: u32) -> Result<Stopped, AgentError> {
+///
+/// With `marker` (a session's), only that session's desktop is stopped. Display numbers are
+/// reused: a stop decided on an earlier look (a session's record, a listing) finds another
+/// desktop there if its own died and a later start took the display, and that one, its
+/// directory and its start in progress are left alone.
+pub fn stop(node: &str, display: u32, marker: Option<&str>) -> Result<Stopped, AgentError> {
+    if let Some(m) = marker
+        && !valid_marker(m)
+    {
+        return Err(err(
+            ErrorKind::Usage,
+            "--marker must be 8 to 64 letters and digits",
+        ));
+    }
     let me = Account::current().map_err(|e| err(ErrorKind::Failed, e.to_string()))?;
+    let root = desktops_root(&me.home);
     let dir = desktop_dir(&me.home, node, display);
     let state: Option<DesktopState> = capped::small_file(&dir.join("state.json"), 4096)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok());
+    // The processes of the desktop asked for carry this value (see `try_display`).
+    let wanted = marker.map(|m| format!("{node}-{display}-{m}"));
+    let theirs = matches!((&wanted, &state), (Some(w), Some(s)) if s.marker != *w);
+    let value = match (&wanted, &state) {
+        (Some(w), _) => w.clone(),
+        (None, Some(s)) => s.marker.clone(),
+        (None, None) => String::new(),
+    };
     let mut extra = Vec::new();
-    let marker = state.as_ref().map(|s| s.marker.clone()).unwrap_or_default();
-    if let Some(s) = &state {
+    if let Some(s) = state.as_ref().filter(|_| !theirs) {
         extra.push(s.xvnc_pid);
     }
-    // Also any Xvnc of ours on that display, in case the state file is gone.
+    // Also any Xvnc of ours on that display, in case the state file is gone (with a
+    // marker, only one that carries it).
     let dir_text = dir.to_string_lossy().into_owned();
     for x in procs::hpcdesk_xvnc() {
         if x.uid == me.uid.as_raw()
             && x.display == display
             && x.password_file.starts_with(&dir_text)
+            && wanted
+                .as_ref()
+                .is_none_or(|w| procs::marker_of(x.pid).as_ref() == Some(w))
         {
             extra.push(x.pid);
         }
     }
-    let killed = if marker.is_empty() && extra.is_empty() {
+    let killed = if value.is_empty() && extra.is_empty() {
         0
     } else {
-        kill_desktop(me.uid.as_raw(), &marker, &extra, Duration::from_secs(5))
+        kill_desktop(me.uid.as_raw(), &value, &extra, Duration::from_secs(5))
     };
     // A SIGKILLed X server leaves its lock and socket behind; remove them if they are ours.
     for path in [x11::lock_path(display), x11::socket_path(display)] {
@@ -790,24 +818,44 @@ pub fn stop(node: &str, display: u32) -> Result<Stopped, AgentError> {
             let _ = fs::remove_file(&path);
         }
     }
-    let _ = fs::remove_dir_all(&dir);
+    // The directory goes unless it is another desktop's, or a start of this account is at
+    // work in it (it holds the display's claim).
+    if !theirs && claim_display(&root, node, display).is_some() {
+        let _ = fs::remove_dir_all(&dir);
+    }
     Ok(Stopped {
         display,
         processes: killed,
     })
 }
 
+/// The name of the account `uid`, or the number if it has none.
+fn user_name(uid: u32) -> String {
+    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_else(|| uid.to_string())
+}
+
 /// The hpcdesk desktops alive on this node, and the starts in progress (of every account
 /// whose processes this agent may see: all of them as root, its own otherwise).
 pub fn list(node: &str) -> Listing {
+    // Read in the order a start moves through them (its agent runs, then its desktop
+    // command, then its agent exits), so a start is never caught in between: an agent
+    // gone from the first read had started its desktop command, or stopped its Xvnc,
+    // before the later reads. Read the other way round, a start finishing meanwhile would
+    // show an Xvnc with neither its agent nor its desktop command: one cut off half-way,
+    // which recovery stops.
+    let starting = procs::starting_agents()
+        .into_iter()
+        .filter(|(_, m)| valid_marker(m))
+        .map(|(uid, marker)| StartInProgress {
+            user: user_name(uid),
+            marker,
+        })
+        .collect();
     let marked = procs::all_marked();
-    let user_name = |uid: u32| {
-        nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
-            .ok()
-            .flatten()
-            .map(|u| u.name)
-            .unwrap_or_else(|| uid.to_string())
-    };
     let desktops = procs::hpcdesk_xvnc()
         .into_iter()
         .filter(|x| x.password_file.contains(&format!("/{node}-{}/", x.display)))
@@ -839,14 +887,6 @@ pub fn list(node: &str) -> Listing {
                 complete,
                 tls_pin,
             }
-        })
-        .collect();
-    let starting = procs::starting_agents()
-        .into_iter()
-        .filter(|(_, m)| valid_marker(m))
-        .map(|(uid, marker)| StartInProgress {
-            user: user_name(uid),
-            marker,
         })
         .collect();
     Listing { desktops, starting }

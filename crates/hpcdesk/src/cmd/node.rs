@@ -58,7 +58,11 @@ pub fn run(c: Command) -> ExitCode {
         ),
         Command::JobReport { key } => reply(agent::job::report(&key)),
         Command::JobClean { key } => reply(agent::job::clean(&key).map(|()| serde_json::json!({}))),
-        Command::Stop { node, display } => reply(agent::stop(&node_or_host(node), display)),
+        Command::Stop {
+            node,
+            display,
+            marker,
+        } => reply(agent::stop(&node_or_host(node), display, marker.as_deref())),
         Command::List { node } => reply(Ok::<_, AgentError>(agent::list(&node_or_host(node)))),
         Command::Probe { node } => reply(Ok::<_, AgentError>(agent::probe(&node_or_host(node)))),
         Command::Notify {

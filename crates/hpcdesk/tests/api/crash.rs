@@ -216,7 +216,7 @@ pub fn crash_round(rig: &Rig, name: &str, pause: Option<&str>, kill_when: impl F
         restarted.elapsed(),
         done - restarted,
         last.unwrap_err(),
-        app.log_text()
+        lifecycle_log(&app)
     );
     eprintln!(
         "{name}: settled {:?} after the restart (interrupted agents done {:?} after it)",
@@ -271,6 +271,16 @@ pub fn crash_round(rig: &Rig, name: &str, pause: Option<&str>, kill_when: impl F
     );
 }
 
+/// The server's log without its per-query and per-request lines: what reconcile and the
+/// starts did, readable when a round fails.
+fn lifecycle_log(app: &TestApp) -> String {
+    app.log_text()
+        .lines()
+        .filter(|l| !l.contains("sqlx::query") && !l.contains("tower_http"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// Live processes of desktops on `nodes` other than their Xvnc (their desktop command).
 fn desktop_processes(nodes: &[String]) -> usize {
     procs()
@@ -320,4 +330,76 @@ pub fn every_point(rig: &Rig) {
     crash_round(rig, "reply", Some("reply:3000"), |s| {
         s.xvnc >= total && s.desktops >= total
     });
+}
+
+/// Display numbers are reused, so a stop decided on an earlier look (recovery's listing,
+/// an orphan, a session's record) names its desktop by marker too: the agent's `node stop`
+/// with another session's marker leaves the desktop on that display, and its directory,
+/// as they were; with the desktop's own marker it stops it.
+#[test]
+fn a_stop_that_names_another_session_leaves_the_desktop_on_that_display_alone() {
+    if !real_parts("stop by marker") {
+        return;
+    }
+    let app = TestApp::spawn();
+    let token = app.token("stop-marker");
+    let created = app.create(&token);
+    assert_eq!(created["code"], "0", "{created}");
+    let display = created["data"]["displayNumber"].as_u64().unwrap();
+    let pids = app.desktop_pids(display);
+    assert!(pids.len() >= 2, "Xvnc and its desktop: {pids:?}");
+    let xvnc = app.xvnc_pids();
+    assert_eq!(xvnc.len(), 1);
+    let value = environ(xvnc[0])
+        .into_iter()
+        .find_map(|kv| kv.strip_prefix("HPCDESK_DESKTOP=").map(str::to_owned))
+        .expect("a marked desktop");
+    let marker = value.rsplit_once('-').unwrap().1.to_owned();
+    let user = compute_user();
+    let home = nix::unistd::User::from_name(&user).unwrap().unwrap().dir;
+    let dir = home.join(format!(".hpcdesk/desktops/{}-{display}", app.node));
+    let state = std::fs::read(dir.join("state.json")).expect("its state file");
+
+    let stop = |m: &str| -> Value {
+        let mut cmd = if nix::unistd::Uid::effective().is_root() {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", &user, "--"]).arg(agent_binary());
+            c
+        } else {
+            std::process::Command::new(agent_binary())
+        };
+        let out = cmd
+            .args(["node", "stop", "--node", &app.node, "--display"])
+            .arg(display.to_string())
+            .args(["--marker", m])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let answer = stop("0123456789abcdef0123456789abcdef");
+    assert_eq!(answer["processes"], 0, "{answer}");
+    assert_eq!(app.xvnc_pids(), xvnc, "another session's stop");
+    let now = app.desktop_pids(display);
+    assert!(
+        pids.iter().all(|p| now.contains(p)),
+        "{pids:?} then {now:?}"
+    );
+    assert_eq!(std::fs::read(dir.join("state.json")).ok(), Some(state));
+    std::thread::sleep(RECONCILE);
+    assert_eq!(app.list(&token)[0]["status"], "running");
+    assert_eq!(
+        app.launch_url(&token, created["data"]["sessionId"].as_str().unwrap())["code"],
+        "0"
+    );
+
+    let answer = stop(&marker);
+    assert!(answer["processes"].as_u64().unwrap() >= 2, "{answer}");
+    assert!(
+        eventually(Duration::from_secs(5), || app
+            .desktop_pids(display)
+            .is_empty()),
+        "its own marker stops it"
+    );
+    assert!(!dir.exists(), "its directory goes with it");
 }
