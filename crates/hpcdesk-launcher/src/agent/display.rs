@@ -32,6 +32,11 @@ pub fn is_free(display: u32, port: u16, listen: Option<IpAddr>) -> bool {
         if UnixStream::connect(&socket).is_ok() {
             return false;
         }
+        // An X server locks its display before it makes its socket: one that did so since
+        // the look above may not be listening yet, and its socket is not stale.
+        if !matches!(x11::lock_holder(display), x11::Lock::None) {
+            return false;
+        }
         if fs::remove_file(&socket).is_err() {
             return false;
         }

@@ -775,6 +775,9 @@ pub fn stop(node: &str, display: u32, marker: Option<&str>) -> Result<Stopped, A
     let me = Account::current().map_err(|e| err(ErrorKind::Failed, e.to_string()))?;
     let root = desktops_root(&me.home);
     let dir = desktop_dir(&me.home, node, display);
+    // Held for the whole stop, as a start holds it: `None` when a start of this account is
+    // at work on that display, whose lock, socket and directory are then left to it.
+    let claim = claim_display(&root, node, display);
     let state: Option<DesktopState> = capped::small_file(&dir.join("state.json"), 4096)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok());
@@ -809,20 +812,24 @@ pub fn stop(node: &str, display: u32, marker: Option<&str>) -> Result<Stopped, A
     } else {
         kill_desktop(me.uid.as_raw(), &value, &extra, Duration::from_secs(5))
     };
-    // A SIGKILLed X server leaves its lock and socket behind; remove them if they are ours.
-    for path in [x11::lock_path(display), x11::socket_path(display)] {
-        let stale = x11::lock_holder(display)
-            .pid()
-            .is_none_or(|pid| !procs::alive(pid));
-        if stale {
-            let _ = fs::remove_file(&path);
+    if claim.is_some() {
+        // A SIGKILLed X server leaves its lock and socket behind; remove them if they are
+        // stale (the lock is looked at again before each: an X server locks before it makes
+        // its socket).
+        for path in [x11::lock_path(display), x11::socket_path(display)] {
+            let stale = x11::lock_holder(display)
+                .pid()
+                .is_none_or(|pid| !procs::alive(pid));
+            if stale {
+                let _ = fs::remove_file(&path);
+            }
+        }
+        // The directory goes unless it is another desktop's.
+        if !theirs {
+            let _ = fs::remove_dir_all(&dir);
         }
     }
-    // The directory goes unless it is another desktop's, or a start of this account is at
-    // work in it (it holds the display's claim).
-    if !theirs && claim_display(&root, node, display).is_some() {
-        let _ = fs::remove_dir_all(&dir);
-    }
+    drop(claim);
     Ok(Stopped {
         display,
         processes: killed,
