@@ -784,11 +784,10 @@ pub fn stop(node: &str, display: u32, marker: Option<&str>) -> Result<Stopped, A
     // The processes of the desktop asked for carry this value (see `try_display`).
     let wanted = marker.map(|m| format!("{node}-{display}-{m}"));
     let theirs = matches!((&wanted, &state), (Some(w), Some(s)) if s.marker != *w);
-    let value = match (&wanted, &state) {
-        (Some(w), _) => w.clone(),
-        (None, Some(s)) => s.marker.clone(),
-        (None, None) => String::new(),
-    };
+    let value = wanted
+        .clone()
+        .or_else(|| state.as_ref().map(|s| s.marker.clone()))
+        .unwrap_or_default();
     let mut extra = Vec::new();
     if let Some(s) = state.as_ref().filter(|_| !theirs) {
         extra.push(s.xvnc_pid);

@@ -350,25 +350,12 @@ fn a_stop_that_names_another_session_leaves_the_desktop_on_that_display_alone() 
     assert!(pids.len() >= 2, "Xvnc and its desktop: {pids:?}");
     let xvnc = app.xvnc_pids();
     assert_eq!(xvnc.len(), 1);
-    let value = environ(xvnc[0])
-        .into_iter()
-        .find_map(|kv| kv.strip_prefix("HPCDESK_DESKTOP=").map(str::to_owned))
-        .expect("a marked desktop");
-    let marker = value.rsplit_once('-').unwrap().1.to_owned();
-    let user = compute_user();
-    let home = nix::unistd::User::from_name(&user).unwrap().unwrap().dir;
-    let dir = home.join(format!(".hpcdesk/desktops/{}-{display}", app.node));
+    let marker = marker_of_display(display);
+    let dir = desktop_dir(&app.node, display);
     let state = std::fs::read(dir.join("state.json")).expect("its state file");
 
     let stop = |m: &str| -> Value {
-        let mut cmd = if nix::unistd::Uid::effective().is_root() {
-            let mut c = std::process::Command::new("runuser");
-            c.args(["-u", &user, "--"]).arg(agent_binary());
-            c
-        } else {
-            std::process::Command::new(agent_binary())
-        };
-        let out = cmd
+        let out = as_compute_user(agent_binary())
             .args(["node", "stop", "--node", &app.node, "--display"])
             .arg(display.to_string())
             .args(["--marker", m])

@@ -726,20 +726,49 @@ pub fn create_in_background(
     })
 }
 
+/// A desktop's directory in the compute user's home (`~/.hpcdesk/desktops/<node>-<display>`).
+pub fn desktop_dir(node: &str, display: u64) -> PathBuf {
+    let home = nix::unistd::User::from_name(&compute_user())
+        .unwrap()
+        .unwrap()
+        .dir;
+    home.join(format!(".hpcdesk/desktops/{node}-{display}"))
+}
+
+/// `program` run as the compute user (through `runuser` as root, directly otherwise).
+pub fn as_compute_user(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", &compute_user(), "--"]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+/// The marker of a running desktop of `display`, from its Xvnc's environment.
+pub fn marker_of_display(display: u64) -> String {
+    for p in procs() {
+        let argv = cmdline(p);
+        if !zombie(p)
+            && argv.first().is_some_and(|a| a.contains("Xvnc"))
+            && argv.iter().any(|a| a == &format!(":{display}"))
+            && let Some(v) = environ(p)
+                .iter()
+                .find_map(|kv| kv.strip_prefix("HPCDESK_DESKTOP=").map(str::to_owned))
+        {
+            return v.rsplit_once('-').unwrap().1.to_owned();
+        }
+    }
+    panic!("no Xvnc on :{display}");
+}
+
 /// Copies `text` into the desktop's clipboard as an X client of it (as an application the
 /// user copies from would), or prints what the clipboard holds (`text` `None`).
 pub fn desktop_clipboard(node: &str, display: u64, text: Option<&str>) -> String {
     use std::io::Write;
-    let user = compute_user();
-    let home = nix::unistd::User::from_name(&user).unwrap().unwrap().dir;
-    let xauth = home.join(format!(".hpcdesk/desktops/{node}-{display}/Xauthority"));
-    let mut cmd = if nix::unistd::Uid::effective().is_root() {
-        let mut c = std::process::Command::new("runuser");
-        c.args(["-u", &user, "--", "xclip"]);
-        c
-    } else {
-        std::process::Command::new("xclip")
-    };
+    let xauth = desktop_dir(node, display).join("Xauthority");
+    let mut cmd = as_compute_user("xclip");
     cmd.args(["-selection", "clipboard"])
         .env("DISPLAY", format!(":{display}"))
         .env("XAUTHORITY", xauth)

@@ -430,23 +430,6 @@ fn a_crash_while_desktops_are_submitted_leaves_no_orphan_job_or_desktop() {
     slurm_crash("sl-late", &slow, None, Duration::from_millis(1500));
 }
 
-/// The marker of a running desktop of `display`, from its Xvnc's environment.
-fn marker_of_display(display: u64) -> String {
-    for p in procs() {
-        let argv = cmdline(p);
-        if !zombie(p)
-            && argv.first().is_some_and(|a| a.contains("Xvnc"))
-            && argv.iter().any(|a| a == &format!(":{display}"))
-            && let Some(v) = environ(p)
-                .iter()
-                .find_map(|kv| kv.strip_prefix("HPCDESK_DESKTOP=").map(str::to_owned))
-        {
-            return v.rsplit_once('-').unwrap().1.to_owned();
-        }
-    }
-    panic!("no Xvnc on :{display}");
-}
-
 fn sbatch_as(user: &str, name: &str) -> String {
     let out = Command::new("runuser")
         .args(["-u", user, "--", "sbatch", "--parsable", "--job-name", name])
