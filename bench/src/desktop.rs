@@ -54,14 +54,22 @@ pub struct DesktopOptions {
     /// The account the desktop runs as (default: hdtest as root, else yourself).
     #[arg(long)]
     user: Option<String>,
+    /// Have the viewer read the pixel bytes it skips into user space, instead of the kernel
+    /// dropping them: the viewer then takes more of the two cores from Xvnc and the relay.
+    #[arg(long)]
+    read_pixels: bool,
 }
 
 // ---------------------------------------------------------------------------------------
 // A byte stream over TCP or WebSocket, with the reads an RFB client needs.
 //
 // The WebSocket side is framed here, on the raw socket, so that every path costs the client
-// the same: one read into a scratch buffer and one copy of the payload into the stream
-// (a WebSocket library would add copies of its own and measure itself, not the relay).
+// the same: one read into a scratch buffer, and a copy into the stream of the payload it
+// parses (a WebSocket library would add copies of its own and measure itself, not the relay).
+// Pixel data it only skips is dropped by the kernel as it arrives (`recv` with `MSG_TRUNC`),
+// never copied to user space: this viewer shares the two cores with Xvnc and the relay, where
+// a browser runs on the user's own machine, so each CPU-second it spends is one the path being
+// measured does not get. `--read-pixels` makes it read them (and drop them in user space).
 
 /// WebSocket framing state of the server → client direction.
 #[derive(Default)]
@@ -84,6 +92,10 @@ struct Rfb {
     scratch: Box<[u8]>,
     buf: Vec<u8>,
     pos: usize,
+    /// Payload bytes still to drop as they arrive (the rest of a [`Rfb::skip`]).
+    discard: usize,
+    /// Whether dropped bytes are read first (`--read-pixels`), or dropped by the kernel.
+    read_pixels: bool,
     /// Bytes received in all (payload, as a viewer sees it).
     received: u64,
     width: u16,
@@ -97,6 +109,38 @@ fn err(e: impl std::fmt::Display) -> io::Error {
 /// A masked client frame, as a browser sends it.
 fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
     hpcdesk_gateway::ws::client_frame(opcode, true, payload, [0x5a, 0xa5, 0x3c, 0xc3])
+}
+
+/// Drops bytes that have arrived on `tcp`, at most as many as `room` holds, uncopied: with
+/// `MSG_TRUNC` the kernel discards TCP data instead of copying it out (`room` is never
+/// written). How many.
+async fn drop_bytes(tcp: &TcpStream, room: &mut [u8]) -> io::Result<usize> {
+    use nix::sys::socket::{MsgFlags, recv};
+    use std::os::fd::AsRawFd;
+    loop {
+        tcp.readable().await?;
+        match tcp.try_io(tokio::io::Interest::READABLE, || {
+            recv(
+                tcp.as_raw_fd(),
+                room,
+                MsgFlags::MSG_TRUNC | MsgFlags::MSG_DONTWAIT,
+            )
+            .map_err(io::Error::from)
+        }) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Takes payload `data` into the stream `buf`, but for the first `discard` bytes, which are
+/// dropped; `received` counts them all.
+fn keep(buf: &mut Vec<u8>, discard: &mut usize, received: &mut u64, data: &[u8]) {
+    let k = data.len().min(*discard);
+    *discard -= k;
+    buf.extend_from_slice(&data[k..]);
+    *received += data.len() as u64;
 }
 
 impl Rfb {
@@ -146,6 +190,8 @@ impl Rfb {
             scratch: vec![0u8; 256 * 1024].into_boxed_slice(),
             buf: Vec::with_capacity(1 << 20),
             pos: 0,
+            discard: 0,
+            read_pixels: false,
             received: 0,
             width: 0,
             height: 0,
@@ -154,6 +200,18 @@ impl Rfb {
 
     /// Reads more into the buffer. Cancel-safe: nothing changes until a read completes.
     async fn fill(&mut self) -> io::Result<()> {
+        if let Some(k) = self.droppable() {
+            let n = drop_bytes(&self.tcp, &mut self.scratch[..k]).await?;
+            if n == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            self.discard -= n;
+            self.received += n as u64;
+            if let Some(w) = &mut self.ws {
+                w.remaining -= n as u64;
+            }
+            return Ok(());
+        }
         if self.pos == self.buf.len() {
             self.buf.clear();
             self.pos = 0;
@@ -165,16 +223,26 @@ impl Rfb {
         if n == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
-        let before = self.buf.len();
+        let before = self.received;
         match &mut self.ws {
-            None => self.buf.extend_from_slice(&self.scratch[..n]),
+            None => keep(
+                &mut self.buf,
+                &mut self.discard,
+                &mut self.received,
+                &self.scratch[..n],
+            ),
             Some(w) => {
                 let mut data = &self.scratch[..n];
                 while !data.is_empty() {
                     if w.remaining > 0 {
                         let k = data.len().min(w.remaining as usize);
                         match w.opcode {
-                            0 | 2 => self.buf.extend_from_slice(&data[..k]),
+                            0 | 2 => keep(
+                                &mut self.buf,
+                                &mut self.discard,
+                                &mut self.received,
+                                &data[..k],
+                            ),
                             9 => w.ping.get_or_insert_default().extend_from_slice(&data[..k]),
                             _ => {}
                         }
@@ -221,13 +289,28 @@ impl Rfb {
                 for p in pings {
                     self.tcp.write_all(&client_frame(0xA, &p)).await?;
                 }
-                if closed && self.buf.len() == before {
+                if closed && self.received == before {
                     return Err(io::ErrorKind::UnexpectedEof.into());
                 }
             }
         }
-        self.received += (self.buf.len() - before) as u64;
         Ok(())
+    }
+
+    /// How many of the next bytes on the socket may be left to the kernel to drop: skipped
+    /// payload, within the current WebSocket data frame (never its header).
+    fn droppable(&self) -> Option<usize> {
+        if self.read_pixels || self.discard == 0 || self.pos != self.buf.len() {
+            return None;
+        }
+        let k = match &self.ws {
+            None => self.discard,
+            Some(w) if w.remaining > 0 && w.header.is_empty() && matches!(w.opcode, 0 | 2) => {
+                self.discard.min(w.remaining as usize)
+            }
+            Some(_) => 0,
+        };
+        Some(k.min(self.scratch.len())).filter(|k| *k > 0)
     }
 
     async fn bytes(&mut self, n: usize) -> io::Result<&[u8]> {
@@ -253,14 +336,13 @@ impl Rfb {
         Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
     }
 
-    async fn skip(&mut self, mut n: usize) -> io::Result<()> {
-        while n > 0 {
-            if self.pos == self.buf.len() {
-                self.fill().await?;
-            }
-            let k = n.min(self.buf.len() - self.pos);
-            self.pos += k;
-            n -= k;
+    /// Skips `n` payload bytes: those already read, then the rest dropped as they arrive.
+    async fn skip(&mut self, n: usize) -> io::Result<()> {
+        let k = n.min(self.buf.len() - self.pos);
+        self.pos += k;
+        self.discard = n - k;
+        while self.discard > 0 {
+            self.fill().await?;
         }
         Ok(())
     }
@@ -512,6 +594,13 @@ struct Opened {
 }
 
 async fn open(path: Path4, d: &Desktop, o: &DesktopOptions) -> Result<Opened> {
+    let mut opened = open_path(path, d, o).await?;
+    opened.rfb.read_pixels = o.read_pixels;
+    Ok(opened)
+}
+
+/// A viewer connected along `path`, past the RFB handshake.
+async fn open_path(path: Path4, d: &Desktop, o: &DesktopOptions) -> Result<Opened> {
     let xvnc = format!("127.0.0.1:{}", d.port);
     Ok(match path {
         Path4::Direct => {

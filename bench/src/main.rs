@@ -79,10 +79,15 @@ pub(crate) fn median(mut v: Vec<f64>) -> f64 {
 fn main() {
     procs::raise_open_files_limit();
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    // The real-desktop viewer is one connection at a time: one thread is all it needs, and a
+    // second would only add wake-ups between threads to what it measures.
+    let rt = match cli.command {
+        Command::Desktop(_) => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    }
+    .enable_all()
+    .build()
+    .expect("tokio runtime");
     let result = rt.block_on(async {
         match cli.command {
             Command::Run(opts) => measure::run(opts).await,
