@@ -195,22 +195,19 @@ pub fn find_start(t: &Target, node: &NodeName, host: &str, listing: &Listing) ->
         .desktops
         .iter()
         .find(|d| d.user == user && d.marker.as_deref() == Some(t.marker.as_str()));
+    // An agent at work may still stop what it started (it does when it finds hpcdesk gone
+    // before the desktop command runs): nothing is adopted until it has exited.
+    if in_progress {
+        return Found::InProgress;
+    }
     let Some(d) = desktop else {
-        return if in_progress {
-            Found::InProgress
-        } else {
-            Found::Nothing
-        };
+        return Found::Nothing;
     };
     let Ok(display) = DisplayNumber::new(d.display) else {
         return Found::Nothing;
     };
     if !d.complete {
-        return if in_progress {
-            Found::InProgress
-        } else {
-            Found::Partial(display)
-        };
+        return Found::Partial(display);
     }
     // The port is the display's; one the listing makes up is not believed.
     let port = display.default_port();
@@ -359,6 +356,16 @@ mod tests {
         );
         assert_eq!(
             find_start(&t, &node, "h", &l(vec![], vec![("a", "mark0001")])),
+            Found::InProgress
+        );
+        // Complete while its agent still runs: that agent may yet stop it.
+        assert_eq!(
+            find_start(
+                &t,
+                &node,
+                "h",
+                &l(vec![mine.clone()], vec![("a", "mark0001")])
+            ),
             Found::InProgress
         );
         assert_eq!(

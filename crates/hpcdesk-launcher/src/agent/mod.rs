@@ -871,11 +871,15 @@ pub fn list(node: &str) -> Listing {
                 .find(|(pid, _, _)| *pid == x.pid)
                 .map(|(_, _, m)| m.clone());
             // Its desktop command runs when another process of the same owner carries the
-            // same marker.
+            // same marker, one that Xvnc did not start itself: its keymap compiler inherits
+            // the marker while it starts, before any desktop command runs.
             let complete = value.as_ref().is_some_and(|v| {
-                marked
-                    .iter()
-                    .any(|(pid, uid, m)| *pid != x.pid && *uid == x.uid && m == v)
+                marked.iter().any(|(pid, uid, m)| {
+                    *pid != x.pid
+                        && *uid == x.uid
+                        && m == v
+                        && !procs::descends_from(*pid, x.pid, procs::parent)
+                })
             });
             // The pin is in the desktop's state file, in the user's home: read only by the
             // user's own agent (as root, hpcdesk reads no user's files).

@@ -34,6 +34,28 @@ fn is_zombie(pid: i32) -> bool {
         .is_none_or(|state| state == "Z" || state == "X")
 }
 
+/// The parent of `pid`, if it is alive and readable (field 4 of `/proc/<pid>/stat`).
+pub fn parent(pid: i32) -> Option<i32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Whether `pid` is a descendant of `ancestor`, following `parent_of` up at most 32 levels.
+/// Xvnc runs helpers of its own (`sh -c xkbcomp …` while it starts), which inherit its
+/// environment and so its desktop marker; they are not the desktop's session.
+pub fn descends_from(pid: i32, ancestor: i32, parent_of: impl Fn(i32) -> Option<i32>) -> bool {
+    let mut p = pid;
+    for _ in 0..32 {
+        match parent_of(p) {
+            Some(up) if up == ancestor => return true,
+            Some(up) if up > 1 && up != p => p = up,
+            _ => return false,
+        }
+    }
+    false
+}
+
 fn pids() -> Vec<i32> {
     let Ok(dir) = fs::read_dir("/proc") else {
         return Vec::new();
@@ -232,6 +254,36 @@ mod tests {
             None
         );
         assert_eq!(start_marker(&argv("hpcdesk node start --node n")), None);
+    }
+
+    #[test]
+    fn a_helper_of_xvnc_descends_from_it_and_a_detached_session_does_not() {
+        // 10 is Xvnc, 11 its `sh -c`, 12 the xkbcomp of that; 20 a session reparented to 1.
+        let tree = |p: i32| match p {
+            10 => Some(5),
+            11 => Some(10),
+            12 => Some(11),
+            20 => Some(1),
+            _ => None,
+        };
+        assert!(descends_from(11, 10, tree));
+        assert!(descends_from(12, 10, tree));
+        assert!(!descends_from(20, 10, tree));
+        assert!(!descends_from(10, 10, tree));
+        assert!(!descends_from(99, 10, tree));
+        // A loop in what /proc said (pids reused while reading) ends.
+        assert!(!descends_from(7, 10, |p| Some(if p == 7 { 8 } else { 7 })));
+        // And on this machine: a child of this process descends from it.
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let me = std::process::id() as i32;
+        assert_eq!(parent(child.id() as i32), Some(me));
+        assert!(descends_from(child.id() as i32, me, parent));
+        assert!(!descends_from(me, child.id() as i32, parent));
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 
     #[test]

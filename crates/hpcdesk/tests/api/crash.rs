@@ -10,6 +10,8 @@
 //! answer (`reply`); and once at no particular point.
 
 use std::collections::HashMap;
+use std::path::Path;
+use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -387,4 +389,101 @@ fn a_stop_that_names_another_session_leaves_the_desktop_on_that_display_alone() 
         "its own marker stops it"
     );
     assert!(!dir.exists(), "its directory goes with it");
+}
+
+/// The parent of `pid` (field 4 of `/proc/<pid>/stat`), if it is alive.
+fn parent_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Xvnc runs helpers of its own while it starts (`sh -c xkbcomp …`), which inherit its
+/// environment and so its desktop marker. The node's listing does not take them for the
+/// desktop's session: a start cut off then is a half-way start, which recovery stops, not a
+/// desktop it adopts (its agent, finding hpcdesk gone, would stop that Xvnc a moment later).
+/// The helper is held (SIGSTOP) while the listing looks, so the two surely overlap.
+#[test]
+fn the_helpers_xvnc_runs_while_it_starts_do_not_make_a_desktop_look_complete() {
+    if !real_parts("listing") {
+        return;
+    }
+    for attempt in 0..5 {
+        let node = format!("t{}xk{attempt}", std::process::id());
+        // A free display: Xvnc exits at once on one another server holds.
+        let display = (60..99u64)
+            .find(|d| {
+                !Path::new(&format!("/tmp/.X{d}-lock")).exists()
+                    && std::net::TcpListener::bind(("127.0.0.1", 5900 + *d as u16)).is_ok()
+            })
+            .expect("a free display");
+        let passwd = desktop_dir(&node, display).join("passwd");
+        let mut xvnc = as_compute_user("Xvnc")
+            .arg(format!(":{display}"))
+            .args(["-localhost", "-SecurityTypes", "None", "-PasswordFile"])
+            .arg(&passwd)
+            .env("HPCDESK_DESKTOP", format!("{node}-{display}-mark00000000"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let is_ours = |p: i32| {
+            let argv = cmdline(p);
+            argv.first().is_some_and(|a| a.contains("Xvnc"))
+                && argv.iter().any(|a| *a == passwd.display().to_string())
+        };
+        let started = Instant::now();
+        let mut verdict = None;
+        while verdict.is_none() && started.elapsed() < Duration::from_secs(5) {
+            let Some(x) = procs().into_iter().find(|p| is_ours(*p)) else {
+                continue;
+            };
+            let Some(h) = procs().into_iter().find(|p| parent_of(*p) == Some(x)) else {
+                std::thread::sleep(Duration::from_millis(1));
+                continue;
+            };
+            let signal = |sig: &str| {
+                let _ = Command::new("kill")
+                    .args([sig, &h.to_string()])
+                    .stderr(std::process::Stdio::null())
+                    .status();
+            };
+            signal("-STOP");
+            if parent_of(h) == Some(x) && !zombie(h) {
+                let out = Command::new(agent_binary())
+                    .args(["node", "list", "--node", &node])
+                    .output()
+                    .unwrap();
+                assert!(out.status.success(), "{out:?}");
+                let listing: Value = serde_json::from_slice(&out.stdout).unwrap();
+                let seen: Vec<Value> = listing["desktops"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|d| d["display"] == display)
+                    .cloned()
+                    .collect();
+                verdict = Some((h, cmdline(h), seen, listing.clone()));
+            }
+            signal("-CONT");
+        }
+        for p in procs().into_iter().filter(|p| is_ours(*p)) {
+            let _ = Command::new("kill").arg(p.to_string()).status();
+        }
+        let _ = xvnc.wait();
+        if let Some((h, argv, seen, listing)) = verdict {
+            assert_eq!(seen.len(), 1, "{listing}");
+            assert_eq!(
+                seen[0]["complete"], false,
+                "Xvnc's own helper (pid {h}, {argv:?}) taken for its session: {listing}"
+            );
+            return;
+        }
+        eprintln!("attempt {attempt}: Xvnc on :{display} ran no helper that could be held");
+    }
+    panic!("Xvnc ran no helper of its own in five starts");
 }
