@@ -391,17 +391,6 @@ fn a_stop_that_names_another_session_leaves_the_desktop_on_that_display_alone() 
     assert!(!dir.exists(), "its directory goes with it");
 }
 
-/// The parent of `pid` (field 4 of `/proc/<pid>/stat`), if it is alive.
-fn parent_of(pid: i32) -> Option<i32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
 /// Xvnc runs helpers of its own while it starts (`sh -c xkbcomp …`), which inherit its
 /// environment and so its desktop marker. The node's listing does not take them for the
 /// desktop's session: a start cut off then is a half-way start, which recovery stops, not a
@@ -440,6 +429,7 @@ fn the_helpers_xvnc_runs_while_it_starts_do_not_make_a_desktop_look_complete() {
         let mut verdict = None;
         while verdict.is_none() && started.elapsed() < Duration::from_secs(5) {
             let Some(x) = procs().into_iter().find(|p| is_ours(*p)) else {
+                std::thread::sleep(Duration::from_millis(1));
                 continue;
             };
             let Some(h) = procs().into_iter().find(|p| parent_of(*p) == Some(x)) else {

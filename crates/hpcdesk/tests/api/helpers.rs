@@ -507,6 +507,17 @@ pub fn environ(pid: i32) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The parent of `pid` (field 4 of `/proc/<pid>/stat`), if it is alive.
+pub fn parent_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
 pub fn zombie(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map(|s| {
