@@ -198,8 +198,11 @@ impl Rfb {
         }
     }
 
-    /// Reads more into the buffer. Cancel-safe: nothing changes until a read completes.
-    async fn fill(&mut self) -> io::Result<()> {
+    /// Reads more into the buffer: at least the `want` payload bytes the parser waits for, if
+    /// they have arrived, and not much more, so that pixel data that follows a header is left
+    /// on the socket for the kernel to drop ([`Rfb::droppable`]) instead of being copied out
+    /// with it. Cancel-safe: nothing changes until a read completes.
+    async fn fill(&mut self, want: usize) -> io::Result<()> {
         if let Some(k) = self.droppable() {
             let n = drop_bytes(&self.tcp, &mut self.scratch[..k]).await?;
             if n == 0 {
@@ -219,7 +222,14 @@ impl Rfb {
             self.buf.drain(..self.pos);
             self.pos = 0;
         }
-        let n = self.tcp.read(&mut self.scratch).await?;
+        // A read stops a WebSocket header (at most 14 bytes) past what is wanted, and reads at
+        // least a small message's worth, so that a handful of headers takes one call.
+        let limit = if self.read_pixels {
+            self.scratch.len()
+        } else {
+            (want + 14).clamp(64, self.scratch.len())
+        };
+        let n = self.tcp.read(&mut self.scratch[..limit]).await?;
         if n == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
@@ -315,7 +325,8 @@ impl Rfb {
 
     async fn bytes(&mut self, n: usize) -> io::Result<&[u8]> {
         while self.buf.len() - self.pos < n {
-            self.fill().await?;
+            let want = n - (self.buf.len() - self.pos);
+            self.fill(want).await?;
         }
         let s = &self.buf[self.pos..self.pos + n];
         self.pos += n;
@@ -342,7 +353,7 @@ impl Rfb {
         self.pos += k;
         self.discard = n - k;
         while self.discard > 0 {
-            self.fill().await?;
+            self.fill(0).await?;
         }
         Ok(())
     }
