@@ -1,8 +1,8 @@
 //! `hpcdesk-bench desktop` (run with `bench/desktop.sh`): one real TigerVNC desktop, started
 //! through `hpcdesk serve`, reached four ways in one run — directly, through a plain relay
 //! (socat), through websockify 0.13 and through hpcdesk's launch URL — measured interleaved
-//! (each measurement of the four paths back to back), the table the medians of the rounds, each
-//! ratio the median of the rounds' own ratios.
+//! (frame rates in turns of 200 ms between the four paths, key latencies path after path), the
+//! table the medians of the rounds, each ratio the median of the rounds' own ratios.
 //!
 //! For each path:
 //! - full-screen updates (non-incremental requests, one at a time) in Raw and in Tight with
@@ -54,6 +54,10 @@ pub struct DesktopOptions {
     /// The account the desktop runs as (default: hdtest as root, else yourself).
     #[arg(long)]
     user: Option<String>,
+    /// Milliseconds of full-screen updates a path has in each turn (see `frames`); the
+    /// `secs` of the measurement are taken in turns this long.
+    #[arg(long, default_value_t = 200.0)]
+    turn_ms: f64,
     /// Have the viewer read the pixel bytes it skips into user space, instead of the kernel
     /// dropping them: the viewer then takes more of the two cores from Xvnc and the relay.
     #[arg(long)]
@@ -696,42 +700,71 @@ struct Sample {
     cpu_s_per_gb: Option<f64>,
 }
 
-/// Full-screen updates for `secs`: (frames/s, MB/s, relay CPU-seconds per GB).
+/// Full-screen updates with `encodings` on every path, until each path has spent `secs` on
+/// them: each path's (frames/s, MB/s, relay CPU-seconds per GB), in [`PATHS`] order.
+///
+/// All four viewers are connected at once, and the paths take turns of `turn_ms` each, every
+/// frame timed on its own, so that the frames a ratio compares were taken within a second of
+/// each other: this machine's speed drifts by 2× within seconds (direct alone gave 336–704
+/// frames/s in one run of 2-second blocks), which a block per path turns into noise in every
+/// ratio. Frames never overlap (each waits for the last), so a path is idle while another
+/// has its turn. Turns of a single frame are not used: alternating frame by frame made every
+/// path fall to ~130 frames/s now and then (a stall of ~5 ms per frame, direct included),
+/// which turns of 100 ms and more do not show.
 async fn frames(
-    path: Path4,
     d: &Desktop,
     o: &DesktopOptions,
     encodings: &[i32],
-) -> Result<(f64, f64, Option<f64>)> {
-    let mut c = open(path, d, o).await?;
-    c.rfb.set_encodings(encodings).await?;
-    // One frame to settle the encoder, then measure.
-    c.rfb.request(false).await?;
-    c.rfb.update(false).await?;
-    let cpu0 = c
-        .relay
-        .as_ref()
-        .map(|(pid, _)| crate::procs::cpu_seconds(*pid));
-    let bytes0 = c.rfb.received;
-    let t0 = Instant::now();
-    let mut n = 0u64;
-    while t0.elapsed().as_secs_f64() < o.secs {
+) -> Result<Vec<(f64, f64, Option<f64>)>> {
+    let mut conns = Vec::new();
+    for p in PATHS {
+        let mut c = open(p, d, o).await.map_err(named(p))?;
+        c.rfb.set_encodings(encodings).await?;
+        // One frame to settle the encoder, then measure.
         c.rfb.request(false).await?;
         c.rfb.update(false).await?;
-        n += 1;
+        conns.push(c);
     }
-    let dt = t0.elapsed().as_secs_f64();
-    let bytes = (c.rfb.received - bytes0) as f64;
-    let cpu = c
-        .relay
-        .as_ref()
-        .map(|(pid, _)| crate::procs::cpu_seconds(*pid));
-    let per_gb = match (cpu0, cpu) {
-        (Some(a), Some(b)) if bytes > 0.0 => Some((b - a).max(0.0) / (bytes / 1e9)),
-        _ => None,
+    let cpu = |c: &Opened| {
+        c.relay
+            .as_ref()
+            .map(|(pid, _)| crate::procs::cpu_seconds(*pid))
     };
-    c.rfb.close().await;
-    Ok((n as f64 / dt, bytes / dt / 1e6, per_gb))
+    let cpu0: Vec<_> = conns.iter().map(cpu).collect();
+    let bytes0: Vec<_> = conns.iter().map(|c| c.rfb.received).collect();
+    let budget = Duration::from_secs_f64(o.secs);
+    let turn = Duration::from_secs_f64(o.turn_ms / 1e3);
+    let mut spent = vec![Duration::ZERO; PATHS.len()];
+    let mut count = vec![0u64; PATHS.len()];
+    while spent.iter().any(|s| *s < budget) {
+        for (i, c) in conns.iter_mut().enumerate() {
+            let until = (spent[i] + turn).min(budget);
+            while spent[i] < until {
+                let t0 = Instant::now();
+                c.rfb.request(false).await.map_err(named(PATHS[i]))?;
+                c.rfb.update(false).await.map_err(named(PATHS[i]))?;
+                spent[i] += t0.elapsed();
+                count[i] += 1;
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for (i, c) in conns.into_iter().enumerate() {
+        let dt = spent[i].as_secs_f64();
+        let bytes = (c.rfb.received - bytes0[i]) as f64;
+        let per_gb = match (cpu0[i], cpu(&c)) {
+            (Some(a), Some(b)) if bytes > 0.0 => Some((b - a).max(0.0) / (bytes / 1e9)),
+            _ => None,
+        };
+        c.rfb.close().await;
+        out.push((count[i] as f64 / dt, bytes / dt / 1e6, per_gb));
+    }
+    Ok(out)
+}
+
+/// An error of `path`'s, named.
+fn named<E: std::fmt::Display>(path: Path4) -> impl Fn(E) -> String {
+    move |e| format!("{}: {e}", path.name())
 }
 
 /// Key → first update (ms), `keys` times: p50, p99.
@@ -780,16 +813,8 @@ async fn keys(path: Path4, d: &Desktop, o: &DesktopOptions) -> Result<(f64, f64)
 /// One round: each measurement of every path in turn, so that the paths compared in a ratio
 /// ran seconds apart (this machine's speed drifts by 2× over a minute).
 async fn round(d: &Desktop, o: &DesktopOptions) -> Result<Vec<Sample>> {
-    let named =
-        |p: Path4| move |e: Box<dyn std::error::Error + Send + Sync>| format!("{}: {e}", p.name());
-    let mut raw = Vec::new();
-    for p in PATHS {
-        raw.push(frames(p, d, o, &[0]).await.map_err(named(p))?);
-    }
-    let mut tight = Vec::new();
-    for p in PATHS {
-        tight.push(frames(p, d, o, &[7, -26, -254]).await.map_err(named(p))?);
-    }
+    let raw = frames(d, o, &[0]).await?;
+    let tight = frames(d, o, &[7, -26, -254]).await?;
     let mut key = Vec::new();
     for p in PATHS {
         key.push(keys(p, d, o).await.map_err(named(p))?);
