@@ -226,12 +226,12 @@ impl Rfb {
             self.buf.drain(..self.pos);
             self.pos = 0;
         }
-        // A read stops a WebSocket header (at most 14 bytes) past what is wanted, and reads at
+        // A read stops a server frame's WebSocket header past what is wanted, and reads at
         // least a small message's worth, so that a handful of headers takes one call.
         let limit = if self.read_pixels {
             self.scratch.len()
         } else {
-            (want + 14).clamp(64, self.scratch.len())
+            (want + hpcdesk_gateway::ws::MAX_SERVER_HEADER).clamp(64, self.scratch.len())
         };
         let n = self.tcp.read(&mut self.scratch[..limit]).await?;
         if n == 0 {
@@ -718,12 +718,15 @@ async fn frames(
 ) -> Result<Vec<(f64, f64, Option<f64>)>> {
     let mut conns = Vec::new();
     for p in PATHS {
-        let mut c = open(p, d, o).await.map_err(named(p))?;
-        c.rfb.set_encodings(encodings).await?;
-        // One frame to settle the encoder, then measure.
-        c.rfb.request(false).await?;
-        c.rfb.update(false).await?;
-        conns.push(c);
+        let c = async {
+            let mut c = open(p, d, o).await?;
+            c.rfb.set_encodings(encodings).await?;
+            // One frame to settle the encoder, then measure.
+            c.rfb.request(false).await?;
+            c.rfb.update(false).await?;
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(c)
+        };
+        conns.push(c.await.map_err(named(p))?);
     }
     let cpu = |c: &Opened| {
         c.relay
@@ -738,13 +741,20 @@ async fn frames(
     let mut count = vec![0u64; PATHS.len()];
     while spent.iter().any(|s| *s < budget) {
         for (i, c) in conns.iter_mut().enumerate() {
+            if spent[i] >= budget {
+                continue;
+            }
+            // At least one frame a turn, so that `--turn-ms 0` alternates frame by frame.
             let until = (spent[i] + turn).min(budget);
-            while spent[i] < until {
+            loop {
                 let t0 = Instant::now();
                 c.rfb.request(false).await.map_err(named(PATHS[i]))?;
                 c.rfb.update(false).await.map_err(named(PATHS[i]))?;
                 spent[i] += t0.elapsed();
                 count[i] += 1;
+                if spent[i] >= until {
+                    break;
+                }
             }
         }
     }
@@ -810,8 +820,8 @@ async fn keys(path: Path4, d: &Desktop, o: &DesktopOptions) -> Result<(f64, f64)
     Ok((pct(0.5), pct(0.99)))
 }
 
-/// One round: each measurement of every path in turn, so that the paths compared in a ratio
-/// ran seconds apart (this machine's speed drifts by 2× over a minute).
+/// One round: frame rates of the four paths in turns ([`frames`]), then each path's key
+/// latencies in turn, so that the paths compared in a ratio ran seconds apart at most.
 async fn round(d: &Desktop, o: &DesktopOptions) -> Result<Vec<Sample>> {
     let raw = frames(d, o, &[0]).await?;
     let tight = frames(d, o, &[7, -26, -254]).await?;
