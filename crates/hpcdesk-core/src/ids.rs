@@ -4,7 +4,7 @@
 //! the shape of the SCNet service. No part may contain `--`, so the id splits unambiguously.
 //! Code inside hpcdesk never re-validates these types: holding one is proof it is well-formed.
 
-use std::fmt;
+use std::fmt::{self, Write};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -145,12 +145,15 @@ impl fmt::Display for DisplayNumber {
     }
 }
 
-/// `{node}--{computeUser}--SIG--{display}`: names one desktop on one node.
+/// `{node}--{computeUser}--SIG--{display}`: names one desktop on one node. It keeps its text,
+/// written once when it is made: a request names its session in a lookup, a log field and an
+/// audit line.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct SessionId {
     node: NodeName,
     user: ComputeUser,
     display: DisplayNumber,
+    text: String,
 }
 
 impl SessionId {
@@ -159,10 +162,17 @@ impl SessionId {
     pub const MAX_LEN: usize = NodeName::MAX_LEN + ComputeUser::MAX_LEN + 16;
 
     pub fn new(node: NodeName, user: ComputeUser, display: DisplayNumber) -> Self {
+        // Sized once: three separators, the mark and at most five digits.
+        let mut text = String::with_capacity(node.0.len() + user.0.len() + 14);
+        for part in [&node.0, "--", &user.0, "--", Self::MARK, "--"] {
+            text.push_str(part);
+        }
+        write!(text, "{}", display.0).expect("writing to a String cannot fail");
         SessionId {
             node,
             user,
             display,
+            text,
         }
     }
 
@@ -177,11 +187,16 @@ impl SessionId {
         if *mark != Self::MARK {
             return Err(IdError::SessionIdShape);
         }
-        Ok(SessionId {
-            node: NodeName::parse(node)?,
-            user: ComputeUser::parse(user)?,
-            display: DisplayNumber::parse(display)?,
-        })
+        Ok(SessionId::new(
+            NodeName::parse(node)?,
+            ComputeUser::parse(user)?,
+            DisplayNumber::parse(display)?,
+        ))
+    }
+
+    /// The id as text, in its canonical form (the display number without leading zeros).
+    pub fn as_str(&self) -> &str {
+        &self.text
     }
 
     pub fn node(&self) -> &NodeName {
@@ -199,14 +214,7 @@ impl SessionId {
 
 impl fmt::Display for SessionId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}--{}--{}--{}",
-            self.node.0,
-            self.user.0,
-            Self::MARK,
-            self.display.0
-        )
+        f.write_str(&self.text)
     }
 }
 
@@ -253,6 +261,28 @@ mod tests {
         assert_eq!(id.user().as_str(), "test_1215");
         assert_eq!(id.display().get(), 4);
         assert_eq!(id.to_string(), "gv101--test_1215--SIG--4");
+        assert_eq!(id.as_str(), "gv101--test_1215--SIG--4");
+    }
+
+    #[test]
+    fn a_session_id_keeps_its_canonical_text() {
+        let padded = SessionId::parse("gv101--test_1215--SIG--0042").unwrap();
+        assert_eq!(padded.as_str(), "gv101--test_1215--SIG--42");
+        assert_eq!(
+            padded,
+            SessionId::parse("gv101--test_1215--SIG--42").unwrap()
+        );
+        let made = SessionId::new(
+            NodeName::parse("n1").unwrap(),
+            ComputeUser::parse("alice").unwrap(),
+            DisplayNumber::new(DisplayNumber::MAX).unwrap(),
+        );
+        assert_eq!(
+            made.as_str(),
+            format!("n1--alice--SIG--{}", DisplayNumber::MAX)
+        );
+        assert_eq!(made.to_string(), made.as_str());
+        assert_eq!(SessionId::parse(made.as_str()).unwrap(), made);
     }
 
     #[test]

@@ -821,7 +821,7 @@ pub async fn recover_start(app: &AppState, rec: &SessionRecord) -> Result<Recove
                 app,
                 Kind::SessionAdopted,
                 &rec.owner,
-                &id.to_string(),
+                id.as_str(),
                 "",
                 "its start was interrupted by a restart of hpcdesk",
             )
@@ -850,7 +850,7 @@ pub async fn recover_start(app: &AppState, rec: &SessionRecord) -> Result<Recove
                     app,
                     Kind::SessionAdopted,
                     &rec.owner,
-                    &q.session_id.to_string(),
+                    q.session_id.as_str(),
                     "",
                     "its submission was interrupted by a restart of hpcdesk",
                 )
@@ -1142,7 +1142,7 @@ pub async fn launch_url(
         app,
         Kind::LaunchUrlIssued,
         user.name(),
-        &id.to_string(),
+        id.as_str(),
         &user.peer,
         detail,
     )

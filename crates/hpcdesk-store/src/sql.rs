@@ -844,13 +844,13 @@ impl<DB> Store for SqlStore<DB> {
         id: &SessionId,
     ) -> Result<Option<Arc<SessionRecord>>, StoreError> {
         if let Some(snap) = self.snapshot().await? {
-            return Ok(snap.by_id(&id.to_string()).cloned());
+            return Ok(snap.by_id(id.as_str()).cloned());
         }
         let sql = format!(
             "SELECT {SESSION_COLUMNS} FROM sessions WHERE session_id = $1 AND dismissed = 0"
         );
         let row = sqlx::query(AssertSqlSafe(sql))
-            .bind(id.to_string())
+            .bind(id.as_str())
             .fetch_optional(&self.pool)
             .await?;
         Ok(row
