@@ -19,10 +19,11 @@ pub struct ApiOptions {
     /// Concurrent clients (each one keep-alive connection).
     #[arg(long, default_value_t = 64)]
     clients: usize,
-    /// Seconds per measurement.
-    #[arg(long, default_value_t = 3.0)]
+    /// Seconds per measurement (one case's turn in a round).
+    #[arg(long, default_value_t = 1.0)]
     seconds: f64,
-    #[arg(long, default_value_t = 5)]
+    /// Rounds, each measuring every case in turn.
+    #[arg(long, default_value_t = 15)]
     reps: usize,
 }
 
@@ -182,10 +183,17 @@ pub async fn api(opts: ApiOptions) -> Result<(), Error> {
         opts.clients, opts.seconds, opts.reps
     );
     // Rounds of every case in turn, so that each ratio compares runs made moments apart on
-    // this noisy machine; the table shows medians, the ratio being the median of the rounds'.
+    // this noisy machine: short turns (the machine's speed drifts over seconds), in the
+    // opposite order every other round (so that a drift favours no case). The table shows
+    // medians, the ratio being the median of the rounds'.
     let mut runs: Vec<Vec<Load>> = cases.iter().map(|_| Vec::new()).collect();
-    for _ in 0..opts.reps {
-        for (i, (name, addr, path, tok)) in cases.iter().enumerate() {
+    for round in 0..opts.reps {
+        let mut order: Vec<usize> = (0..cases.len()).collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for i in order {
+            let (name, addr, path, tok) = &cases[i];
             let l = load(
                 hpcdesk.pid as u32,
                 addr,
