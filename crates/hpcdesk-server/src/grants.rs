@@ -253,7 +253,7 @@ impl StoreGrants {
         };
         let grant = Grant {
             session_key: session.key.clone(),
-            session_id: id.to_string(),
+            session_id: id.as_str().to_owned(),
             owner: session.owner.clone(),
             host,
             port,

@@ -117,7 +117,7 @@ impl SessionCache {
         snap.listed = listed.into_iter().map(|r| r.key.clone()).collect();
         for r in rows {
             if let Some(id) = &r.session_id {
-                snap.by_id.insert(id.to_string(), r.key.clone());
+                snap.by_id.insert(id.as_str().to_owned(), r.key.clone());
             }
             snap.by_key.insert(r.key.clone(), Arc::new(r));
         }

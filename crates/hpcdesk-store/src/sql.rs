@@ -648,10 +648,10 @@ impl<DB> Store for SqlStore<DB> {
         started: Started,
     ) -> Result<Option<SessionRecord>, StoreError> {
         let _bump = self.bump();
-        let id = started.session_id.to_string();
+        let id = started.session_id.as_str();
         let now = millis(started.now);
         let mut tx = self.writer.begin().await?;
-        Self::supersede(&mut tx, &id, key, now).await?;
+        Self::supersede(&mut tx, id, key, now).await?;
         let done = sqlx::query(
             "UPDATE sessions SET session_id = $2, node = $3, display = $4, host = $5, port = $6, \
              vnc_password = $7, handle = $8, state = $9, status_reason = '', updated_at = $10, \
@@ -659,7 +659,7 @@ impl<DB> Store for SqlStore<DB> {
              WHERE key = $1 AND state IN ('pending', 'starting')",
         )
         .bind(key)
-        .bind(&id)
+        .bind(id)
         .bind(started.node.as_str())
         .bind(i64::from(started.display.get()))
         .bind(&started.host)
@@ -685,17 +685,17 @@ impl<DB> Store for SqlStore<DB> {
         now: DateTime<Utc>,
     ) -> Result<Option<SessionRecord>, StoreError> {
         let _bump = self.bump();
-        let id = session_id.to_string();
+        let id = session_id.as_str();
         let now = millis(now);
         let mut tx = self.writer.begin().await?;
-        Self::supersede(&mut tx, &id, key, now).await?;
+        Self::supersede(&mut tx, id, key, now).await?;
         let done = sqlx::query(
             "UPDATE sessions SET session_id = $2, handle = $3, state = 'pending', \
              status_reason = $4, updated_at = $5, vnc_password = $6, queued = 1 \
              WHERE key = $1 AND state IN ('pending', 'starting')",
         )
         .bind(key)
-        .bind(&id)
+        .bind(id)
         .bind(handle)
         .bind(status_reason(reason))
         .bind(now)
@@ -744,15 +744,14 @@ impl<DB> Store for SqlStore<DB> {
         let reason = reason.as_str();
         let mut tx = self.writer.begin().await?;
         let moved = if let Some(id) = &at {
-            let id_text = id.to_string();
-            Self::supersede(&mut tx, &id_text, key, now).await?;
+            Self::supersede(&mut tx, id.as_str(), key, now).await?;
             let done = sqlx::query(
                 "UPDATE sessions SET session_id = $2, node = $3, display = $4, state = 'failed', \
                  status_reason = $5, updated_at = $6 \
                  WHERE key = $1 AND state IN ('pending', 'starting')",
             )
             .bind(key)
-            .bind(&id_text)
+            .bind(id.as_str())
             .bind(id.node().as_str())
             .bind(i64::from(id.display().get()))
             .bind(reason)
