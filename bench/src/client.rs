@@ -82,6 +82,33 @@ impl Conn {
         }
     }
 
+    /// What carries `message` on this connection as one RFB message, prepared once so that a
+    /// test can send it again and again at no cost beyond the write: the bytes themselves on
+    /// TCP, one binary WebSocket frame masked as a browser masks it on a WebSocket. (A
+    /// browser masks on the user's machine; here the client shares the gateway's two cores,
+    /// so it masks once rather than per message, like the plain TCP client that only writes.)
+    pub fn prepare(&self, message: &[u8]) -> Bytes {
+        match self {
+            Conn::Tcp(_) => Bytes::copy_from_slice(message),
+            Conn::Ws { .. } => Bytes::from(hpcdesk_gateway::ws::client_frame(
+                hpcdesk_gateway::ws::OP_BINARY,
+                true,
+                message,
+                [0x5a, 0xa5, 0x3c, 0xc3],
+            )),
+        }
+    }
+
+    /// Writes what [`Conn::prepare`] made, as it is.
+    pub async fn send_prepared(&mut self, prepared: &[u8]) -> io::Result<()> {
+        match self {
+            Conn::Tcp(s) => s.write_all(prepared).await,
+            // tungstenite buffers no writes here (write_buffer_size 0) and sends nothing of
+            // its own between messages, so whole frames may go to its socket directly.
+            Conn::Ws { ws, .. } => ws.get_mut().write_all(prepared).await,
+        }
+    }
+
     /// Receives some bytes and returns how many (0 at the end of the stream).
     pub async fn recv_some(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {

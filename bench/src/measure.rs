@@ -31,6 +31,23 @@ pub struct Options {
     /// Round trips per latency measurement.
     #[arg(long, default_value_t = 2000)]
     round_trips: usize,
+    /// Have the upload client mask every message anew, as a WebSocket library does, instead
+    /// of sending one frame masked once (the layout before 2026-12-06). The client shares the
+    /// two cores with the relays, and only the WebSocket variants' clients mask.
+    #[arg(long)]
+    mask_each: bool,
+}
+
+/// Prints each variant's runs of one row and returns their medians.
+fn report_runs(label: &str, variants: &[Variant], runs: Vec<Vec<f64>>) -> Vec<Option<f64>> {
+    variants
+        .iter()
+        .zip(runs)
+        .map(|(v, r)| {
+            eprintln!("  {label} {}: {r:.0?}", v.name);
+            Some(median(r))
+        })
+        .collect()
 }
 
 struct Variant {
@@ -86,16 +103,27 @@ fn upload_chunk() -> Bytes {
     Bytes::from(m)
 }
 
-/// MB/s received by the upload server from one connection.
-async fn upload(t: &Target, stats: std::net::SocketAddr, secs: f64) -> Result<f64, Error> {
+/// MB/s received by the upload server from one connection; `mask_each`: see
+/// [`Options::mask_each`].
+async fn upload(
+    t: &Target,
+    stats: std::net::SocketAddr,
+    secs: f64,
+    mask_each: bool,
+) -> Result<f64, Error> {
     let mut c = open(t).await?;
-    let chunk = upload_chunk();
+    let message = upload_chunk();
+    let chunk = c.prepare(&message);
     tokio::time::sleep(Duration::from_millis(50)).await;
     let before = servers::uploaded(stats).await?;
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(secs);
     while Instant::now() < deadline {
-        c.send(chunk.clone()).await?;
+        if mask_each {
+            c.send(message.clone()).await?;
+        } else {
+            c.send_prepared(&chunk).await?;
+        }
     }
     let got = servers::uploaded(stats).await? - before;
     let elapsed = start.elapsed().as_secs_f64();
@@ -409,32 +437,29 @@ pub async fn run(opts: Options) -> Result<(), Error> {
         })
     };
 
+    // Throughput rounds take the variants in turn, so that a drift of the machine's speed
+    // over seconds falls on all of them alike.
     for (label, conns) in [
         ("download, 1 conn (MB/s)", 1),
         ("download, 8 conns (MB/s)", 8),
     ] {
-        let mut vals = Vec::new();
-        for v in &variants {
-            let mut runs = Vec::new();
-            for _ in 0..opts.reps {
-                runs.push(download(&v.targets[0], conns, opts.seconds).await?);
+        let mut runs = vec![Vec::new(); variants.len()];
+        for _ in 0..opts.reps {
+            for (v, r) in variants.iter().zip(&mut runs) {
+                r.push(download(&v.targets[0], conns, opts.seconds).await?);
             }
-            eprintln!("  {label} {}: {runs:.0?}", v.name);
-            vals.push(Some(median(runs)));
         }
-        push(label, vals);
+        push(label, report_runs(label, &variants, runs));
     }
     {
-        let mut vals = Vec::new();
-        for v in &variants {
-            let mut runs = Vec::new();
-            for _ in 0..opts.reps {
-                runs.push(upload(&v.targets[1], servers.stats, opts.seconds).await?);
+        let label = "upload, 1 conn (MB/s)";
+        let mut runs = vec![Vec::new(); variants.len()];
+        for _ in 0..opts.reps {
+            for (v, r) in variants.iter().zip(&mut runs) {
+                r.push(upload(&v.targets[1], servers.stats, opts.seconds, opts.mask_each).await?);
             }
-            eprintln!("  upload {}: {runs:.0?}", v.name);
-            vals.push(Some(median(runs)));
         }
-        push("upload, 1 conn (MB/s)", vals);
+        push(label, report_runs(label, &variants, runs));
     }
     {
         let (mut p50, mut p99, mut p99_paced, mut p99_flat) =
