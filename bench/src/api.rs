@@ -25,6 +25,10 @@ pub struct ApiOptions {
     /// Rounds, each measuring every case in turn.
     #[arg(long, default_value_t = 15)]
     reps: usize,
+    /// Leave out the server's log. By default it logs as `hpcdesk serve` does (a line per
+    /// request at `info`), to a file, as the journal or a redirected stderr would take it.
+    #[arg(long)]
+    no_log: bool,
 }
 
 struct Load {
@@ -126,19 +130,23 @@ pub async fn api(opts: ApiOptions) -> Result<(), Error> {
     let me = std::env::current_exe()?.to_string_lossy().into_owned();
     let data = std::env::temp_dir().join(format!("hpcdesk-bench-api-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&data);
+    std::fs::create_dir_all(&data)?;
     // A session to ask launch URLs for; its "desktop" is a port nobody needs to answer.
-    let hpcdesk = procs::spawn(
-        &me,
-        &[
-            "hpcdesk".into(),
-            "--data".into(),
-            data.display().to_string(),
-            "--map".into(),
-            "bench_api=5999".into(),
-        ],
-        None,
-    )
-    .await?;
+    let mut args: Vec<String> = vec![
+        "hpcdesk".into(),
+        "--data".into(),
+        data.display().to_string(),
+        "--map".into(),
+        "bench_api=5999".into(),
+    ];
+    let log_file = data.join("server.log");
+    let stderr = if opts.no_log {
+        std::process::Stdio::null()
+    } else {
+        args.push("--log".into());
+        std::fs::File::create(&log_file)?.into()
+    };
+    let hpcdesk = procs::spawn_with_stderr(&me, &args, None, stderr).await?;
     let mut addrs = hpcdesk.ready.split_whitespace();
     let api_addr = addrs.next().ok_or("no API address")?.to_owned();
     let ping_addr = addrs.next().ok_or("no trivial address")?.to_owned();
@@ -179,8 +187,15 @@ pub async fn api(opts: ApiOptions) -> Result<(), Error> {
         ),
     ];
     eprintln!(
-        "hpcdesk API benchmark: {} clients, {} s per run, median of {}",
-        opts.clients, opts.seconds, opts.reps
+        "hpcdesk API benchmark: {} clients, {} s per run, median of {}, server log {}",
+        opts.clients,
+        opts.seconds,
+        opts.reps,
+        if opts.no_log {
+            "left out"
+        } else {
+            "on (as hpcdesk serve)"
+        }
     );
     // Rounds of every case in turn, so that each ratio compares runs made moments apart on
     // this noisy machine: short turns (the machine's speed drifts over seconds), in the
@@ -243,6 +258,15 @@ pub async fn api(opts: ApiOptions) -> Result<(), Error> {
         );
     }
     drop(hpcdesk);
+    if !opts.no_log {
+        // Proof that the server did log: the lines it wrote during the run.
+        let lines =
+            std::fs::read(&log_file).map_or(0, |b| b.iter().filter(|&&c| c == b'\n').count());
+        println!();
+        println!(
+            "The server logged {lines} lines (as `hpcdesk serve` at info; --no-log leaves them out)."
+        );
+    }
     let _ = std::fs::remove_dir_all(&data);
     Ok(())
 }

@@ -64,6 +64,9 @@ enum Command {
         data: std::path::PathBuf,
         #[arg(long = "map", required = true)]
         maps: Vec<String>,
+        /// Log as `hpcdesk serve` does, to stderr.
+        #[arg(long)]
+        log: bool,
     },
 }
 
@@ -96,7 +99,7 @@ fn main() {
             Command::Desktop(opts) => desktop::run(opts).await,
             Command::Slurm(opts) => slurm::run(opts).await,
             Command::Servers => servers::main().await,
-            Command::Hpcdesk { data, maps } => procs::hpcdesk_main(data, maps).await,
+            Command::Hpcdesk { data, maps, log } => procs::hpcdesk_main(data, maps, log).await,
         }
     });
     rt.shutdown_timeout(Duration::from_millis(100));

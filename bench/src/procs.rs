@@ -71,9 +71,15 @@ pub async fn viewer_path(
     Ok(path.to_owned())
 }
 
-/// `hpcdesk --data DIR --map USER=PORT …`: the real hpcdesk server (store, grants, gateway)
-/// with a [`FakeLauncher`].
-pub async fn hpcdesk_main(data: std::path::PathBuf, maps: Vec<String>) -> Result<(), Error> {
+/// `hpcdesk --data DIR --map USER=PORT … [--log]`: the real hpcdesk server (store, grants,
+/// gateway) with a [`FakeLauncher`]. With `--log` it logs as `hpcdesk serve` does (to its
+/// stderr, at `HPCDESK_LOG`, default `info`), so a benchmark pays for the same lines.
+pub async fn hpcdesk_main(
+    data: std::path::PathBuf,
+    maps: Vec<String>,
+    log: bool,
+) -> Result<(), Error> {
+    let _log = log.then(hpcdesk_server::logging::init);
     // Each compute user's desktop is a benchmark server.
     let launcher = FakeLauncher::new(Plan::Fail(LaunchError::Desktop(
         "no benchmark server for this user".into(),
@@ -143,11 +149,21 @@ pub async fn spawn(
     args: &[String],
     wait_port: Option<SocketAddr>,
 ) -> Result<Child, Error> {
+    spawn_with_stderr(program, args, wait_port, Stdio::null()).await
+}
+
+/// [`spawn`], with the child's stderr going to `stderr` (the hpcdesk server's log file).
+pub async fn spawn_with_stderr(
+    program: &str,
+    args: &[String],
+    wait_port: Option<SocketAddr>,
+    stderr: Stdio,
+) -> Result<Child, Error> {
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .process_group(0)
         .kill_on_drop(true);
     let mut child = cmd

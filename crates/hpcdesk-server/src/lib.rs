@@ -8,6 +8,7 @@
 //!   through PAM.
 //! - [`throttle`]: request-rate limits and failed-login lock-outs (10011).
 //! - [`audit`]: writing the audit log.
+//! - [`logging`]: the service's log output (filter, colours only on a terminal).
 //! - [`metrics`]: counters and gauges for Prometheus (`GET /metrics`).
 //! - [`error`]: [`ApiError`], the one map from failures to SCNet codes and HTTP statuses,
 //!   and [`error::TaskError`], what the work behind requests and background tasks fails with.
@@ -33,6 +34,7 @@ pub mod error;
 pub mod grants;
 pub mod jobs;
 pub mod lifecycle;
+pub mod logging;
 pub mod metrics;
 pub mod pam_auth;
 pub mod passwords;

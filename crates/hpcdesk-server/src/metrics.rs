@@ -10,7 +10,6 @@ use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use hpcdesk_core::ApiCode;
-use tower_http::trace::{DefaultOnResponse, OnResponse};
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -56,42 +55,11 @@ impl Metrics {
         }
     }
 
+    /// Counts an API answer by its SCNet code (`routes::access` calls it for every answer).
     pub fn count_response(&self, code: ApiCode) {
         if let Some(i) = ApiCode::ALL.iter().position(|c| *c == code) {
             self.responses[i].fetch_add(1, Ordering::Relaxed);
         }
-    }
-}
-
-/// What the trace layer does with each answer: count it by its SCNet code (the envelope puts
-/// the code in an extension), then log it as tower-http's default does. Counting here, where
-/// every answer passes anyway, costs no middleware of its own.
-#[derive(Clone)]
-pub struct CountAnswers {
-    app: AppState,
-    log: DefaultOnResponse,
-}
-
-impl CountAnswers {
-    pub fn new(app: AppState) -> Self {
-        CountAnswers {
-            app,
-            log: DefaultOnResponse::new().level(tracing::Level::INFO),
-        }
-    }
-}
-
-impl<B> OnResponse<B> for CountAnswers {
-    fn on_response(
-        self,
-        response: &axum::http::Response<B>,
-        latency: std::time::Duration,
-        span: &tracing::Span,
-    ) {
-        if let Some(code) = response.extensions().get::<ApiCode>() {
-            self.app.metrics.count_response(*code);
-        }
-        self.log.on_response(response, latency, span);
     }
 }
 

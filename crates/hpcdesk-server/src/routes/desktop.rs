@@ -52,7 +52,7 @@ fn create_options(query: CreateQuery, body: &[u8]) -> Result<sessions::CreateOpt
 }
 
 /// `PUT /hpc/openapi/v2/desktop/vnc[?desktop=…&geometry=…]`
-#[tracing::instrument(skip_all, fields(user = %user.name()))]
+#[tracing::instrument(level = "debug", skip_all, fields(user = %user.name()))]
 pub async fn create(
     State(app): State<AppState>,
     _: V2,
@@ -68,7 +68,7 @@ pub async fn create(
 }
 
 /// `GET /hpcdesk/v1/desktops`: the desktops a create may name.
-#[tracing::instrument(skip_all, fields(user = %user.name()))]
+#[tracing::instrument(level = "debug", skip_all, fields(user = %user.name()))]
 pub async fn desktops(State(app): State<AppState>, user: AuthUser) -> Result<Response, ApiError> {
     let d = &app.config.desktops;
     let default = d.default_choice().map(|c| c.name.clone());
@@ -85,7 +85,7 @@ pub async fn desktops(State(app): State<AppState>, user: AuthUser) -> Result<Res
 }
 
 /// `GET /hpc/openapi/v2/desktop/vnc`
-#[tracing::instrument(skip_all, fields(user = %user.name()))]
+#[tracing::instrument(level = "debug", skip_all, fields(user = %user.name()))]
 pub async fn list(
     State(app): State<AppState>,
     _: V2,
@@ -95,7 +95,7 @@ pub async fn list(
 }
 
 /// `DELETE /hpc/openapi/v2/desktop/vnc/{sessionId}`
-#[tracing::instrument(skip_all, fields(user = %user.name(), session = %id.0))]
+#[tracing::instrument(level = "debug", skip_all, fields(user = %user.name(), session = %id.0))]
 pub async fn delete(
     State(app): State<AppState>,
     _: V2,
@@ -114,7 +114,7 @@ pub struct LaunchOptions {
 }
 
 /// `GET /hpc/openapi/v2/desktop/vnc/{sessionId}/launchurl[?viewOnly=true]`
-#[tracing::instrument(skip_all, fields(user = %user.name(), session = %id.0))]
+#[tracing::instrument(level = "debug", skip_all, fields(user = %user.name(), session = %id.0))]
 pub async fn launch_url(
     State(app): State<AppState>,
     _: V2,
@@ -145,7 +145,7 @@ pub struct ScreenshotOptions {
 
 /// `GET /hpcdesk/v1/desktop/vnc/{sessionId}/screenshot[?width=320]`: a PNG (`image/png`);
 /// errors are the usual envelope.
-#[tracing::instrument(skip_all, fields(user = %user.name(), session = %id.0))]
+#[tracing::instrument(level = "debug", skip_all, fields(user = %user.name(), session = %id.0))]
 pub async fn screenshot(
     State(app): State<AppState>,
     user: AuthUser,
@@ -214,7 +214,7 @@ pub struct ExtendQuery {
 }
 
 /// `POST /hpcdesk/v1/desktop/vnc/{sessionId}/extend[?by=1h]`, or `{"by": "1h"}`.
-#[tracing::instrument(skip_all, fields(user = %user.name(), session = %id.0))]
+#[tracing::instrument(level = "debug", skip_all, fields(user = %user.name(), session = %id.0))]
 pub async fn extend(
     State(app): State<AppState>,
     user: AuthUser,

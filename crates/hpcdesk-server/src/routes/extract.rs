@@ -130,6 +130,9 @@ impl FromRequestParts<AppState> for AuthUser {
             user.status = status;
         }
         user.peer = client_addr(&parts.headers, &parts.extensions, state);
+        if let Some(slot) = parts.extensions.get::<super::access::CallerSlot>() {
+            slot.fill(&user.claims);
+        }
         Ok(user)
     }
 }

@@ -7,11 +7,13 @@
 //! - [`health`]: `GET /healthz`, `GET /readyz`; `GET /metrics` is served by [`crate::metrics`].
 //! - [`extract`]: the API-version check, the authenticated caller, the session id path part.
 //! - [`limits`]: header and body size limits (10012).
+//! - [`access`]: the access line logged for each answer, and the count of answers by code.
 //! - [`vncws`]: the viewer's WebSocket (`/vncws`), handed to the gateway.
 //! - [`admin`]: operator endpoints (`/hpcdesk/v1/sweep`, `/hpcdesk/v1/nodes`).
 //! - [`jobs`]: a Slurm job saying its desktop is ready (`/hpcdesk/v1/jobs/ready`).
 //! - [`web`]: the viewer page and noVNC's modules (everything else that is a file).
 
+pub mod access;
 pub mod admin;
 pub mod desktop;
 pub mod extract;
@@ -26,7 +28,6 @@ use axum::Router;
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
-use tower_http::trace::TraceLayer;
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -50,7 +51,10 @@ pub fn router(state: AppState) -> Router {
             "/ac/openapi/{version}/tokens",
             axum::routing::post(tokens::password),
         )
-        .route("/api/user/v3/tokens", axum::routing::post(tokens::access_key))
+        .route(
+            "/api/user/v3/tokens",
+            axum::routing::post(tokens::access_key),
+        )
         .route(
             "/ac/openapi/{version}/tokens/next",
             axum::routing::post(tokens::renew),
@@ -74,25 +78,17 @@ pub fn router(state: AppState) -> Router {
             axum::routing::post(desktop::extend),
         )
         .route("/vncws/extend", axum::routing::post(vncws::extend))
-        .route(
-            crate::jobs::READY_PATH,
-            axum::routing::post(jobs::ready),
-        )
+        .route(crate::jobs::READY_PATH, axum::routing::post(jobs::ready))
         .fallback(web::file_or_404)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             limits::enforce,
         ))
-        .layer(
-            TraceLayer::new_for_http()
-                // The path only: query strings carry grant tokens and sealed passwords.
-                .make_span_with(|req: &Request| {
-                    tracing::info_span!("http", method = %req.method(), path = %req.uri().path())
-                })
-                // Counts the answer for /metrics, then logs it.
-                .on_response(crate::metrics::CountAnswers::new(state.clone())),
-        )
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            access::log_and_count,
+        ))
         .with_state(state)
 }
 

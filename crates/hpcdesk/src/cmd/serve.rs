@@ -6,16 +6,6 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("HPCDESK_LOG")
-        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-}
-
 async fn shutdown_signal() {
     let term = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
@@ -47,7 +37,7 @@ fn raise_open_files_limit() {
 }
 
 pub fn run(file: Option<&Path>) -> anyhow::Result<ExitCode> {
-    init_logging();
+    let _log = hpcdesk_server::logging::init();
     raise_open_files_limit();
     let config = super::load_config(file)?;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;

@@ -340,7 +340,33 @@ reconcile_every = "{reconcile}"
         }
     }
 
+    /// The server's log so far. While the server runs, first a marker request: the server
+    /// writes its lines from a thread of its own, so a line can trail the answer it belongs
+    /// to. The marker's access line comes after every line of the calls answered before it,
+    /// so once it is in the file, so are they (and a check that something was *not* logged
+    /// reads the whole of it).
     pub fn log_text(&self) -> String {
+        if self.child.is_some() {
+            let mark = format!(
+                "/hpcdesk-test-log-mark/{}",
+                COUNTER.fetch_add(1, Ordering::SeqCst)
+            );
+            let client = reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .danger_accept_invalid_certs(true)
+                .build()
+                .unwrap();
+            if client.get(self.url(&mark)).send().is_ok() {
+                let until = Instant::now() + Duration::from_secs(5);
+                while Instant::now() < until {
+                    let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+                    if text.contains(&mark) {
+                        return text;
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        }
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 

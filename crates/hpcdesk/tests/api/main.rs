@@ -13,6 +13,7 @@ mod gateway;
 mod helpers;
 mod instances;
 mod limits;
+mod logging;
 mod outage;
 mod restart;
 mod security;
