@@ -278,7 +278,7 @@ pub fn crash_round(rig: &Rig, name: &str, pause: Option<&str>, kill_when: impl F
 fn lifecycle_log(app: &TestApp) -> String {
     app.log_text()
         .lines()
-        .filter(|l| !l.contains("sqlx::query") && !l.contains("tower_http"))
+        .filter(|l| !l.contains("sqlx::query") && !l.contains("hpcdesk::access"))
         .collect::<Vec<_>>()
         .join("\n")
 }
