@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The API benchmarks in one command: launchurl and list requests/s and latency at 64 clients
-# against a trivial axum handler in the same process; then, as root with TigerVNC and the
+# against a trivial axum handler in the same process, the server logging a line per request as
+# `hpcdesk serve` does (--no-log: without); then, as root with TigerVNC and the
 # test account, create → ready of the local launcher against Xvnc's own start time.
 #   bench/api.sh
 set -euo pipefail
