@@ -20,7 +20,9 @@ use tracing_subscriber::EnvFilter;
 
 /// Keeps the logging thread alive; dropping it writes out what is queued.
 #[must_use = "the log is flushed and stopped when this is dropped"]
-pub struct LogGuard(#[allow(dead_code)] WorkerGuard);
+pub struct LogGuard {
+    _worker: WorkerGuard,
+}
 
 /// Installs the global log subscriber. Call once, before the service starts, and keep the
 /// guard until it ends.
@@ -38,5 +40,5 @@ pub fn init() -> LogGuard {
         .with_ansi(ansi)
         .with_writer(writer)
         .init();
-    LogGuard(guard)
+    LogGuard { _worker: guard }
 }

@@ -351,12 +351,11 @@ reconcile_every = "{reconcile}"
                 "/hpcdesk-test-log-mark/{}",
                 COUNTER.fetch_add(1, Ordering::SeqCst)
             );
-            let client = reqwest::blocking::Client::builder()
-                .timeout(Duration::from_secs(5))
-                .danger_accept_invalid_certs(true)
-                .build()
-                .unwrap();
-            if client.get(self.url(&mark)).send().is_ok() {
+            if client(Duration::from_secs(5))
+                .get(self.url(&mark))
+                .send()
+                .is_ok()
+            {
                 let until = Instant::now() + Duration::from_secs(5);
                 while Instant::now() < until {
                     let text = std::fs::read_to_string(&self.log).unwrap_or_default();
@@ -390,13 +389,8 @@ reconcile_every = "{reconcile}"
         token: Option<&str>,
         f: impl FnOnce(reqwest::blocking::RequestBuilder) -> reqwest::blocking::RequestBuilder,
     ) -> (u16, Value) {
-        let client = reqwest::blocking::Client::builder()
-            .timeout(Duration::from_secs(60))
-            // The TLS tests' own certificates (tls.rs checks which one is served).
-            .danger_accept_invalid_certs(true)
-            .build()
-            .unwrap();
-        let mut req = client.request(method.parse().unwrap(), self.url(path));
+        let mut req =
+            client(Duration::from_secs(60)).request(method.parse().unwrap(), self.url(path));
         if let Some(t) = token {
             req = req.header("token", t);
         }
@@ -590,6 +584,16 @@ pub fn rfb_auth(port: u16, password: &[u8]) -> u32 {
 }
 
 /// Polls `f` until it is true or `timeout` passes.
+/// A client for this app's API, waiting at most `timeout` for an answer; it accepts the TLS
+/// tests' own certificates (tls.rs checks which one is served).
+fn client(timeout: Duration) -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(timeout)
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap()
+}
+
 pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let until = Instant::now() + timeout;
     loop {
