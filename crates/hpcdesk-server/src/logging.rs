@@ -309,6 +309,25 @@ impl FieldsVisitor<'_> {
         self.writer.write_char('=')
     }
 
+    /// An integer field: written as it is under a plain name, else by `record`.
+    fn integer(
+        &mut self,
+        field: &Field,
+        value: impl std::fmt::Display,
+        record: impl FnOnce(&mut DefaultVisitor<'_>),
+    ) {
+        if self.result.is_err() {
+            return;
+        }
+        if Self::plain(field.name()) {
+            self.result = self
+                .name(field.name())
+                .and_then(|()| write!(self.writer, "{value}"));
+        } else {
+            self.theirs(field, record);
+        }
+    }
+
     /// Has `tracing-subscriber`'s visitor format one field (it leaves out `log.` fields).
     fn theirs(&mut self, field: &Field, record: impl FnOnce(&mut DefaultVisitor<'_>)) {
         if field.name().starts_with("log.") {
@@ -342,29 +361,11 @@ impl Visit for FieldsVisitor<'_> {
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        if self.result.is_err() {
-            return;
-        }
-        if Self::plain(field.name()) {
-            self.result = self
-                .name(field.name())
-                .and_then(|()| write!(self.writer, "{value}"));
-        } else {
-            self.theirs(field, |v| v.record_u64(field, value));
-        }
+        self.integer(field, value, |v| v.record_u64(field, value));
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        if self.result.is_err() {
-            return;
-        }
-        if Self::plain(field.name()) {
-            self.result = self
-                .name(field.name())
-                .and_then(|()| write!(self.writer, "{value}"));
-        } else {
-            self.theirs(field, |v| v.record_i64(field, value));
-        }
+        self.integer(field, value, |v| v.record_i64(field, value));
     }
 
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
