@@ -14,8 +14,9 @@
 //!   second, not one wake-up and one system call per line.
 //! - **Nothing is dropped.** Past [`QUEUE_MAX`] bytes (a stalled journal), a line waits for
 //!   room rather than be lost. [`LogGuard`] writes out what is queued when the service ends
-//!   normally, and lines logged after that are written directly; a `kill -9` loses at most
-//!   the last [`LINGER`] of lines.
+//!   normally (waiting at most [`STOP_WAIT`] for an output that has stopped taking lines),
+//!   and lines logged after that are written directly; a `kill -9` loses at most the last
+//!   [`LINGER`] of lines.
 //!
 //! `hpcdesk serve` and the API benchmark's server both start logging here, so the benchmark
 //! pays for the same lines the service writes.
@@ -39,6 +40,8 @@ pub const LINGER: Duration = Duration::from_millis(2);
 pub const BATCH: usize = 64 << 10;
 /// Bytes waiting past which a new line waits for the logging thread (never dropped).
 pub const QUEUE_MAX: usize = 4 << 20;
+/// How long the end of the service waits for the queue to be written out.
+pub const STOP_WAIT: Duration = Duration::from_secs(2);
 
 /// Keeps the logging thread alive; dropping it writes out what is queued.
 #[must_use = "the log is flushed and stopped when this is dropped"]
@@ -49,8 +52,25 @@ pub struct LogGuard {
 
 impl Drop for LogGuard {
     fn drop(&mut self) {
-        self.queue.lock().stopping = true;
+        let mut q = self.queue.lock();
+        q.stopping = true;
         self.queue.ready.notify_one();
+        // The queue is written out, but a journal that has stopped reading must not keep the
+        // service from ending: after STOP_WAIT the thread is left to it.
+        let deadline = std::time::Instant::now() + STOP_WAIT;
+        while !q.done {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            q = self
+                .queue
+                .room
+                .wait_timeout(q, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        drop(q);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -166,14 +186,22 @@ impl Queue {
                 q = self.ready.wait(q).unwrap_or_else(|p| p.into_inner());
             }
             if q.stopping {
-                // The last batch is written under the lock, so that lines logged meanwhile
-                // (written directly from now on) come after it.
-                self.write(&q.lines);
-                q.lines = Vec::new();
-                q.done = true;
-                drop(q);
-                self.room.notify_all();
-                return;
+                // Written out until nothing is left, then lines are written by whoever logs
+                // them: in order either way. Not under the lock, so that the guard can give
+                // up on an output that has stopped taking lines.
+                loop {
+                    let lines = std::mem::take(&mut q.lines);
+                    if lines.is_empty() {
+                        q.done = true;
+                        drop(q);
+                        self.room.notify_all();
+                        return;
+                    }
+                    drop(q);
+                    self.room.notify_all();
+                    self.write(&lines);
+                    q = self.lock();
+                }
             }
             if q.lines.len() < BATCH {
                 q = self
@@ -568,6 +596,79 @@ mod tests {
         }
         assert_eq!(next, [120_000; 4]);
         assert_eq!(text.lines().count(), 480_001);
+    }
+
+    /// An output that takes nothing until it is opened: a stalled journal.
+    #[derive(Clone, Default)]
+    struct Stalled {
+        open: Arc<(Mutex<bool>, Condvar)>,
+        taken: Collect,
+    }
+
+    impl Stalled {
+        fn open(&self) {
+            *self.open.0.lock().unwrap() = true;
+            self.open.1.notify_all();
+        }
+    }
+
+    impl Write for Stalled {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let mut open = self.open.0.lock().unwrap();
+            while !*open {
+                open = self.open.1.wait(open).unwrap();
+            }
+            self.taken.write(buf)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_stalled_output_holds_lines_back_within_the_cap_and_loses_none() {
+        let out = Stalled::default();
+        let (writer, guard) = start(out.clone());
+        let line = [b'x'; 63];
+        // More than the queue and the one batch the stalled thread holds can take together.
+        let lines = 3 * QUEUE_MAX / 64;
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let logger = std::thread::spawn({
+            let (writer, done) = (writer.clone(), done.clone());
+            move || {
+                for _ in 0..lines {
+                    let mut w = writer.make_writer();
+                    w.write_all(&line).unwrap();
+                    w.write_all(b"\n").unwrap();
+                }
+                done.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        // The logger waits for room: not done, nothing dropped, the queue within its cap.
+        assert!(!done.load(std::sync::atomic::Ordering::SeqCst));
+        assert!(writer.0.lock().lines.len() <= QUEUE_MAX + 64);
+        out.open();
+        logger.join().unwrap();
+        drop(guard);
+        let taken = out.taken.0.lock().unwrap();
+        assert_eq!(taken.len(), lines * 64);
+        assert!(taken.chunks(64).all(|l| l[..63] == line && l[63] == b'\n'));
+    }
+
+    #[test]
+    fn an_output_that_never_takes_lines_does_not_keep_the_service_from_ending() {
+        let out = Stalled::default();
+        let (writer, guard) = start(out.clone());
+        writer.make_writer().write_all(b"never taken\n").unwrap();
+        let t0 = std::time::Instant::now();
+        drop(guard);
+        let took = t0.elapsed();
+        assert!(
+            took >= STOP_WAIT && took < STOP_WAIT + Duration::from_secs(2),
+            "{took:?}"
+        );
+        // The logging thread is left waiting on the output, which this test never opens.
     }
 
     #[test]
