@@ -133,7 +133,7 @@ struct Queue {
     out: Mutex<Box<dyn Write + Send>>,
     /// Lines arrived in an empty queue, a batch is full, or the guard was dropped.
     ready: Condvar,
-    /// The queue was written out.
+    /// The queue was taken to be written (there is room again), or the thread has ended.
     room: Condvar,
 }
 
