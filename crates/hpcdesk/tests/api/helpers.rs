@@ -356,14 +356,9 @@ reconcile_every = "{reconcile}"
                 .send()
                 .is_ok()
             {
-                let until = Instant::now() + Duration::from_secs(5);
-                while Instant::now() < until {
-                    let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-                    if text.contains(&mark) {
-                        return text;
-                    }
-                    std::thread::sleep(Duration::from_millis(10));
-                }
+                eventually(Duration::from_secs(5), || {
+                    std::fs::read_to_string(&self.log).is_ok_and(|t| t.contains(&mark))
+                });
             }
         }
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -583,7 +578,6 @@ pub fn rfb_auth(port: u16, password: &[u8]) -> u32 {
     u32::from_be_bytes(result)
 }
 
-/// Polls `f` until it is true or `timeout` passes.
 /// A client for this app's API, waiting at most `timeout` for an answer; it accepts the TLS
 /// tests' own certificates (tls.rs checks which one is served).
 fn client(timeout: Duration) -> reqwest::blocking::Client {
@@ -594,6 +588,7 @@ fn client(timeout: Duration) -> reqwest::blocking::Client {
         .unwrap()
 }
 
+/// Polls `f` until it is true or `timeout` passes.
 pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let until = Instant::now() + timeout;
     loop {

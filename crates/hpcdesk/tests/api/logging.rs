@@ -14,6 +14,11 @@ fn access_lines(log: &str) -> Vec<&str> {
         .collect()
 }
 
+/// Whether one of `lines` holds every one of `parts`.
+fn any_with(lines: &[&str], parts: &[&str]) -> bool {
+    lines.iter().any(|l| parts.iter().all(|p| l.contains(p)))
+}
+
 /// The value of `name` in a URL's query (up to the next `&`).
 fn query_value<'a>(url: &'a str, name: &str) -> &'a str {
     url.split(&format!("{name}="))
@@ -53,32 +58,38 @@ fn each_answer_is_one_access_line_with_its_code_and_caller_and_never_a_query() {
     let log = app.log_text();
     let lines = access_lines(&log);
     let launch_path = format!("path=\"{VNC}/{id}/launchurl\"");
-    let launches: Vec<_> = lines.iter().filter(|l| l.contains(&launch_path)).collect();
+    let launches: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| l.contains(&launch_path))
+        .collect();
     assert_eq!(launches.len(), 2, "one line per launch URL asked:\n{log}");
     assert!(
-        launches.iter().any(|l| l.contains(" INFO ")
-            && l.contains("user=\"alice\"")
-            && l.contains("code=\"0\"")
-            && l.contains("status=200")
-            && l.contains("micros=")),
+        any_with(
+            &launches,
+            &[
+                " INFO ",
+                "user=\"alice\"",
+                "code=\"0\"",
+                "status=200",
+                "micros="
+            ]
+        ),
         "alice's launch URL, answered 0:\n{launches:?}"
     );
     assert!(
-        launches
-            .iter()
-            .any(|l| l.contains("user=\"bob\"") && l.contains("code=\"10008\"")),
+        any_with(&launches, &["user=\"bob\"", "code=\"10008\""]),
         "bob's refusal, with its SCNet code (HTTP says 200 to both):\n{launches:?}"
     );
     assert!(
-        lines.iter().any(|l| l.contains(&format!("path=\"{VNC}\""))
-            && l.contains("user=\"-\"")
-            && l.contains("code=\"10003\"")),
+        any_with(
+            &lines,
+            &[&format!("path=\"{VNC}\""), "user=\"-\"", "code=\"10003\""]
+        ),
         "the call without a token, with no caller:\n{lines:?}"
     );
     assert!(
-        lines
-            .iter()
-            .any(|l| l.contains("path=\"/vncws\"") && l.contains("status=101")),
+        any_with(&lines, &["path=\"/vncws\"", "status=101"]),
         "the viewer's upgrade:\n{lines:?}"
     );
     for (what, secret) in [("grant", grant), ("sealed password", mm), ("token", &token)] {
