@@ -62,6 +62,9 @@ pub struct DesktopOptions {
     /// dropping them: the viewer then takes more of the two cores from Xvnc and the relay.
     #[arg(long)]
     read_pixels: bool,
+    /// hpcdesk's gateway splices the screen (`gateway.splice = true`) instead of copying it.
+    #[arg(long)]
+    splice: bool,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -881,9 +884,11 @@ async fn start_server(o: &DesktopOptions, user: &str) -> Result<Server> {
         &config,
         format!(
             "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n\n[auth]\njwt_secret = \"{secret}\"\n\n\
-             [launcher]\ndefault_desktop = \"twm\"\ngeometry = \"{}\"\ndepth = 24\ndisplay_min = 500\ndisplay_max = 599\n",
+             [launcher]\ndefault_desktop = \"twm\"\ngeometry = \"{}\"\ndepth = 24\ndisplay_min = 500\ndisplay_max = 599\n\n\
+             [gateway]\nsplice = {}\n",
             dir.0.join("data").display(),
-            o.geometry
+            o.geometry,
+            o.splice
         ),
     )?;
     let mut child = tokio::process::Command::new(&o.hpcdesk)

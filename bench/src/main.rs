@@ -67,6 +67,9 @@ enum Command {
         /// Log as `hpcdesk serve` does, to stderr.
         #[arg(long)]
         log: bool,
+        /// The gateway splices the screen (`gateway.splice`) instead of copying it.
+        #[arg(long)]
+        splice: bool,
     },
 }
 
@@ -99,7 +102,12 @@ fn main() {
             Command::Desktop(opts) => desktop::run(opts).await,
             Command::Slurm(opts) => slurm::run(opts).await,
             Command::Servers => servers::main().await,
-            Command::Hpcdesk { data, maps, log } => procs::hpcdesk_main(data, maps, log).await,
+            Command::Hpcdesk {
+                data,
+                maps,
+                log,
+                splice,
+            } => procs::hpcdesk_main(data, maps, log, splice).await,
         }
     });
     rt.shutdown_timeout(Duration::from_millis(100));

@@ -36,6 +36,9 @@ pub struct Options {
     /// two cores with the relays, and only the WebSocket variants' clients mask.
     #[arg(long)]
     mask_each: bool,
+    /// hpcdesk's gateway splices the screen (`gateway.splice = true`) instead of copying it.
+    #[arg(long)]
+    splice: bool,
 }
 
 /// Prints each variant's runs of one row and returns their medians.
@@ -345,7 +348,10 @@ pub async fn run(opts: Options) -> Result<(), Error> {
             format!("bench_e={}", servers.rfb[2].port()),
             "--map".to_owned(),
             format!("bench_p={}", servers.rfb[3].port()),
-        ],
+        ]
+        .into_iter()
+        .chain(opts.splice.then(|| "--splice".to_owned()))
+        .collect::<Vec<_>>(),
         None,
     )
     .await?;

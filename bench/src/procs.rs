@@ -73,11 +73,13 @@ pub async fn viewer_path(
 
 /// `hpcdesk --data DIR --map USER=PORT … [--log]`: the real hpcdesk server (store, grants,
 /// gateway) with a [`FakeLauncher`]. With `--log` it logs as `hpcdesk serve` does (to its
-/// stderr, at `HPCDESK_LOG`, default `info`), so a benchmark pays for the same lines.
+/// stderr, at `HPCDESK_LOG`, default `info`), so a benchmark pays for the same lines. With
+/// `splice`, its gateway splices the screen (`gateway.splice`).
 pub async fn hpcdesk_main(
     data: std::path::PathBuf,
     maps: Vec<String>,
     log: bool,
+    splice: bool,
 ) -> Result<(), Error> {
     let _log = log.then(hpcdesk_server::logging::init);
     // Each compute user's desktop is a benchmark server.
@@ -106,6 +108,7 @@ pub async fn hpcdesk_main(
             "HPCDESK_GATEWAY__MAX_VIEWERS_PER_SESSION",
             "100000".to_owned(),
         ),
+        ("HPCDESK_GATEWAY__SPLICE", splice.to_string()),
     ];
     let config =
         hpcdesk_server::Config::load(None, env.iter().map(|(k, v)| (k.to_string(), v.clone())))?;

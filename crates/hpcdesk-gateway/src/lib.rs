@@ -156,6 +156,10 @@ pub struct GatewayConfig {
     pub write_timeout: Duration,
     /// Most viewers of one session (on this instance, plus those reported elsewhere).
     pub max_viewers_per_session: u32,
+    /// Between a plain desktop socket and a plain viewer socket, move the screen with
+    /// `splice` ([`crate::splice`]) instead of reading it into a buffer and writing it out.
+    /// Which is cheaper depends on the kernel; see the README's benchmark.
+    pub splice: bool,
 }
 
 impl Default for GatewayConfig {
@@ -165,6 +169,7 @@ impl Default for GatewayConfig {
             connect_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(60),
             max_viewers_per_session: 8,
+            splice: false,
         }
     }
 }
@@ -305,6 +310,7 @@ impl Gateway {
             view_only: grant.view_only,
             heartbeat: self.cfg.heartbeat,
             write_timeout: self.cfg.write_timeout,
+            splice: self.cfg.splice,
         }
         .run(conn)
         .await

@@ -4,12 +4,12 @@
 //! Two directions run concurrently in one task, each waiting only on its own sockets, so a
 //! slow viewer never delays input and a burst of input never delays the screen:
 //! - **down** (desktop → viewer): waits until the desktop socket is readable, then moves
-//!   what it has to the viewer as one binary frame per batch. Between two plain sockets the
-//!   payload never enters user space ([`crate::splice`]: desktop → pipe → viewer, the frame
-//!   header sent just before); otherwise (TLS on either side, or no pipe to be had) it takes
-//!   a pooled buffer, reads into it behind room for the frame header, and writes header and
-//!   payload in one write. It also sends pings, pongs and the final close frame: it owns the
-//!   viewer's write half.
+//!   what it has to the viewer as one binary frame per batch: it takes a pooled buffer, reads
+//!   into it behind room for the frame header, and writes header and payload in one write.
+//!   Between two plain sockets, with `gateway.splice`, the payload instead never enters user
+//!   space ([`crate::splice`]: desktop → pipe → viewer, the frame header sent just before;
+//!   copying again when no pipe can be had). It also sends pings, pongs and the final close
+//!   frame: it owns the viewer's write half.
 //! - **up** (viewer → desktop): reads raw WebSocket bytes into a pooled buffer, unmasks
 //!   payload in place and writes it to the desktop as it arrives; a frame split across reads
 //!   needs no reassembly. Input is noted for the idle sweep; for view-only viewers only
@@ -196,6 +196,9 @@ pub struct Relay {
     pub heartbeat: Duration,
     /// See [`Out`].
     pub write_timeout: Duration,
+    /// Between two plain sockets, move the screen with [`splice_batches`] rather than
+    /// [`copy_batches`] ([`crate::GatewayConfig::splice`]).
+    pub splice: bool,
 }
 
 /// Byte counts of a finished relay.
@@ -220,7 +223,7 @@ impl Relay {
             notify: Notify::new(),
         };
         let timeout = self.write_timeout;
-        let (early, heartbeat) = (self.early, self.heartbeat);
+        let (early, heartbeat, splice) = (self.early, self.heartbeat, self.splice);
         let mut n = Counts::default();
         // Each pairing of the two sides; the plain ones wait on socket readiness and hold no
         // buffer while idle.
@@ -237,7 +240,7 @@ impl Relay {
                             &ctl,
                             heartbeat,
                             &mut n.down,
-                            async |d, o, b| splice_batches(d, o, b).await,
+                            async move |d, o, b| plain_batches(splice, d, o, b).await,
                         );
                         let up = up(&viewer_r, &mut desktop_w, &mut st, &ctl, early, &mut n.up);
                         let end = race(conn, down, up).await;
@@ -518,6 +521,20 @@ async fn copy_batch<W: AsyncWrite + Unpin>(
         }
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
         Err(e) => Err(End::DesktopError(e.to_string())),
+    }
+}
+
+/// Moves what the desktop has between two plain sockets: spliced or copied.
+async fn plain_batches(
+    splice: bool,
+    desktop: &OwnedReadHalf,
+    out: &mut Out<OwnedWriteHalf>,
+    bytes: &mut u64,
+) -> Result<(), End> {
+    if splice {
+        splice_batches(desktop, out, bytes).await
+    } else {
+        copy_batches(desktop, out, bytes).await
     }
 }
 
@@ -829,6 +846,16 @@ mod tests {
     }
 
     async fn setup(view_only: bool, heartbeat: Duration, write_timeout: Duration) -> Setup {
+        setup_moving(false, view_only, heartbeat, write_timeout).await
+    }
+
+    /// A relay between plain sockets that moves the screen with `splice` or by copying.
+    async fn setup_moving(
+        splice: bool,
+        view_only: bool,
+        heartbeat: Duration,
+        write_timeout: Duration,
+    ) -> Setup {
         let (viewer, relay_viewer) = pair().await;
         let (relay_desktop, desktop) = pair().await;
         let registry = Registry::new(Arc::new(chrono::Utc::now));
@@ -841,6 +868,7 @@ mod tests {
             view_only,
             heartbeat,
             write_timeout,
+            splice,
         };
         let relay = tokio::spawn(async move { relay.run(&conn).await });
         Setup {
@@ -958,6 +986,7 @@ mod tests {
                 view_only: false,
                 heartbeat: LONG,
                 write_timeout: LONG,
+                splice: false,
             }
             .run(&conn)
             .await
@@ -999,24 +1028,56 @@ mod tests {
         assert_eq!(registry.activity("s1").connections, 0);
     }
 
+    /// 4 MiB of screen written in pieces of odd sizes, copied and spliced: every byte
+    /// arrives, in order, in frames of the sizes the relay chose.
+    #[tokio::test]
+    async fn the_screen_arrives_exactly_whether_copied_or_spliced() {
+        for splice in [false, true] {
+            let mut s = setup_moving(splice, false, LONG, LONG).await;
+            let screen: Vec<u8> = (0..4u32 << 20).map(|i| (i % 253) as u8).collect();
+            let sent = screen.clone();
+            let (desktop_r, mut desktop_w) = s.desktop.into_split();
+            let writer = tokio::spawn(async move {
+                for piece in sent.chunks(77_777) {
+                    desktop_w.write_all(piece).await.unwrap();
+                }
+                desktop_w
+            });
+            let mut got = Vec::with_capacity(screen.len());
+            while got.len() < screen.len() {
+                got.extend(next_data(&mut s.viewer).await);
+            }
+            assert!(
+                got == screen,
+                "the screen bytes arrive exactly (splice: {splice})"
+            );
+            drop((writer.await.unwrap(), desktop_r));
+            let (end, counts) = s.relay.await.unwrap();
+            assert_eq!(end, End::DesktopClosed);
+            assert_eq!(counts.down, 4 << 20);
+        }
+    }
+
     #[tokio::test]
     async fn a_viewer_that_does_not_read_holds_the_desktop_back_and_then_gets_everything() {
-        let mut s = setup(false, LONG, LONG).await;
-        let (desktop_r, desktop_w) = s.desktop.into_split();
-        let (written, task) = writer(desktop_w, FLOOD, false);
-        let stuck = stalls(&written).await;
-        assert!(
-            stuck < (FLOOD as u64) / 4,
-            "the relay reads the desktop only as fast as the viewer takes it ({stuck} bytes)"
-        );
-        // The viewer reads again: everything arrives, in order, and the desktop goes on.
-        let mut got = 0u64;
-        while got < FLOOD as u64 {
-            got += next_data(&mut s.viewer).await.len() as u64;
+        for splice in [false, true] {
+            let mut s = setup_moving(splice, false, LONG, LONG).await;
+            let (desktop_r, desktop_w) = s.desktop.into_split();
+            let (written, task) = writer(desktop_w, FLOOD, false);
+            let stuck = stalls(&written).await;
+            assert!(
+                stuck < (FLOOD as u64) / 4,
+                "the relay reads the desktop only as fast as the viewer takes it ({stuck} bytes, splice: {splice})"
+            );
+            // The viewer reads again: everything arrives, in order, and the desktop goes on.
+            let mut got = 0u64;
+            while got < FLOOD as u64 {
+                got += next_data(&mut s.viewer).await.len() as u64;
+            }
+            task.await.unwrap();
+            assert_eq!(got, FLOOD as u64);
+            drop(desktop_r);
         }
-        task.await.unwrap();
-        assert_eq!(got, FLOOD as u64);
-        drop(desktop_r);
     }
 
     #[tokio::test]
@@ -1035,19 +1096,21 @@ mod tests {
 
     #[tokio::test]
     async fn a_viewer_that_stops_reading_is_dropped_after_the_write_timeout() {
-        let s = setup(false, LONG, Duration::from_millis(300)).await;
-        let (desktop_r, desktop_w) = s.desktop.into_split();
-        let (_written, task) = writer(desktop_w, FLOOD, false);
-        let started = tokio::time::Instant::now();
-        let (end, _) = tokio::time::timeout(Duration::from_secs(10), s.relay)
-            .await
-            .expect("the relay ends")
-            .unwrap();
-        assert_eq!(end, End::ViewerStalled);
-        assert!(started.elapsed() < Duration::from_secs(5));
-        assert_eq!(s.registry.activity("s1").connections, 0);
-        task.abort();
-        drop((desktop_r, s.viewer));
+        for splice in [false, true] {
+            let s = setup_moving(splice, false, LONG, Duration::from_millis(300)).await;
+            let (desktop_r, desktop_w) = s.desktop.into_split();
+            let (_written, task) = writer(desktop_w, FLOOD, false);
+            let started = tokio::time::Instant::now();
+            let (end, _) = tokio::time::timeout(Duration::from_secs(10), s.relay)
+                .await
+                .expect("the relay ends")
+                .unwrap();
+            assert_eq!(end, End::ViewerStalled, "splice: {splice}");
+            assert!(started.elapsed() < Duration::from_secs(5));
+            assert_eq!(s.registry.activity("s1").connections, 0);
+            task.abort();
+            drop((desktop_r, s.viewer));
+        }
     }
 
     #[tokio::test]

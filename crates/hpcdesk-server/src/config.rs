@@ -233,6 +233,9 @@ pub struct GatewayConfig {
     pub write_timeout: HumanDuration,
     /// Most viewers of one desktop at a time (all instances together).
     pub max_viewers_per_session: u32,
+    /// Move the screen from a plain desktop socket to a plain viewer socket with `splice`
+    /// instead of copying it through a buffer.
+    pub splice: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -361,6 +364,7 @@ impl Default for GatewayConfig {
             connect_timeout: HumanDuration(Duration::from_secs(10)),
             write_timeout: HumanDuration(Duration::from_secs(60)),
             max_viewers_per_session: 8,
+            splice: false,
         }
     }
 }

@@ -202,6 +202,7 @@ pub async fn build_with(
             connect_timeout: config.gateway.connect_timeout.0,
             write_timeout: config.gateway.write_timeout.0,
             max_viewers_per_session: config.gateway.max_viewers_per_session,
+            splice: config.gateway.splice,
         },
     ));
     let limits = crate::throttle::Limits::new(&config.limits);
