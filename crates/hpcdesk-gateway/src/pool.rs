@@ -10,21 +10,35 @@ use std::ops::{Deref, DerefMut};
 
 /// Bytes a relay reads at once, plus room in front for a WebSocket frame header.
 pub const BUF_LEN: usize = 64 * 1024 + crate::ws::MAX_SERVER_HEADER;
-/// Buffers kept per thread for reuse; more are freed.
+/// Bytes the down direction reads from a plain desktop at once (one frame to the viewer),
+/// plus room for the header: a full-screen update is megabytes, and fewer, larger batches
+/// cost the gateway less CPU per byte.
+pub const SCREEN_LEN: usize = 256 * 1024 + crate::ws::MAX_SERVER_HEADER;
+/// Buffers kept per thread for reuse, of each size; more are freed.
 const KEEP_PER_THREAD: usize = 32;
 
 thread_local! {
     static FREE: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
+    static FREE_SCREEN: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
 }
 
-/// A buffer of [`BUF_LEN`] bytes, returned to the pool on drop.
+/// A buffer of [`BUF_LEN`] (or [`SCREEN_LEN`]) bytes, returned to the pool on drop.
 pub struct Buf(Option<Box<[u8]>>);
 
 impl Buf {
     pub fn take() -> Buf {
-        let reused = FREE.with(|f| f.borrow_mut().pop());
+        Buf::of(&FREE, BUF_LEN)
+    }
+
+    /// A buffer of [`SCREEN_LEN`] bytes, for the screen.
+    pub fn take_screen() -> Buf {
+        Buf::of(&FREE_SCREEN, SCREEN_LEN)
+    }
+
+    fn of(free: &'static std::thread::LocalKey<RefCell<Vec<Box<[u8]>>>>, len: usize) -> Buf {
+        let reused = free.with(|f| f.borrow_mut().pop());
         Buf(Some(
-            reused.unwrap_or_else(|| vec![0u8; BUF_LEN].into_boxed_slice()),
+            reused.unwrap_or_else(|| vec![0u8; len].into_boxed_slice()),
         ))
     }
 }
@@ -47,7 +61,12 @@ impl DerefMut for Buf {
 impl Drop for Buf {
     fn drop(&mut self) {
         if let Some(b) = self.0.take() {
-            FREE.with(|f| {
+            let free = if b.len() == SCREEN_LEN {
+                &FREE_SCREEN
+            } else {
+                &FREE
+            };
+            free.with(|f| {
                 let mut f = f.borrow_mut();
                 if f.len() < KEEP_PER_THREAD {
                     f.push(b);
@@ -69,5 +88,11 @@ mod tests {
         let second = Buf::take();
         assert_eq!(second.as_ptr(), ptr);
         assert_eq!(second.len(), BUF_LEN);
+        let screen = Buf::take_screen();
+        assert_eq!(screen.len(), SCREEN_LEN);
+        let screen_ptr = screen.as_ptr();
+        drop((second, screen));
+        assert_eq!(Buf::take_screen().as_ptr(), screen_ptr);
+        assert_eq!(Buf::take().as_ptr(), ptr);
     }
 }

@@ -41,6 +41,10 @@ use crate::ws::{self, Event, FrameReader, MAX_SERVER_HEADER, close};
 
 /// Reads a direction makes in a row before looking at its other duties.
 const READ_BUDGET: usize = 16;
+/// The same for the screen's larger reads ([`Buf::take_screen`]): about as many bytes in a
+/// row as [`READ_BUDGET`] reads of an ordinary buffer, so a busy screen keeps the thread from
+/// other viewers no longer than before.
+const SCREEN_BUDGET: usize = 4;
 
 /// How a relay ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -489,14 +493,15 @@ async fn down<W: AsyncWrite + Unpin>(
     }
 }
 
-/// Copies up to [`READ_BUDGET`] batches of what the desktop has through one pooled buffer.
+/// Copies up to [`SCREEN_BUDGET`] batches of what the desktop has through one pooled screen
+/// buffer.
 async fn copy_batches<W: AsyncWrite + Unpin>(
     desktop: &OwnedReadHalf,
     out: &mut Out<W>,
     bytes: &mut u64,
 ) -> Result<(), End> {
-    let mut buf = Buf::take();
-    for _ in 0..READ_BUDGET {
+    let mut buf = Buf::take_screen();
+    for _ in 0..SCREEN_BUDGET {
         if !copy_batch(desktop, &mut buf, out, bytes).await? {
             break;
         }
