@@ -14,8 +14,10 @@ pub const BUF_LEN: usize = 64 * 1024 + crate::ws::MAX_SERVER_HEADER;
 /// plus room for the header: a full-screen update is megabytes, and fewer, larger batches
 /// cost the gateway less CPU per byte.
 pub const SCREEN_LEN: usize = 256 * 1024 + crate::ws::MAX_SERVER_HEADER;
-/// Buffers kept per thread for reuse, of each size; more are freed.
+/// Buffers kept per thread for reuse; more are freed.
 const KEEP_PER_THREAD: usize = 32;
+/// Screen buffers kept per thread (2 MiB): fewer, as each is four times the size.
+const KEEP_SCREEN_PER_THREAD: usize = 8;
 
 thread_local! {
     static FREE: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
@@ -61,14 +63,14 @@ impl DerefMut for Buf {
 impl Drop for Buf {
     fn drop(&mut self) {
         if let Some(b) = self.0.take() {
-            let free = if b.len() == SCREEN_LEN {
-                &FREE_SCREEN
+            let (free, keep) = if b.len() == SCREEN_LEN {
+                (&FREE_SCREEN, KEEP_SCREEN_PER_THREAD)
             } else {
-                &FREE
+                (&FREE, KEEP_PER_THREAD)
             };
             free.with(|f| {
                 let mut f = f.borrow_mut();
-                if f.len() < KEEP_PER_THREAD {
+                if f.len() < keep {
                     f.push(b);
                 }
             });
