@@ -39,6 +39,11 @@ pub struct Options {
     /// hpcdesk's gateway splices the screen (`gateway.splice = true`) instead of copying it.
     #[arg(long)]
     splice: bool,
+    /// Worker threads of hpcdesk's gateway and of the plain relay (Tokio's
+    /// `TOKIO_WORKER_THREADS`; default one per core). With one, the round trips beside a
+    /// download show how a busy viewer shares its thread with the others.
+    #[arg(long)]
+    gateway_threads: Option<usize>,
 }
 
 /// Prints each variant's runs of one row and returns their medians.
@@ -316,14 +321,14 @@ pub async fn run(opts: Options) -> Result<(), Error> {
         Servers::from_line(&servers_proc.ready).ok_or("the servers process said nonsense")?;
 
     let relay_exe = std::env::current_exe()?.with_file_name("hpcdesk-bench-relay");
-    let relay = procs::spawn(
+    let relay = procs::spawn_relay(
         &relay_exe.to_string_lossy(),
         &servers
             .plain
             .iter()
             .flat_map(|a| ["--map".to_owned(), format!("127.0.0.1:0={a}")])
             .collect::<Vec<_>>(),
-        None,
+        opts.gateway_threads,
     )
     .await?;
     let relay_addrs: Vec<std::net::SocketAddr> = relay
@@ -334,7 +339,7 @@ pub async fn run(opts: Options) -> Result<(), Error> {
 
     let data = std::env::temp_dir().join(format!("hpcdesk-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&data);
-    let hpcdesk = procs::spawn(
+    let hpcdesk = procs::spawn_relay(
         &me,
         &[
             "hpcdesk".to_owned(),
@@ -352,7 +357,7 @@ pub async fn run(opts: Options) -> Result<(), Error> {
         .into_iter()
         .chain(opts.splice.then(|| "--splice".to_owned()))
         .collect::<Vec<_>>(),
-        None,
+        opts.gateway_threads,
     )
     .await?;
     let hpcdesk_base = format!(
@@ -428,12 +433,14 @@ pub async fn run(opts: Options) -> Result<(), Error> {
     });
 
     eprintln!(
-        "hpcdesk gateway benchmark: {} cores, {} s per throughput run, median of {}",
+        "hpcdesk gateway benchmark: {} cores, {} s per throughput run, median of {}, relay threads {}",
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(0),
         opts.seconds,
-        opts.reps
+        opts.reps,
+        opts.gateway_threads
+            .map_or("one per core".to_owned(), |n| n.to_string())
     );
     let mut rows: Vec<Row> = Vec::new();
     let mut push = |label: &str, values: Vec<Option<f64>>| {

@@ -152,17 +152,32 @@ pub async fn spawn(
     args: &[String],
     wait_port: Option<SocketAddr>,
 ) -> Result<Child, Error> {
-    spawn_with_stderr(program, args, wait_port, Stdio::null()).await
+    spawn_with_stderr(program, args, wait_port, Stdio::null(), None).await
 }
 
-/// [`spawn`], with the child's stderr going to `stderr` (the hpcdesk server's log file).
+/// [`spawn`] for a relay built on Tokio's multi-threaded runtime, with `threads` worker
+/// threads (`TOKIO_WORKER_THREADS`) instead of one per core.
+pub async fn spawn_relay(
+    program: &str,
+    args: &[String],
+    threads: Option<usize>,
+) -> Result<Child, Error> {
+    spawn_with_stderr(program, args, None, Stdio::null(), threads).await
+}
+
+/// [`spawn`], with the child's stderr going to `stderr` (the hpcdesk server's log file), and
+/// with `threads` Tokio worker threads when given.
 pub async fn spawn_with_stderr(
     program: &str,
     args: &[String],
     wait_port: Option<SocketAddr>,
     stderr: Stdio,
+    threads: Option<usize>,
 ) -> Result<Child, Error> {
     let mut cmd = tokio::process::Command::new(program);
+    if let Some(n) = threads {
+        cmd.env("TOKIO_WORKER_THREADS", n.to_string());
+    }
     cmd.args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
