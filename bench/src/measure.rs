@@ -475,11 +475,18 @@ pub async fn run(opts: Options) -> Result<(), Error> {
         push(label, report_runs(label, &variants, runs));
     }
     {
-        let (mut p50, mut p99, mut p99_paced, mut p99_flat) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for v in &variants {
-            let (mut a, mut b, mut c, mut d) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-            for _ in 0..opts.reps {
+        // Rounds take the variants in turn, in the opposite order every other round, as the
+        // other rows do: a drift of the machine, or what a variant leaves running after its
+        // turn (websockify's processes winding down), falls on no variant alone.
+        let n = variants.len();
+        let mut runs: Vec<[Vec<f64>; 4]> = (0..n).map(|_| Default::default()).collect();
+        for round in 0..opts.reps {
+            let mut order: Vec<usize> = (0..n).collect();
+            if round % 2 == 1 {
+                order.reverse();
+            }
+            for i in order {
+                let (v, [a, b, c, d]) = (&variants[i], &mut runs[i]);
                 let rt = round_trips(&v.targets[2], opts.round_trips).await?;
                 a.push(percentile(&rt, 0.5));
                 b.push(percentile(&rt, 0.99));
@@ -488,6 +495,10 @@ pub async fn run(opts: Options) -> Result<(), Error> {
                 let rt = round_trips_under_load(v, opts.round_trips, false).await?;
                 d.push(percentile(&rt, 0.99));
             }
+        }
+        let (mut p50, mut p99, mut p99_paced, mut p99_flat) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (v, [a, b, c, d]) in variants.iter().zip(runs) {
             eprintln!(
                 "  RTT {}: p50 {a:.0?} p99 {b:.0?} p99 paced load {c:.0?} p99 flat-out load {d:.0?}",
                 v.name
