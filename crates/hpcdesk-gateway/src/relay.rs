@@ -340,6 +340,21 @@ async fn give_way() {
     tokio::task::yield_now().await;
 }
 
+/// The reads of a direction that reads a stream (TLS), which has no readiness to batch by:
+/// it gives way after every [`READ_BUDGET`] of them.
+#[derive(Default)]
+struct StreamTurn(usize);
+
+impl StreamTurn {
+    async fn read_done(&mut self) {
+        self.0 += 1;
+        if self.0 == READ_BUDGET {
+            self.0 = 0;
+            give_way().await;
+        }
+    }
+}
+
 /// Sends the viewer the close frame `end` calls for, lets it answer (`drain` reads it to
 /// its end), and shuts its side down.
 async fn close_viewer<W: AsyncWrite + Unpin>(
@@ -453,7 +468,7 @@ async fn down_stream<W: AsyncWrite + Unpin>(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut unanswered = 0u32;
     let mut buf = Buf::take();
-    let mut reads = 0;
+    let mut turn = StreamTurn::default();
     loop {
         let step = tokio::select! {
             biased;
@@ -462,12 +477,8 @@ async fn down_stream<W: AsyncWrite + Unpin>(
                 Ok(0) => return End::DesktopClosed,
                 Ok(n) => {
                     *bytes += n as u64;
-                    reads += 1;
                     let sent = send_frame(out, &mut buf, n).await;
-                    if reads == READ_BUDGET {
-                        reads = 0;
-                        give_way().await;
-                    }
+                    turn.read_done().await;
                     sent
                 }
                 Err(e) => return End::DesktopError(e.to_string()),
@@ -743,30 +754,24 @@ async fn up(
     if let Err(end) = forward_early(early, desktop, st, bytes).await {
         return end;
     }
-    loop {
+    'wait: loop {
         if let Err(e) = viewer.readable().await {
             return End::ViewerError(e.to_string());
         }
         let mut buf = Buf::take();
-        let mut more = true;
         for _ in 0..READ_BUDGET {
             let n = match viewer.try_read(&mut buf) {
                 Ok(0) => return End::ViewerClosed(None),
                 Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    more = false;
-                    break;
-                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue 'wait,
                 Err(e) => return End::ViewerError(e.to_string()),
             };
             if let Err(end) = on_viewer_bytes(&mut buf[..n], desktop, st, ctl, bytes).await {
                 return end;
             }
         }
-        if more {
-            drop(buf);
-            give_way().await;
-        }
+        drop(buf);
+        give_way().await;
     }
 }
 
@@ -784,7 +789,7 @@ async fn up_stream(
         return end;
     }
     let mut buf = Buf::take();
-    let mut reads = 0;
+    let mut turn = StreamTurn::default();
     loop {
         let n = match viewer.read(&mut buf).await {
             Ok(0) => return End::ViewerClosed(None),
@@ -794,11 +799,7 @@ async fn up_stream(
         if let Err(end) = on_viewer_bytes(&mut buf[..n], desktop, st, ctl, bytes).await {
             return end;
         }
-        reads += 1;
-        if reads == READ_BUDGET {
-            reads = 0;
-            give_way().await;
-        }
+        turn.read_done().await;
     }
 }
 
