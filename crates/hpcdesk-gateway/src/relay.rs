@@ -1192,8 +1192,8 @@ mod tests {
     /// The same on the paths that read a TLS stream: a desktop reached over TLS floods a
     /// plain viewer with screen, and a viewer that came over TLS floods a plain desktop with
     /// input (key events). Here each read goes through Tokio's cooperative budget as well,
-    /// which alone kept the most between two turns to about 5 MiB of screen and 0.3–1 MiB of
-    /// input; with the relay's own turns ([`StreamTurn`]) it was about 4 MiB and 0.3–0.4
+    /// which alone kept the most between two turns to about 5 MiB of screen and 0.3–0.5 MiB
+    /// of input; with the relay's own turns ([`StreamTurn`]) it was about 4 MiB and 0.3–1
     /// MiB. What this test guards is that neither TLS path ever holds the thread for long.
     #[tokio::test]
     async fn a_relay_flooded_over_tls_lets_the_other_tasks_on_its_thread_run() {
