@@ -990,6 +990,30 @@ mod tests {
 
     const FLOOD: usize = 64 << 20;
 
+    /// A relay of session `s1` between `viewer` and `desktop` with the usual settings (not
+    /// view-only, no heartbeat or write timeout to speak of, the screen copied).
+    fn spawn_relay(
+        registry: &Registry,
+        viewer: ClientStream,
+        desktop: Desktop,
+    ) -> tokio::task::JoinHandle<(End, Counts)> {
+        let conn = registry.open("s1");
+        tokio::spawn(async move {
+            Relay {
+                viewer,
+                desktop,
+                reader: FrameReader::new(),
+                early: Vec::new(),
+                view_only: false,
+                heartbeat: LONG,
+                write_timeout: LONG,
+                splice: false,
+            }
+            .run(&conn)
+            .await
+        })
+    }
+
     /// A TLS server side with a self-signed certificate, and the certificate's pin (what
     /// [`crate::tls::connect`] checks).
     fn tls_server() -> (tokio_rustls::TlsAcceptor, String) {
@@ -1022,21 +1046,11 @@ mod tests {
         let (mut viewer, relay_viewer) = (viewer.unwrap(), relay_viewer.unwrap());
         let (relay_desktop, mut desktop) = pair().await;
         let registry = Registry::new(Arc::new(chrono::Utc::now));
-        let conn = registry.open("s1");
-        let relay = tokio::spawn(async move {
-            Relay {
-                viewer: ClientStream::Tls(Box::new(relay_viewer)),
-                desktop: Desktop::Plain(relay_desktop),
-                reader: FrameReader::new(),
-                early: Vec::new(),
-                view_only: false,
-                heartbeat: LONG,
-                write_timeout: LONG,
-                splice: false,
-            }
-            .run(&conn)
-            .await
-        });
+        let relay = spawn_relay(
+            &registry,
+            ClientStream::Tls(Box::new(relay_viewer)),
+            Desktop::Plain(relay_desktop),
+        );
 
         // 1 MiB of screen, more than any TLS record or pooled buffer.
         let screen: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();
@@ -1159,6 +1173,17 @@ mod tests {
         (watcher.join().unwrap(), gap)
     }
 
+    /// Holds what [`arrivals_between_turns`] found to the bounds: everything arrived, and
+    /// never more than [`MOST_BETWEEN_TURNS`] between two turns.
+    fn assert_bounded((got, gap): (u64, u64), total: u64, what: &str) {
+        assert!(got >= total, "{what}: {got} of {total} bytes arrived");
+        assert!(
+            gap < MOST_BETWEEN_TURNS,
+            "{what}: {} MiB arrived between two turns of another task",
+            gap >> 20
+        );
+    }
+
     /// A relay whose desktop always has more screen lets the other tasks on its thread run
     /// after each budget of reads, as on a gateway with more viewers than threads. The relay
     /// runs on this test's one thread beside a probe task; the desktop and the viewer are
@@ -1177,13 +1202,8 @@ mod tests {
                 let piece = vec![7u8; 1 << 20];
                 while desktop.write_all(&piece).is_ok() {}
             });
-            let (got, gap) = arrivals_between_turns(std_socket(flooded.viewer), SCREEN).await;
-            assert!(got >= SCREEN, "the screen arrives (splice: {splice})");
-            assert!(
-                gap < MOST_BETWEEN_TURNS,
-                "the viewer got {} MiB between two turns of another task (splice: {splice})",
-                gap >> 20
-            );
+            let arrived = arrivals_between_turns(std_socket(flooded.viewer), SCREEN).await;
+            assert_bounded(arrived, SCREEN, &format!("the screen (splice: {splice})"));
             flooded.relay.abort();
             drop(flood);
         }
@@ -1200,23 +1220,7 @@ mod tests {
         const SCREEN: u64 = 256 << 20;
         const INPUT: u64 = 128 << 20;
         let registry = Registry::new(Arc::new(chrono::Utc::now));
-        let relay = |viewer, desktop| {
-            let conn = registry.open("s1");
-            tokio::spawn(async move {
-                Relay {
-                    viewer,
-                    desktop,
-                    reader: FrameReader::new(),
-                    early: Vec::new(),
-                    view_only: false,
-                    heartbeat: LONG,
-                    write_timeout: LONG,
-                    splice: false,
-                }
-                .run(&conn)
-                .await
-            })
-        };
+        let relay = |viewer, desktop| spawn_relay(&registry, viewer, desktop);
 
         // Screen: TLS desktop → plain viewer.
         let (acceptor, pin) = tls_server();
@@ -1234,13 +1238,8 @@ mod tests {
             ClientStream::Plain(relay_viewer),
             Desktop::Tls(Box::new(relay_desktop)),
         );
-        let (got, gap) = arrivals_between_turns(std_socket(viewer), SCREEN).await;
-        assert!(got >= SCREEN, "the screen arrives");
-        assert!(
-            gap < MOST_BETWEEN_TURNS,
-            "the viewer got {} MiB between two turns of another task",
-            gap >> 20
-        );
+        let arrived = arrivals_between_turns(std_socket(viewer), SCREEN).await;
+        assert_bounded(arrived, SCREEN, "the screen from a desktop over TLS");
         down.abort();
         drop(flood);
 
@@ -1263,13 +1262,8 @@ mod tests {
             ClientStream::Tls(Box::new(relay_viewer)),
             Desktop::Plain(relay_desktop),
         );
-        let (got, gap) = arrivals_between_turns(std_socket(desktop), INPUT).await;
-        assert!(got >= INPUT, "the input arrives");
-        assert!(
-            gap < MOST_BETWEEN_TURNS,
-            "the desktop got {} MiB between two turns of another task",
-            gap >> 20
-        );
+        let arrived = arrivals_between_turns(std_socket(desktop), INPUT).await;
+        assert_bounded(arrived, INPUT, "the input from a viewer over TLS");
         up.abort();
         drop(flood);
     }
