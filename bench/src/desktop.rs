@@ -39,8 +39,8 @@ pub struct DesktopOptions {
     /// socat's buffer in bytes (its `-b`); by default socat's own, 8 KiB, as in the issue's
     /// measurements. A larger one makes socat a stronger plain relay to compare CPU per GB
     /// with (hpcdesk reads the screen 256 KiB at a time).
-    #[arg(long)]
-    socat_buffer: Option<usize>,
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    socat_buffer: Option<u32>,
     /// The hpcdesk binary to serve with (a release build).
     #[arg(long, default_value = "target/release/hpcdesk")]
     hpcdesk: PathBuf,
