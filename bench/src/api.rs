@@ -146,7 +146,7 @@ pub async fn api(opts: ApiOptions) -> Result<(), Error> {
         args.push("--log".into());
         std::fs::File::create(&log_file)?.into()
     };
-    let hpcdesk = procs::spawn_with_stderr(&me, &args, None, stderr, None).await?;
+    let hpcdesk = procs::spawn_with(&me, &args, None, stderr, None).await?;
     let mut addrs = hpcdesk.ready.split_whitespace();
     let api_addr = addrs.next().ok_or("no API address")?.to_owned();
     let ping_addr = addrs.next().ok_or("no trivial address")?.to_owned();

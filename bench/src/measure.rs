@@ -321,13 +321,15 @@ pub async fn run(opts: Options) -> Result<(), Error> {
         Servers::from_line(&servers_proc.ready).ok_or("the servers process said nonsense")?;
 
     let relay_exe = std::env::current_exe()?.with_file_name("hpcdesk-bench-relay");
-    let relay = procs::spawn_relay(
+    let relay = procs::spawn_with(
         &relay_exe.to_string_lossy(),
         &servers
             .plain
             .iter()
             .flat_map(|a| ["--map".to_owned(), format!("127.0.0.1:0={a}")])
             .collect::<Vec<_>>(),
+        None,
+        std::process::Stdio::null(),
         opts.gateway_threads,
     )
     .await?;
@@ -339,7 +341,7 @@ pub async fn run(opts: Options) -> Result<(), Error> {
 
     let data = std::env::temp_dir().join(format!("hpcdesk-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&data);
-    let hpcdesk = procs::spawn_relay(
+    let hpcdesk = procs::spawn_with(
         &me,
         &[
             "hpcdesk".to_owned(),
@@ -357,6 +359,8 @@ pub async fn run(opts: Options) -> Result<(), Error> {
         .into_iter()
         .chain(opts.splice.then(|| "--splice".to_owned()))
         .collect::<Vec<_>>(),
+        None,
+        std::process::Stdio::null(),
         opts.gateway_threads,
     )
     .await?;

@@ -152,22 +152,13 @@ pub async fn spawn(
     args: &[String],
     wait_port: Option<SocketAddr>,
 ) -> Result<Child, Error> {
-    spawn_with_stderr(program, args, wait_port, Stdio::null(), None).await
-}
-
-/// [`spawn`] for a relay built on Tokio's multi-threaded runtime, with `threads` worker
-/// threads (`TOKIO_WORKER_THREADS`) instead of one per core.
-pub async fn spawn_relay(
-    program: &str,
-    args: &[String],
-    threads: Option<usize>,
-) -> Result<Child, Error> {
-    spawn_with_stderr(program, args, None, Stdio::null(), threads).await
+    spawn_with(program, args, wait_port, Stdio::null(), None).await
 }
 
 /// [`spawn`], with the child's stderr going to `stderr` (the hpcdesk server's log file), and
-/// with `threads` Tokio worker threads when given.
-pub async fn spawn_with_stderr(
+/// with `threads` Tokio worker threads (`TOKIO_WORKER_THREADS`) instead of one per core when
+/// given (a relay built on Tokio's multi-threaded runtime).
+pub async fn spawn_with(
     program: &str,
     args: &[String],
     wait_port: Option<SocketAddr>,

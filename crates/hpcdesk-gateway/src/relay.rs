@@ -589,12 +589,13 @@ async fn splice_batches(
                 if copy_batch(desktop, &mut Buf::take(), out, bytes).await? {
                     continue;
                 }
-                break;
+                return Ok(());
             }
         };
         let batch = match batch {
             Ok(Some(b)) => b,
-            Ok(None) => break,
+            // All the desktop had is sent: nothing to give way for.
+            Ok(None) => return Ok(()),
             Err(e) => return Err(End::DesktopError(e.to_string())),
         };
         if batch.is_empty() {
